@@ -1,0 +1,147 @@
+"""The exception tree of poseidon.
+
+::
+
+    PoseidonError                      every error poseidon raises on purpose
+    ├── SpecError (ValueError)         a playbook is invalid (carries every problem)
+    ├── UsageError (ValueError)        the command line or the environment is invalid
+    ├── ResolveError (LookupError)     a droplet named by a playbook cannot be resolved
+    ├── APIError                       the DigitalOcean API answered with an error
+    │   ├── AuthenticationError        401/403: the token is missing, wrong or lacks a scope
+    │   ├── NotFoundError              404: no such resource
+    │   ├── RateLimitError             429 still answered after the retries
+    │   ├── ServerError                5xx still answered after the retries
+    │   └── ValidationError            422 / 400: the API refused the request's content
+    ├── APIConnectionError             the API could not be reached at all
+    ├── SSHError                       a droplet could not be reached or refused the login
+    ├── CommandError                   a remote command exited non-zero
+    └── SandboxError                   the local sandbox could not start
+
+Exit codes are not decided here: ``cli.py`` maps this tree to them. No message
+in this module ever contains a token; ``APIError`` is built from the API's
+answer, never from the request's headers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "AuthenticationError",
+    "CommandError",
+    "NotFoundError",
+    "PoseidonError",
+    "Problem",
+    "RateLimitError",
+    "ResolveError",
+    "SSHError",
+    "SandboxError",
+    "ServerError",
+    "SpecError",
+    "UsageError",
+    "ValidationError",
+]
+
+
+class PoseidonError(Exception):
+    """Raised on purpose by poseidon; anything else is a bug."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem found in a playbook, located in its file."""
+
+    file: str
+    line: int
+    column: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.column}"
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class SpecError(PoseidonError, ValueError):
+    """Raised when a playbook is invalid; ``problems`` lists every one found."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class UsageError(PoseidonError, ValueError):
+    """Raised when the command line or the environment asks for something impossible."""
+
+
+class ResolveError(PoseidonError, LookupError):
+    """Raised when a droplet named by a playbook is missing or ambiguous."""
+
+
+class APIError(PoseidonError):
+    """Raised when the DigitalOcean API answers with an error status."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        id: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        self.status = status
+        self.id = id
+        self.message = message
+        self.request_id = request_id
+        parts = [f"{status}" if status else "", f"{id}:" if id else "", message]
+        text = " ".join(p for p in parts if p)
+        if request_id:
+            text += f" (request {request_id})"
+        super().__init__(text)
+
+
+class AuthenticationError(APIError):
+    """Raised on 401/403: the token is missing, wrong or lacks a scope."""
+
+
+class NotFoundError(APIError):
+    """Raised on 404."""
+
+
+class RateLimitError(APIError):
+    """Raised when the API still answers 429 after the allowed waits."""
+
+
+class ServerError(APIError):
+    """Raised when the API still answers 5xx after the allowed retries."""
+
+
+class ValidationError(APIError):
+    """Raised on 400/422: the API refused what was sent."""
+
+
+class APIConnectionError(PoseidonError):
+    """Raised when the API cannot be reached (DNS, refused, timeout)."""
+
+
+class SSHError(PoseidonError):
+    """Raised when a droplet cannot be reached over SSH or refuses the login."""
+
+
+class CommandError(PoseidonError):
+    """Raised when a remote command exits non-zero."""
+
+    def __init__(self, command: str, exited: int, stdout: str = "", stderr: str = "") -> None:
+        self.command = command
+        self.exited = exited
+        self.stdout = stdout
+        self.stderr = stderr
+        tail = (stderr or stdout).strip().splitlines()[-5:]
+        detail = ("\n" + "\n".join(tail)) if tail else ""
+        super().__init__(f"command exited {exited}: {command}{detail}")
+
+
+class SandboxError(PoseidonError):
+    """Raised when the local sandbox cannot start or stop."""
