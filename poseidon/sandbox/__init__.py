@@ -1,0 +1,176 @@
+"""A local stand-in for DigitalOcean: an API emulator and OpenSSH droplets.
+
+::
+
+    with Sandbox(["web-1", "web-2"]) as sandbox:
+        os.environ.update(sandbox.environ)
+        client = poseidon.api.connect()      # talks to the emulator
+        ssh = client.droplets.by_name("web-1").connect()   # real sshd on 127.0.0.2
+
+Every droplet is a real SSH endpoint on a loopback address of its own with a
+home directory of its own; ``apt-get`` only simulates there and GitHub
+shorthand repositories resolve to local bare repositories (``repos=``).
+The sandbox imports nothing from poseidon's core but its errors.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from poseidon.errors import SandboxError
+from poseidon.sandbox.emulator import Emulator
+from poseidon.sandbox.repos import build_bare_repo, github_redirect
+from poseidon.sandbox.sshd import SSHFarm
+
+__all__ = ["Sandbox", "SandboxError"]
+
+# Addresses 127.0.0.2 … 127.0.0.254: 127.0.0.1 stays the emulator's.
+_FIRST_HOST = 2
+_LAST_HOST = 254
+
+
+def _pip_cache() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "poseidon" / "sandbox-pip"
+
+
+class Sandbox:
+    """The API emulator and the SSH droplets, started together, stopped together.
+
+    ``droplets`` lists names, or mappings with ``name`` and ``tags``;
+    ``repos`` maps GitHub shorthands (``owner/name``) to folders whose files
+    become that repository's ``main`` branch.
+    """
+
+    def __init__(
+        self,
+        droplets: Iterable[str | Mapping[str, Any]] = ("test",),
+        *,
+        repos: Mapping[str, str | os.PathLike[str]] | None = None,
+        root: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self._droplets = [{"name": d} if isinstance(d, str) else dict(d) for d in droplets]
+        if len(self._droplets) > _LAST_HOST - _FIRST_HOST + 1:
+            raise SandboxError(f"the sandbox serves at most {_LAST_HOST - _FIRST_HOST + 1} droplets")
+        self._repos = {k: Path(v) for k, v in (repos or {}).items()}
+        self._own_root = root is None
+        self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix="poseidon-sandbox-"))
+        self.token = "sandbox-" + secrets.token_hex(16)
+        self.emulator = Emulator(self.token)
+        self.farm = SSHFarm(self.root)
+        self.homes: dict[str, Path] = {}
+        self.api_url = ""
+        self._started = False
+
+    # -- life cycle ----------------------------------------------------------
+
+    def start(self) -> Sandbox:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o700)
+        pip_cache = _pip_cache()
+        pip_cache.mkdir(parents=True, exist_ok=True)
+        self.farm.prepare(pip_cache)
+        repos = self.root / "repos"
+        for shorthand, source in self._repos.items():
+            build_bare_repo(source, repos / f"{shorthand}.git")
+        gitconfig = github_redirect(repos)
+        self.api_url = self.emulator.start()
+        for number, spec in enumerate(self._droplets, start=_FIRST_HOST):
+            address = f"127.0.0.{number}"
+            home = self.farm.add_host(address)
+            (home / ".gitconfig").write_text(gitconfig)
+            self.homes[spec["name"]] = home
+            self.emulator.add_droplet(spec["name"], address, tags=tuple(spec.get("tags", ())))
+        self.farm.start()
+        self._started = True
+
+    def stop(self) -> None:
+        """Stop sshd and the emulator, end the droplets' processes, remove the files."""
+        self.farm.stop()
+        self.emulator.stop()
+        self._kill_droplet_processes()
+        if self._own_root:
+            shutil.rmtree(self.root, ignore_errors=True)
+        self._started = False
+
+    def _kill_droplet_processes(self) -> None:
+        """End what steps left running (nohup): every process whose cwd is in a droplet."""
+        hosts = str(self.farm.hosts) + os.sep
+        for pid in _pids():
+            try:
+                cwd = os.readlink(f"/proc/{pid}/cwd") + os.sep
+            except OSError:
+                continue
+            if cwd.startswith(hosts):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+
+    def __enter__(self) -> Sandbox:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- what clients need ---------------------------------------------------
+
+    @property
+    def ssh_port(self) -> int:
+        return self.farm.port
+
+    @property
+    def key_filename(self) -> str:
+        return str(self.farm.key_filename)
+
+    @property
+    def known_hosts(self) -> str:
+        return str(self.farm.known_hosts)
+
+    @property
+    def user(self) -> str:
+        return self.farm.user
+
+    @property
+    def environ(self) -> dict[str, str]:
+        """The variables that make ``poseidon.api.connect()`` and ``droplet.connect()`` reach the sandbox."""
+        if not self._started:
+            raise SandboxError("the sandbox is not running")
+        return {
+            "POSEIDON_API_URL": self.api_url,
+            "DIGITALOCEAN_TOKEN": self.token,
+            "POSEIDON_SSH_USER": self.user,
+            "POSEIDON_SSH_PORT": str(self.ssh_port),
+            "POSEIDON_SSH_KEY": self.key_filename,
+            "POSEIDON_KNOWN_HOSTS": self.known_hosts,
+        }
+
+    def home(self, name: str) -> Path:
+        """The home directory of the droplet called ``name``."""
+        return self.homes[name]
+
+
+def _pids() -> list[int]:
+    own = os.getpid()
+    return [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != own]

@@ -1,0 +1,112 @@
+"""A sandbox that outlives one command: ``poseidon sandbox up`` / ``down``.
+
+``up`` starts ``python -m poseidon.sandbox.daemon`` in a session of its own;
+that process runs a :class:`~poseidon.sandbox.Sandbox` until it receives
+SIGTERM, and writes its environment to ``state.json`` in the state folder
+(``$XDG_STATE_HOME/poseidon/sandbox``, else ``~/.local/state/poseidon/sandbox``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from poseidon.errors import SandboxError
+
+__all__ = ["down", "state_dir", "up"]
+
+_START_TIMEOUT = 30.0
+
+
+def state_dir() -> Path:
+    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return base / "poseidon" / "sandbox"
+
+
+def _read_state() -> dict[str, Any] | None:
+    path = state_dir() / "state.json"
+    try:
+        state: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(int(state["pid"]), 0)
+    except (OSError, KeyError, ValueError):
+        path.unlink(missing_ok=True)
+        return None
+    return state
+
+
+def up(droplets: list[dict[str, Any]], repos: dict[str, Path]) -> dict[str, str]:
+    """Start a background sandbox; return the environment that reaches it."""
+    if _read_state() is not None:
+        raise SandboxError("a sandbox is already up: 'poseidon sandbox down' first, or 'poseidon sandbox reset'")
+    folder = state_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    request = folder / "request.json"
+    request.write_text(json.dumps({"droplets": droplets, "repos": {k: str(v) for k, v in repos.items()}}))
+    log = open(folder / "daemon.log", "wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "poseidon.sandbox.daemon", str(request)],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
+    log.close()
+    deadline = time.monotonic() + _START_TIMEOUT
+    while time.monotonic() < deadline:
+        state = _read_state()
+        if state is not None:
+            return dict(state["environ"])
+        if process.poll() is not None:
+            text = (folder / "daemon.log").read_text(errors="replace").strip()
+            raise SandboxError(f"the sandbox did not start: {text.splitlines()[-1] if text else process.returncode}")
+        time.sleep(0.1)
+    process.terminate()
+    raise SandboxError(f"the sandbox did not start within {_START_TIMEOUT:.0f} s")
+
+
+def down() -> str:
+    """Stop the background sandbox, if one is up; say what happened."""
+    state = _read_state()
+    if state is None:
+        return "no sandbox is up"
+    pid = int(state["pid"])
+    os.kill(pid, signal.SIGTERM)
+    for _ in range(100):
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            break
+        time.sleep(0.1)
+    (state_dir() / "state.json").unlink(missing_ok=True)
+    return f"sandbox stopped (pid {pid})"
+
+
+def _serve(request_path: str) -> None:
+    from poseidon.sandbox import Sandbox
+
+    request = json.loads(Path(request_path).read_text())
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    with Sandbox(request["droplets"], repos=request["repos"]) as sandbox:
+        state = {"pid": os.getpid(), "environ": sandbox.environ, "root": str(sandbox.root)}
+        path = state_dir() / "state.json"
+        partial = path.with_suffix(".tmp")
+        partial.write_text(json.dumps(state))
+        partial.replace(path)
+        while not stop.wait(1.0):
+            pass
+
+
+if __name__ == "__main__":
+    _serve(sys.argv[1])

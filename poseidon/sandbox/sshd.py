@@ -1,0 +1,223 @@
+"""Sandbox droplets: one OpenSSH server, one loopback address per droplet.
+
+A single ``sshd`` listens on 127.0.0.2, 127.0.0.3, … on a port of its own.
+Every login runs a forced command that picks the droplet from the address
+the client connected to (``$SSH_CONNECTION``), gives it its own home
+directory and a ``PATH`` whose shims keep the host safe (``apt-get`` only
+simulates, ``sudo`` runs as the sandbox's user), then runs the requested
+command with a non-login ``bash -c``.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from poseidon.errors import SandboxError
+
+__all__ = ["SSHFarm"]
+
+# Shell text of the shims. Each value interpolated by Python goes through shlex.quote.
+_FORCED_COMMAND = """#!/bin/sh
+# The address the client connected to names the droplet: $SSH_CONNECTION is
+# "client_ip client_port server_ip server_port".
+set -- $SSH_CONNECTION
+home={hosts}/"$3"
+[ -d "$home" ] || {{ echo "sandbox: no droplet listens on $3" >&2; exit 255; }}
+export HOME="$home" SHELL=/bin/bash
+export PATH={shims}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+# Droplets share one pip download cache so that rebuilding a sandbox is quick.
+export PIP_CACHE_DIR={pip_cache} PIP_DISABLE_PIP_VERSION_CHECK=1
+cd "$home" || exit 255
+if [ -n "${{SSH_ORIGINAL_COMMAND-}}" ]; then
+    exec /bin/bash -c "$SSH_ORIGINAL_COMMAND"
+fi
+exec /bin/bash -i
+"""
+
+_APT_GET = """#!/bin/sh
+# Sandbox droplets are this machine: apt-get only simulates (-s), so no step
+# changes the host's packages; 'update' is skipped for the same reason.
+for arg in "$@"; do
+    if [ "$arg" = update ]; then echo "sandbox: apt-get update skipped"; exit 0; fi
+done
+exec /usr/bin/apt-get -s "$@"
+"""
+
+_SUDO = """#!/bin/sh
+# A sandbox droplet's only user is the one running the sandbox: sudo's options
+# are accepted and the command runs as that user.
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --) shift; break ;;
+        -u|-g|-p|-C|-h|-D|-U) shift 2 ;;
+        -*) shift ;;
+        *) break ;;
+    esac
+done
+exec "$@"
+"""
+
+
+def _free_port(address: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((address, 0))
+        return int(sock.getsockname()[1])
+
+
+def _write(path: Path, text: str, mode: int = 0o644) -> None:
+    path.write_text(text)
+    path.chmod(mode)
+
+
+def _keygen(path: Path, comment: str) -> str:
+    """Create an ed25519 key pair without a passphrase; return the public key line."""
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
+        check=True,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+    )
+    return path.with_suffix(".pub").read_text().strip()
+
+
+def find_sshd() -> str:
+    for candidate in (shutil.which("sshd"), "/usr/sbin/sshd"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise SandboxError(
+        "the sandbox needs OpenSSH's server: install it (Debian: apt-get install openssh-server)"
+    )
+
+
+class SSHFarm:
+    """One ``sshd`` that serves every sandbox droplet on its own loopback address."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.etc = root / "etc"
+        self.hosts = root / "hosts"
+        self.shims = root / "shims"
+        self.user = getpass.getuser()
+        self.port = 0
+        self.addresses: list[str] = []
+        self.key_filename = self.etc / "id_ed25519"
+        self.known_hosts = self.etc / "known_hosts"
+        self._process: subprocess.Popen[bytes] | None = None
+        self._host_key_line = ""
+
+    # -- preparation ---------------------------------------------------------
+
+    def prepare(self, pip_cache: Path) -> None:
+        for folder in (self.etc, self.hosts, self.shims):
+            folder.mkdir(parents=True, exist_ok=True)
+        self._host_key_line = _keygen(self.etc / "ssh_host_ed25519_key", "poseidon-sandbox-host")
+        client_key = _keygen(self.key_filename, "poseidon-sandbox-client")
+        wrapper = self.etc / "droplet-shell"
+        _write(
+            wrapper,
+            _FORCED_COMMAND.format(
+                hosts=shlex.quote(str(self.hosts)),
+                shims=shlex.quote(str(self.shims)),
+                pip_cache=shlex.quote(str(pip_cache)),
+            ),
+            0o755,
+        )
+        forced = f'command="{wrapper}",no-port-forwarding,no-agent-forwarding,no-X11-forwarding'
+        _write(self.etc / "authorized_keys", f"{forced} {client_key}\n", 0o600)
+        _write(self.shims / "apt-get", _APT_GET, 0o755)
+        _write(self.shims / "sudo", _SUDO, 0o755)
+
+    def add_host(self, address: str) -> Path:
+        """Give the droplet at ``address`` a home; return it."""
+        home = self.hosts / address
+        home.mkdir(parents=True, exist_ok=True)
+        self.addresses.append(address)
+        return home
+
+    # -- life cycle ----------------------------------------------------------
+
+    def _config(self) -> str:
+        listen = "\n".join(f"ListenAddress {a}:{self.port}" for a in self.addresses)
+        return f"""\
+{listen}
+HostKey {self.etc / "ssh_host_ed25519_key"}
+PidFile {self.root / "sshd.pid"}
+AuthorizedKeysFile {self.etc / "authorized_keys"}
+AllowUsers {self.user}
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+PermitRootLogin prohibit-password
+# The sandbox lives under /tmp, which is world-writable: StrictModes would refuse its keys.
+StrictModes no
+# Many droplets log in at once through one server.
+MaxStartups 200:30:400
+MaxSessions 100
+# bash sources ~/.bashrc when it believes sshd started it as a top-level shell;
+# a raised SHLVL skips that (about 90 ms per command on some machines).
+SetEnv SHLVL=3
+PrintMotd no
+PrintLastLog no
+UseDNS no
+LogLevel ERROR
+"""
+
+    def start(self) -> None:
+        if not self.addresses:
+            raise SandboxError("the sandbox has no droplets to serve")
+        sshd = find_sshd()
+        self.port = _free_port(self.addresses[0])
+        config = self.etc / "sshd_config"
+        _write(config, self._config(), 0o600)
+        if os.geteuid() == 0:
+            # sshd's privilege separation needs this directory when started as root.
+            Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        log = open(self.root / "sshd.log", "ab")
+        self._process = subprocess.Popen(
+            [sshd, "-D", "-e", "-f", str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+        log.close()
+        self._wait_until_listening()
+        with open(self.known_hosts, "w") as handle:
+            for address in self.addresses:
+                handle.write(f"[{address}]:{self.port} {self._host_key_line}\n")
+
+    def _wait_until_listening(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        pending = list(self.addresses)
+        while pending:
+            if self._process is not None and self._process.poll() is not None:
+                log = (self.root / "sshd.log").read_text(errors="replace").strip()
+                raise SandboxError(f"sshd exited at start ({self._process.returncode}): {log}")
+            try:
+                with socket.create_connection((pending[0], self.port), timeout=0.5):
+                    pending.pop(0)
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise SandboxError(
+                        f"sshd did not listen on {pending[0]}:{self.port} within {timeout:.0f} s"
+                    ) from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

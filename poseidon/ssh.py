@@ -1,0 +1,326 @@
+"""SSH to a droplet: the original poseidon's API on a Fabric ``Connection``.
+
+::
+
+    ssh = droplet.connect()
+    ssh.wait("echo foo")            # 'foo\\n'
+    ssh.chdir("app")                 # later commands run as `cd -- DIR && …`
+    ssh.apt("git python3-venv")
+    ssh.ps()                         # a pandas DataFrame
+
+The connection opens lazily on the first command and is reused for every
+command after it. The conveniences (``apt``, ``git``, ``pip``…) are the
+playbook's steps (:mod:`poseidon.steps`): one round trip each, ``ok`` when
+there was nothing to do.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shlex
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from poseidon import steps
+from poseidon.errors import CommandError, SSHError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from fabric import Connection
+    from paramiko import ChannelFile, ChannelStderrFile, ChannelStdinFile
+
+__all__ = ["StepOutcome", "SSHClient", "parse_ps"]
+
+#: ``ps -Afo`` as the original documents it is refused by procps-ng: ``-f`` and ``-o`` both set the format.
+TOP_ARGS = "-Ao %cpu,%mem,user,comm"
+_NUMERIC = {"PID", "PPID", "C", "%CPU", "%MEM", "UID"}
+
+
+@dataclass
+class StepOutcome:
+    """What one step did on one droplet."""
+
+    status: str  # ok | changed | would-change | failed
+    stdout: str
+    stderr: str
+    exited: int
+    duration: float
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "failed"
+
+    @property
+    def changed(self) -> bool:
+        return self.status == "changed"
+
+
+class _AcceptNew:
+    """paramiko host-key policy of OpenSSH's ``accept-new``: record an unknown key, refuse a changed one.
+
+    Fabric installs paramiko's ``AutoAddPolicy``, which trusts every key and
+    records nothing; a changed key is refused by paramiko itself
+    (``BadHostKeyException``) once the known one is loaded.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as handle:
+            handle.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+
+
+class SSHClient:
+    """One SSH connection to one droplet, reused for every command."""
+
+    def __init__(
+        self,
+        host: str,
+        *,
+        user: str = "root",
+        port: int = 22,
+        key_filename: str | None = None,
+        known_hosts: str | None = None,
+        interactive: bool = False,
+        connect_timeout: float = 15.0,
+        label: str | None = None,
+    ) -> None:
+        self.host = host
+        self.user = user
+        self.port = port
+        self.key_filename = key_filename
+        self.known_hosts = Path(known_hosts or Path.home() / ".ssh" / "known_hosts").expanduser()
+        self.interactive = interactive
+        self.connect_timeout = connect_timeout
+        self.label = label or host
+        #: The remote working directory set by :meth:`chdir` (absolute), or ``None`` for the login's.
+        self.cwd: str | None = None
+        self._connection: Connection | None = None
+
+    # -- the connection -------------------------------------------------------
+
+    @property
+    def connection(self) -> Connection:
+        """The open Fabric ``Connection`` (opened on first use)."""
+        if self._connection is None:
+            self._connection = self._open()
+        return self._connection
+
+    def _open(self) -> Connection:
+        import paramiko
+        from fabric import Connection
+
+        connect_kwargs: dict[str, Any] = {}
+        if self.key_filename:
+            connect_kwargs.update(key_filename=self.key_filename, look_for_keys=False)
+        connection = Connection(
+            self.host,
+            user=self.user,
+            port=self.port,
+            connect_timeout=int(self.connect_timeout),
+            connect_kwargs=connect_kwargs,
+        )
+        if self.known_hosts.exists():
+            connection.client.load_host_keys(str(self.known_hosts))
+        connection.client.set_missing_host_key_policy(_AcceptNew(self.known_hosts))
+        where = f"{self.user}@{self.host}:{self.port} ({self.label})"
+        try:
+            connection.open()
+        except paramiko.BadHostKeyException as exc:
+            raise SSHError(
+                f"{where}: the host key changed (now {exc.key.get_name()} {exc.key.get_fingerprint().hex()});"
+                f" if the droplet was rebuilt, remove its old line from {self.known_hosts}"
+            ) from exc
+        except paramiko.AuthenticationException as exc:
+            raise SSHError(f"{where}: the login was refused ({exc}); check the key (POSEIDON_SSH_KEY)") from exc
+        except (paramiko.SSHException, socket.error, EOFError) as exc:
+            raise SSHError(f"{where}: cannot connect: {exc or type(exc).__name__}") from exc
+        return connection
+
+    def close(self) -> None:
+        """Close the connection; the next command opens a new one."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()
+
+    def __enter__(self) -> SSHClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- plain commands ---------------------------------------------------------
+
+    def _in_cwd(self, cmd: str) -> str:
+        return f"cd -- {steps.quote_path(self.cwd)} && {cmd}" if self.cwd else cmd
+
+    def exec_command(self, cmd: str) -> tuple[ChannelStdinFile, ChannelFile, ChannelStderrFile]:
+        """Start ``cmd`` and return paramiko's ``(stdin, stdout, stderr)`` files, as the original did."""
+        client = self.connection.client  # opening the connection checks the host key
+        return client.exec_command(self._in_cwd(cmd))  # type: ignore[no-any-return]
+
+    def run(self, cmd: str, *, stdin: str | None = None, timeout: float | None = None) -> Any:
+        """Run ``cmd`` in the working directory; return Fabric's ``Result`` (never raises on exit status)."""
+        from invoke.exceptions import CommandTimedOut
+
+        options: dict[str, Any] = {"warn": True, "timeout": timeout}
+        if self.interactive and stdin is None:
+            # Prints the command and its output, and lets a sudo password prompt reach the user.
+            options.update(echo=True, hide=False, pty=True)
+        else:
+            options.update(hide=True, in_stream=io.StringIO(stdin) if stdin else False)
+        try:
+            return self.connection.run(self._in_cwd(cmd), **options)
+        except CommandTimedOut as exc:
+            raise CommandError(cmd, 124, stderr=f"timed out after {exc.timeout} s") from exc
+        except (OSError, EOFError) as exc:
+            raise SSHError(f"{self.label}: the connection failed during a command: {exc}") from exc
+
+    def wait(self, cmd: str, raise_on_error: bool = True) -> str:
+        """Run ``cmd`` and return its stdout; raise :class:`CommandError` when it exits non-zero.
+
+        The exit status decides, not the presence of stderr: apt and pip write
+        warnings there on success.
+        """
+        result = self.run(cmd)
+        if raise_on_error and result.exited != 0:
+            raise CommandError(cmd, result.exited, result.stdout, result.stderr)
+        return str(result.stdout)
+
+    # -- steps ------------------------------------------------------------------
+
+    def run_step(
+        self,
+        step: Any,
+        *,
+        mode: steps.Mode = "apply",
+        secrets: dict[str, str] | None = None,
+    ) -> StepOutcome:
+        """Check and (in ``apply`` mode) apply one playbook step in one round trip."""
+        ctx = steps.StepContext(cwd=self.cwd, user=self.user)
+        script = steps.script_for(step, ctx, secrets=secrets)
+        command = steps.render(
+            script,
+            steps.StepContext(cwd=None, user=self.user),  # the cwd is added by run()
+            mode=mode,
+            sudo=step.sudo,
+            env=step.env,
+            timeout=step.timeout,
+            interactive=self.interactive,
+        )
+        started = time.monotonic()
+        try:
+            result = self.run(command, stdin=script.stdin)
+            exited, stdout, stderr = result.exited, result.stdout, result.stderr
+        except CommandError as exc:
+            exited, stdout, stderr = exc.exited, exc.stdout, exc.stderr
+        duration = time.monotonic() - started
+        status, output = steps.parse_status(stdout)
+        if exited == 124 and step.timeout:
+            stderr = (stderr + f"\nposeidon: timed out after {step.timeout:g} s").lstrip("\n")
+        if exited != 0 or status is None:
+            return StepOutcome("failed", output, stderr, exited or 1, duration)
+        if step.kind == "chdir":
+            self.cwd = output.strip().splitlines()[-1]
+        reason = script.ok_reason if status == "ok" else ""
+        return StepOutcome(status, output, stderr, exited, duration, reason)
+
+    def _step(self, kind: str, raise_on_error: bool, **fields: Any) -> StepOutcome:
+        outcome = self.run_step(steps.build(kind, **fields), secrets=dict(os.environ))
+        if raise_on_error and not outcome.ok:
+            raise CommandError(kind, outcome.exited, outcome.stdout, outcome.stderr)
+        return outcome
+
+    def chdir(self, path: str) -> str:
+        """Run later commands in ``path`` (relative to the current one); fail if it does not exist."""
+        self._step("chdir", True, path=path)
+        assert self.cwd is not None
+        return self.cwd
+
+    def nohup(self, cmd: str, raise_on_error: bool = True, **options: Any) -> StepOutcome:
+        """Start ``cmd`` detached, with a log and a pid file; nothing to do while it still runs."""
+        return self._step("nohup", raise_on_error, cmd=cmd, **options)
+
+    def apt(self, packages: str | list[str], raise_on_error: bool = True, **options: Any) -> StepOutcome:
+        """``apt-get install -y`` the packages that are missing."""
+        names = packages.split() if isinstance(packages, str) else list(packages)
+        return self._step("apt", raise_on_error, packages=names, **options)
+
+    def git(
+        self,
+        username: str,
+        reponame: str | None = None,
+        token: str | None = None,
+        raise_on_error: bool = True,
+        **options: Any,
+    ) -> StepOutcome:
+        """Clone ``username/reponame`` from GitHub (or ``username`` as any git URL), or bring it up to date.
+
+        The token (``token``, else ``$GITHUB_TOKEN``) travels on the channel's
+        stdin, never in a command line.
+        """
+        repo = f"{username}/{reponame}" if reponame else username
+        step = steps.build("git", repo=repo, **options)
+        secrets = dict(os.environ)
+        if token is not None:
+            secrets[step.token_env] = token
+        outcome = self.run_step(step, secrets=secrets)
+        if raise_on_error and not outcome.ok:
+            raise CommandError("git", outcome.exited, outcome.stdout, outcome.stderr)
+        return outcome
+
+    def pip(self, packages: str | list[str], raise_on_error: bool = True, **options: Any) -> StepOutcome:
+        """Install packages into the virtualenv (``.venv`` in the working directory by default)."""
+        names = packages.split() if isinstance(packages, str) else list(packages)
+        return self._step("pip", raise_on_error, packages=names, **options)
+
+    def pip_r(self, requirements: str, raise_on_error: bool = True, **options: Any) -> StepOutcome:
+        """``pip install -r`` a *remote* requirements file into the virtualenv."""
+        return self._step("pip_r", raise_on_error, requirements=requirements, **options)
+
+    def pip_freeze(self, venv: str = ".venv") -> str:
+        """``pip freeze`` of the virtualenv."""
+        return self.wait(f"{steps.quote_path(venv)}/bin/python -m pip freeze")
+
+    # -- snapshots --------------------------------------------------------------
+
+    def ps(self, args: str = "-Af") -> pd.DataFrame:
+        """``ps`` (``-Af`` by default) as a DataFrame with the columns ``ps`` prints."""
+        return parse_ps(self.wait(shlex.join(["ps", *shlex.split(args)])))
+
+    def top(self) -> pd.DataFrame:
+        """CPU and memory per process: ``ps -Ao %cpu,%mem,user,comm`` as a DataFrame."""
+        return self.ps(TOP_ARGS)
+
+    def __repr__(self) -> str:
+        return f"<SSHClient {self.user}@{self.host}:{self.port} {self.label!r}>"
+
+
+def parse_ps(text: str) -> pd.DataFrame:
+    """Parse ``ps`` output: the header names the columns; the last column keeps its spaces."""
+    import pandas as pd
+
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        return pd.DataFrame()
+    columns = lines[0].split()
+    rows = [line.split(None, len(columns) - 1) for line in lines[1:]]
+    rows = [row + [""] * (len(columns) - len(row)) for row in rows]
+    frame = pd.DataFrame(rows, columns=columns)
+    for column in columns:
+        if column in _NUMERIC:
+            converted = pd.to_numeric(frame[column], errors="coerce")
+            if not converted.isna().any():
+                frame[column] = converted
+    return frame

@@ -1,0 +1,364 @@
+"""Steps as shell text: one small function per step kind, no I/O.
+
+Every step becomes a :class:`Script`: a *check* that exits 0 when the droplet
+is already as wanted, 1 when there is work to do and anything else when the
+check itself failed, and an *apply* that does the work. :func:`render` joins
+them, with the working directory, environment, ``sudo`` and ``timeout``, into
+one remote command, so one round trip both decides and acts.
+
+This module is the one place that builds remote shell text. Every value a
+user gave reaches it through :func:`quote` or :func:`quote_path`; commands
+the user wrote as shell (``run``, ``nohup``, ``unless``) travel as a single
+quoted argument of ``sh -c``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from poseidon import spec
+from poseidon.spec import (
+    AptStep,
+    ChdirStep,
+    GitStep,
+    NohupStep,
+    PipRStep,
+    PipStep,
+    RunStep,
+)
+
+__all__ = [
+    "MARKER",
+    "Mode",
+    "Script",
+    "StepContext",
+    "build",
+    "parse_status",
+    "quote",
+    "quote_path",
+    "render",
+    "script_for",
+]
+
+Mode = Literal["apply", "check"]
+
+#: Printed by a rendered step as its last line of stdout: ``::poseidon:ok`` etc.
+MARKER = "::poseidon:"
+
+# The step's timeout gives the command this long to end after SIGTERM before SIGKILL.
+_KILL_AFTER = 5
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """Where a step runs: the droplet's working directory and SSH user."""
+
+    cwd: str | None = None
+    user: str = "root"
+
+    @property
+    def is_root(self) -> bool:
+        return self.user == "root"
+
+
+@dataclass(frozen=True)
+class Script:
+    """Shell text for one step: how to check it and how to apply it."""
+
+    apply: str
+    #: Exits 0: nothing to do; 1: work to do; else the check failed. ``None``: always work to do.
+    check: str | None = None
+    ok_reason: str = ""
+    #: Whether running the step twice is safe and reports ``ok`` the second time.
+    idempotent: bool = True
+    #: Whether the step needs root (then ``sudo -n`` when the user is not root).
+    needs_root: bool = False
+    #: A secret sent on the command's stdin (never in its argv).
+    stdin: str | None = None
+
+
+# -- quoting: the one place values meet shell text ---------------------------
+
+
+def quote(value: object) -> str:
+    """One shell word for ``value``, whatever it contains."""
+    return shlex.quote(str(value))
+
+
+def quote_all(values: Iterable[object]) -> str:
+    return " ".join(quote(v) for v in values)
+
+
+def quote_path(path: str) -> str:
+    """Quote a path, leaving a leading ``~`` or ``~/`` outside the quotes so the shell expands it."""
+    if path == "~":
+        return "~"
+    if path.startswith("~/"):
+        rest = path[2:]
+        return "~/" + quote(rest) if rest else "~/"
+    return quote(path)
+
+
+def _sh(command: str) -> str:
+    """A command the user wrote as shell, run by ``sh -c`` as one quoted argument."""
+    return f"sh -c {quote(command)}"
+
+
+# -- one function per step kind ----------------------------------------------
+
+
+def chdir(step: ChdirStep, ctx: StepContext) -> Script:
+    # Prints the absolute directory so the executor can resolve later relative paths.
+    return Script(
+        check=f"cd -- {quote_path(step.path)} || exit 2; pwd",
+        apply=":",
+        ok_reason="directory exists",
+    )
+
+
+_DPKG_INSTALLED = (
+    "_installed() { dpkg-query -W -f='${Status}\\n' \"$1\" 2>/dev/null"
+    " | grep -q ' installed$'; }"
+)
+
+
+def apt(step: AptStep, ctx: StepContext) -> Script:
+    names = quote_all(step.packages)
+    missing = f'set --; for p in {names}; do _installed "$p" || set -- "$@" "$p"; done'
+    update = "apt-get update -q && " if step.update else ""
+    # cloud-init holds the dpkg lock right after a droplet boots: wait for it, bounded.
+    install = (
+        "DEBIAN_FRONTEND=noninteractive apt-get install -y -q"
+        " -o DPkg::Lock::Timeout=300 -- \"$@\""
+    )
+    return Script(
+        check=f'{_DPKG_INSTALLED}\n{missing}\n[ "$#" -eq 0 ]',
+        apply=f"{_DPKG_INSTALLED}\n{missing}\n{update}{install}",
+        ok_reason=f"{len(step.packages)} package(s) already installed",
+        needs_root=True,
+    )
+
+
+# Peeled annotated tags (``^{}``) name the commit; otherwise the first line does.
+_LS_REMOTE_SHA = "awk '$2 ~ /\\^\\{\\}$/ {p=$1} NR==1 {f=$1} END {print (p ? p : f)}'"
+
+_ASKPASS = (
+    # The token arrives on stdin and reaches git through GIT_ASKPASS: never argv,
+    # never the droplet's .git/config.
+    'IFS= read -r POSEIDON_GIT_TOKEN || true; export POSEIDON_GIT_TOKEN\n'
+    'askpass=$(mktemp) || exit 2; trap \'rm -f "$askpass"\' EXIT\n'
+    "printf '%s\\n' '#!/bin/sh' "
+    "'case \"$1\" in Username*) echo x-access-token ;; *) printf \"%s\\n\" \"$POSEIDON_GIT_TOKEN\" ;; esac'"
+    ' > "$askpass" && chmod 700 "$askpass" || exit 2\n'
+    'export GIT_ASKPASS="$askpass"'
+)
+
+
+def git(step: GitStep, ctx: StepContext, token: str | None = None) -> Script:
+    url, dest = quote(step.url()), quote_path(step.target())
+    ref = quote(step.ref or "HEAD")
+    want = (
+        f"want=$(git -C {dest} ls-remote -- origin {ref} | {_LS_REMOTE_SHA})\n"
+        f'[ -n "$want" ] || want=$(git -C {dest} rev-parse -q --verify {quote((step.ref or "HEAD") + "^{commit}")})'
+    )
+    check = (
+        f"[ -d {dest}/.git ] || return 1\n"
+        f"head=$(git -C {dest} rev-parse HEAD) || return 2\n"
+        f"{want} || return 1\n"
+        f'[ "$head" = "$want" ] && [ -z "$(git -C {dest} status --porcelain --untracked-files=no)" ]'
+    )
+    checkout = f" && git -C {dest} checkout -q {quote(step.ref)}" if step.ref else ""
+    apply = (
+        f"if [ -d {dest}/.git ]; then\n"
+        f"  git -C {dest} fetch -q origin {ref} && git -C {dest} reset -q --hard FETCH_HEAD\n"
+        f"else\n"
+        f"  git clone -q -- {url} {dest}{checkout}\n"
+        f"fi"
+    )
+    prelude = "export GIT_TERMINAL_PROMPT=0\n" + (_ASKPASS + "\n" if token else "")
+    return Script(
+        check=prelude + check,
+        apply=prelude + apply,
+        ok_reason=f"{step.target()} is at {step.ref or 'the remote HEAD'}",
+        stdin=token + "\n" if token else None,
+    )
+
+
+def _venv(venv: str) -> str:
+    path = quote_path(venv)
+    return f"[ -x {path}/bin/python ] || python3 -m venv -- {path}"
+
+
+# Exits 0 when every requirement given as an argument is installed at a matching version.
+_SATISFIED = (
+    "import sys\n"
+    "from importlib.metadata import version, PackageNotFoundError\n"
+    "try:\n from packaging.requirements import Requirement\n"
+    "except ImportError:\n from pip._vendor.packaging.requirements import Requirement\n"
+    "for text in sys.argv[1:]:\n"
+    " r = Requirement(text)\n"
+    " try:\n  v = version(r.name)\n"
+    " except PackageNotFoundError:\n  sys.exit(1)\n"
+    " if not r.specifier.contains(v, prereleases=True):\n  sys.exit(1)\n"
+)
+
+
+def pip(step: PipStep, ctx: StepContext) -> Script:
+    venv = quote_path(step.venv)
+    names = quote_all(step.packages)
+    return Script(
+        check=f"[ -x {venv}/bin/python ] || return 1\n{venv}/bin/python -c {quote(_SATISFIED)} {names} 2>/dev/null || return 1",
+        apply=f"{_venv(step.venv)} && {venv}/bin/python -m pip install -q -- {names}",
+        ok_reason=f"{len(step.packages)} requirement(s) already satisfied in {step.venv}",
+    )
+
+
+def pip_r(step: PipRStep, ctx: StepContext) -> Script:
+    venv, req = quote_path(step.venv), quote_path(step.requirements)
+    key = hashlib.sha256(step.requirements.encode()).hexdigest()[:16]
+    stamp = f"{venv}/{quote('.poseidon-pip_r-' + key)}"
+    # What the last successful install saw: the requirements file and the venv's installed set.
+    state = (
+        f"_state() {{ sha256sum < {req} | cut -c1-64"
+        f" && ls {venv}/lib/python*/site-packages | sha256sum | cut -c1-64; }}"
+    )
+    return Script(
+        check=(
+            f"{state}\n[ -x {venv}/bin/python ] && [ -f {stamp} ] || return 1\n"
+            f'[ "$(_state 2>/dev/null)" = "$(cat {stamp})" ]'
+        ),
+        apply=(
+            f"{state}\n{_venv(step.venv)} && {venv}/bin/python -m pip install -q -r {req}"
+            f" && _state > {stamp}"
+        ),
+        ok_reason=f"{step.requirements} unchanged since the last install",
+    )
+
+
+def nohup(step: NohupStep, ctx: StepContext) -> Script:
+    name = step.process_name()
+    pidfile = f".poseidon/{quote(name + '.pid')}"
+    log = quote_path(step.log_path())
+    alive = f'[ -f {pidfile} ] && kill -0 "$(cat {pidfile})" 2>/dev/null'
+    stop = (
+        f'if {alive}; then pid=$(cat {pidfile}); kill -- "-$pid" 2>/dev/null || kill "$pid";'
+        ' n=0; while kill -0 "$pid" 2>/dev/null && [ $n -lt 50 ]; do sleep 0.1; n=$((n+1)); done; fi'
+    )
+    # setsid gives the process a session of its own, so it outlives the SSH
+    # session; all three streams are redirected so the channel can close.
+    start = (
+        f"mkdir -p .poseidon || exit 2\n"
+        f"nohup setsid {_sh(step.cmd)} > {log} 2>&1 < /dev/null &\n"
+        f"echo $! > {pidfile}\n"
+        f"sleep {step.grace:g}\n"
+        f'if ! kill -0 "$(cat {pidfile})" 2>/dev/null; then\n'
+        f"  echo {quote(f'poseidon: {name} exited within {step.grace:g} s; the end of its log:')} >&2\n"
+        f"  tail -n 20 {log} >&2; exit 1\n"
+        f"fi\n"
+        f"echo {quote(f'{name} started')}, pid \"$(cat {pidfile})\""
+    )
+    return Script(
+        check="return 1" if step.restart else alive,
+        apply=(stop + "\n" + start) if step.restart else start,
+        ok_reason=f"{name} is running",
+        idempotent=not step.restart,
+    )
+
+
+def run(step: RunStep, ctx: StepContext) -> Script:
+    guards = []
+    if step.creates:
+        guards.append(f"[ -e {quote_path(step.creates)} ] && return 0")
+    if step.unless:
+        guards.append(f"{_sh(step.unless)} >/dev/null 2>&1 && return 0")
+    reason = f"{step.creates} exists" if step.creates else "the unless command succeeded"
+    return Script(
+        check="\n".join([*guards, "return 1"]) if guards else None,
+        apply=_sh(step.cmd),
+        ok_reason=reason if guards else "",
+        idempotent=bool(guards),
+    )
+
+
+_BUILDERS: dict[str, Callable[..., Script]] = {
+    "chdir": chdir,
+    "apt": apt,
+    "git": git,
+    "pip": pip,
+    "pip_r": pip_r,
+    "nohup": nohup,
+    "run": run,
+}
+
+
+def script_for(step: spec.Step, ctx: StepContext, *, secrets: Mapping[str, str] | None = None) -> Script:
+    """The :class:`Script` of ``step``; ``secrets`` holds the git tokens by variable name."""
+    if isinstance(step, GitStep):
+        token = (secrets or {}).get(step.token_env) or None
+        return git(step, ctx, token)
+    return _BUILDERS[step.kind](step, ctx)
+
+
+def build(kind: str, **fields: Any) -> spec.Step:
+    """A validated step model from keyword arguments, as a playbook would give them."""
+    from pydantic import TypeAdapter
+
+    adapter: TypeAdapter[Any] = TypeAdapter(spec.Step)
+    return adapter.validate_python({"kind": kind, **fields})  # type: ignore[no-any-return]
+
+
+# -- the one remote command ---------------------------------------------------
+
+
+def render(
+    script: Script,
+    ctx: StepContext,
+    *,
+    mode: Mode = "apply",
+    sudo: bool = False,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+    interactive: bool = False,
+) -> str:
+    """The single remote command that checks, then (in ``apply`` mode) applies.
+
+    Its last line of stdout is ``::poseidon:ok``, ``::poseidon:changed`` or
+    ``::poseidon:would-change``; any other ending is a failure, told by the
+    exit status.
+    """
+    lines = []
+    if ctx.cwd:
+        lines.append(f"cd -- {quote_path(ctx.cwd)} || exit 2")
+    for key, value in (env or {}).items():
+        lines.append(f"export {key}={quote(value)}")
+    check = script.check or "return 1"
+    lines.append(f"_check() {{\n{check}\n}}")
+    lines.append(
+        f"_check; rc=$?\n"
+        f"if [ $rc -eq 0 ]; then printf '\\n{MARKER}ok\\n'; exit 0; fi\n"
+        f'if [ $rc -ne 1 ]; then echo "poseidon: the check failed (exit $rc)" >&2; exit $rc; fi'
+    )
+    if mode == "check":
+        lines.append(f"printf '\\n{MARKER}would-change\\n'; exit 0")
+    else:
+        lines.append(f"_apply() {{\n{script.apply}\n}}")
+        lines.append(f"_apply || exit $?\nprintf '\\n{MARKER}changed\\n'")
+    command = f"sh -c {quote(chr(10).join(lines))}"
+    if sudo or (script.needs_root and not ctx.is_root):
+        command = f"sudo {'' if interactive else '-n '}-- {command}"
+    if timeout:
+        command = f"timeout -k {_KILL_AFTER} {timeout:g} {command}"
+    return command
+
+
+def parse_status(stdout: str) -> tuple[str | None, str]:
+    """Split a rendered step's stdout into its status marker and the step's own output."""
+    text = stdout.rstrip("\n")
+    head, _, last = text.rpartition("\n")
+    if last.startswith(MARKER):
+        return last[len(MARKER):], head.rstrip("\n")
+    return None, stdout

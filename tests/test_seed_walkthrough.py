@@ -1,0 +1,114 @@
+"""The original poseidon's SSH walkthrough, line by line, over real OpenSSH on the sandbox."""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import pytest
+
+import poseidon.api as po
+from poseidon.errors import CommandError
+from poseidon.sandbox import Sandbox
+from wheels import build_wheel, offline_pip_env
+
+
+def test_the_seed_walkthrough_runs_line_by_line(sandbox_env: Sandbox) -> None:
+    client = po.connect()
+    droplet = client.droplets.by_name("test")
+    ssh = droplet.connect()
+
+    assert ssh.wait("echo foo") == "foo\n"
+
+    stdin, stdout, stderr = ssh.exec_command("echo foo; echo bar >&2")
+    assert stdout.read() == b"foo\n"
+    assert stderr.read() == b"bar\n"
+
+    git = ssh.git("changhiskhan", "test")
+    assert git.changed
+    assert ssh.chdir("test").endswith("/test")
+    assert ssh.wait("cat index.html") == "hello from tiny\n"
+
+    assert ssh.apt("git curl").status in ("ok", "changed")
+
+    wheels = build_wheel(sandbox_env.home("test") / "wheels").parent
+    env = offline_pip_env(wheels)
+    assert ssh.pip("tinyfoo", env=env).changed
+    assert "tinyfoo==1.0" in ssh.pip_freeze()
+    ssh.wait("echo 'tinyfoo==1.0' > requirements.txt")
+    assert ssh.pip_r("requirements.txt", env=env).changed
+
+    ip = droplet.ip_address
+    started = ssh.nohup(f"python3 serve.py {ip} 8123", name="tiny")
+    assert started.changed
+    assert ssh.wait(f"curl -fsS --retry 5 --retry-connrefused --retry-delay 1 http://{ip}:8123/") == "hello from tiny\n"
+
+    ps = ssh.ps()
+    assert isinstance(ps, pd.DataFrame)
+    assert list(ps.columns) == ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"]
+    assert ps["CMD"].str.contains(f"serve.py {ip} 8123", regex=False).any()
+    top = ssh.top()
+    assert list(top.columns) == ["%CPU", "%MEM", "USER", "COMMAND"]
+    assert top["%CPU"].dtype.kind == "f"
+
+    ssh.close()
+
+
+def test_a_second_run_of_each_convenience_has_nothing_to_do(sandbox_env: Sandbox) -> None:
+    droplet = po.connect().droplets.by_name("other")
+    wheels = build_wheel(sandbox_env.home("other") / "wheels").parent
+    env = offline_pip_env(wheels)
+    with droplet.connect() as ssh:
+        first = [ssh.git("changhiskhan", "test", dest="again")]
+        ssh.chdir("again")
+        first.append(ssh.pip("tinyfoo==1.0", env=env))
+        ssh.wait("echo tinyfoo > req.txt")
+        first.append(ssh.pip_r("req.txt", env=env))
+        first.append(ssh.nohup("sleep 300", name="sleeper", grace=0.2))
+        assert [o.status for o in first] == ["changed"] * 4
+        ssh.chdir("~")
+        second = [ssh.git("changhiskhan", "test", dest="again")]
+        ssh.chdir("again")
+        second.append(ssh.pip("tinyfoo==1.0", env=env))
+        second.append(ssh.pip_r("req.txt", env=env))
+        second.append(ssh.nohup("sleep 300", name="sleeper", grace=0.2))
+        assert [o.status for o in second] == ["ok"] * 4
+
+
+def test_wait_raises_with_the_exit_status_and_stderr(sandbox_env: Sandbox) -> None:
+    with po.connect().droplets.by_name("test").connect() as ssh:
+        with pytest.raises(CommandError) as caught:
+            ssh.wait("echo oops >&2; exit 7")
+        assert caught.value.exited == 7
+        assert "oops" in caught.value.stderr
+        assert "oops" in str(caught.value)
+
+
+def test_wait_does_not_raise_for_stderr_alone_or_when_told_not_to(sandbox_env: Sandbox) -> None:
+    with po.connect().droplets.by_name("test").connect() as ssh:
+        assert ssh.wait("echo warning >&2; echo done") == "done\n"
+        assert ssh.wait("echo partial; exit 3", raise_on_error=False) == "partial\n"
+
+
+def test_chdir_to_a_missing_directory_fails_instead_of_running_elsewhere(sandbox_env: Sandbox) -> None:
+    with po.connect().droplets.by_name("test").connect() as ssh:
+        with pytest.raises(CommandError):
+            ssh.chdir("no/such/dir")
+        assert ssh.cwd is None
+
+
+def test_nohup_fails_with_the_log_when_the_process_dies_at_once(sandbox_env: Sandbox) -> None:
+    with po.connect().droplets.by_name("test").connect() as ssh:
+        outcome = ssh.nohup("echo cannot start >&2; exit 1", name="dies", grace=0.3, raise_on_error=False)
+        assert outcome.status == "failed"
+        assert "cannot start" in outcome.stderr
+
+
+def test_a_nohup_process_outlives_the_ssh_session(sandbox_env: Sandbox) -> None:
+    droplet = po.connect().droplets.by_name("test")
+    with droplet.connect() as ssh:
+        ssh.nohup("sleep 120", name="survivor", grace=0.1)
+        pid = ssh.wait("cat .poseidon/survivor.pid").strip()
+    time.sleep(0.2)
+    with droplet.connect() as ssh:
+        assert ssh.wait(f"kill -0 {pid} && echo alive") == "alive\n"
