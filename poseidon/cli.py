@@ -1,0 +1,258 @@
+"""The ``poseidon`` command.
+
+Exit status: 0 every step ok or changed; 1 a step failed on some droplet;
+2 the playbook, the command line or the environment is invalid (an unknown
+droplet too); 3 the API or SSH could not be reached or refused the
+credentials; 130 interrupted. They are assigned here and nowhere else.
+
+Heavy modules (pydantic's models aside: fabric, pandas, rich, requests) are
+imported inside the commands that need them, so ``--help`` and ``validate``
+start quickly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from poseidon import errors
+
+if TYPE_CHECKING:
+    from poseidon import spec
+    from poseidon.sandbox import Sandbox
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="poseidon",
+        description="Provision DigitalOcean droplets from a YAML playbook, over SSH.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def run_options(command: argparse.ArgumentParser) -> None:
+        command.add_argument("playbook", help="the playbook (YAML)")
+        command.add_argument("--sandbox", action="store_true", help="run on a local sandbox of the playbook's droplets")
+        command.add_argument("--limit", metavar="NAMES", help="only these droplets (comma-separated names)")
+        command.add_argument("--forks", type=int, default=20, metavar="N", help="droplets run at once (default 20)")
+        command.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
+        command.add_argument("--report", metavar="FILE.json", help="also write the JSON report to this file")
+
+    apply = commands.add_parser("apply", help="run a playbook's steps on its droplets")
+    run_options(apply)
+    apply.add_argument("--check", action="store_true", help="only report what would change (as plan)")
+    plan = commands.add_parser("plan", help="show what apply would change; changes nothing")
+    run_options(plan)
+
+    validate = commands.add_parser("validate", help="check a playbook offline")
+    validate.add_argument("playbook")
+    commands.add_parser("schema", help="print the playbook's JSON Schema")
+
+    droplets = commands.add_parser("droplets", help="list droplets")
+    droplets.add_argument("--tag", help="only droplets with this tag")
+    droplets.add_argument("--json", action="store_true")
+    for name, what in (("ps", "ps -Af"), ("top", "CPU and memory per process")):
+        command = commands.add_parser(name, help=f"{what} of a droplet")
+        command.add_argument("name", help="the droplet's name")
+
+    sandbox = commands.add_parser("sandbox", help="a local sandbox that outlives one command")
+    sandbox.add_argument("action", choices=["up", "down", "reset"])
+    sandbox.add_argument("--droplet", action="append", metavar="NAME", help="a droplet to serve (repeatable; default: test)")
+    sandbox.add_argument("--playbook", help="serve this playbook's droplets and example repositories")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = {
+        "apply": _apply,
+        "plan": _apply,
+        "validate": _validate,
+        "schema": _schema,
+        "droplets": _droplets,
+        "ps": _snapshot,
+        "top": _snapshot,
+        "sandbox": _sandbox,
+    }[args.command]
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except errors.SpecError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_INVALID
+    except (errors.UsageError, errors.ResolveError, errors.ValidationError, errors.NotFoundError) as exc:
+        print(f"poseidon: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except (errors.APIError, errors.APIConnectionError, errors.SSHError, errors.SandboxError) as exc:
+        print(f"poseidon: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except errors.PoseidonError as exc:
+        print(f"poseidon: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+# -- commands -------------------------------------------------------------------------
+
+
+def _load(path: str) -> spec.Playbook:
+    from poseidon import spec
+
+    return spec.load(path)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    playbook = _load(args.playbook)
+    print(f"{args.playbook}: valid ({len(playbook.droplets)} droplet entries, {len(playbook.steps)} steps)")
+    return EXIT_OK
+
+
+def _schema(args: argparse.Namespace) -> int:
+    import json
+
+    from poseidon import spec
+
+    print(json.dumps(spec.json_schema(), indent=2))
+    return EXIT_OK
+
+
+def _apply(args: argparse.Namespace) -> int:
+    from poseidon import executor
+    from poseidon.report import Reporter, to_json
+
+    playbook = _load(args.playbook)
+    mode = "check" if args.command == "plan" or getattr(args, "check", False) else "apply"
+    reporter = Reporter(sys.stderr if args.json else None)
+    with ExitStack() as stack:
+        settings: dict[str, Any] = {}
+        if args.sandbox:
+            sandbox = stack.enter_context(_sandbox_for(args.playbook, playbook))
+            reporter.message(f"sandbox: {len(sandbox.homes)} droplet(s) on 127.0.0.2+, API at {sandbox.api_url}", "dim")
+            settings = dict(
+                api_url=sandbox.api_url,
+                token=sandbox.token,
+                ssh=executor.SSHSettings(
+                    user=sandbox.user,
+                    port=sandbox.ssh_port,
+                    key_filename=sandbox.key_filename,
+                    known_hosts=sandbox.known_hosts,
+                    pinned=True,
+                ),
+            )
+        result = executor.apply(
+            playbook,
+            path=args.playbook,
+            mode=mode,
+            limit=args.limit.split(",") if args.limit else None,
+            forks=args.forks,
+            progress=reporter.step_done,
+            **settings,
+        )
+    if args.report:
+        Path(args.report).write_text(to_json(result) + "\n")
+    if args.json:
+        print(to_json(result))
+    else:
+        reporter.summary(result)
+    if any(r.unreachable for r in result.droplets):
+        return EXIT_UNREACHABLE
+    return EXIT_FAILED if result.failed else EXIT_OK
+
+
+def _droplets(args: argparse.Namespace) -> int:
+    import json
+
+    from poseidon import api
+
+    found = api.connect().droplets.list(tag=args.tag)
+    if args.json:
+        print(json.dumps([d.data for d in found], indent=2))
+        return EXIT_OK
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table()
+    for column in ("id", "name", "status", "public ip", "region", "tags"):
+        table.add_column(column)
+    for d in found:
+        table.add_row(str(d.id), d.name, d.status, d.ip_address or "-", d.region, ",".join(d.tags))
+    Console().print(table)
+    return EXIT_OK
+
+
+def _snapshot(args: argparse.Namespace) -> int:
+    from poseidon import api
+
+    droplet = api.connect().droplets.by_name(args.name)
+    with droplet.connect() as ssh:
+        frame = ssh.ps() if args.command == "ps" else ssh.top()
+    print(frame.to_string(index=False))
+    return EXIT_OK
+
+
+# -- the sandbox ------------------------------------------------------------------------
+
+
+def _sandbox_contents(path: str, playbook: spec.Playbook) -> tuple[list[dict[str, Any]], dict[str, Path]]:
+    """The playbook's droplets, and the GitHub repositories found in ``apps/`` beside it."""
+    from poseidon import spec
+
+    droplets: list[dict[str, Any]] = []
+    for ref in playbook.droplets:
+        if isinstance(ref, spec.TaggedDroplets):
+            droplets.append({"name": f"{ref.tag}-1", "tags": [ref.tag]})
+        else:
+            droplets.append({"name": ref.name})
+    apps = Path(path).resolve().parent / "apps"
+    repos: dict[str, Path] = {}
+    for step in playbook.steps:
+        if isinstance(step, spec.GitStep) and step.url().startswith("https://github.com/"):
+            name = step.repo.rstrip("/").removesuffix(".git").rsplit("/", 1)[-1]
+            if (apps / name).is_dir():
+                repos[step.repo] = apps / name
+    return droplets, repos
+
+
+def _sandbox_for(path: str, playbook: spec.Playbook) -> Sandbox:
+    from poseidon.sandbox import Sandbox
+
+    droplets, repos = _sandbox_contents(path, playbook)
+    return Sandbox(droplets, repos=repos)
+
+
+def _sandbox(args: argparse.Namespace) -> int:
+    from poseidon.sandbox import daemon
+
+    if args.action == "down":
+        print(daemon.down())
+        return EXIT_OK
+    if args.action == "reset":
+        daemon.down()
+    droplets: list[dict[str, Any]] = [{"name": n} for n in args.droplet or []]
+    repos: dict[str, Path] = {}
+    if args.playbook:
+        more, repos = _sandbox_contents(args.playbook, _load(args.playbook))
+        droplets += more
+    environ = daemon.up(droplets or [{"name": "test"}], repos)
+    for key, value in environ.items():
+        print(f"export {key}={_shell_quote(value)}")
+    return EXIT_OK
+
+
+def _shell_quote(value: str) -> str:
+    import shlex
+
+    return shlex.quote(value)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""Run a playbook: resolve every droplet, then replay the steps on each, in parallel.
+
+The phases are explicit: the playbook is already validated (offline) →
+:func:`resolve` every droplet through the API → per droplet, in parallel:
+connect → check and apply each step in order → snapshot → close. A failed
+step stops its own droplet only; an exception in one droplet's worker becomes
+that droplet's error and never cancels the others.
+
+The executor is given an API URL, a token and SSH settings; where they point
+(DigitalOcean or a sandbox) is not its business.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from poseidon import api, spec, steps
+from poseidon.droplet import Droplet
+from poseidon.errors import PoseidonError, ResolveError, SSHError, UsageError
+from poseidon.results import DropletRun, RunResult, StepResult
+from poseidon.ssh import SSHClient
+
+__all__ = ["SSHSettings", "Target", "apply", "resolve", "step_label"]
+
+#: Called as each step ends: ``(droplet_name, step_result)``.
+Progress = Callable[[str, StepResult], None]
+
+
+@dataclass(frozen=True)
+class SSHSettings:
+    """How to log in to droplets. ``None`` fields fall back to the playbook, then the environment."""
+
+    user: str | None = None
+    port: int | None = None
+    key_filename: str | None = None
+    known_hosts: str | None = None
+    connect_timeout: float = 15.0
+    #: When true, these settings win over the playbook's ``user``/``port`` (a sandbox has one user).
+    pinned: bool = False
+
+
+@dataclass(frozen=True)
+class Target:
+    """A resolved droplet with the login options its playbook entry gave."""
+
+    droplet: Droplet
+    user: str | None = None
+    port: int | None = None
+
+
+def step_label(step: spec.Step) -> str:
+    """A short human label: the step's ``name``, else its kind and main value."""
+    if step.name:
+        return step.name
+    value = getattr(step, step.primary)
+    text = " ".join(value) if isinstance(value, list) else str(value)
+    text = text.replace("\n", " ")
+    return f"{step.kind} {text[:48]}{'…' if len(text) > 48 else ''}"
+
+
+# -- resolve ------------------------------------------------------------------
+
+
+def resolve(playbook: spec.Playbook, client: api.Client) -> list[Target]:
+    """Every droplet the playbook names, in order, once each; every missing one reported at once."""
+    targets: dict[int, Target] = {}
+    problems: list[str] = []
+    for ref in playbook.droplets:
+        try:
+            if isinstance(ref, spec.TaggedDroplets):
+                found = client.droplets.list(tag=ref.tag)
+                if not found:
+                    raise ResolveError(f"no droplet carries the tag {ref.tag!r}")
+            else:
+                found = [client.droplets.by_name(ref.name)]
+        except ResolveError as exc:
+            problems.append(str(exc))
+            continue
+        for droplet in found:
+            targets.setdefault(droplet.id, Target(droplet, ref.user, ref.port))
+    if problems:
+        raise ResolveError("; ".join(problems))
+    return list(targets.values())
+
+
+def _limit(targets: list[Target], names: Iterable[str] | None) -> list[Target]:
+    if names is None:
+        return targets
+    wanted = set(names)
+    unknown = wanted - {t.droplet.name for t in targets}
+    if unknown:
+        raise UsageError(f"--limit names droplets the playbook does not: {', '.join(sorted(unknown))}")
+    return [t for t in targets if t.droplet.name in wanted]
+
+
+# -- variables and secrets ----------------------------------------------------
+
+
+def _environment(playbook: spec.Playbook) -> dict[str, str]:
+    """The variables the steps read with ``${env:NAME}``; an unset one stops the run before it starts."""
+    names = playbook.env_names()
+    missing = [n for n in names if n not in os.environ]
+    if missing:
+        raise UsageError(f"the playbook uses ${{env:…}} of unset variables: {', '.join(missing)}")
+    return {n: os.environ[n] for n in names}
+
+
+def _secrets(playbook: spec.Playbook) -> dict[str, str]:
+    """The git tokens the steps may need, read from this machine's environment."""
+    names = {s.token_env for s in playbook.steps if isinstance(s, spec.GitStep)}
+    return {n: os.environ[n] for n in names if os.environ.get(n)}
+
+
+# -- one droplet --------------------------------------------------------------
+
+
+def _connect(target: Target, settings: SSHSettings) -> SSHClient:
+    first, second = (settings, target) if settings.pinned else (target, settings)
+    return target.droplet.connect(
+        user=first.user or second.user,
+        port=first.port or second.port,
+        key_filename=settings.key_filename,
+        known_hosts=settings.known_hosts,
+        connect_timeout=settings.connect_timeout,
+    )
+
+
+def _run_droplet(
+    target: Target,
+    playbook: spec.Playbook,
+    environ: dict[str, str],
+    secrets: dict[str, str],
+    settings: SSHSettings,
+    mode: steps.Mode,
+    progress: Progress | None,
+) -> DropletRun:
+    droplet = target.droplet
+    run = DropletRun(droplet.name, droplet.id, droplet.ip_address)
+    values = spec.substitutions(playbook, droplet=droplet, environ=environ)
+    try:
+        with _connect(target, settings) as ssh:
+            _run_steps(ssh, run, playbook, values, secrets, mode, progress)
+            if playbook.report.ps:
+                run.ps = ssh.ps()
+            if playbook.report.top:
+                run.top = ssh.top()
+    except SSHError as exc:
+        run.error, run.unreachable = str(exc), True
+    except PoseidonError as exc:
+        run.error = str(exc)
+    except Exception as exc:  # noqa: BLE001 - one droplet's bug must not cancel the others
+        run.error = f"{type(exc).__name__}: {exc}"
+    _skip_rest(run, playbook)
+    return run
+
+
+def _run_steps(
+    ssh: SSHClient,
+    run: DropletRun,
+    playbook: spec.Playbook,
+    values: dict[str, str],
+    secrets: dict[str, str],
+    mode: steps.Mode,
+    progress: Progress | None,
+) -> None:
+    for index, raw in enumerate(playbook.steps):
+        step = spec.expand(raw, values)
+        outcome = ssh.run_step(step, mode=mode, secrets=secrets)
+        result = StepResult(
+            index=index,
+            kind=step.kind,
+            label=step_label(raw),
+            status=outcome.status,
+            duration=outcome.duration,
+            stdout=outcome.stdout,
+            stderr=outcome.stderr,
+            exited=outcome.exited,
+            reason=outcome.reason,
+        )
+        run.steps.append(result)
+        if progress:
+            progress(run.name, result)
+        if result.status == "failed":
+            return
+
+
+def _skip_rest(run: DropletRun, playbook: spec.Playbook) -> None:
+    """Mark the steps that never ran as skipped, so every droplet reports every step."""
+    for index in range(len(run.steps), len(playbook.steps)):
+        result = StepResult(index, playbook.steps[index].kind, step_label(playbook.steps[index]), "skipped")
+        run.steps.append(result)
+
+
+# -- the run ------------------------------------------------------------------
+
+
+def apply(
+    playbook: spec.Playbook,
+    *,
+    path: str = "<playbook>",
+    api_url: str | None = None,
+    token: str | None = None,
+    ssh: SSHSettings | None = None,
+    mode: steps.Mode = "apply",
+    limit: Iterable[str] | None = None,
+    forks: int = 20,
+    progress: Progress | None = None,
+    client: api.Client | None = None,
+) -> RunResult:
+    """Resolve the playbook's droplets and run its steps on each; return what happened.
+
+    Raises before any SSH connection when a droplet cannot be resolved
+    (:class:`ResolveError`), an ``${env:…}`` is unset or ``limit`` names an
+    unknown droplet (:class:`UsageError`), or the API fails (:class:`APIError`).
+    """
+    settings = ssh or SSHSettings()
+    started = time.time()
+    clock = time.monotonic()
+    environ = _environment(playbook)
+    secrets = _secrets(playbook)
+    client = client or api.connect(token=token, api_url=api_url)
+    targets = _limit(resolve(playbook, client), limit)
+    result = RunResult(playbook=path, name=playbook.name, mode=mode, started=started)
+    if targets:
+        with ThreadPoolExecutor(max_workers=max(1, min(forks, len(targets)))) as pool:
+            futures = [
+                pool.submit(_run_droplet, t, playbook, environ, secrets, settings, mode, progress)
+                for t in targets
+            ]
+            result.droplets = [f.result() for f in futures]
+    result.duration = time.monotonic() - clock
+    return result

@@ -1,0 +1,159 @@
+"""Results for people and for programs: terminal lines and tables, JSON.
+
+One :class:`Reporter` owns all terminal output. It follows the terminal:
+colour on a TTY, plain text otherwise, ``NO_COLOR`` respected (rich does
+both). rich is imported when a reporter is made, never by the library.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from typing import IO, TYPE_CHECKING, Any
+
+from poseidon.results import DropletRun, RunResult, StepResult
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+__all__ = ["Reporter", "to_json"]
+
+_STYLES = {
+    "ok": "green",
+    "changed": "yellow",
+    "would-change": "yellow",
+    "failed": "bold red",
+    "skipped": "dim",
+}
+#: Snapshot tables show this many rows; the JSON report has them all.
+SNAPSHOT_ROWS = 12
+
+
+def to_json(result: RunResult) -> str:
+    """The run as one JSON document (snapshots as lists of rows)."""
+    return json.dumps(result.to_dict(), indent=2, default=str)
+
+
+class Reporter:
+    """Prints progress as steps end, then the summary and the snapshots."""
+
+    def __init__(self, file: IO[str] | None = None, *, width: int | None = None) -> None:
+        from rich.console import Console
+
+        self.console: Console = Console(file=file or sys.stdout, width=width, highlight=False)
+        self._lock = threading.Lock()
+
+    def _box(self) -> Any:
+        from rich import box
+
+        return box.ROUNDED if self.console.is_terminal else box.ASCII
+
+    def message(self, text: str, style: str | None = None) -> None:
+        self.console.print(text, style=style, markup=False)
+
+    def error(self, text: str) -> None:
+        self.console.print(f"error: {text}", style="bold red", markup=False)
+
+    # -- while running -------------------------------------------------------------
+
+    def step_done(self, droplet: str, step: StepResult) -> None:
+        """One line per step as it ends; safe to call from the droplets' threads."""
+        from rich.text import Text
+
+        line = Text.assemble(
+            (f"{droplet:<14} ", "bold"),
+            (f"{step.status:<12}", _STYLES.get(step.status, "")),
+            f" {step.label}",
+            (f"  {step.duration:.2f}s", "dim"),
+        )
+        if step.status == "ok" and step.reason:
+            line.append(f"  ({step.reason})", "dim")
+        with self._lock:
+            self.console.print(line, no_wrap=True, overflow="ellipsis")
+            if step.status == "failed":
+                tail = step.tail()
+                if tail:
+                    self.console.print(_indent(tail), style="red", markup=False, highlight=False)
+
+    # -- after the run ---------------------------------------------------------------
+
+    def summary(self, result: RunResult, *, snapshots: bool = True) -> None:
+        self._steps_table(result)
+        for run in result.droplets:
+            if run.error:
+                self.console.print(f"{run.name}: {run.error}", style="bold red", markup=False)
+        if snapshots:
+            for run in result.droplets:
+                self._snapshots(run)
+        self._totals(result)
+
+    def _steps_table(self, result: RunResult) -> None:
+        from rich.table import Table
+
+        if not result.droplets:
+            self.message("no droplets to run on")
+            return
+        table = Table(title=f"{result.name or result.playbook} ({result.mode})", box=self._box())
+        table.add_column("#", justify="right")
+        table.add_column("step")
+        for run in result.droplets:
+            table.add_column(run.name)
+        for index, step in enumerate(result.droplets[0].steps):
+            cells = []
+            for run in result.droplets:
+                this = run.steps[index] if index < len(run.steps) else None
+                cells.append(_cell(this))
+            table.add_row(str(index + 1), step.label, *cells)
+        self.console.print(table)
+
+    def _snapshots(self, run: DropletRun) -> None:
+        for title, frame, sort in (("ps -Af", run.ps, None), ("top", run.top, "%CPU")):
+            if frame is None or frame.empty:
+                continue
+            if sort and sort in frame.columns:
+                frame = frame.sort_values(sort, ascending=False, kind="stable")
+                shown = frame.head(SNAPSHOT_ROWS)
+            else:
+                shown = frame.tail(SNAPSHOT_ROWS)
+            self._frame(f"{run.name}: {title}", shown, len(frame))
+
+    def _frame(self, title: str, frame: Any, total: int) -> None:
+        from rich.table import Table
+
+        caption = f"{len(frame)} of {total} rows; --json has them all" if total > len(frame) else None
+        table = Table(title=title, caption=caption, box=self._box())
+        for column in frame.columns:
+            table.add_column(str(column), overflow="fold")
+        for row in frame.itertuples(index=False):
+            table.add_row(*(str(v) for v in row))
+        self.console.print(table)
+
+    def _totals(self, result: RunResult) -> None:
+        counts = {s: 0 for s in _STYLES}
+        for run in result.droplets:
+            for step in run.steps:
+                counts[step.status] = counts.get(step.status, 0) + 1
+        parts = [f"{n} {s}" for s, n in counts.items() if n]
+        failed = [r.name for r in result.droplets if r.failed]
+        verdict = f"failed on {', '.join(failed)}" if failed else "all droplets succeeded"
+        style = "bold red" if failed else "bold green"
+        self.console.print(
+            f"{len(result.droplets)} droplet(s), {', '.join(parts) or 'no steps'} in {result.duration:.1f}s: {verdict}",
+            style=style,
+            markup=False,
+        )
+
+
+def _cell(step: StepResult | None) -> Any:
+    from rich.text import Text
+
+    if step is None:
+        return ""
+    if step.status in ("skipped",):
+        return Text(step.status, style=_STYLES[step.status])
+    return Text(f"{step.status} {step.duration:.1f}s", style=_STYLES.get(step.status, ""))
+
+
+def _indent(text: str) -> str:
+    return "\n".join("    " + line for line in text.splitlines())

@@ -1,0 +1,118 @@
+"""Plain result data of a run: per droplet, per step, and the snapshots.
+
+Data only: nothing here talks to a droplet or prints. Snapshots are pandas
+DataFrames when the executor took them, typed loosely so that this module
+needs nothing but the standard library.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["DropletRun", "RunResult", "StepResult", "STATUSES"]
+
+#: ``would-change`` is what ``plan`` reports where ``apply`` would report ``changed``.
+STATUSES = ("ok", "changed", "would-change", "failed", "skipped")
+
+
+@dataclass
+class StepResult:
+    """One step on one droplet."""
+
+    index: int
+    kind: str
+    label: str
+    status: str
+    duration: float = 0.0
+    stdout: str = ""
+    stderr: str = ""
+    exited: int = 0
+    reason: str = ""
+
+    def tail(self, lines: int = 10) -> str:
+        """The last lines of what the step printed, stderr first when it failed."""
+        text = self.stderr if self.status == "failed" and self.stderr.strip() else self.stdout
+        return "\n".join(text.strip().splitlines()[-lines:])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "kind": self.kind,
+            "label": self.label,
+            "status": self.status,
+            "duration": round(self.duration, 3),
+            "exited": self.exited,
+            "reason": self.reason,
+            "stdout_tail": "\n".join(self.stdout.strip().splitlines()[-20:]),
+            "stderr_tail": "\n".join(self.stderr.strip().splitlines()[-20:]),
+        }
+
+
+@dataclass
+class DropletRun:
+    """Everything that happened on one droplet."""
+
+    name: str
+    id: int | None = None
+    ip_address: str | None = None
+    steps: list[StepResult] = field(default_factory=list)
+    #: Why the droplet could not run at all (unreachable, host key changed…), or ``None``.
+    error: str | None = None
+    #: Whether ``error`` is about reaching the droplet (SSH refused, unreachable, host key).
+    unreachable: bool = False
+    ps: Any = None
+    top: Any = None
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None or any(s.status == "failed" for s in self.steps)
+
+    def count(self, status: str) -> int:
+        return sum(1 for s in self.steps if s.status == status)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "id": self.id,
+            "ip_address": self.ip_address,
+            "error": self.error,
+            "unreachable": self.unreachable,
+            "failed": self.failed,
+            "steps": [s.to_dict() for s in self.steps],
+            "ps": _records(self.ps),
+            "top": _records(self.top),
+        }
+
+
+@dataclass
+class RunResult:
+    """A whole run of a playbook: one :class:`DropletRun` per droplet, in playbook order."""
+
+    playbook: str
+    name: str | None
+    mode: str
+    droplets: list[DropletRun] = field(default_factory=list)
+    started: float = 0.0
+    duration: float = 0.0
+
+    @property
+    def failed(self) -> bool:
+        return any(d.failed for d in self.droplets)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "playbook": self.playbook,
+            "name": self.name,
+            "mode": self.mode,
+            "started": self.started,
+            "duration": round(self.duration, 3),
+            "failed": self.failed,
+            "droplets": [d.to_dict() for d in self.droplets],
+        }
+
+
+def _records(frame: Any) -> list[dict[str, Any]] | None:
+    if frame is None:
+        return None
+    return frame.to_dict(orient="records")  # type: ignore[no-any-return]

@@ -1,0 +1,195 @@
+"""`poseidon apply` end to end: the CLI, the executor, the API emulator and real OpenSSH droplets."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from poseidon.cli import main
+from poseidon.sandbox import Sandbox
+from wheels import build_wheel
+
+ROOT = Path(__file__).parent.parent
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text).lstrip())
+    return path
+
+
+def test_the_demo_playbook_deploys_the_app_on_two_droplets() -> None:
+    """What `make demo` runs, as a newcomer runs it: a subprocess, a fresh sandbox, PyPI for Flask."""
+    result = subprocess.run(
+        [sys.executable, "-m", "poseidon.cli", "apply", "examples/site.yaml", "--sandbox"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={k: v for k, v in os.environ.items() if not k.startswith(("POSEIDON_", "DIGITALOCEAN_"))},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "hello from 127.0.0.2:5000" not in out  # step output stays out of the summary…
+    assert out.count("changed") >= 8  # git, pip_r, nohup and run on both droplets
+    for name in ("web-1", "web-2"):
+        assert f"{name}: ps -Af" in out
+        assert f"{name}: top" in out
+    assert "all droplets succeeded" in out
+
+
+def test_apply_reports_json_with_every_step_and_the_snapshots(tmp_path: Path, shared_sandbox: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+    playbook = write(
+        tmp_path / "site.yaml",
+        """
+        version: 1
+        name: json-report
+        droplets: [test, other]
+        steps:
+          - run: {cmd: "mkdir -p json-report", creates: json-report}
+          - chdir: json-report
+          - run: echo hello from ${droplet.name} at ${droplet.ip_address}
+        """,
+    )
+    code = _apply_on(shared_sandbox, [str(playbook), "--json", "--report", str(tmp_path / "report.json")])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report == json.loads((tmp_path / "report.json").read_text())
+    by_name = {d["name"]: d for d in report["droplets"]}
+    assert set(by_name) == {"test", "other"}
+    assert by_name["test"]["steps"][2]["stdout_tail"] == "hello from test at 127.0.0.2"
+    assert by_name["other"]["steps"][2]["stdout_tail"] == "hello from other at 127.0.0.3"
+    assert by_name["test"]["ps"] and "CMD" in by_name["test"]["ps"][0]
+    assert by_name["test"]["top"] and "%CPU" in by_name["test"]["top"][0]
+
+
+def test_a_second_apply_changes_nothing(tmp_path: Path, shared_sandbox: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+    wheels = build_wheel(tmp_path / "wheels").parent
+    (tmp_path / "reqs").mkdir()
+    playbook = write(
+        tmp_path / "site.yaml",
+        f"""
+        version: 1
+        droplets: [test, other]
+        vars:
+          dir: idem
+        steps:
+          - apt: [git]
+          - git: {{repo: changhiskhan/test, dest: "${{dir}}"}}
+          - chdir: "${{dir}}"
+          - run: {{cmd: "echo tinyfoo==1.0 > requirements.txt", creates: requirements.txt}}
+          - pip_r:
+              requirements: requirements.txt
+              env: {{PIP_NO_INDEX: "1", PIP_FIND_LINKS: "{wheels}"}}
+          - pip:
+              packages: [tinyfoo]
+              env: {{PIP_NO_INDEX: "1", PIP_FIND_LINKS: "{wheels}"}}
+          - nohup: {{cmd: "python3 serve.py ${{droplet.ip_address}} 8200", name: idem-web, grace: 0.3}}
+        report: {{ps: false, top: false}}
+        """,
+    )
+    assert _apply_on(shared_sandbox, [str(playbook), "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert _apply_on(shared_sandbox, [str(playbook), "--json"]) == 0
+    second = json.loads(capsys.readouterr().out)
+    for droplet in first["droplets"]:
+        assert [s["status"] for s in droplet["steps"]][1:] == ["changed", "ok", "changed", "changed", "ok", "changed"]
+    for droplet in second["droplets"]:
+        assert {s["status"] for s in droplet["steps"]} == {"ok"}, droplet["steps"]
+
+
+def test_an_unknown_droplet_stops_the_run_before_any_ssh_connection(tmp_path: Path, shared_sandbox: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+    playbook = write(
+        tmp_path / "site.yaml",
+        """
+        version: 1
+        droplets: [test, nosuch]
+        steps:
+          - run: touch should-not-exist
+        """,
+    )
+    assert _apply_on(shared_sandbox, [str(playbook)]) == 2
+    err = capsys.readouterr().err
+    assert "no droplet named 'nosuch'" in err
+    assert not (shared_sandbox.home("test") / "should-not-exist").exists()
+
+
+def test_an_invalid_playbook_exits_2_with_file_line_and_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    playbook = write(
+        tmp_path / "bad.yaml",
+        """
+        version: 1
+        droplets: [test]
+        steps:
+          - git: {dest: app}
+        """,
+    )
+    assert main(["apply", str(playbook)]) == 2
+    err = capsys.readouterr().err
+    assert f"{playbook}:4:" in err
+    assert "steps[0].git" in err
+    assert "Traceback" not in err
+
+
+def test_a_failing_step_fails_its_droplet_only_and_skips_the_rest(tmp_path: Path, shared_sandbox: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+    playbook = write(
+        tmp_path / "site.yaml",
+        """
+        version: 1
+        droplets: [test, other]
+        steps:
+          - run: '[ "${droplet.name}" = other ] || { echo broken on purpose >&2; exit 4; }'
+          - run: echo after
+        report: {ps: false, top: false}
+        """,
+    )
+    assert _apply_on(shared_sandbox, [str(playbook), "--json"]) == 1
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    runs = {d["name"]: d for d in report["droplets"]}
+    assert [s["status"] for s in runs["test"]["steps"]] == ["failed", "skipped"]
+    assert runs["test"]["steps"][0]["exited"] == 4
+    assert "broken on purpose" in runs["test"]["steps"][0]["stderr_tail"]
+    assert [s["status"] for s in runs["other"]["steps"]] == ["changed", "changed"]
+    assert "broken on purpose" in captured.err  # the progress lines show the failure's tail
+
+
+def test_plan_reports_what_would_change_and_changes_nothing(tmp_path: Path, shared_sandbox: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+    playbook = write(
+        tmp_path / "site.yaml",
+        """
+        version: 1
+        droplets: [test]
+        steps:
+          - run: {cmd: touch planned-file, creates: planned-file}
+        report: {ps: false, top: false}
+        """,
+    )
+    assert _apply_on(shared_sandbox, [str(playbook), "--json"], command="plan") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["droplets"][0]["steps"][0]["status"] == "would-change"
+    assert not (shared_sandbox.home("test") / "planned-file").exists()
+
+
+def test_validate_and_schema_need_no_network(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(ROOT / "examples" / "site.yaml")]) == 0
+    assert "valid" in capsys.readouterr().out
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert schema == json.loads((ROOT / "schemas" / "playbook.schema.json").read_text())
+
+
+def _apply_on(sandbox: Sandbox, args: list[str], command: str = "apply") -> int:
+    """Run the CLI against an already running sandbox, as `poseidon sandbox up` users do."""
+    saved = dict(os.environ)
+    os.environ.update(sandbox.environ)
+    try:
+        return main([command, *args])
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)

@@ -1,0 +1,60 @@
+"""The arrows of DESIGN.md, kept honest: who may import whom, at module level or inside functions."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import poseidon.api
+import poseidon.ssh
+
+PACKAGE = Path(__file__).parent.parent / "poseidon"
+
+
+def imports_of(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def core_modules() -> list[Path]:
+    return sorted(p for p in PACKAGE.glob("*.py") if p.name != "__init__.py")
+
+
+@pytest.mark.parametrize("module", core_modules(), ids=lambda p: p.name)
+def test_only_the_cli_imports_the_sandbox(module: Path) -> None:
+    if module.name == "cli.py":
+        return
+    assert not any(n.startswith("poseidon.sandbox") for n in imports_of(module))
+
+
+@pytest.mark.parametrize("module", core_modules(), ids=lambda p: p.name)
+def test_only_the_report_and_the_cli_import_rich(module: Path) -> None:
+    if module.name in ("report.py", "cli.py"):
+        return
+    assert not any(n == "rich" or n.startswith("rich.") for n in imports_of(module))
+
+
+@pytest.mark.parametrize("module", sorted((PACKAGE / "sandbox").glob("*.py")), ids=lambda p: p.name)
+def test_the_sandbox_imports_nothing_from_the_core_but_its_errors(module: Path) -> None:
+    core = {n for n in imports_of(module) if n.startswith("poseidon") and not n.startswith("poseidon.sandbox")}
+    assert core <= {"poseidon.errors", "poseidon.errors.SandboxError"}
+
+
+def test_the_api_client_knows_nothing_of_ssh_or_playbooks() -> None:
+    names = imports_of(PACKAGE / "api.py")
+    assert not any(n.split(".")[0] in ("fabric", "paramiko") for n in names)
+    assert not any(n.startswith(("poseidon.ssh", "poseidon.spec", "poseidon.steps", "poseidon.executor")) for n in names)
+
+
+def test_the_public_names_of_the_original_api_stay() -> None:
+    assert callable(poseidon.api.connect)
+    for method in ("exec_command", "wait", "chdir", "nohup", "apt", "git", "pip", "pip_freeze", "pip_r", "ps", "top", "close"):
+        assert callable(getattr(poseidon.ssh.SSHClient, method)), method
