@@ -24,7 +24,7 @@ from poseidon.errors import PoseidonError, ResolveError, SSHError, UsageError
 from poseidon.results import DropletRun, RunResult, StepResult
 from poseidon.ssh import SSHClient
 
-__all__ = ["SSHSettings", "Target", "apply", "resolve", "step_label"]
+__all__ = ["SSHSettings", "Target", "apply", "resolve"]
 
 #: Called as each step ends: ``(droplet_name, step_result)``.
 Progress = Callable[[str, StepResult], None]
@@ -50,16 +50,6 @@ class Target:
     droplet: Droplet
     user: str | None = None
     port: int | None = None
-
-
-def step_label(step: spec.Step) -> str:
-    """A short human label: the step's ``name``, else its kind and main value."""
-    if step.name:
-        return step.name
-    value = getattr(step, step.primary)
-    text = " ".join(value) if isinstance(value, list) else str(value)
-    text = text.replace("\n", " ")
-    return f"{step.kind} {text[:48]}{'…' if len(text) > 48 else ''}"
 
 
 # -- resolve ------------------------------------------------------------------
@@ -173,7 +163,7 @@ def _run_steps(
         result = StepResult(
             index=index,
             kind=step.kind,
-            label=step_label(raw),
+            label=steps.describe(raw),
             status=outcome.status,
             duration=outcome.duration,
             stdout=outcome.stdout,
@@ -191,7 +181,7 @@ def _run_steps(
 def _skip_rest(run: DropletRun, playbook: spec.Playbook) -> None:
     """Mark the steps that never ran as skipped, so every droplet reports every step."""
     for index in range(len(run.steps), len(playbook.steps)):
-        result = StepResult(index, playbook.steps[index].kind, step_label(playbook.steps[index]), "skipped")
+        result = StepResult(index, playbook.steps[index].kind, steps.describe(playbook.steps[index]), "skipped")
         run.steps.append(result)
 
 

@@ -170,22 +170,34 @@ class SSHClient:
         client = self.connection.client  # opening the connection checks the host key
         return client.exec_command(self._in_cwd(cmd))  # type: ignore[no-any-return]
 
-    def run(self, cmd: str, *, stdin: str | None = None, timeout: float | None = None) -> Any:
-        """Run ``cmd`` in the working directory; return Fabric's ``Result`` (never raises on exit status)."""
+    def run(
+        self, cmd: str, *, stdin: str | None = None, timeout: float | None = None, title: str | None = None
+    ) -> Any:
+        """Run ``cmd`` in the working directory; return Fabric's ``Result`` (never raises on exit status).
+
+        With ``interactive=True`` the command (or ``title``, for the long
+        scripts of steps) and its output are printed, and a pseudo-terminal
+        lets a sudo password prompt reach the user.
+        """
         from invoke.exceptions import CommandTimedOut
 
         options: dict[str, Any] = {"warn": True, "timeout": timeout}
-        if self.interactive and stdin is None:
-            # Prints the command and its output, and lets a sudo password prompt reach the user.
-            options.update(echo=True, hide=False, pty=True)
+        interactive = self.interactive and stdin is None
+        if interactive:
+            print(f"[{self.label}] $ {title or cmd}", flush=True)
+            options.update(hide=False, pty=True)
         else:
             options.update(hide=True, in_stream=io.StringIO(stdin) if stdin else False)
         try:
-            return self.connection.run(self._in_cwd(cmd), **options)
+            result = self.connection.run(self._in_cwd(cmd), **options)
         except CommandTimedOut as exc:
-            raise CommandError(cmd, 124, stderr=f"timed out after {exc.timeout} s") from exc
+            raise CommandError(title or cmd, 124, stderr=f"timed out after {exc.timeout} s") from exc
         except (OSError, EOFError) as exc:
             raise SSHError(f"{self.label}: the connection failed during a command: {exc}") from exc
+        if interactive:
+            # A pseudo-terminal ends lines with CR LF; callers compare with plain text.
+            result.stdout = result.stdout.replace("\r\n", "\n")
+        return result
 
     def wait(self, cmd: str, raise_on_error: bool = True) -> str:
         """Run ``cmd`` and return its stdout; raise :class:`CommandError` when it exits non-zero.
@@ -221,7 +233,7 @@ class SSHClient:
         )
         started = time.monotonic()
         try:
-            result = self.run(command, stdin=script.stdin)
+            result = self.run(command, stdin=script.stdin, title=steps.describe(step))
             exited, stdout, stderr = result.exited, result.stdout, result.stderr
         except CommandError as exc:
             exited, stdout, stderr = exc.exited, exc.stdout, exc.stderr

@@ -37,6 +37,7 @@ __all__ = [
     "Script",
     "StepContext",
     "build",
+    "describe",
     "parse_status",
     "quote",
     "quote_path",
@@ -301,6 +302,16 @@ def script_for(step: spec.Step, ctx: StepContext, *, secrets: Mapping[str, str] 
         token = (secrets or {}).get(step.token_env) or None
         return git(step, ctx, token)
     return _BUILDERS[step.kind](step, ctx)
+
+
+def describe(step: spec.Step, width: int = 60) -> str:
+    """A one-line description: the step's ``name``, else its kind and main value."""
+    if step.name:
+        return step.name
+    value = getattr(step, step.primary)
+    text = " ".join(value) if isinstance(value, list) else str(value)
+    text = f"{step.kind} {' '.join(text.split())}"
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def build(kind: str, **fields: Any) -> spec.Step:

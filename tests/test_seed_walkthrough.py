@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import time
 
 import pandas as pd
@@ -112,3 +113,28 @@ def test_a_nohup_process_outlives_the_ssh_session(sandbox_env: Sandbox) -> None:
     time.sleep(0.2)
     with droplet.connect() as ssh:
         assert ssh.wait(f"kill -0 {pid} && echo alive") == "alive\n"
+
+
+def test_interactive_prints_each_command_and_its_output(
+    sandbox_env: Sandbox, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # what the user would type: nothing
+    with po.connect().droplets.by_name("test").connect(interactive=True) as ssh:
+        assert ssh.wait("echo interactive-foo") == "interactive-foo\n"
+        assert ssh.apt("git").ok
+    out = capsys.readouterr().out
+    assert "[test] $ echo interactive-foo\n" in out
+    assert "interactive-foo\r\n" in out or "interactive-foo\n" in out.split("$ echo interactive-foo", 1)[1]
+    assert "[test] $ apt git" in out
+
+
+def test_sudo_is_non_interactive_unless_asked(sandbox_env: Sandbox) -> None:
+    from poseidon import steps
+
+    script = steps.Script(apply="true", needs_root=True)
+    quiet = steps.render(script, steps.StepContext(user="deploy"))
+    asking = steps.render(script, steps.StepContext(user="deploy"), interactive=True)
+    as_root = steps.render(script, steps.StepContext(user="root"))
+    assert quiet.startswith("sudo -n -- sh -c ")
+    assert asking.startswith("sudo -- sh -c ")
+    assert as_root.startswith("sh -c ")

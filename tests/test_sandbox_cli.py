@@ -1,0 +1,63 @@
+"""`poseidon sandbox up` / `down`: a sandbox that outlives one command, reached through its exports."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+
+
+def poseidon(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "poseidon.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def exports(text: str) -> dict[str, str]:
+    found = {}
+    for line in text.splitlines():
+        words = shlex.split(line)
+        assert words[0] == "export", line
+        key, _, value = words[1].partition("=")
+        found[key] = value
+    return found
+
+
+def test_sandbox_up_prints_exports_that_reach_it_and_down_stops_it(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("POSEIDON_", "DIGITALOCEAN_"))}
+    env["XDG_STATE_HOME"] = str(tmp_path)
+    up = poseidon("sandbox", "up", "--droplet", "alpha", "--droplet", "beta", env=env)
+    assert up.returncode == 0, up.stderr
+    variables = exports(up.stdout)
+    assert set(variables) == {
+        "POSEIDON_API_URL", "DIGITALOCEAN_TOKEN", "POSEIDON_SSH_USER",
+        "POSEIDON_SSH_PORT", "POSEIDON_SSH_KEY", "POSEIDON_KNOWN_HOSTS",
+    }
+    state = json.loads((tmp_path / "poseidon" / "sandbox" / "state.json").read_text())
+    try:
+        again = poseidon("sandbox", "up", env=env)
+        assert again.returncode == 3
+        assert "already up" in again.stderr
+
+        reached = {**env, **variables}
+        listed = poseidon("droplets", "--json", env=reached)
+        assert listed.returncode == 0, listed.stderr
+        assert sorted(d["name"] for d in json.loads(listed.stdout)) == ["alpha", "beta"]
+        ps = poseidon("ps", "beta", env=reached)
+        assert ps.returncode == 0, ps.stderr
+        assert ps.stdout.split()[:8] == ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"]
+    finally:
+        down = poseidon("sandbox", "down", env=env)
+    assert down.returncode == 0
+    assert "sandbox stopped" in down.stdout
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(state["pid"]), 0)
+    assert not Path(state["root"]).exists()
+    assert "no sandbox is up" in poseidon("sandbox", "down", env=env).stdout
