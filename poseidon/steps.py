@@ -71,6 +71,8 @@ class Script:
     """Shell text for one step: how to check it and how to apply it."""
 
     apply: str
+    #: Run once before the check, at the script's top level (variables, secrets read from stdin).
+    setup: str = ""
     #: Exits 0: nothing to do; 1: work to do; else the check failed. ``None``: always work to do.
     check: str | None = None
     ok_reason: str = ""
@@ -121,37 +123,46 @@ def chdir(step: ChdirStep, ctx: StepContext) -> Script:
     )
 
 
+# `name=version` is installed only at that version; `name:arch` is dpkg-query's own syntax.
 _DPKG_INSTALLED = (
-    "_installed() { dpkg-query -W -f='${Status}\\n' \"$1\" 2>/dev/null"
-    " | grep -q ' installed$'; }"
+    "_installed() { n=${1%%=*}\n"
+    "  s=$(dpkg-query -W -f='${Status}|${Version}' \"$n\" 2>/dev/null) || return 1\n"
+    "  case \"$s\" in *' installed|'*) ;; *) return 1 ;; esac\n"
+    "  [ \"$n\" = \"$1\" ] || [ \"${s##*|}\" = \"${1#*=}\" ]; }"
 )
+# cloud-init holds the dpkg lock right after a droplet boots: wait for it, bounded.
+_APT_GET = "DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout=300"
 
 
 def apt(step: AptStep, ctx: StepContext) -> Script:
     names = quote_all(step.packages)
     missing = f'set --; for p in {names}; do _installed "$p" || set -- "$@" "$p"; done'
-    update = "apt-get update -q && " if step.update else ""
-    # cloud-init holds the dpkg lock right after a droplet boots: wait for it, bounded.
-    install = (
-        "DEBIAN_FRONTEND=noninteractive apt-get install -y -q"
-        " -o DPkg::Lock::Timeout=300 -- \"$@\""
-    )
+    update = f"{_APT_GET} update && " if step.update else ""
     return Script(
-        check=f'{_DPKG_INSTALLED}\n{missing}\n[ "$#" -eq 0 ]',
-        apply=f"{_DPKG_INSTALLED}\n{missing}\n{update}{install}",
+        setup=_DPKG_INSTALLED,
+        check=f'{missing}\n[ "$#" -eq 0 ]',
+        apply=f'{missing}\n{update}{_APT_GET} install -y -- "$@"',
         ok_reason=f"{len(step.packages)} package(s) already installed",
         needs_root=True,
     )
 
 
-# Peeled annotated tags (``^{}``) name the commit; otherwise the first line does.
-_LS_REMOTE_SHA = "awk '$2 ~ /\\^\\{\\}$/ {p=$1} NR==1 {f=$1} END {print (p ? p : f)}'"
+# Resolves the wanted ref from `git ls-remote` output by exact name: a peeled
+# annotated tag first (it names the commit), then a branch, a tag, an exact ref
+# (HEAD, refs/...). Prints "SHA KIND", or nothing when the remote lacks the ref.
+_PICK_REF = (
+    "awk -v r=\"$ref\" '"
+    '$2 == "refs/tags/" r "^{}" {t=$1} $2 == "refs/heads/" r {h=$1} '
+    '$2 == "refs/tags/" r {g=$1} $2 == r {e=$1} '
+    'END {if (t) print t, "tag"; else if (h) print h, "branch"; '
+    'else if (g) print g, "tag"; else if (e) print e, "ref"}\''
+)
 
 _ASKPASS = (
     # The token arrives on stdin and reaches git through GIT_ASKPASS: never argv,
-    # never the droplet's .git/config.
-    'IFS= read -r POSEIDON_GIT_TOKEN || true; export POSEIDON_GIT_TOKEN\n'
-    'askpass=$(mktemp) || exit 2; trap \'rm -f "$askpass"\' EXIT\n'
+    # never the droplet's .git/config. It is read once, before the check.
+    "IFS= read -r POSEIDON_GIT_TOKEN || true; export POSEIDON_GIT_TOKEN\n"
+    "askpass=$(mktemp) || exit 2; trap 'rm -f \"$askpass\"' EXIT\n"
     "printf '%s\\n' '#!/bin/sh' "
     "'case \"$1\" in Username*) echo x-access-token ;; *) printf \"%s\\n\" \"$POSEIDON_GIT_TOKEN\" ;; esac'"
     ' > "$askpass" && chmod 700 "$askpass" || exit 2\n'
@@ -160,30 +171,44 @@ _ASKPASS = (
 
 
 def git(step: GitStep, ctx: StepContext, token: str | None = None) -> Script:
-    url, dest = quote(step.url()), quote_path(step.target())
-    ref = quote(step.ref or "HEAD")
-    want = (
-        f"want=$(git -C {dest} ls-remote -- origin {ref} | {_LS_REMOTE_SHA})\n"
-        f'[ -n "$want" ] || want=$(git -C {dest} rev-parse -q --verify {quote((step.ref or "HEAD") + "^{commit}")})'
+    dest = quote_path(step.target())
+    setup = (
+        f"export GIT_TERMINAL_PROMPT=0\nref={quote(step.ref or 'HEAD')}\nwant= kind=\n"
+        + (_ASKPASS if token else "")
+    )
+    # What the remote has under the ref; a remote that cannot be read fails the check.
+    resolve = (
+        f'out=$(git -C {dest} ls-remote -- origin "$ref" "refs/heads/$ref" "refs/tags/$ref" "refs/tags/$ref^{{}}") || return 2\n'
+        f'set -- $(printf "%s\\n" "$out" | {_PICK_REF}); want=${{1-}} kind=${{2-}}'
     )
     check = (
         f"[ -d {dest}/.git ] || return 1\n"
         f"head=$(git -C {dest} rev-parse HEAD) || return 2\n"
-        f"{want} || return 1\n"
+        f"{resolve}\n"
+        # A ref the remote does not list is a commit id: the checkout must start with it.
+        f'[ -n "$want" ] || {{ case "$head" in "$ref"*) ;; *) return 1 ;; esac; want=$head; }}\n'
         f'[ "$head" = "$want" ] && [ -z "$(git -C {dest} status --porcelain --untracked-files=no)" ]'
     )
-    checkout = f" && git -C {dest} checkout -q {quote(step.ref)}" if step.ref else ""
+    checkout = ' && git -C {d} checkout -q "$ref"'.format(d=dest) if step.ref else ""
     apply = (
         f"if [ -d {dest}/.git ]; then\n"
-        f"  git -C {dest} fetch -q origin {ref} && git -C {dest} reset -q --hard FETCH_HEAD\n"
+        f'  if [ "$kind" = branch ]; then\n'
+        f'    git -C {dest} fetch -q origin "$want" && git -C {dest} checkout -q --force -B "$ref" "$want"\n'
+        f'  elif [ "$kind" = ref ]; then\n'
+        f'    git -C {dest} fetch -q origin "$want" && git -C {dest} reset -q --hard "$want"\n'
+        f'  elif [ -n "$want" ]; then\n'
+        f'    git -C {dest} fetch -q origin "$want" && git -C {dest} checkout -q --force --detach "$want"\n'
+        f"  else\n"
+        f'    git -C {dest} fetch -q --tags origin && git -C {dest} checkout -q --force --detach "$ref"\n'
+        f"  fi\n"
         f"else\n"
-        f"  git clone -q -- {url} {dest}{checkout}\n"
+        f"  git clone -q -- {quote(step.url())} {dest}{checkout}\n"
         f"fi"
     )
-    prelude = "export GIT_TERMINAL_PROMPT=0\n" + (_ASKPASS + "\n" if token else "")
     return Script(
-        check=prelude + check,
-        apply=prelude + apply,
+        setup=setup,
+        check=check,
+        apply=apply,
         ok_reason=f"{step.target()} is at {step.ref or 'the remote HEAD'}",
         stdin=token + "\n" if token else None,
     )
@@ -222,32 +247,36 @@ def pip_r(step: PipRStep, ctx: StepContext) -> Script:
     venv, req = quote_path(step.venv), quote_path(step.requirements)
     key = hashlib.sha256(step.requirements.encode()).hexdigest()[:16]
     stamp = f"{venv}/{quote('.poseidon-pip_r-' + key)}"
-    # What the last successful install saw: the requirements file and the venv's installed set.
-    state = (
-        f"_state() {{ sha256sum < {req} | cut -c1-64"
-        f" && ls {venv}/lib/python*/site-packages | sha256sum | cut -c1-64; }}"
-    )
+    # What the last successful install saw: the requirements file, and the venv
+    # itself (pyvenv.cfg changes when the venv is made again). Other steps
+    # installing into the same venv do not count as a change.
+    state = f"_state() {{ cat {req} {venv}/pyvenv.cfg | sha256sum | cut -c1-64; }}"
     return Script(
+        setup=state,
         check=(
-            f"{state}\n[ -x {venv}/bin/python ] && [ -f {stamp} ] || return 1\n"
+            f"[ -x {venv}/bin/python ] && [ -f {stamp} ] || return 1\n"
             f'[ "$(_state 2>/dev/null)" = "$(cat {stamp})" ]'
         ),
-        apply=(
-            f"{state}\n{_venv(step.venv)} && {venv}/bin/python -m pip install -q -r {req}"
-            f" && _state > {stamp}"
-        ),
+        apply=f"{_venv(step.venv)} && {venv}/bin/python -m pip install -q -r {req} && _state > {stamp}",
         ok_reason=f"{step.requirements} unchanged since the last install",
     )
+
+
+# A zombie answers `kill -0` but runs no more (an init that reaps slowly keeps it).
+_ALIVE = '_alive() { s=$(ps -o stat= -p "$1" 2>/dev/null) || return 1; case "$s" in Z*|"") return 1 ;; esac; }'
 
 
 def nohup(step: NohupStep, ctx: StepContext) -> Script:
     name = step.process_name()
     pidfile = f".poseidon/{quote(name + '.pid')}"
     log = quote_path(step.log_path())
-    alive = f'[ -f {pidfile} ] && kill -0 "$(cat {pidfile})" 2>/dev/null'
+    alive = f'[ -f {pidfile} ] && _alive "$(cat {pidfile})"'
+    # The process leads its own process group (setsid): TERM the group, then KILL
+    # what is left after five seconds. (dash's kill takes `--` only without a signal.)
     stop = (
         f'if {alive}; then pid=$(cat {pidfile}); kill -- "-$pid" 2>/dev/null || kill "$pid";'
-        ' n=0; while kill -0 "$pid" 2>/dev/null && [ $n -lt 50 ]; do sleep 0.1; n=$((n+1)); done; fi'
+        ' n=0; while _alive "$pid" && [ $n -lt 50 ]; do sleep 0.1; n=$((n+1)); done;'
+        ' kill -9 "-$pid" 2>/dev/null; fi'
     )
     # setsid gives the process a session of its own, so it outlives the SSH
     # session; all three streams are redirected so the channel can close.
@@ -256,13 +285,14 @@ def nohup(step: NohupStep, ctx: StepContext) -> Script:
         f"nohup setsid {_sh(step.cmd)} > {log} 2>&1 < /dev/null &\n"
         f"echo $! > {pidfile}\n"
         f"sleep {step.grace:g}\n"
-        f'if ! kill -0 "$(cat {pidfile})" 2>/dev/null; then\n'
+        f'if ! _alive "$(cat {pidfile})"; then\n'
         f"  echo {quote(f'poseidon: {name} exited within {step.grace:g} s; the end of its log:')} >&2\n"
         f"  tail -n 20 {log} >&2; exit 1\n"
         f"fi\n"
         f"echo {quote(f'{name} started')}, pid \"$(cat {pidfile})\""
     )
     return Script(
+        setup=_ALIVE,
         check="return 1" if step.restart else alive,
         apply=(stop + "\n" + start) if step.restart else start,
         ok_reason=f"{name} is running",
@@ -346,6 +376,8 @@ def render(
         lines.append(f"cd -- {quote_path(ctx.cwd)} || exit 2")
     for key, value in (env or {}).items():
         lines.append(f"export {key}={quote(value)}")
+    if script.setup:
+        lines.append(script.setup)
     check = script.check or "return 1"
     lines.append(f"_check() {{\n{check}\n}}")
     lines.append(

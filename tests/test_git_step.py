@@ -1,0 +1,129 @@
+"""The git step over real SSH: refs of every kind, updates, and a private repository's token."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import poseidon.api as po
+from poseidon import steps
+from poseidon.cli import main
+from poseidon.sandbox import Sandbox
+from poseidon.sandbox.repos import build_bare_repo
+from gitserver import private_git_server
+
+IDENTITY = {
+    "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
+    "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid",
+}
+
+
+def git(*args: str, cwd: Path) -> str:
+    env = {**os.environ, **IDENTITY}
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A repository: commit A tagged v1 (annotated), commit B on main, branch feature/main at A."""
+    work = tmp_path_factory.mktemp("history")
+    git("init", "-q", "-b", "main", cwd=work)
+    (work / "version").write_text("A\n")
+    git("add", "-A", cwd=work)
+    git("commit", "-qm", "A", cwd=work)
+    first = git("rev-parse", "HEAD", cwd=work)
+    git("tag", "-a", "v1", "-m", "release 1", cwd=work)
+    git("branch", "feature/main", cwd=work)
+    (work / "version").write_text("B\n")
+    git("commit", "-qam", "B", cwd=work)
+    second = git("rev-parse", "HEAD", cwd=work)
+    bare = work.parent / "history.git"
+    git("clone", "-q", "--bare", str(work), str(bare), cwd=work.parent)
+    return {"url": bare.as_uri(), "A": first, "B": second}
+
+
+def run_git(ssh: object, **fields: object) -> str:
+    outcome = ssh.run_step(steps.build("git", **fields), secrets={})  # type: ignore[attr-defined]
+    assert outcome.status != "failed", outcome.stderr
+    return str(outcome.status)
+
+
+@pytest.mark.parametrize(
+    ("ref", "expected"),
+    [("v1", "A"), ("main", "B"), ("feature/main", "A"), (None, "B"), ("short-A", "A")],
+)
+def test_a_ref_is_cloned_then_left_alone(ref: str | None, expected: str, history: dict[str, str], sandbox_env: Sandbox) -> None:
+    if ref == "short-A":
+        ref = history["A"][:10]
+    dest = f"refs-{(ref or 'head').replace('/', '-')}"
+    with po.connect().droplets.by_name("other").connect() as ssh:
+        assert run_git(ssh, repo=history["url"], dest=dest, ref=ref) == "changed"
+        assert run_git(ssh, repo=history["url"], dest=dest, ref=ref) == "ok"
+        assert ssh.wait(f"git -C {dest} rev-parse HEAD").strip() == history[expected]
+
+
+def test_an_existing_clone_moves_to_a_new_ref_and_drops_local_edits(history: dict[str, str], sandbox_env: Sandbox) -> None:
+    with po.connect().droplets.by_name("other").connect() as ssh:
+        assert run_git(ssh, repo=history["url"], dest="moving", ref="v1") == "changed"
+        assert run_git(ssh, repo=history["url"], dest="moving", ref="main") == "changed"
+        assert ssh.wait("git -C moving rev-parse HEAD").strip() == history["B"]
+        assert ssh.wait("git -C moving rev-parse --abbrev-ref HEAD").strip() == "main"
+        ssh.wait("echo edited > moving/version")
+        assert run_git(ssh, repo=history["url"], dest="moving", ref="main") == "changed"
+        assert ssh.wait("cat moving/version") == "B\n"
+        assert run_git(ssh, repo=history["url"], dest="moving", ref=history["A"][:12]) == "changed"
+        assert ssh.wait("git -C moving rev-parse HEAD").strip() == history["A"]
+
+
+def test_an_unreachable_remote_fails_the_check_instead_of_passing_it(history: dict[str, str], sandbox_env: Sandbox, tmp_path: Path) -> None:
+    bare = tmp_path / "gone.git"
+    subprocess.run(["git", "clone", "-q", "--bare", history["url"], str(bare)], check=True)
+    with po.connect().droplets.by_name("other").connect() as ssh:
+        assert run_git(ssh, repo=bare.as_uri(), dest="gone") == "changed"
+        subprocess.run(["rm", "-rf", str(bare)], check=True)
+        outcome = ssh.run_step(steps.build("git", repo=bare.as_uri(), dest="gone"), secrets={})
+    assert outcome.status == "failed"
+    assert "the check failed" in outcome.stderr
+
+
+def test_a_private_repository_is_cloned_with_a_token_that_leaves_no_trace(
+    tmp_path: Path, sandbox_env: Sandbox, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token = "ghp_" + "s3cr3t" * 6
+    served = tmp_path / "served"
+    build_bare_repo(Path(__file__).parent / "apps" / "tiny", served / "private.git")
+    with private_git_server(served, token) as (url, seen):
+        playbook = tmp_path / "private.yaml"
+        playbook.write_text(textwrap.dedent(f"""
+            version: 1
+            droplets: [test]
+            steps:
+              - git: {{repo: "{url}/private.git", dest: private, token_env: DEPLOY_TOKEN}}
+            report: {{ps: false, top: false}}
+        """))
+        report = tmp_path / "report.json"
+        without = main(["apply", str(playbook), "--json"])
+        assert without == 1  # no token: refused by the server, and git did not wait for a prompt
+        capsys.readouterr()
+        monkeypatch.setenv("DEPLOY_TOKEN", token)
+        assert main(["apply", str(playbook), "--json", "--report", str(report)]) == 0
+        first = capsys.readouterr()
+        assert main(["apply", str(playbook), "--json"]) == 0
+        second = capsys.readouterr()
+    assert [d["steps"][0]["status"] for d in json.loads(first.out)["droplets"]] == ["changed"]
+    assert [d["steps"][0]["status"] for d in json.loads(second.out)["droplets"]] == ["ok"]
+    assert any(h.startswith("Basic ") for h in seen)
+    home = sandbox_env.home("test")
+    assert (home / "private" / "index.html").read_text() == "hello from tiny\n"
+    for text in (first.out, first.err, second.out, second.err, report.read_text()):
+        assert token not in text
+    for path in home.rglob("*"):
+        if path.is_file():
+            assert token.encode() not in path.read_bytes(), path
+    leftovers = [p for p in Path("/tmp").glob("tmp.*") if p.is_file() and b"POSEIDON_GIT_TOKEN" in p.read_bytes()]
+    assert leftovers == []  # the askpass helper is removed when the step ends
