@@ -13,11 +13,12 @@ start quickly.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from poseidon import errors
 
@@ -44,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--forks", type=int, default=20, metavar="N", help="droplets run at once (default 20)")
         command.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
         command.add_argument("--report", metavar="FILE.json", help="also write the JSON report to this file")
+        command.add_argument("--start-at", metavar="STEP", help="start at this step (its number, or its name)")
 
     apply = commands.add_parser("apply", help="run a playbook's steps on its droplets")
     run_options(apply)
@@ -90,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return EXIT_INVALID
-    except (errors.UsageError, errors.ResolveError, errors.ValidationError, errors.NotFoundError) as exc:
+    except (errors.UsageError, errors.ResolveError) as exc:
         print(f"poseidon: {exc}", file=sys.stderr)
         return EXIT_INVALID
     except (errors.APIError, errors.APIConnectionError, errors.SSHError, errors.SandboxError) as exc:
@@ -98,6 +100,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_UNREACHABLE
     except errors.PoseidonError as exc:
         print(f"poseidon: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:  # noqa: BLE001 - a bug still gets one line, not a traceback
+        if os.environ.get("POSEIDON_DEBUG"):
+            raise
+        print(f"poseidon: unexpected {type(exc).__name__}: {exc} (POSEIDON_DEBUG=1 shows where)", file=sys.stderr)
         return EXIT_FAILED
 
 
@@ -131,6 +138,8 @@ def _apply(args: argparse.Namespace) -> int:
 
     playbook = _load(args.playbook)
     mode = "check" if args.command == "plan" or getattr(args, "check", False) else "apply"
+    start_at = _step_index(playbook, args.start_at) if args.start_at else 0
+    report_file = _open_report(args.report) if args.report else None
     reporter = Reporter(sys.stderr if args.json else None)
     with ExitStack() as stack:
         settings: dict[str, Any] = {}
@@ -155,10 +164,12 @@ def _apply(args: argparse.Namespace) -> int:
             limit=args.limit.split(",") if args.limit else None,
             forks=args.forks,
             progress=reporter.step_done,
+            start_at=start_at,
             **settings,
         )
-    if args.report:
-        Path(args.report).write_text(to_json(result) + "\n")
+    if report_file:
+        with report_file:
+            report_file.write(to_json(result) + "\n")
     if args.json:
         print(to_json(result))
     else:
@@ -166,6 +177,24 @@ def _apply(args: argparse.Namespace) -> int:
     if any(r.unreachable for r in result.droplets):
         return EXIT_UNREACHABLE
     return EXIT_FAILED if result.failed else EXIT_OK
+
+
+def _step_index(playbook: spec.Playbook, wanted: str) -> int:
+    """``--start-at``: a 1-based step number, or a step's ``name``."""
+    if wanted.isdigit():
+        return int(wanted) - 1
+    for index, step in enumerate(playbook.steps):
+        if step.name == wanted:
+            return index
+    raise errors.UsageError(f"--start-at {wanted}: no step has that number or name")
+
+
+def _open_report(path: str) -> IO[str]:
+    """Open the report file before the run, so an unwritable path fails before any droplet changes."""
+    try:
+        return open(path, "w")
+    except OSError as exc:
+        raise errors.UsageError(f"--report {path}: {exc.strerror}") from exc
 
 
 def _droplets(args: argparse.Namespace) -> int:

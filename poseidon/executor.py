@@ -127,13 +127,14 @@ def _run_droplet(
     settings: SSHSettings,
     mode: steps.Mode,
     progress: Progress | None,
+    start_at: int,
 ) -> DropletRun:
     droplet = target.droplet
     run = DropletRun(droplet.name, droplet.id, droplet.ip_address)
-    values = spec.substitutions(playbook, droplet=droplet, environ=environ)
     try:
+        values = spec.substitutions(playbook, droplet=droplet, environ=environ)
         with _connect(target, settings) as ssh:
-            _run_steps(ssh, run, playbook, values, secrets, mode, progress)
+            _run_steps(ssh, run, playbook, values, secrets, mode, progress, start_at)
             if playbook.report.ps:
                 run.ps = ssh.ps()
             if playbook.report.top:
@@ -156,8 +157,13 @@ def _run_steps(
     secrets: dict[str, str],
     mode: steps.Mode,
     progress: Progress | None,
+    start_at: int,
 ) -> None:
     for index, raw in enumerate(playbook.steps):
+        if index < start_at and raw.kind != "chdir":
+            # Earlier chdir steps still run: they change nothing, and later paths depend on them.
+            run.steps.append(StepResult(index, raw.kind, steps.describe(raw), "skipped", reason="before --start-at"))
+            continue
         step = spec.expand(raw, values)
         outcome = ssh.run_step(step, mode=mode, secrets=secrets)
         result = StepResult(
@@ -200,14 +206,18 @@ def apply(
     forks: int = 20,
     progress: Progress | None = None,
     client: api.Client | None = None,
+    start_at: int = 0,
 ) -> RunResult:
     """Resolve the playbook's droplets and run its steps on each; return what happened.
 
     Raises before any SSH connection when a droplet cannot be resolved
-    (:class:`ResolveError`), an ``${env:…}`` is unset or ``limit`` names an
-    unknown droplet (:class:`UsageError`), or the API fails (:class:`APIError`).
+    (:class:`ResolveError`), an ``${env:…}`` is unset, ``limit`` names an
+    unknown droplet or ``start_at`` (0-based) no step (:class:`UsageError`), or
+    the API fails (:class:`APIError`).
     """
     settings = ssh or SSHSettings()
+    if not 0 <= start_at < max(1, len(playbook.steps)):
+        raise UsageError(f"there is no step {start_at + 1}: the playbook has {len(playbook.steps)}")
     started = time.time()
     clock = time.monotonic()
     environ = _environment(playbook)
@@ -218,7 +228,7 @@ def apply(
     if targets:
         with ThreadPoolExecutor(max_workers=max(1, min(forks, len(targets)))) as pool:
             futures = [
-                pool.submit(_run_droplet, t, playbook, environ, secrets, settings, mode, progress)
+                pool.submit(_run_droplet, t, playbook, environ, secrets, settings, mode, progress, start_at)
                 for t in targets
             ]
             result.droplets = [f.result() for f in futures]

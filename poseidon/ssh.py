@@ -179,6 +179,7 @@ class SSHClient:
         scripts of steps) and its output are printed, and a pseudo-terminal
         lets a sudo password prompt reach the user.
         """
+        import paramiko
         from invoke.exceptions import CommandTimedOut
 
         options: dict[str, Any] = {"warn": True, "timeout": timeout}
@@ -192,7 +193,7 @@ class SSHClient:
             result = self.connection.run(self._in_cwd(cmd), **options)
         except CommandTimedOut as exc:
             raise CommandError(title or cmd, 124, stderr=f"timed out after {exc.timeout} s") from exc
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, paramiko.SSHException) as exc:
             raise SSHError(f"{self.label}: the connection failed during a command: {exc}") from exc
         if interactive:
             # A pseudo-terminal ends lines with CR LF; callers compare with plain text.

@@ -70,7 +70,7 @@ def test_apply_reports_json_with_every_step_and_the_snapshots(tmp_path: Path, sh
 
 def test_a_second_apply_changes_nothing(tmp_path: Path, shared_sandbox: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
     wheels = build_wheel(tmp_path / "wheels").parent
-    (tmp_path / "reqs").mkdir()
+    build_wheel(wheels, name="tinybar")
     playbook = write(
         tmp_path / "site.yaml",
         f"""
@@ -87,7 +87,7 @@ def test_a_second_apply_changes_nothing(tmp_path: Path, shared_sandbox: Sandbox,
               requirements: requirements.txt
               env: {{PIP_NO_INDEX: "1", PIP_FIND_LINKS: "{wheels}"}}
           - pip:
-              packages: [tinyfoo]
+              packages: [tinybar]
               env: {{PIP_NO_INDEX: "1", PIP_FIND_LINKS: "{wheels}"}}
           - nohup: {{cmd: "python3 serve.py ${{droplet.ip_address}} 8200", name: idem-web, grace: 0.3}}
         report: {{ps: false, top: false}}
@@ -98,7 +98,7 @@ def test_a_second_apply_changes_nothing(tmp_path: Path, shared_sandbox: Sandbox,
     assert _apply_on(shared_sandbox, [str(playbook), "--json"]) == 0
     second = json.loads(capsys.readouterr().out)
     for droplet in first["droplets"]:
-        assert [s["status"] for s in droplet["steps"]][1:] == ["changed", "ok", "changed", "changed", "ok", "changed"]
+        assert [s["status"] for s in droplet["steps"]][1:] == ["changed", "ok", "changed", "changed", "changed", "changed"]
     for droplet in second["droplets"]:
         assert {s["status"] for s in droplet["steps"]} == {"ok"}, droplet["steps"]
 
@@ -190,6 +190,86 @@ def _apply_on(sandbox: Sandbox, args: list[str], command: str = "apply") -> int:
     os.environ.update(sandbox.environ)
     try:
         return main([command, *args])
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def test_a_step_that_hangs_is_stopped_at_its_timeout_with_its_processes(tmp_path: Path, shared_sandbox: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+    playbook = write(
+        tmp_path / "site.yaml",
+        """
+        version: 1
+        droplets: [test]
+        steps:
+          - run: {cmd: "sleep 3131 & sleep 3132", timeout: 1}
+        report: {ps: true, top: false}
+        """,
+    )
+    assert _apply_on(shared_sandbox, [str(playbook), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    step = report["droplets"][0]["steps"][0]
+    assert step["status"] == "failed"
+    assert step["exited"] == 124
+    assert "timed out after 1 s" in step["stderr_tail"]
+    commands = [row["CMD"] for row in report["droplets"][0]["ps"]]
+    assert not [c for c in commands if "sleep 313" in c]
+
+
+def test_start_at_skips_earlier_steps_but_keeps_their_directory(tmp_path: Path, shared_sandbox: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+    (shared_sandbox.home("test") / "start-at").mkdir(exist_ok=True)
+    playbook = write(
+        tmp_path / "site.yaml",
+        """
+        version: 1
+        droplets: [test]
+        steps:
+          - chdir: start-at
+          - run: {cmd: touch first, name: first}
+          - run: {cmd: touch second, name: second}
+        report: {ps: false, top: false}
+        """,
+    )
+    assert _apply_on(shared_sandbox, [str(playbook), "--json", "--start-at", "second"]) == 0
+    statuses = [s["status"] for s in json.loads(capsys.readouterr().out)["droplets"][0]["steps"]]
+    assert statuses == ["ok", "skipped", "changed"]
+    assert (shared_sandbox.home("test") / "start-at" / "second").exists()
+    assert not (shared_sandbox.home("test") / "start-at" / "first").exists()
+    assert _apply_on(shared_sandbox, [str(playbook), "--start-at", "nosuch"]) == 2
+    assert "no step has that number or name" in capsys.readouterr().err
+
+
+def test_an_unwritable_report_path_fails_before_any_change(tmp_path: Path, shared_sandbox: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+    playbook = write(
+        tmp_path / "site.yaml",
+        """
+        version: 1
+        droplets: [test]
+        steps:
+          - run: touch report-guarded
+        """,
+    )
+    assert _apply_on(shared_sandbox, [str(playbook), "--report", str(tmp_path / "no" / "such" / "dir.json")]) == 2
+    assert "--report" in capsys.readouterr().err
+    assert not (shared_sandbox.home("test") / "report-guarded").exists()
+
+
+def test_nohup_restart_replaces_the_running_process(shared_sandbox: Sandbox) -> None:
+    import poseidon.api as po
+
+    saved = dict(os.environ)
+    os.environ.update(shared_sandbox.environ)
+    try:
+        with po.connect().droplets.by_name("test").connect() as ssh:
+            ssh.nohup("trap '' TERM; sleep 300", name="stubborn", grace=0.1)
+            first = ssh.wait("cat .poseidon/stubborn.pid").strip()
+            again = ssh.nohup("trap '' TERM; sleep 300", name="stubborn", grace=0.1, restart=True)
+            second = ssh.wait("cat .poseidon/stubborn.pid").strip()
+            assert again.changed
+            assert first != second
+            # No process of the first group is left (a zombie waiting for init to reap it does not count).
+            assert ssh.wait(f"ps -o stat= -g {first} | grep -v '^Z' || true") == ""
+            assert ssh.wait(f"ps -o stat= -g {second} | grep -vc '^Z'") == "2\n"
     finally:
         os.environ.clear()
         os.environ.update(saved)

@@ -62,10 +62,11 @@ class Sandbox:
             raise SandboxError(f"the sandbox serves at most {_LAST_HOST - _FIRST_HOST + 1} droplets")
         self._repos = {k: Path(v) for k, v in (repos or {}).items()}
         self._own_root = root is None
-        self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix="poseidon-sandbox-"))
+        self._given_root = Path(root) if root else None
+        self.root = Path()
         self.token = "sandbox-" + secrets.token_hex(16)
         self.emulator = Emulator(self.token)
-        self.farm = SSHFarm(self.root)
+        self.farm: SSHFarm | None = None
         self.homes: dict[str, Path] = {}
         self.api_url = ""
         self._started = False
@@ -81,11 +82,16 @@ class Sandbox:
         return self
 
     def _start(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.root.chmod(0o700)
+        if self._given_root is None:
+            self.root = Path(tempfile.mkdtemp(prefix="poseidon-sandbox-"))
+        else:
+            self.root = self._given_root
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.root.chmod(0o700)
+        farm = self.farm = SSHFarm(self.root)
         pip_cache = _pip_cache()
         pip_cache.mkdir(parents=True, exist_ok=True)
-        self.farm.prepare(pip_cache)
+        farm.prepare(pip_cache)
         repos = self.root / "repos"
         for shorthand, source in self._repos.items():
             build_bare_repo(source, repos / f"{shorthand}.git")
@@ -93,31 +99,34 @@ class Sandbox:
         self.api_url = self.emulator.start()
         for number, spec in enumerate(self._droplets, start=_FIRST_HOST):
             address = f"127.0.0.{number}"
-            home = self.farm.add_host(address)
+            home = farm.add_host(address)
             (home / ".gitconfig").write_text(gitconfig)
             self.homes[spec["name"]] = home
             self.emulator.add_droplet(spec["name"], address, tags=tuple(spec.get("tags", ())))
-        self.farm.start()
+        farm.start()
         self._started = True
 
     def stop(self) -> None:
         """Stop sshd and the emulator, end the droplets' processes, remove the files."""
-        self.farm.stop()
         self.emulator.stop()
-        self._kill_droplet_processes()
-        if self._own_root:
-            shutil.rmtree(self.root, ignore_errors=True)
+        if self.farm is not None:
+            self.farm.stop()
+            self._kill_droplet_processes(self.farm.hosts)
+            if self._own_root:
+                shutil.rmtree(self.root, ignore_errors=True)
+        self.farm = None
         self._started = False
 
-    def _kill_droplet_processes(self) -> None:
-        """End what steps left running (nohup): every process whose cwd is in a droplet."""
-        hosts = str(self.farm.hosts) + os.sep
+    @staticmethod
+    def _kill_droplet_processes(hosts: Path) -> None:
+        """End what steps left running (nohup): every process whose HOME is a droplet's home."""
+        marker = b"HOME=" + str(hosts).encode() + b"/"
         for pid in _pids():
             try:
-                cwd = os.readlink(f"/proc/{pid}/cwd") + os.sep
+                environ = Path(f"/proc/{pid}/environ").read_bytes()
             except OSError:
                 continue
-            if cwd.startswith(hosts):
+            if any(v.startswith(marker) for v in environ.split(b"\0")):
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except OSError:
@@ -137,26 +146,30 @@ class Sandbox:
     # -- what clients need ---------------------------------------------------
 
     @property
+    def _running(self) -> SSHFarm:
+        if self.farm is None or not self._started:
+            raise SandboxError("the sandbox is not running")
+        return self.farm
+
+    @property
     def ssh_port(self) -> int:
-        return self.farm.port
+        return self._running.port
 
     @property
     def key_filename(self) -> str:
-        return str(self.farm.key_filename)
+        return str(self._running.key_filename)
 
     @property
     def known_hosts(self) -> str:
-        return str(self.farm.known_hosts)
+        return str(self._running.known_hosts)
 
     @property
     def user(self) -> str:
-        return self.farm.user
+        return self._running.user
 
     @property
     def environ(self) -> dict[str, str]:
         """The variables that make ``poseidon.api.connect()`` and ``droplet.connect()`` reach the sandbox."""
-        if not self._started:
-            raise SandboxError("the sandbox is not running")
         return {
             "POSEIDON_API_URL": self.api_url,
             "DIGITALOCEAN_TOKEN": self.token,

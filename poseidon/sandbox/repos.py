@@ -25,9 +25,12 @@ _IDENTITY = {
 
 def _git(*args: str, cwd: Path | None = None) -> None:
     env = {**os.environ, **_IDENTITY, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
-    result = subprocess.run(
-        ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL
-    )
+    try:
+        result = subprocess.run(
+            ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL
+        )
+    except FileNotFoundError:
+        raise SandboxError("the sandbox's repositories need git (Debian: apt-get install git)") from None
     if result.returncode != 0:
         raise SandboxError(f"git {' '.join(args)} failed: {result.stderr.strip()}")
 

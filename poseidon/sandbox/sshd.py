@@ -10,8 +10,8 @@ command with a non-login ``bash -c``.
 
 from __future__ import annotations
 
-import getpass
 import os
+import pwd
 import shlex
 import shutil
 import socket
@@ -78,12 +78,17 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
 
 def _keygen(path: Path, comment: str) -> str:
     """Create an ed25519 key pair without a passphrase; return the public key line."""
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
-        check=True,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-    )
+    try:
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
+            check=True,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+        )
+    except FileNotFoundError:
+        raise SandboxError("the sandbox needs ssh-keygen: install OpenSSH (Debian: apt-get install openssh-client)") from None
+    except subprocess.CalledProcessError as exc:
+        raise SandboxError(f"ssh-keygen failed: {exc.stderr.decode(errors='replace').strip()}") from None
     return path.with_suffix(".pub").read_text().strip()
 
 
@@ -104,7 +109,8 @@ class SSHFarm:
         self.etc = root / "etc"
         self.hosts = root / "hosts"
         self.shims = root / "shims"
-        self.user = getpass.getuser()
+        # The account sshd will log in, whatever $USER says.
+        self.user = pwd.getpwuid(os.geteuid()).pw_name
         self.port = 0
         self.addresses: list[str] = []
         self.key_filename = self.etc / "id_ed25519"
@@ -170,29 +176,40 @@ UseDNS no
 LogLevel ERROR
 """
 
-    def start(self) -> None:
+    def start(self, attempts: int = 3) -> None:
         if not self.addresses:
             raise SandboxError("the sandbox has no droplets to serve")
+        for attempt in range(attempts):
+            # The port is chosen free, then bound by sshd: another program may take
+            # it in between, on any of the addresses. Then choose again.
+            self.port = _free_port(self.addresses[0])
+            try:
+                self._start_sshd()
+                break
+            except SandboxError:
+                self.stop()
+                if attempt == attempts - 1:
+                    raise
+        with open(self.known_hosts, "w") as handle:
+            for address in self.addresses:
+                handle.write(f"[{address}]:{self.port} {self._host_key_line}\n")
+
+    def _start_sshd(self) -> None:
         sshd = find_sshd()
-        self.port = _free_port(self.addresses[0])
         config = self.etc / "sshd_config"
         _write(config, self._config(), 0o600)
         if os.geteuid() == 0:
             # sshd's privilege separation needs this directory when started as root.
             Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-        log = open(self.root / "sshd.log", "ab")
-        self._process = subprocess.Popen(
-            [sshd, "-D", "-e", "-f", str(config)],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
-        log.close()
+        with open(self.root / "sshd.log", "ab") as log:
+            self._process = subprocess.Popen(
+                [sshd, "-D", "-e", "-f", str(config)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
         self._wait_until_listening()
-        with open(self.known_hosts, "w") as handle:
-            for address in self.addresses:
-                handle.write(f"[{address}]:{self.port} {self._host_key_line}\n")
 
     def _wait_until_listening(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
