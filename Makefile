@@ -19,6 +19,7 @@ demo: install
 	$(BIN)/poseidon apply examples/site.yaml --sandbox
 
 test: install-test
+	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest
 
 clean:

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 from poseidon import errors
 
@@ -52,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     apply.add_argument("--check", action="store_true", help="only report what would change (as plan)")
     plan = commands.add_parser("plan", help="show what apply would change; changes nothing")
     run_options(plan)
+    plan.set_defaults(check=True)
 
     validate = commands.add_parser("validate", help="check a playbook offline")
     validate.add_argument("playbook")
@@ -137,7 +138,7 @@ def _apply(args: argparse.Namespace) -> int:
     from poseidon.report import Reporter, to_json
 
     playbook = _load(args.playbook)
-    mode = "check" if args.command == "plan" or getattr(args, "check", False) else "apply"
+    mode: Literal["apply", "check"] = "check" if args.command == "plan" or args.check else "apply"
     start_at = _step_index(playbook, args.start_at) if args.start_at else 0
     report_file = _open_report(args.report) if args.report else None
     reporter = Reporter(sys.stderr if args.json else None)

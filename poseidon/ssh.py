@@ -249,8 +249,10 @@ class SSHClient:
         reason = script.ok_reason if status == "ok" else ""
         return StepOutcome(status, output, stderr, exited, duration, reason)
 
-    def _step(self, kind: str, raise_on_error: bool, **fields: Any) -> StepOutcome:
-        outcome = self.run_step(steps.build(kind, **fields), secrets=dict(os.environ))
+    def _step(
+        self, kind: str, raise_on_error: bool, *, secrets: dict[str, str] | None = None, **fields: Any
+    ) -> StepOutcome:
+        outcome = self.run_step(steps.build(kind, **fields), secrets=secrets or dict(os.environ))
         if raise_on_error and not outcome.ok:
             raise CommandError(kind, outcome.exited, outcome.stdout, outcome.stderr)
         return outcome
@@ -284,14 +286,10 @@ class SSHClient:
         stdin, never in a command line.
         """
         repo = f"{username}/{reponame}" if reponame else username
-        step = steps.build("git", repo=repo, **options)
         secrets = dict(os.environ)
         if token is not None:
-            secrets[step.token_env] = token
-        outcome = self.run_step(step, secrets=secrets)
-        if raise_on_error and not outcome.ok:
-            raise CommandError("git", outcome.exited, outcome.stdout, outcome.stderr)
-        return outcome
+            secrets[options.get("token_env", "GITHUB_TOKEN")] = token
+        return self._step("git", raise_on_error, secrets=secrets, repo=repo, **options)
 
     def pip(self, packages: str | list[str], raise_on_error: bool = True, **options: Any) -> StepOutcome:
         """Install packages into the virtualenv (``.venv`` in the working directory by default)."""
