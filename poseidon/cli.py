@@ -199,23 +199,16 @@ def _open_report(path: str) -> IO[str]:
 
 
 def _droplets(args: argparse.Namespace) -> int:
-    import json
-
     from poseidon import api
+    from poseidon.report import Reporter
 
     found = api.connect().droplets.list(tag=args.tag)
     if args.json:
-        print(json.dumps([d.data for d in found], indent=2))
-        return EXIT_OK
-    from rich.console import Console
-    from rich.table import Table
+        import json
 
-    table = Table()
-    for column in ("id", "name", "status", "public ip", "region", "tags"):
-        table.add_column(column)
-    for d in found:
-        table.add_row(str(d.id), d.name, d.status, d.ip_address or "-", d.region, ",".join(d.tags))
-    Console().print(table)
+        print(json.dumps([d.data for d in found], indent=2))
+    else:
+        Reporter().droplets(found)
     return EXIT_OK
 
 

@@ -15,7 +15,11 @@ from typing import IO, TYPE_CHECKING, Any
 from poseidon.results import DropletRun, RunResult, StepResult
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from rich.console import Console
+
+    from poseidon.droplet import Droplet
 
 __all__ = ["Reporter", "to_json"]
 
@@ -76,6 +80,18 @@ class Reporter:
                 if tail:
                     self.console.print(_indent(tail), style="red", markup=False, highlight=False)
 
+    def droplets(self, droplets: Sequence[Droplet]) -> None:
+        """A table of droplets: name, id, status, public IP, region, size, tags."""
+        from rich.table import Table
+
+        table = Table(box=self._box())
+        for column in ("name", "id", "status", "public ip", "region", "size", "tags"):
+            table.add_column(column)
+        for d in droplets:
+            size = str(d.data.get("size_slug") or "")
+            table.add_row(d.name, str(d.id), d.status, d.ip_address or "-", d.region, size, ",".join(d.tags))
+        self.console.print(table)
+
     # -- after the run ---------------------------------------------------------------
 
     def summary(self, result: RunResult, *, snapshots: bool = True) -> None:
@@ -83,6 +99,14 @@ class Reporter:
         for run in result.droplets:
             if run.error:
                 self.console.print(f"{run.name}: {run.error}", style="bold red", markup=False)
+            for step in run.steps:
+                if step.status == "failed":
+                    self.console.print(
+                        f"{run.name}: step {step.index + 1} ({step.label}) failed, exit {step.exited}:",
+                        style="bold red",
+                        markup=False,
+                    )
+                    self.console.print(_indent(step.tail() or "(no output)"), style="red", markup=False)
         if snapshots:
             for run in result.droplets:
                 self._snapshots(run)

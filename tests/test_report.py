@@ -1,0 +1,77 @@
+"""The reporter's output, pinned: a fixed run rendered at a fixed width with the ASCII box style."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from poseidon.report import Reporter, to_json
+from poseidon.results import DropletRun, RunResult, StepResult
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def a_run() -> RunResult:
+    ps = pd.DataFrame(
+        [["root", 1, 0, 0, "10:00", "?", "00:00:01", "/sbin/init"], ["root", 4242, 1, 0, "10:01", "?", "00:00:00", "python app.py --port 5000"]],
+        columns=["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"],
+    )
+    top = pd.DataFrame([[0.5, 1.0, "root", "init"], [12.5, 3.2, "root", "python"]], columns=["%CPU", "%MEM", "USER", "COMMAND"])
+    web1 = DropletRun("web-1", 101, "10.0.0.2", ps=ps, top=top)
+    web1.steps = [
+        StepResult(0, "apt", "apt git curl", "ok", 0.21, reason="2 package(s) already installed"),
+        StepResult(1, "git", "git owner/app", "changed", 1.5),
+        StepResult(2, "run", "run make", "changed", 0.4),
+    ]
+    web2 = DropletRun("web-2", 102, "10.0.0.3")
+    web2.steps = [
+        StepResult(0, "apt", "apt git curl", "ok", 0.2),
+        StepResult(1, "git", "git owner/app", "failed", 0.3, stderr="fatal: repository not found\n", exited=128),
+        StepResult(2, "run", "run make", "skipped"),
+    ]
+    return RunResult("site.yaml", "golden", "apply", [web1, web2], started=0.0, duration=2.25)
+
+
+def render(write: object) -> str:
+    buffer = io.StringIO()
+    reporter = Reporter(buffer, width=90)
+    write(reporter)  # type: ignore[operator]
+    return buffer.getvalue()
+
+
+@pytest.fixture(autouse=True)
+def no_colour(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+
+
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert text == path.read_text(), f"{name} changed; UPDATE_GOLDEN=1 rewrites it after review"
+
+
+def test_the_summary_shows_every_step_per_droplet_the_snapshots_and_the_verdict() -> None:
+    check_golden("summary.txt", render(lambda r: r.summary(a_run())))
+
+
+def test_progress_lines_show_the_status_the_reason_and_a_failures_tail() -> None:
+    run = a_run()
+    text = render(lambda r: [r.step_done(d.name, s) for d in run.droplets for s in d.steps if s.status != "skipped"])
+    check_golden("progress.txt", text)
+
+
+def test_the_json_report_holds_the_steps_and_every_snapshot_row() -> None:
+    report = json.loads(to_json(a_run()))
+    assert [d["name"] for d in report["droplets"]] == ["web-1", "web-2"]
+    assert report["failed"] is True
+    assert report["droplets"][1]["steps"][1]["stderr_tail"] == "fatal: repository not found"
+    assert report["droplets"][0]["ps"][1]["CMD"] == "python app.py --port 5000"
+    assert report["droplets"][0]["top"][1]["%CPU"] == 12.5
+    assert report["droplets"][1]["ps"] is None
