@@ -3,6 +3,11 @@
 ``poseidon.api`` builds these objects; this module refers to the API client
 only for types and loads the SSH layer only when ``connect()`` is called, so
 listing droplets never imports Fabric.
+
+Every action method (``reboot()``, ``resize()``, ``snapshot()``…) starts the
+action and, with ``wait=True`` (the default), polls it until it completes,
+then returns the action document. The droplet's own attributes are not
+reloaded: ``refresh()`` does that.
 """
 
 from __future__ import annotations
@@ -10,8 +15,10 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
+from poseidon.errors import SSHError, UsageError
+
 if TYPE_CHECKING:
-    from poseidon.api import Client
+    from poseidon.api import Client, Droplets
     from poseidon.ssh import SSHClient
 
 __all__ = ["Droplet"]
@@ -78,6 +85,112 @@ class Droplet:
     def ipv6_address(self) -> str | None:
         return _address(self.data.get("networks") or {}, "v6", "public")
 
+    # -- the API ------------------------------------------------------------------
+
+    def _droplets(self) -> Droplets:
+        if self.client is None:
+            raise UsageError(f"droplet {self.data.get('name')!r} was built without a client: it cannot act")
+        return self.client.droplets
+
+    def _act(self, type: str, wait: bool, timeout: float, **params: Any) -> dict[str, Any]:
+        return self._droplets().act(self.id, type, wait=wait, timeout=timeout, **params)
+
+    def refresh(self) -> Droplet:
+        """Reload the droplet's data from the API; returns the droplet itself."""
+        self.data = self._droplets().get(self.id).data
+        return self
+
+    def delete(self) -> None:
+        """Destroy the droplet."""
+        self._droplets().delete(self.id)
+
+    def kernels(self) -> list[dict[str, Any]]:
+        """The kernels this droplet may boot."""
+        return self._droplets().kernels(self.id)
+
+    def snapshots(self) -> list[dict[str, Any]]:
+        """This droplet's snapshots."""
+        return self._droplets().snapshots(self.id)
+
+    def backups(self) -> list[dict[str, Any]]:
+        """This droplet's backups."""
+        return self._droplets().backups(self.id)
+
+    def actions(self) -> list[dict[str, Any]]:
+        """Every action taken on this droplet."""
+        return self._droplets().actions(self.id)
+
+    def reboot(self, wait: bool = True, *, timeout: float = 300.0) -> dict[str, Any]:
+        """Reboot gracefully, as ``reboot`` on the droplet would."""
+        return self._act("reboot", wait, timeout)
+
+    def power_cycle(self, wait: bool = True, *, timeout: float = 300.0) -> dict[str, Any]:
+        """Power off hard, then on: a reset button."""
+        return self._act("power_cycle", wait, timeout)
+
+    def shutdown(self, wait: bool = True, *, timeout: float = 300.0) -> dict[str, Any]:
+        """Shut down gracefully; the droplet ends ``off``."""
+        return self._act("shutdown", wait, timeout)
+
+    def power_off(self, wait: bool = True, *, timeout: float = 300.0) -> dict[str, Any]:
+        """Cut the power: a hard shutdown."""
+        return self._act("power_off", wait, timeout)
+
+    def power_on(self, wait: bool = True, *, timeout: float = 300.0) -> dict[str, Any]:
+        """Power on a droplet that is ``off``."""
+        return self._act("power_on", wait, timeout)
+
+    def password_reset(self, wait: bool = True, *, timeout: float = 300.0) -> dict[str, Any]:
+        """Reset the root password; DigitalOcean mails the new one to the account."""
+        return self._act("password_reset", wait, timeout)
+
+    def enable_ipv6(self, wait: bool = True, *, timeout: float = 300.0) -> dict[str, Any]:
+        """Give the droplet a public IPv6 address."""
+        return self._act("enable_ipv6", wait, timeout)
+
+    def enable_private_networking(self, wait: bool = True, *, timeout: float = 300.0) -> dict[str, Any]:
+        """Give the droplet a private address (droplets made since 2020 have one in their VPC).
+
+        The OpenAPI document's action schema no longer lists this type, though
+        its own examples still send it; the API accepts it for older droplets.
+        """
+        return self._act("enable_private_networking", wait, timeout)
+
+    def enable_backups(self, wait: bool = True, *, timeout: float = 300.0) -> dict[str, Any]:
+        """Turn on backups (daily by default)."""
+        return self._act("enable_backups", wait, timeout)
+
+    def disable_backups(self, wait: bool = True, *, timeout: float = 300.0) -> dict[str, Any]:
+        """Turn off backups; existing ones are kept until the droplet is destroyed."""
+        return self._act("disable_backups", wait, timeout)
+
+    def resize(self, size: str, disk: bool = False, *, wait: bool = True, timeout: float = 300.0) -> dict[str, Any]:
+        """Move to size ``size``; ``disk=True`` grows the disk too, which cannot be undone."""
+        return self._act("resize", wait, timeout, size=size, disk=disk)
+
+    def restore(self, image: int, *, wait: bool = True, timeout: float = 300.0) -> dict[str, Any]:
+        """Restore the droplet from one of its backups or snapshots (an image id)."""
+        return self._act("restore", wait, timeout, image=int(image))
+
+    def rebuild(self, image: str | int, *, wait: bool = True, timeout: float = 300.0) -> dict[str, Any]:
+        """Reinstall the droplet from an image (slug or id), keeping its addresses."""
+        return self._act("rebuild", wait, timeout, image=image)
+
+    def rename(self, name: str, *, wait: bool = True, timeout: float = 300.0) -> dict[str, Any]:
+        """Rename the droplet."""
+        return self._act("rename", wait, timeout, name=name)
+
+    def change_kernel(self, kernel: int, *, wait: bool = True, timeout: float = 300.0) -> dict[str, Any]:
+        """Boot a kernel from ``kernels()`` (its id) from now on."""
+        return self._act("change_kernel", wait, timeout, kernel=int(kernel))
+
+    def snapshot(self, name: str | None = None, *, wait: bool = True, timeout: float = 300.0) -> dict[str, Any]:
+        """Take a snapshot (named ``name``, else the API names it); ``snapshots()`` lists it."""
+        params = {"name": name} if name is not None else {}
+        return self._act("snapshot", wait, timeout, **params)
+
+    # -- SSH ----------------------------------------------------------------------
+
     def connect(
         self,
         interactive: bool = False,
@@ -95,7 +208,6 @@ class Droplet:
         ``POSEIDON_SSH_KEY`` (else ssh-agent and ``~/.ssh``) and
         ``POSEIDON_KNOWN_HOSTS`` (else ``~/.ssh/known_hosts``).
         """
-        from poseidon.errors import SSHError
         from poseidon.ssh import SSHClient
 
         host = self.ip_address

@@ -11,7 +11,8 @@
     │   ├── NotFoundError              404: no such resource
     │   ├── RateLimitError             429 still answered after the retries
     │   ├── ServerError                5xx still answered after the retries
-    │   └── ValidationError            422 / 400: the API refused the request's content
+    │   ├── ValidationError            422 / 400: the API refused the request's content
+    │   └── WaitTimeoutError (TimeoutError)  a droplet or an action did not get there in time
     ├── APIConnectionError             the API could not be reached at all
     ├── SSHError                       a droplet could not be reached or refused the login
     ├── CommandError                   a remote command exited non-zero
@@ -42,6 +43,7 @@ __all__ = [
     "SpecError",
     "UsageError",
     "ValidationError",
+    "WaitTimeoutError",
 ]
 
 
@@ -120,6 +122,10 @@ class ServerError(APIError):
 
 class ValidationError(APIError):
     """Raised on 400/422: the API refused what was sent."""
+
+
+class WaitTimeoutError(APIError, TimeoutError):
+    """Raised when a droplet or an action does not reach the wanted state in time."""
 
 
 class APIConnectionError(PoseidonError):

@@ -1,8 +1,12 @@
-"""poseidon.api against the real emulator, and against handler functions for what it cannot stage.
+"""poseidon.api's core against the real emulator, and against handler functions for what it cannot stage.
 
 The emulator runs in this process, on a thread; handler functions are mounted
 as a requests adapter, one scenario each (a foreign host in a pagination
-link, a redirect, a body that is not JSON).
+link, a redirect, a body that is not JSON). A fake clock stands in for time:
+the client's waits advance it instead of sleeping.
+
+The collections beyond droplets and keys are in ``test_api_resources.py``,
+faults and the request budget in ``test_api_faults.py``.
 """
 
 from __future__ import annotations
@@ -54,14 +58,38 @@ def emulator() -> Iterator[Emulator]:
         yield emulator
 
 
-@pytest.fixture()
-def sleeps() -> list[float]:
-    return []
+class FakeClock:
+    """Time that passes only when the client sleeps; every sleep is recorded."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+        self.sleeps: list[float] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
 
 
 @pytest.fixture()
-def client(emulator: Emulator, sleeps: list[float]) -> Iterator[po.Client]:
-    with po.Client(TOKEN, api_url=emulator.url, sleep=sleeps.append) as client:
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture()
+def sleeps(clock: FakeClock) -> list[float]:
+    return clock.sleeps
+
+
+def fake_timed(clock: FakeClock, api_url: str, **options: Any) -> po.Client:
+    return po.Client(TOKEN, api_url=api_url, sleep=clock.sleep, clock=clock.time, **options)
+
+
+@pytest.fixture()
+def client(emulator: Emulator, clock: FakeClock) -> Iterator[po.Client]:
+    with fake_timed(clock, emulator.url) as client:
         yield client
 
 
@@ -82,8 +110,9 @@ class HandlerAdapter(BaseAdapter):
         self.handler = handler
         self.sent: list[tuple[requests.PreparedRequest, Any]] = []
 
-    def send(self, request: requests.PreparedRequest, stream: bool = False, timeout: Any = None, **_: Any) -> requests.Response:  # type: ignore[override]
-        self.sent.append((request, timeout))
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+        # requests passes the options by keyword: the timeout is the one to record.
+        self.sent.append((request, kwargs.get("timeout")))
         status, headers, body = self.handler(request)
         response = requests.Response()
         response.status_code = status
@@ -120,22 +149,40 @@ def droplet_data(droplet_id: int, name: str, ip: str = "203.0.113.10", region: s
 # -- droplets -----------------------------------------------------------------------
 
 
-def test_list_follows_pagination_across_every_page(emulator: Emulator, sleeps: list[float]) -> None:
+def test_list_follows_pagination_across_every_page(emulator: Emulator, clock: FakeClock) -> None:
     added = [emulator.add_droplet(f"node-{n:02}", f"127.0.1.{n}") for n in range(45)]
-    client = po.Client(TOKEN, api_url=emulator.url, per_page=10, sleep=sleeps.append)
+    client = fake_timed(clock, emulator.url, per_page=10)
 
     droplets = client.droplets.list()
 
     assert [d.id for d in droplets] == [d["id"] for d in added]
     assert all(isinstance(d, Droplet) and d.client is client for d in droplets)
-    assert len(droplet_gets(emulator)) == 5
-    assert droplet_gets(emulator)[0] == "/v2/droplets?per_page=10"
+    assert droplet_gets(emulator) == [
+        "/v2/droplets?per_page=10",
+        *(f"/v2/droplets?page={n}&per_page=10" for n in range(2, 6)),
+        "/v2/droplets?per_page=10&type=gpus",
+    ]
 
 
-def test_list_asks_for_200_droplets_per_page_by_default(client: po.Client, emulator: Emulator) -> None:
+def test_list_asks_for_200_droplets_per_page_of_both_kinds_by_default(client: po.Client, emulator: Emulator) -> None:
     emulator.add_droplet("web-1", "127.0.0.2")
     assert [d.name for d in client.droplets.list()] == ["web-1"]
-    assert droplet_gets(emulator) == ["/v2/droplets?per_page=200"]
+    assert droplet_gets(emulator) == ["/v2/droplets?per_page=200", "/v2/droplets?per_page=200&type=gpus"]
+
+
+def test_list_includes_gpu_droplets_which_the_api_lists_only_when_asked(client: po.Client, emulator: Emulator) -> None:
+    emulator.add_droplet("web-1", "127.0.0.2")
+    emulator.add_droplet("trainer-1", "127.0.0.3", size="gpu-h100x1-80gb")
+
+    assert [d.name for d in client.droplets.list()] == ["web-1", "trainer-1"]
+    assert [d.name for d in client.droplets.list(type="gpus")] == ["trainer-1"]
+    assert [d.name for d in client.droplets.list(type="droplets")] == ["web-1"]
+
+
+def test_list_refuses_a_tag_with_a_type_as_the_api_does(client: po.Client, emulator: Emulator) -> None:
+    with pytest.raises(ValidationError, match="by tag or by type"):
+        client.droplets.list(tag="web", type="gpus")
+    assert emulator.request_log == []
 
 
 def test_list_with_a_tag_returns_only_droplets_carrying_it(client: po.Client, emulator: Emulator) -> None:
@@ -165,7 +212,30 @@ def test_by_name_returns_the_droplet_with_exactly_that_name(client: po.Client, e
     droplet = client.droplets.by_name("web-1")
 
     assert droplet.id == wanted["id"]
-    assert any("name=web-1" in target for target in droplet_gets(emulator))
+    assert droplet_gets(emulator) == [
+        "/v2/droplets?per_page=200&name=web-1",
+        "/v2/droplets?per_page=200&name=web-1&type=gpus",
+    ]
+
+
+def test_by_name_finds_a_gpu_droplet_the_default_name_filter_leaves_out(client: po.Client, emulator: Emulator) -> None:
+    wanted = emulator.add_droplet("trainer-1", "127.0.0.2", size="gpu-h100x1-80gb")
+
+    droplet = client.droplets.by_name("trainer-1")
+
+    assert droplet.id == wanted["id"]
+    assert droplet.gpu_info["model"] == "nvidia_h100"
+
+
+def test_by_name_with_a_gpu_and_a_plain_droplet_of_one_name_lists_both(client: po.Client, emulator: Emulator) -> None:
+    plain = emulator.add_droplet("web-1", "127.0.0.2")
+    gpu = emulator.add_droplet("web-1", "127.0.0.3", size="gpu-h100x1-80gb", region="tor1")
+
+    with pytest.raises(ResolveError) as raised:
+        client.droplets.by_name("web-1")
+
+    assert f"id {plain['id']} in nyc3 at 127.0.0.2" in str(raised.value)
+    assert f"id {gpu['id']} in tor1 at 127.0.0.3" in str(raised.value)
 
 
 def test_by_name_without_a_match_raises_resolve_error_naming_it(client: po.Client, emulator: Emulator) -> None:
@@ -280,9 +350,9 @@ def test_an_error_body_request_id_wins_over_the_header() -> None:
     assert str(raised.value) == "422 unprocessable_entity: name is invalid (request from-body)"
 
 
-def test_an_error_that_is_not_json_still_raises_with_its_status() -> None:
+def test_an_error_that_is_not_json_still_raises_with_its_status(clock: FakeClock) -> None:
     session, _ = mounted(lambda request: (502, {}, b"<html><body>Bad Gateway</body></html>"))
-    client = po.Client(TOKEN, api_url="https://api.test", session=session, sleep=lambda s: None)
+    client = fake_timed(clock, "https://api.test", session=session)
 
     with pytest.raises(ServerError) as raised:
         client.get("/v2/account")
@@ -302,7 +372,7 @@ def test_a_rate_limited_get_waits_retry_after_then_succeeds(
 
     assert [d.name for d in client.droplets.list()] == ["web-1"]
     assert sleeps == [2.5]
-    assert len(droplet_gets(emulator)) == 2
+    assert droplet_gets(emulator)[:2] == ["/v2/droplets?per_page=200"] * 2
 
 
 def test_a_rate_limit_wait_is_capped(client: po.Client, emulator: Emulator, sleeps: list[float]) -> None:
@@ -311,7 +381,7 @@ def test_a_rate_limit_wait_is_capped(client: po.Client, emulator: Emulator, slee
     assert sleeps == [60.0]
 
 
-def test_without_retry_after_a_rate_limited_request_waits_until_ratelimit_reset(sleeps: list[float]) -> None:
+def test_without_retry_after_a_rate_limited_request_waits_until_ratelimit_reset(clock: FakeClock) -> None:
     replies = iter(
         [
             (429, {"ratelimit-reset": str(int(time.time()) + 5)}, {"id": "too_many_requests", "message": "slow"}),
@@ -319,10 +389,10 @@ def test_without_retry_after_a_rate_limited_request_waits_until_ratelimit_reset(
         ]
     )
     session, _ = mounted(lambda request: next(replies))
-    client = po.Client(TOKEN, api_url="https://api.test", session=session, sleep=sleeps.append)
+    client = fake_timed(clock, "https://api.test", session=session)
 
     assert client.account() == {"email": "a@example.com"}
-    assert len(sleeps) == 1 and 3 < sleeps[0] <= 5
+    assert len(clock.sleeps) == 1 and 3 < clock.sleeps[0] <= 5
 
 
 def test_rate_limiting_that_persists_raises_rate_limit_error(
@@ -357,9 +427,7 @@ def test_a_server_error_three_times_raises_server_error(
     assert len(sleeps) == 2
 
 
-def test_a_post_is_not_retried_on_a_server_error(
-    client: po.Client, emulator: Emulator, sleeps: list[float]
-) -> None:
+def test_a_post_is_not_retried_on_a_server_error(client: po.Client, emulator: Emulator, sleeps: list[float]) -> None:
     emulator.inject(500, 3)
     with pytest.raises(ServerError):
         client.post("/v2/droplets", json={"name": "web-1"})
@@ -367,7 +435,7 @@ def test_a_post_is_not_retried_on_a_server_error(
     assert sleeps == []
 
 
-def test_a_post_is_retried_on_rate_limiting(sleeps: list[float]) -> None:
+def test_a_post_is_retried_on_rate_limiting(clock: FakeClock) -> None:
     replies = iter(
         [
             (429, {"Retry-After": "1"}, {"id": "too_many_requests", "message": "slow"}),
@@ -375,17 +443,17 @@ def test_a_post_is_retried_on_rate_limiting(sleeps: list[float]) -> None:
         ]
     )
     session, adapter = mounted(lambda request: next(replies))
-    client = po.Client(TOKEN, api_url="https://api.test", session=session, sleep=sleeps.append)
+    client = fake_timed(clock, "https://api.test", session=session)
 
     assert client.post("/v2/droplets", json={"name": "web-1"})["droplet"]["id"] == 7
-    assert len(adapter.sent) == 2 and sleeps == [1.0]
+    assert len(adapter.sent) == 2 and clock.sleeps == [1.0]
 
 
-def test_an_unreachable_api_raises_api_connection_error_after_retries(sleeps: list[float]) -> None:
+def test_an_unreachable_api_raises_api_connection_error_after_retries(clock: FakeClock) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    client = po.Client(TOKEN, api_url=f"http://127.0.0.1:{port}", sleep=sleeps.append, timeout=2)
+    client = fake_timed(clock, f"http://127.0.0.1:{port}", timeout=2)
 
     with pytest.raises(APIConnectionError) as raised:
         client.account()
@@ -393,7 +461,20 @@ def test_an_unreachable_api_raises_api_connection_error_after_retries(sleeps: li
     assert isinstance(raised.value.__cause__, requests.ConnectionError)
     assert f"127.0.0.1:{port}" in str(raised.value)
     assert TOKEN not in str(raised.value)
-    assert len(sleeps) == 2
+    assert len(clock.sleeps) == 2
+
+
+def test_a_post_that_never_reached_the_api_is_sent_again(clock: FakeClock) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = fake_timed(clock, f"http://127.0.0.1:{port}", timeout=2)
+
+    with pytest.raises(APIConnectionError):
+        client.post("/v2/droplets/1/actions", json={"type": "reboot"})
+
+    # Connection refused: nothing was sent, so repeating cannot act twice.
+    assert len(clock.sleeps) == 2
 
 
 # -- the token goes to the configured host only ---------------------------------------
@@ -410,10 +491,10 @@ def test_a_next_link_naming_another_host_is_followed_on_the_base_url_only() -> N
     session, adapter = mounted(handler)
     client = po.Client(TOKEN, api_url="https://api.test", session=session)
 
-    assert [d.name for d in client.droplets.list()] == ["a", "b"]
+    assert [d.name for d in client.droplets.list(tag="web")] == ["a", "b"]
     urls = [request.url for request, _ in adapter.sent]
     assert urls == [
-        "https://api.test/v2/droplets?per_page=200",
+        "https://api.test/v2/droplets?per_page=200&tag_name=web",
         "https://api.test/v2/droplets?page=2&per_page=1",
     ]
 
@@ -446,7 +527,7 @@ def test_every_request_carries_the_token_a_user_agent_and_a_timeout() -> None:
 
     request, timeout = adapter.sent[0]
     assert request.headers["Authorization"] == f"Bearer {TOKEN}"
-    assert request.headers["User-Agent"].startswith("poseidon/")
+    assert request.headers["User-Agent"].startswith(f"poseidon/{po._version()} ")
     assert timeout == 7
     assert "Authorization" not in session.headers
 
@@ -541,4 +622,20 @@ def test_a_malformed_api_url_is_refused() -> None:
 
 
 def test_the_public_names_of_the_module_are_pinned() -> None:
-    assert sorted(po.__all__) == ["Client", "DEFAULT_API_URL", "Droplets", "Keys", "TOKEN_VARIABLES", "connect"]
+    assert sorted(po.__all__) == [
+        "Actions",
+        "Client",
+        "DEFAULT_API_URL",
+        "Domains",
+        "Droplets",
+        "Images",
+        "Keys",
+        "RateBudget",
+        "Records",
+        "Regions",
+        "Sizes",
+        "TOKEN_VARIABLES",
+        "Tags",
+        "WaitTimeoutError",
+        "connect",
+    ]
