@@ -20,6 +20,7 @@ import secrets
 import shutil
 import signal
 import tempfile
+import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -65,8 +66,11 @@ class Sandbox:
         self._given_root = Path(root) if root else None
         self.root = Path()
         self.token = "sandbox-" + secrets.token_hex(16)
-        self.emulator = Emulator(self.token)
+        self.emulator = Emulator(self.token, on_create=self._droplet_created)
         self.farm: SSHFarm | None = None
+        self._gitconfig = ""
+        self._next_host = _FIRST_HOST
+        self._lock = threading.Lock()
         self.homes: dict[str, Path] = {}
         self.api_url = ""
         self._started = False
@@ -95,16 +99,32 @@ class Sandbox:
         repos = self.root / "repos"
         for shorthand, source in self._repos.items():
             build_bare_repo(source, repos / f"{shorthand}.git")
-        gitconfig = github_redirect(repos)
+        self._gitconfig = github_redirect(repos)
         self.api_url = self.emulator.start()
-        for number, spec in enumerate(self._droplets, start=_FIRST_HOST):
-            address = f"127.0.0.{number}"
-            home = farm.add_host(address)
-            (home / ".gitconfig").write_text(gitconfig)
-            self.homes[spec["name"]] = home
+        for spec in self._droplets:
+            address = self._add_home(spec["name"])
             self.emulator.add_droplet(spec["name"], address, tags=tuple(spec.get("tags", ())))
         farm.start()
         self._started = True
+
+    def _add_home(self, name: str) -> str:
+        """Give the droplet ``name`` the next loopback address and a home; return the address."""
+        assert self.farm is not None
+        address = f"127.0.0.{self._next_host}"
+        self._next_host += 1
+        home = self.farm.add_host(address)
+        (home / ".gitconfig").write_text(self._gitconfig)
+        self.homes[name] = home
+        return address
+
+    def _droplet_created(self, name: str) -> str | None:
+        """The emulator created a droplet through the API: make it a real SSH endpoint too."""
+        with self._lock:
+            if self.farm is None or not self._started or self._next_host > _LAST_HOST:
+                return None  # the emulator then gives it a documentation address, unreachable
+            address = self._add_home(name)
+            self.farm.reload()
+            return address
 
     def stop(self) -> None:
         """Stop sshd and the emulator, end the droplets' processes, remove the files."""

@@ -14,6 +14,7 @@ import os
 import pwd
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -190,9 +191,7 @@ LogLevel ERROR
                 self.stop()
                 if attempt == attempts - 1:
                     raise
-        with open(self.known_hosts, "w") as handle:
-            for address in self.addresses:
-                handle.write(f"[{address}]:{self.port} {self._host_key_line}\n")
+        self._write_known_hosts()
 
     def _start_sshd(self) -> None:
         sshd = find_sshd()
@@ -210,6 +209,20 @@ LogLevel ERROR
                 start_new_session=True,
             )
         self._wait_until_listening()
+
+    def reload(self) -> None:
+        """Serve the addresses added since the start: rewrite the config, SIGHUP sshd (it re-executes itself)."""
+        if self._process is None:
+            raise SandboxError("sshd is not running")
+        _write(self.etc / "sshd_config", self._config(), 0o600)
+        self._process.send_signal(signal.SIGHUP)
+        self._wait_until_listening()
+        self._write_known_hosts()
+
+    def _write_known_hosts(self) -> None:
+        with open(self.known_hosts, "w") as handle:
+            for address in self.addresses:
+                handle.write(f"[{address}]:{self.port} {self._host_key_line}\n")
 
     def _wait_until_listening(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout

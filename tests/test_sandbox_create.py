@@ -1,0 +1,22 @@
+"""Droplets created through the API on a sandbox become real SSH endpoints."""
+
+from __future__ import annotations
+
+import pytest
+
+import poseidon.api as po
+from poseidon.sandbox import Sandbox
+
+
+def test_a_droplet_created_through_the_api_answers_over_ssh(monkeypatch: pytest.MonkeyPatch) -> None:
+    with Sandbox(["first"]) as sandbox:
+        for key, value in sandbox.environ.items():
+            monkeypatch.setenv(key, value)
+        client = po.connect()
+        created = client.droplets.create("second", region="nyc3", size="s-1vcpu-1gb", image="ubuntu-24-04-x64", wait=True, timeout=30)
+        assert created.status == "active"
+        assert created.ip_address == "127.0.0.3"
+        with created.connect() as ssh:
+            assert ssh.wait("echo hello; pwd") == f"hello\n{sandbox.home('second')}\n"
+        with client.droplets.by_name("first").connect() as ssh:  # the first droplet still answers
+            assert ssh.wait("echo still here") == "still here\n"
