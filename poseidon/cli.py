@@ -66,7 +66,11 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("name", help="the droplet's name")
 
     sandbox = commands.add_parser("sandbox", help="a local sandbox that outlives one command")
-    sandbox.add_argument("action", choices=["up", "down", "reset"])
+    sandbox.add_argument(
+        "action",
+        choices=["up", "down", "reset"],
+        help="up/down: a background sandbox; reset --playbook F: remove the one --sandbox keeps for F",
+    )
     sandbox.add_argument("--droplet", action="append", metavar="NAME", help="a droplet to serve (repeatable; default: test)")
     sandbox.add_argument("--playbook", help="serve this playbook's droplets and example repositories")
     return parser
@@ -146,7 +150,11 @@ def _apply(args: argparse.Namespace) -> int:
         settings: dict[str, Any] = {}
         if args.sandbox:
             sandbox = stack.enter_context(_sandbox_for(args.playbook, playbook))
-            reporter.message(f"sandbox: {len(sandbox.homes)} droplet(s) on 127.0.0.2+, API at {sandbox.api_url}", "dim")
+            reporter.message(
+                f"sandbox: {len(sandbox.homes)} droplet(s) on {sandbox.network}.2+, kept in"
+                f" {sandbox.root} ('poseidon sandbox reset --playbook {args.playbook}' removes it)",
+                "dim",
+            )
             settings = dict(
                 api_url=sandbox.api_url,
                 token=sandbox.token,
@@ -245,11 +253,18 @@ def _sandbox_contents(path: str, playbook: spec.Playbook) -> tuple[list[dict[str
     return droplets, repos
 
 
+def _kept_sandbox_root(path: str) -> Path:
+    """Where ``--sandbox`` keeps a playbook's droplets between runs."""
+    playbook = Path(path).resolve()
+    return playbook.parent / ".poseidon" / "sandbox" / playbook.stem
+
+
 def _sandbox_for(path: str, playbook: spec.Playbook) -> Sandbox:
+    """The playbook's sandbox, kept between runs like real droplets, until 'sandbox reset'."""
     from poseidon.sandbox import Sandbox
 
     droplets, repos = _sandbox_contents(path, playbook)
-    return Sandbox(droplets, repos=repos)
+    return Sandbox(droplets, repos=repos, root=_kept_sandbox_root(path), keep=True)
 
 
 def _sandbox(args: argparse.Namespace) -> int:
@@ -259,6 +274,13 @@ def _sandbox(args: argparse.Namespace) -> int:
         print(daemon.down())
         return EXIT_OK
     if args.action == "reset":
+        if args.playbook:
+            from poseidon.sandbox import Sandbox
+
+            root = _kept_sandbox_root(args.playbook)
+            wiped = Sandbox.wipe(root)
+            print(f"removed the sandbox kept in {root}" if wiped else f"no sandbox is kept in {root}")
+            return EXIT_OK
         daemon.down()
     droplets: list[dict[str, Any]] = [{"name": n} for n in args.droplet or []]
     repos: dict[str, Path] = {}

@@ -177,11 +177,31 @@ def _run_steps(
             exited=outcome.exited,
             reason=outcome.reason,
         )
+        if mode == "check" and result.status == "failed" and _would_change_before(run):
+            # The droplet is not yet as this step expects (its directory, its
+            # venv…): an earlier step would make it so. Say that, and stop predicting.
+            result.status, result.reason = "would-change", "after the changes above (not checked)"
+            run.steps.append(result)
+            if progress:
+                progress(run.name, result)
+            _predict_rest(run, playbook)
+            return
         run.steps.append(result)
         if progress:
             progress(run.name, result)
         if result.status == "failed":
             return
+
+
+def _would_change_before(run: DropletRun) -> bool:
+    return any(s.status == "would-change" for s in run.steps)
+
+
+def _predict_rest(run: DropletRun, playbook: spec.Playbook) -> None:
+    for index in range(len(run.steps), len(playbook.steps)):
+        step = playbook.steps[index]
+        reason = "after the changes above (not checked)"
+        run.steps.append(StepResult(index, step.kind, steps.describe(step), "would-change", reason=reason))
 
 
 def _skip_rest(run: DropletRun, playbook: spec.Playbook) -> None:

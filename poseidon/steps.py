@@ -269,12 +269,16 @@ _ALIVE = '_alive() { s=$(ps -o stat= -p "$1" 2>/dev/null) || return 1; case "$s"
 def nohup(step: NohupStep, ctx: StepContext) -> Script:
     name = step.process_name()
     pidfile = f".poseidon/{quote(name + '.pid')}"
+    cmdfile = f".poseidon/{quote(name + '.cmd')}"
     log = quote_path(step.log_path())
-    alive = f'[ -f {pidfile} ] && _alive "$(cat {pidfile})"'
+    # The command's hash is kept beside the pid: a changed command restarts the process.
+    digest = hashlib.sha256(step.cmd.encode()).hexdigest()
+    running = f'[ -f {pidfile} ] && _alive "$(cat {pidfile})"'
+    current = f'{running} && [ "$(cat {cmdfile} 2>/dev/null)" = {digest} ]'
     # The process leads its own process group (setsid): TERM the group, then KILL
     # what is left after five seconds. (dash's kill takes `--` only without a signal.)
     stop = (
-        f'if {alive}; then pid=$(cat {pidfile}); kill -- "-$pid" 2>/dev/null || kill "$pid";'
+        f'if {running}; then pid=$(cat {pidfile}); kill -- "-$pid" 2>/dev/null || kill "$pid";'
         ' n=0; while _alive "$pid" && [ $n -lt 50 ]; do sleep 0.1; n=$((n+1)); done;'
         ' kill -9 "-$pid" 2>/dev/null; fi'
     )
@@ -283,7 +287,7 @@ def nohup(step: NohupStep, ctx: StepContext) -> Script:
     start = (
         f"mkdir -p .poseidon || exit 2\n"
         f"nohup setsid {_sh(step.cmd)} > {log} 2>&1 < /dev/null &\n"
-        f"echo $! > {pidfile}\n"
+        f"echo $! > {pidfile} && echo {digest} > {cmdfile}\n"
         f"sleep {step.grace:g}\n"
         f'if ! _alive "$(cat {pidfile})"; then\n'
         f"  echo {quote(f'poseidon: {name} exited within {step.grace:g} s; the end of its log:')} >&2\n"
@@ -293,8 +297,8 @@ def nohup(step: NohupStep, ctx: StepContext) -> Script:
     )
     return Script(
         setup=_ALIVE,
-        check="return 1" if step.restart else alive,
-        apply=(stop + "\n" + start) if step.restart else start,
+        check="return 1" if step.restart else current,
+        apply=stop + "\n" + start,
         ok_reason=f"{name} is running",
         idempotent=not step.restart,
     )

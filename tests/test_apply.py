@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -23,24 +24,46 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-def test_the_demo_playbook_deploys_the_app_on_two_droplets() -> None:
-    """What `make demo` runs, as a newcomer runs it: a subprocess, a fresh sandbox, PyPI for Flask."""
-    result = subprocess.run(
-        [sys.executable, "-m", "poseidon.cli", "apply", "examples/site.yaml", "--sandbox"],
-        cwd=ROOT,
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The poseidon command in a subprocess, as a newcomer runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "poseidon.cli", *args],
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=600,
         env={k: v for k, v in os.environ.items() if not k.startswith(("POSEIDON_", "DIGITALOCEAN_"))},
     )
-    assert result.returncode == 0, result.stdout + result.stderr
-    out = result.stdout
-    assert "hello from 127.0.0.2:5000" not in out  # step output stays out of the summary…
-    assert out.count("changed") >= 8  # git, pip_r, nohup and run on both droplets
-    for name in ("web-1", "web-2"):
-        assert f"{name}: ps -Af" in out
-        assert f"{name}: top" in out
-    assert "all droplets succeeded" in out
+
+
+def test_the_demo_deploys_the_app_and_a_second_run_changes_nothing(tmp_path: Path) -> None:
+    """What `make demo` runs (PyPI serves Flask), twice: the kept sandbox meets the first run's work."""
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    first = cli("apply", "examples/site.yaml", "--sandbox", "--report", "first.json", cwd=tmp_path)
+    try:
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert "all droplets succeeded" in first.stdout
+        for droplet in json.loads((tmp_path / "first.json").read_text())["droplets"]:
+            statuses = [s["status"] for s in droplet["steps"]]
+            # apt: present on this machine; chdir: never a change; the smoke test: ok once the app answers.
+            assert statuses[:5] == ["ok", "changed", "ok", "changed", "changed"], statuses
+            assert statuses[5] in ("ok", "changed")
+        for name in ("web-1", "web-2"):
+            assert f"{name}: ps -Af" in first.stdout
+            assert f"{name}: top" in first.stdout
+        second = cli("apply", "examples/site.yaml", "--sandbox", "--json", cwd=tmp_path)
+        assert second.returncode == 0, second.stdout + second.stderr
+        report = json.loads(second.stdout)
+        for droplet in report["droplets"]:
+            assert [s["status"] for s in droplet["steps"]] == ["ok"] * 6, droplet["steps"]
+            served = [row for row in droplet["ps"] if f"app.py --host {droplet['ip_address']}" in row["CMD"]]
+            assert served, "the app started by the first run still runs"
+    finally:
+        reset = cli("sandbox", "reset", "--playbook", "examples/site.yaml", cwd=tmp_path)
+    assert reset.returncode == 0 and "removed the sandbox" in reset.stdout
+    assert not (tmp_path / "examples" / ".poseidon" / "sandbox" / "site").exists()
+    leftover = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout
+    assert leftover == ""
 
 
 def test_apply_reports_json_with_every_step_and_the_snapshots(tmp_path: Path, shared_sandbox: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
@@ -62,8 +85,8 @@ def test_apply_reports_json_with_every_step_and_the_snapshots(tmp_path: Path, sh
     assert report == json.loads((tmp_path / "report.json").read_text())
     by_name = {d["name"]: d for d in report["droplets"]}
     assert set(by_name) == {"test", "other"}
-    assert by_name["test"]["steps"][2]["stdout_tail"] == "hello from test at 127.0.0.2"
-    assert by_name["other"]["steps"][2]["stdout_tail"] == "hello from other at 127.0.0.3"
+    assert by_name["test"]["steps"][2]["stdout_tail"] == f"hello from test at {shared_sandbox.address('test')}"
+    assert by_name["other"]["steps"][2]["stdout_tail"] == f"hello from other at {shared_sandbox.address('other')}"
     assert by_name["test"]["ps"] and "CMD" in by_name["test"]["ps"][0]
     assert by_name["test"]["top"] and "%CPU" in by_name["test"]["top"][0]
 
@@ -273,3 +296,47 @@ def test_nohup_restart_replaces_the_running_process(shared_sandbox: Sandbox) -> 
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+def test_plan_after_changing_one_step_shows_exactly_that_step_on_every_droplet(
+    tmp_path: Path, shared_sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = """
+        version: 1
+        droplets: [test, other]
+        steps:
+          - git: {repo: changhiskhan/test, dest: plan-one}
+          - chdir: plan-one
+          - run: {cmd: touch built, creates: built}
+          - nohup: {cmd: "sleep 401", name: plan-one, grace: 0.1}
+        report: {ps: false, top: false}
+        """
+    playbook = write(tmp_path / "site.yaml", text)
+    assert _apply_on(shared_sandbox, [str(playbook)]) == 0
+    write(playbook, text.replace("sleep 401", "sleep 402"))
+    capsys.readouterr()
+    assert _apply_on(shared_sandbox, [str(playbook), "--json"], command="plan") == 0
+    for droplet in json.loads(capsys.readouterr().out)["droplets"]:
+        assert [s["status"] for s in droplet["steps"]] == ["ok", "ok", "ok", "would-change"]
+
+
+def test_plan_on_fresh_droplets_predicts_the_steps_that_depend_on_earlier_changes(
+    tmp_path: Path, shared_sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    playbook = write(
+        tmp_path / "site.yaml",
+        """
+        version: 1
+        droplets: [test]
+        steps:
+          - git: {repo: changhiskhan/test, dest: plan-fresh}
+          - chdir: plan-fresh
+          - run: {cmd: touch built, creates: built}
+        report: {ps: false, top: false}
+        """,
+    )
+    assert _apply_on(shared_sandbox, [str(playbook), "--json"], command="plan") == 0
+    steps = json.loads(capsys.readouterr().out)["droplets"][0]["steps"]
+    assert [s["status"] for s in steps] == ["would-change"] * 3
+    assert steps[1]["reason"] == steps[2]["reason"] == "after the changes above (not checked)"
+    assert not (shared_sandbox.home("test") / "plan-fresh").exists()

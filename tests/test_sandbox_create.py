@@ -15,7 +15,8 @@ def test_a_droplet_created_through_the_api_answers_over_ssh(monkeypatch: pytest.
         client = po.connect()
         created = client.droplets.create("second", region="nyc3", size="s-1vcpu-1gb", image="ubuntu-24-04-x64", wait=True, timeout=30)
         assert created.status == "active"
-        assert created.ip_address == "127.0.0.3"
+        assert created.ip_address == f"{sandbox.network}.3"
+        assert sandbox.address("second") == created.ip_address
         with created.connect() as ssh:
             assert ssh.wait("echo hello; pwd") == f"hello\n{sandbox.home('second')}\n"
         with client.droplets.by_name("first").connect() as ssh:  # the first droplet still answers

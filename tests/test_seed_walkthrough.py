@@ -153,3 +153,15 @@ def test_apt_checks_versions_and_reports_missing_packages(sandbox_env: Sandbox) 
         assert plan(f"git={installed}") == "ok"
         assert plan("git=0.0-not-this-one") == "would-change"
         assert plan("git", "poseidon-no-such-package") == "would-change"
+
+
+def test_nohup_restarts_the_process_when_its_command_changes(sandbox_env: Sandbox) -> None:
+    with po.connect().droplets.by_name("test").connect() as ssh:
+        assert ssh.nohup("sleep 301", name="edited", grace=0.1).changed
+        first = ssh.wait("cat .poseidon/edited.pid").strip()
+        assert ssh.nohup("sleep 301", name="edited", grace=0.1).status == "ok"
+        assert ssh.nohup("sleep 302", name="edited", grace=0.1).changed
+        second = ssh.wait("cat .poseidon/edited.pid").strip()
+        assert first != second
+        assert ssh.wait(f"ps -o stat= -g {first} | grep -v '^Z' || true") == ""
+        assert ssh.wait(f"ps -o args= -p {second}") == "sh -c sleep 302\n"

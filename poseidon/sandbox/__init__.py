@@ -5,16 +5,19 @@
     with Sandbox(["web-1", "web-2"]) as sandbox:
         os.environ.update(sandbox.environ)
         client = poseidon.api.connect()      # talks to the emulator
-        ssh = client.droplets.by_name("web-1").connect()   # real sshd on 127.0.0.2
+        ssh = client.droplets.by_name("web-1").connect()   # real sshd on 127.A.B.2
 
-Every droplet is a real SSH endpoint on a loopback address of its own with a
-home directory of its own; ``apt-get`` only simulates there and GitHub
+Every droplet is a real SSH endpoint on a loopback address of its own
+(127.A.B.2, .3, …: a block of 127.0.0.0/8 per sandbox) with a home directory
+of its own; ``apt-get`` only simulates there and GitHub
 shorthand repositories resolve to local bare repositories (``repos=``).
 The sandbox imports nothing from poseidon's core but its errors.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import secrets
 import shutil
@@ -33,7 +36,7 @@ from poseidon.sandbox.sshd import SSHFarm
 
 __all__ = ["Sandbox", "SandboxError"]
 
-# Addresses 127.0.0.2 … 127.0.0.254: 127.0.0.1 stays the emulator's.
+# Droplets take addresses .2 … .254 of the sandbox's block of 127.0.0.0/8.
 _FIRST_HOST = 2
 _LAST_HOST = 254
 
@@ -57,14 +60,19 @@ class Sandbox:
         *,
         repos: Mapping[str, str | os.PathLike[str]] | None = None,
         root: str | os.PathLike[str] | None = None,
+        keep: bool = False,
     ) -> None:
         self._droplets = [{"name": d} if isinstance(d, str) else dict(d) for d in droplets]
         if len(self._droplets) > _LAST_HOST - _FIRST_HOST + 1:
             raise SandboxError(f"the sandbox serves at most {_LAST_HOST - _FIRST_HOST + 1} droplets")
+        if keep and root is None:
+            raise SandboxError("a sandbox kept between runs needs a root folder")
         self._repos = {k: Path(v) for k, v in (repos or {}).items()}
         self._own_root = root is None
-        self._given_root = Path(root) if root else None
+        self._given_root = Path(root).resolve() if root else None
+        self.keep = keep
         self.root = Path()
+        self.network = _network(self._given_root)
         self.token = "sandbox-" + secrets.token_hex(16)
         self.emulator = Emulator(self.token, on_create=self._droplet_created)
         self.farm: SSHFarm | None = None
@@ -101,21 +109,44 @@ class Sandbox:
             build_bare_repo(source, repos / f"{shorthand}.git")
         self._gitconfig = github_redirect(repos)
         self.api_url = self.emulator.start()
-        for spec in self._droplets:
-            address = self._add_home(spec["name"])
+        known = self._load_droplets()
+        wanted = known + [d for d in self._droplets if d["name"] not in {k["name"] for k in known}]
+        for spec in wanted:
+            address = self._add_home(spec["name"], tags=spec.get("tags", ()))
             self.emulator.add_droplet(spec["name"], address, tags=tuple(spec.get("tags", ())))
         farm.start()
         self._started = True
 
-    def _add_home(self, name: str) -> str:
+    def _add_home(self, name: str, tags: Iterable[str] = ()) -> str:
         """Give the droplet ``name`` the next loopback address and a home; return the address."""
         assert self.farm is not None
-        address = f"127.0.0.{self._next_host}"
+        address = f"{self.network}.{self._next_host}"
         self._next_host += 1
         home = self.farm.add_host(address)
         (home / ".gitconfig").write_text(self._gitconfig)
         self.homes[name] = home
+        self._record_droplet({"name": name, "tags": list(tags)})
         return address
+
+    # A kept sandbox remembers its droplets, in order, so that the emulator
+    # gives them the same ids and addresses at the next start.
+
+    def _load_droplets(self) -> list[dict[str, Any]]:
+        path = self.root / "droplets.json"
+        if not self.keep or not path.exists():
+            return []
+        try:
+            return list(json.loads(path.read_text()))
+        except ValueError as exc:
+            raise SandboxError(f"{path} is damaged ({exc}): 'poseidon sandbox reset' starts afresh") from None
+
+    def _record_droplet(self, spec: dict[str, Any]) -> None:
+        if not self.keep:
+            return
+        path = self.root / "droplets.json"
+        known = json.loads(path.read_text()) if path.exists() else []
+        if spec["name"] not in {k["name"] for k in known}:
+            path.write_text(json.dumps([*known, spec], indent=1))
 
     def _droplet_created(self, name: str) -> str | None:
         """The emulator created a droplet through the API: make it a real SSH endpoint too."""
@@ -127,30 +158,26 @@ class Sandbox:
             return address
 
     def stop(self) -> None:
-        """Stop sshd and the emulator, end the droplets' processes, remove the files."""
+        """Stop sshd and the emulator; unless the sandbox is kept, end the droplets' processes and remove the files."""
         self.emulator.stop()
         if self.farm is not None:
             self.farm.stop()
-            self._kill_droplet_processes(self.farm.hosts)
-            if self._own_root:
-                shutil.rmtree(self.root, ignore_errors=True)
+            if not self.keep:
+                _kill_droplet_processes(self.farm.hosts)
+                if self._own_root:
+                    shutil.rmtree(self.root, ignore_errors=True)
         self.farm = None
         self._started = False
 
     @staticmethod
-    def _kill_droplet_processes(hosts: Path) -> None:
-        """End what steps left running (nohup): every process whose HOME is a droplet's home."""
-        marker = b"HOME=" + str(hosts).encode() + b"/"
-        for pid in _pids():
-            try:
-                environ = Path(f"/proc/{pid}/environ").read_bytes()
-            except OSError:
-                continue
-            if any(v.startswith(marker) for v in environ.split(b"\0")):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
+    def wipe(root: str | os.PathLike[str]) -> bool:
+        """End a kept sandbox's processes and remove its folder; say whether there was one."""
+        folder = Path(root).resolve()
+        if not (folder / "hosts").is_dir():
+            return False
+        _kill_droplet_processes(folder / "hosts")
+        shutil.rmtree(folder, ignore_errors=True)
+        return True
 
     def __enter__(self) -> Sandbox:
         return self.start()
@@ -202,6 +229,40 @@ class Sandbox:
     def home(self, name: str) -> Path:
         """The home directory of the droplet called ``name``."""
         return self.homes[name]
+
+    def address(self, name: str) -> str:
+        """The loopback address of the droplet called ``name`` (its home is named after it)."""
+        return self.homes[name].name
+
+
+def _network(root: Path | None) -> str:
+    """The first three bytes of this sandbox's loopback addresses.
+
+    All of 127.0.0.0/8 is this machine. A kept sandbox's processes outlive the
+    command, so each sandbox takes a block of its own: derived from its folder
+    when it has one (the same addresses at every run), random otherwise.
+    """
+    if root is None:
+        a, b = secrets.randbelow(254) + 1, secrets.randbelow(254) + 1
+    else:
+        digest = hashlib.sha256(str(root).encode()).digest()
+        a, b = digest[0] % 254 + 1, digest[1] % 254 + 1
+    return f"127.{a}.{b}"
+
+
+def _kill_droplet_processes(hosts: Path) -> None:
+    """End what steps left running (nohup): every process whose HOME is a droplet's home."""
+    marker = b"HOME=" + str(hosts).encode() + b"/"
+    for pid in _pids():
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        if any(v.startswith(marker) for v in environ.split(b"\0")):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
 
 
 def _pids() -> list[int]:

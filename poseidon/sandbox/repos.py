@@ -39,6 +39,10 @@ def build_bare_repo(source: Path, bare: Path) -> None:
     """Commit the files of ``source`` on branch ``main`` of a new bare repository."""
     if not source.is_dir():
         raise SandboxError(f"no folder {source} to build a sandbox repository from")
+    # Built afresh at every start: fixed dates and identity give an unchanged
+    # folder the same commit id, so only a real change looks like a new push.
+    if bare.exists():
+        shutil.rmtree(bare)
     bare.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="poseidon-repo-") as work:
         tree = Path(work) / "tree"

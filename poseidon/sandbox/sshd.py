@@ -1,6 +1,6 @@
 """Sandbox droplets: one OpenSSH server, one loopback address per droplet.
 
-A single ``sshd`` listens on 127.0.0.2, 127.0.0.3, … on a port of its own.
+A single ``sshd`` listens on 127.A.B.2, 127.A.B.3, … on a port of its own.
 Every login runs a forced command that picks the droplet from the address
 the client connected to (``$SSH_CONNECTION``), gives it its own home
 directory and a ``PATH`` whose shims keep the host safe (``apt-get`` only
@@ -78,7 +78,9 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
 
 
 def _keygen(path: Path, comment: str) -> str:
-    """Create an ed25519 key pair without a passphrase; return the public key line."""
+    """Create an ed25519 key pair without a passphrase, unless one is there; return the public key line."""
+    if path.exists() and path.with_suffix(".pub").exists():
+        return path.with_suffix(".pub").read_text().strip()
     try:
         subprocess.run(
             ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
@@ -136,7 +138,9 @@ class SSHFarm:
             ),
             0o755,
         )
-        forced = f'command="{wrapper}",no-port-forwarding,no-agent-forwarding,no-X11-forwarding'
+        # sshd runs the forced command with the user's shell: quote the path for it.
+        command = shlex.quote(str(wrapper)).replace('"', '\\"')
+        forced = f'command="{command}",no-port-forwarding,no-agent-forwarding,no-X11-forwarding'
         _write(self.etc / "authorized_keys", f"{forced} {client_key}\n", 0o600)
         _write(self.shims / "apt-get", _APT_GET, 0o755)
         _write(self.shims / "sudo", _SUDO, 0o755)
@@ -154,9 +158,9 @@ class SSHFarm:
         listen = "\n".join(f"ListenAddress {a}:{self.port}" for a in self.addresses)
         return f"""\
 {listen}
-HostKey {self.etc / "ssh_host_ed25519_key"}
-PidFile {self.root / "sshd.pid"}
-AuthorizedKeysFile {self.etc / "authorized_keys"}
+HostKey "{self.etc / "ssh_host_ed25519_key"}"
+PidFile "{self.root / "sshd.pid"}"
+AuthorizedKeysFile "{self.etc / "authorized_keys"}"
 AllowUsers {self.user}
 PubkeyAuthentication yes
 PasswordAuthentication no
