@@ -1173,7 +1173,10 @@ def _step_entry(kind: str, model: type[StepBase], definition: dict[str, Any]) ->
         "title": f"{kind} step",
         "description": (model.__doc__ or "").strip(),
         "properties": {
-            kind: {"anyOf": [short, {"$ref": f"#/$defs/{model.__name__}"}]},
+            kind: {
+                "description": f"Short form: the {model.primary}; long form: a mapping with options.",
+                "anyOf": [short, {"$ref": f"#/$defs/{model.__name__}"}],
+            },
         },
         "required": [kind],
         "additionalProperties": False,

@@ -770,3 +770,33 @@ def test_the_public_names_are_pinned() -> None:
             "substitutions",
         ]
     )
+
+
+def test_every_field_of_the_json_schema_has_a_description() -> None:
+    missing: list[str] = []
+
+    def walk(node: object, where: str) -> None:
+        if isinstance(node, dict):
+            for name, sub in (node.get("properties") or {}).items():
+                if isinstance(sub, dict) and "description" not in sub and "$ref" not in sub:
+                    missing.append(f"{where}.{name}")
+            for key, value in node.items():
+                walk(value, f"{where}.{key}")
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                walk(value, f"{where}[{index}]")
+
+    walk(spec.json_schema(), "$")
+    assert missing == []
+
+
+def test_every_example_playbook_validates_against_the_json_schema() -> None:
+    import jsonschema
+    import yaml
+
+    schema = spec.json_schema()
+    examples = sorted((Path(__file__).parent.parent / "examples").glob("*.yaml"))
+    assert examples
+    for path in examples:
+        jsonschema.validate(yaml.safe_load(path.read_text()), schema)
+        spec.load(path)
