@@ -173,6 +173,7 @@ def _apply(args: argparse.Namespace) -> int:
             limit=args.limit.split(",") if args.limit else None,
             forks=args.forks,
             progress=reporter.step_done,
+            notice=reporter.notice,
             start_at=start_at,
             **settings,
         )

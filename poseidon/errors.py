@@ -15,7 +15,9 @@
     │   └── WaitTimeoutError (TimeoutError)  a droplet or an action did not get there in time
     ├── APIConnectionError             the API could not be reached at all
     ├── SSHError                       a droplet could not be reached or refused the login
+    │   └── SSHConnectError            the SSH port did not answer (yet): refused, timed out
     ├── CommandError                   a remote command exited non-zero
+    ├── NotReadyError                  a droplet did not get ready (cloud-init, dpkg lock) in time
     └── SandboxError                   the local sandbox could not start
 
 Exit codes are not decided here: ``cli.py`` maps this tree to them. No message
@@ -33,10 +35,12 @@ __all__ = [
     "AuthenticationError",
     "CommandError",
     "NotFoundError",
+    "NotReadyError",
     "PoseidonError",
     "Problem",
     "RateLimitError",
     "ResolveError",
+    "SSHConnectError",
     "SSHError",
     "SandboxError",
     "ServerError",
@@ -136,6 +140,10 @@ class SSHError(PoseidonError):
     """Raised when a droplet cannot be reached over SSH or refuses the login."""
 
 
+class SSHConnectError(SSHError):
+    """Raised when a droplet's SSH port does not answer: refused, timed out, no banner (still booting?)."""
+
+
 class CommandError(PoseidonError):
     """Raised when a remote command exits non-zero."""
 
@@ -147,6 +155,10 @@ class CommandError(PoseidonError):
         tail = (stderr or stdout).strip().splitlines()[-5:]
         detail = ("\n" + "\n".join(tail)) if tail else ""
         super().__init__(f"command exited {exited}: {command}{detail}")
+
+
+class NotReadyError(PoseidonError):
+    """Raised when a droplet is still not ready for steps (cloud-init, the dpkg lock) after the wait."""
 
 
 class SandboxError(PoseidonError):

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from poseidon import api, spec, steps
 from poseidon.droplet import Droplet
-from poseidon.errors import PoseidonError, ResolveError, SSHError, UsageError
+from poseidon.errors import NotReadyError, PoseidonError, ResolveError, SSHConnectError, SSHError, UsageError
 from poseidon.results import DropletRun, RunResult, StepResult
 from poseidon.ssh import SSHClient
 
@@ -28,6 +28,8 @@ __all__ = ["SSHSettings", "Target", "apply", "resolve"]
 
 #: Called as each step ends: ``(droplet_name, step_result)``.
 Progress = Callable[[str, StepResult], None]
+#: Called with what a droplet waits for before its first step: ``(droplet_name, text)``.
+Notice = Callable[[str, str], None]
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,8 @@ class SSHSettings:
     key_filename: str | None = None
     known_hosts: str | None = None
     connect_timeout: float = 15.0
+    #: How long to keep trying a droplet whose SSH port does not answer yet (booting).
+    ready_timeout: float = 60.0
     #: When true, these settings win over the playbook's ``user``/``port`` (a sandbox has one user).
     pinned: bool = False
 
@@ -108,15 +112,40 @@ def _secrets(playbook: spec.Playbook) -> dict[str, str]:
 # -- one droplet --------------------------------------------------------------
 
 
-def _connect(target: Target, settings: SSHSettings) -> SSHClient:
+def _connect(target: Target, settings: SSHSettings, notice: Notice | None) -> SSHClient:
+    """Connect, retrying with backoff while the SSH port does not answer (a droplet still booting)."""
     first, second = (settings, target) if settings.pinned else (target, settings)
-    return target.droplet.connect(
-        user=first.user or second.user,
-        port=first.port or second.port,
-        key_filename=settings.key_filename,
-        known_hosts=settings.known_hosts,
-        connect_timeout=settings.connect_timeout,
-    )
+    deadline = time.monotonic() + settings.ready_timeout
+    delay = 1.0
+    while True:
+        ssh = target.droplet.connect(
+            user=first.user or second.user,
+            port=first.port or second.port,
+            key_filename=settings.key_filename,
+            known_hosts=settings.known_hosts,
+            connect_timeout=settings.connect_timeout,
+        )
+        try:
+            return ssh.open()
+        except SSHConnectError as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            if notice:
+                notice(target.droplet.name, f"waiting for SSH ({exc}); again in {delay:.0f} s")
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+def _ready(ssh: SSHClient, run: DropletRun, playbook: spec.Playbook, notice: Notice | None) -> None:
+    """The gate before the first step: cloud-init finished, the dpkg lock free (when apt runs)."""
+    dpkg = any(isinstance(step, spec.AptStep) for step in playbook.steps)
+    result = ssh.run(steps.readiness(dpkg=dpkg), title="readiness")
+    if notice:
+        for line in result.stderr.splitlines():
+            notice(run.name, line.removeprefix("poseidon: "))
+    if result.exited != 0:
+        tail = result.stderr.strip().splitlines()[-1:] or [f"exit {result.exited}"]
+        raise NotReadyError(f"{run.name} is not ready: {tail[0].removeprefix('poseidon: ')}")
 
 
 def _run_droplet(
@@ -128,12 +157,14 @@ def _run_droplet(
     mode: steps.Mode,
     progress: Progress | None,
     start_at: int,
+    notice: Notice | None = None,
 ) -> DropletRun:
     droplet = target.droplet
     run = DropletRun(droplet.name, droplet.id, droplet.ip_address)
     try:
         values = spec.substitutions(playbook, droplet=droplet, environ=environ)
-        with _connect(target, settings) as ssh:
+        with _connect(target, settings, notice) as ssh:
+            _ready(ssh, run, playbook, notice)
             _run_steps(ssh, run, playbook, values, secrets, mode, progress, start_at)
             if playbook.report.ps:
                 run.ps = ssh.ps()
@@ -227,6 +258,7 @@ def apply(
     progress: Progress | None = None,
     client: api.Client | None = None,
     start_at: int = 0,
+    notice: Notice | None = None,
 ) -> RunResult:
     """Resolve the playbook's droplets and run its steps on each; return what happened.
 
@@ -248,7 +280,7 @@ def apply(
     if targets:
         with ThreadPoolExecutor(max_workers=max(1, min(forks, len(targets)))) as pool:
             futures = [
-                pool.submit(_run_droplet, t, playbook, environ, secrets, settings, mode, progress, start_at)
+                pool.submit(_run_droplet, t, playbook, environ, secrets, settings, mode, progress, start_at, notice)
                 for t in targets
             ]
             result.droplets = [f.result() for f in futures]

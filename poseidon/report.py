@@ -92,6 +92,11 @@ class Reporter:
             table.add_row(d.name, str(d.id), d.status, d.ip_address or "-", d.region, size, ",".join(d.tags))
         self.console.print(table)
 
+    def notice(self, droplet: str, text: str) -> None:
+        """What a droplet waits for before its first step; safe to call from the droplets' threads."""
+        with self._lock:
+            self.console.print(f"{droplet:<14} {text}", style="dim", markup=False, highlight=False)
+
     # -- after the run ---------------------------------------------------------------
 
     def summary(self, result: RunResult, *, snapshots: bool = True) -> None:

@@ -27,7 +27,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from poseidon import steps
-from poseidon.errors import CommandError, SSHError
+from poseidon.errors import CommandError, SSHConnectError, SSHError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -143,8 +143,14 @@ class SSHClient:
         except paramiko.AuthenticationException as exc:
             raise SSHError(f"{where}: the login was refused ({exc}); check the key (POSEIDON_SSH_KEY)") from exc
         except (paramiko.SSHException, socket.error, EOFError) as exc:
-            raise SSHError(f"{where}: cannot connect: {exc or type(exc).__name__}") from exc
+            raise SSHConnectError(f"{where}: cannot connect: {exc or type(exc).__name__}") from exc
         return connection
+
+    def open(self) -> SSHClient:
+        """Connect now (commands connect on first use anyway); checks the host key."""
+        if self._connection is None:
+            self._connection = self._open()
+        return self
 
     def close(self) -> None:
         """Close the connection; the next command opens a new one."""

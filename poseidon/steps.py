@@ -41,6 +41,7 @@ __all__ = [
     "parse_status",
     "quote",
     "quote_path",
+    "readiness",
     "render",
     "script_for",
 ]
@@ -354,6 +355,52 @@ def build(kind: str, **fields: Any) -> spec.Step:
 
     adapter: TypeAdapter[Any] = TypeAdapter(spec.Step)
     return adapter.validate_python({"kind": kind, **fields})  # type: ignore[no-any-return]
+
+
+# -- readiness: before the first step on a droplet --------------------------------
+
+#: How long the readiness gate waits for cloud-init and for the dpkg lock, each.
+READY_WAIT = 600
+
+# Holds and releases the dpkg locks as apt does (fcntl, not flock), so it
+# returns once no apt or dpkg run holds them.
+_DPKG_LOCK_FREE = (
+    "import fcntl, os, sys, time\n"
+    "deadline = time.time() + float(sys.argv[1])\n"
+    "told = False\n"
+    "for path in ('/var/lib/dpkg/lock-frontend', '/var/lib/dpkg/lock'):\n"
+    " try:\n  fd = os.open(path, os.O_RDWR)\n"
+    " except OSError:\n  continue\n"
+    " while True:\n"
+    "  try:\n   fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); fcntl.lockf(fd, fcntl.LOCK_UN); break\n"
+    "  except OSError:\n"
+    "   if not told:\n    print('poseidon: waiting for the dpkg lock (another apt or dpkg run)', file=sys.stderr, flush=True); told = True\n"
+    "   if time.time() > deadline:\n    sys.exit('poseidon: the dpkg lock is still held after %s s' % sys.argv[1])\n"
+    "   time.sleep(1)\n"
+)
+
+
+def readiness(*, dpkg: bool, wait: int = READY_WAIT) -> str:
+    """The gate before the first step: cloud-init has finished, and (for apt) the dpkg lock is free.
+
+    A droplet that just booted runs cloud-init, which holds the dpkg lock; the
+    first apt-get of a run would fail or hang on it. Each wait is bounded and
+    says what it waits for on stderr.
+    """
+    lines = [
+        "if command -v cloud-init >/dev/null 2>&1 && cloud-init status 2>/dev/null | grep -q running; then",
+        "  echo 'poseidon: waiting for cloud-init to finish' >&2",
+        f"  timeout {wait} cloud-init status --wait >/dev/null 2>&1",
+        f"  if [ $? -eq 124 ]; then echo 'poseidon: cloud-init still runs after {wait} s' >&2; exit 1; fi",
+        "fi",
+    ]
+    if dpkg:
+        lines += [
+            'if [ "$(id -u)" -eq 0 ] && command -v python3 >/dev/null 2>&1; then',
+            f"  python3 -c {quote(_DPKG_LOCK_FREE)} {wait} || exit 1",
+            "fi",
+        ]
+    return f"sh -c {quote(chr(10).join(lines))}"
 
 
 # -- the one remote command ---------------------------------------------------
