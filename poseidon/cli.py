@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def run_options(command: argparse.ArgumentParser) -> None:
-        command.add_argument("playbook", help="the playbook (YAML)")
+        command.add_argument("playbook", help="the playbook (YAML), or a plan file (JSON) from 'plan --out'")
         command.add_argument("--sandbox", action="store_true", help="run on a local sandbox of the playbook's droplets")
         command.add_argument("--limit", metavar="NAMES", help="only these droplets (comma-separated names)")
         command.add_argument("--forks", type=int, default=20, metavar="N", help="droplets run at once (default 20)")
@@ -52,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     apply.add_argument("--check", action="store_true", help="only report what would change (as plan)")
     plan = commands.add_parser("plan", help="show what apply would change; changes nothing")
     run_options(plan)
+    plan.add_argument("--out", metavar="PLAN.json", help="record the plan; 'poseidon apply PLAN.json' then refuses if droplets changed")
     plan.set_defaults(check=True)
 
     validate = commands.add_parser("validate", help="check a playbook offline")
@@ -141,6 +142,11 @@ def _apply(args: argparse.Namespace) -> int:
     from poseidon import executor
     from poseidon.report import Reporter, to_json
 
+    from poseidon import planfile
+
+    plan = planfile.read(args.playbook) if planfile.is_plan(args.playbook) else None
+    if plan is not None:
+        args.playbook = str(plan.playbook)
     playbook = _load(args.playbook)
     mode: Literal["apply", "check"] = "check" if args.command == "plan" or args.check else "apply"
     start_at = _step_index(playbook, args.start_at) if args.start_at else 0
@@ -175,8 +181,11 @@ def _apply(args: argparse.Namespace) -> int:
             progress=reporter.step_done,
             notice=reporter.notice,
             start_at=start_at,
+            expect=plan.droplets if plan else None,
             **settings,
         )
+    if getattr(args, "out", None):
+        planfile.write(args.out, result, args.playbook)
     if report_file:
         with report_file:
             report_file.write(to_json(result) + "\n")

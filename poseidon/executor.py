@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -79,6 +79,21 @@ def resolve(playbook: spec.Playbook, client: api.Client) -> list[Target]:
     if problems:
         raise ResolveError("; ".join(problems))
     return list(targets.values())
+
+
+def _check_expected(targets: list[Target], expect: Mapping[str, tuple[int, str | None]]) -> None:
+    """Refuse when names resolve otherwise than a plan saw (renamed, recreated, added, duplicated)."""
+    now = {t.droplet.name: (t.droplet.id, t.droplet.ip_address) for t in targets}
+    problems = []
+    for name in sorted(set(expect) | set(now)):
+        was, found = expect.get(name), now.get(name)
+        if was == found:
+            continue
+        before = f"{was[0]} at {was[1] or 'no address'}" if was else "not there"
+        after = f"{found[0]} at {found[1] or 'no address'}" if found else "not there"
+        problems.append(f"{name} was {before} when planned, is {after} now")
+    if problems:
+        raise ResolveError("the droplets changed since the plan: " + "; ".join(problems) + "; plan again")
 
 
 def _limit(targets: list[Target], names: Iterable[str] | None) -> list[Target]:
@@ -259,13 +274,15 @@ def apply(
     client: api.Client | None = None,
     start_at: int = 0,
     notice: Notice | None = None,
+    expect: Mapping[str, tuple[int, str | None]] | None = None,
 ) -> RunResult:
     """Resolve the playbook's droplets and run its steps on each; return what happened.
 
     Raises before any SSH connection when a droplet cannot be resolved
     (:class:`ResolveError`), an ``${env:…}`` is unset, ``limit`` names an
-    unknown droplet or ``start_at`` (0-based) no step (:class:`UsageError`), or
-    the API fails (:class:`APIError`).
+    unknown droplet or ``start_at`` (0-based) no step (:class:`UsageError`),
+    droplets resolve otherwise than ``expect`` (name → id and IPv4, from a
+    plan) says (:class:`ResolveError`), or the API fails (:class:`APIError`).
     """
     settings = ssh or SSHSettings()
     if not 0 <= start_at < max(1, len(playbook.steps)):
@@ -276,6 +293,8 @@ def apply(
     secrets = _secrets(playbook)
     client = client or api.connect(token=token, api_url=api_url)
     targets = _limit(resolve(playbook, client), limit)
+    if expect is not None:
+        _check_expected(targets, expect)
     result = RunResult(playbook=path, name=playbook.name, mode=mode, started=started)
     if targets:
         with ThreadPoolExecutor(max_workers=max(1, min(forks, len(targets)))) as pool:

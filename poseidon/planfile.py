@@ -1,0 +1,81 @@
+"""Plan files: what ``poseidon plan --out`` saw, so that ``apply plan.json`` acts on exactly that.
+
+A plan records the playbook (its path relative to the plan file and a hash
+of its text), how every droplet name resolved (id and public IPv4) and what
+each step was predicted to do. Applying a plan refuses when the playbook
+changed since, or when a name now resolves differently: a droplet renamed,
+recreated, added or duplicated between plan and apply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from poseidon.errors import UsageError
+from poseidon.results import RunResult
+
+__all__ = ["FORMAT", "Plan", "is_plan", "read", "write"]
+
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A plan file's promises."""
+
+    path: Path
+    playbook: Path
+    sha256: str
+    #: name → (id, public IPv4) as resolved when planning.
+    droplets: dict[str, tuple[int, str | None]]
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def is_plan(path: str) -> bool:
+    """Whether ``path`` is a plan file rather than a playbook (plans are JSON)."""
+    return path.endswith(".json")
+
+
+def write(out: str, result: RunResult, playbook: str) -> None:
+    """Record ``result`` (a plan's) for ``apply``; the playbook path is kept relative to the plan file."""
+    target = Path(out)
+    document = {
+        "poseidon_plan": FORMAT,
+        "playbook": os.path.relpath(Path(playbook).resolve(), target.resolve().parent),
+        "sha256": _digest(Path(playbook)),
+        "droplets": {d.name: {"id": d.id, "ip_address": d.ip_address} for d in result.droplets},
+        "predicted": result.to_dict(),
+    }
+    try:
+        target.write_text(json.dumps(document, indent=2, default=str) + "\n")
+    except OSError as exc:
+        raise UsageError(f"--out {out}: {exc.strerror}") from exc
+
+
+def read(path: str) -> Plan:
+    """Read a plan file; refuse one that is damaged or whose playbook changed since."""
+    source = Path(path)
+    try:
+        document: Any = json.loads(source.read_text())
+        if document.get("poseidon_plan") != FORMAT:
+            raise ValueError(f"not a poseidon plan (format {FORMAT})")
+        playbook = (source.resolve().parent / document["playbook"]).resolve()
+        droplets = {
+            str(name): (int(entry["id"]), entry["ip_address"]) for name, entry in document["droplets"].items()
+        }
+        recorded = str(document["sha256"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise UsageError(f"{path}: cannot read this plan: {exc}") from exc
+    if not playbook.is_file():
+        raise UsageError(f"{path}: its playbook {playbook} is gone")
+    if _digest(playbook) != recorded:
+        raise UsageError(f"{path}: {playbook.name} changed since this plan was made: plan again")
+    return Plan(source, playbook, recorded, droplets)

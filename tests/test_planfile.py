@@ -1,0 +1,77 @@
+"""`poseidon plan --out plan.json` then `poseidon apply plan.json`: acting on exactly what was planned."""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import poseidon.api as po
+from poseidon.cli import main
+from poseidon.sandbox import Sandbox
+
+PLAYBOOK = """
+    version: 1
+    droplets: [alpha, beta]
+    steps:
+      - run: {cmd: touch planned, creates: planned}
+    report: {ps: false, top: false}
+"""
+
+
+@pytest.fixture
+def sandbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:
+    with Sandbox(["alpha", "beta"]) as sandbox:
+        for key, value in sandbox.environ.items():
+            monkeypatch.setenv(key, value)
+        yield sandbox
+
+
+@pytest.fixture
+def planned(tmp_path: Path, sandbox: Sandbox, capsys: pytest.CaptureFixture[str]) -> Path:
+    playbook = tmp_path / "site.yaml"
+    playbook.write_text(textwrap.dedent(PLAYBOOK))
+    assert main(["plan", str(playbook), "--out", str(tmp_path / "plan.json")]) == 0
+    capsys.readouterr()
+    return tmp_path / "plan.json"
+
+
+def test_a_plan_records_each_droplet_and_applying_it_does_the_work(planned: Path, sandbox: Sandbox) -> None:
+    document = json.loads(planned.read_text())
+    assert document["playbook"] == "site.yaml"
+    assert set(document["droplets"]) == {"alpha", "beta"}
+    assert document["droplets"]["alpha"]["ip_address"] == sandbox.address("alpha")
+    assert [d["steps"][0]["status"] for d in document["predicted"]["droplets"]] == ["would-change"] * 2
+    assert not (sandbox.home("alpha") / "planned").exists()
+    assert main(["apply", str(planned)]) == 0
+    assert (sandbox.home("alpha") / "planned").exists() and (sandbox.home("beta") / "planned").exists()
+
+
+def test_applying_a_plan_refuses_a_droplet_recreated_since(planned: Path, sandbox: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+    client = po.connect()
+    old = client.droplets.by_name("beta")
+    old.delete()
+    new = client.droplets.create("beta", region="nyc3", size="s-1vcpu-1gb", image="ubuntu-24-04-x64", wait=True, timeout=30)
+    assert main(["apply", str(planned)]) == 2
+    err = capsys.readouterr().err
+    assert f"beta was {old.id} at {old.ip_address} when planned, is {new.id} at {new.ip_address} now" in err
+    assert "alpha" not in err
+    assert not (sandbox.home("alpha") / "planned").exists()  # refused before any step anywhere
+
+
+def test_applying_a_plan_refuses_when_the_playbook_changed_since(planned: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    playbook = planned.parent / "site.yaml"
+    playbook.write_text(playbook.read_text().replace("touch planned", "touch other"))
+    assert main(["apply", str(planned)]) == 2
+    assert "site.yaml changed since this plan was made" in capsys.readouterr().err
+
+
+def test_a_damaged_plan_file_is_refused_with_its_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    broken = tmp_path / "plan.json"
+    broken.write_text("{not json")
+    assert main(["apply", str(broken)]) == 2
+    assert f"{broken}: cannot read this plan" in capsys.readouterr().err
