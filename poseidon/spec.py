@@ -23,6 +23,7 @@ expanded themselves.
 
 from __future__ import annotations
 
+import codecs
 import copy
 import hashlib
 import math
@@ -460,6 +461,35 @@ def _droplet_member(value: Any) -> str | None:
 
 _DROPLET_TAGS = ("NamedDroplet", "TaggedDroplets")
 
+
+def _droplet_key(entry: object) -> tuple[str, str] | None:
+    """What a droplet entry selects: ``("droplet", name)`` or ``("tag", tag)``."""
+    if isinstance(entry, NamedDroplet):
+        return "droplet", entry.name
+    if isinstance(entry, TaggedDroplets):
+        return "tag", entry.tag
+    if isinstance(entry, str):
+        return "droplet", entry
+    if isinstance(entry, dict):
+        if "name" in entry:
+            return ("droplet", entry["name"]) if isinstance(entry["name"], str) else None
+        if isinstance(entry.get("tag"), str):
+            return "tag", entry["tag"]
+    return None
+
+
+def _duplicate_droplets(entries: list[Any]) -> Iterator[tuple[int, int, str]]:
+    """``(index, first index, message)`` for each entry selecting what an earlier one does."""
+    first: dict[tuple[str, str], int] = {}
+    for index, entry in enumerate(entries):
+        key = _droplet_key(entry)
+        if key is None:
+            continue
+        if key in first:
+            yield index, first[key], f"duplicate {key[0]} {key[1]!r}"
+        else:
+            first[key] = index
+
 DropletRef = Annotated[
     Annotated[NamedDroplet, Tag("NamedDroplet")] | Annotated[TaggedDroplets, Tag("TaggedDroplets")],
     Discriminator(
@@ -754,10 +784,14 @@ def _strings(
                 yield from _strings(item, (*loc, key))
 
 
+class _KeyText(str):
+    """A non-string mapping key in a path, as the YAML writes it: ``[~]``, ``env[true]``."""
+
+
 def _render(loc: tuple[str | int, ...]) -> str:
     text = ""
     for part in loc:
-        if isinstance(part, int):
+        if isinstance(part, (int, _KeyText)):
             text += f"[{part}]"
         elif part != "[key]":
             text += f".{part}" if text else str(part)
@@ -789,6 +823,20 @@ class Playbook(_Model):
         # 1 == True == 1.0 in Python; only the integer 1 is version 1.
         if type(value) is not int:
             _fail("Input should be 1")
+        return value
+
+    @field_validator("droplets", mode="after")
+    @classmethod
+    def _droplets_differ(cls, value: list[Any], info: ValidationInfo) -> list[Any]:
+        # The same droplet twice would run every step twice on it.
+        if _yaml_form(info):
+            return value  # loads() reports these itself, each at its own entry
+        problems = [
+            f"droplets[{index}]: {message} (first at droplets[{first}])"
+            for index, first, message in _duplicate_droplets(value)
+        ]
+        if problems:
+            _fail("; ".join(problems))
         return value
 
     @model_validator(mode="after")
@@ -924,6 +972,12 @@ class _Invalid:
 
 
 _INVALID = _Invalid()
+_NO_KEY = object()
+
+
+def _key_text(node: yaml.Node) -> str:
+    """A scalar key as the YAML writes it; an empty null key is ``~``."""
+    return (str(node.value) or "~") if isinstance(node, yaml.ScalarNode) else "?"
 
 
 def _short_tag(tag: str) -> str:
@@ -975,6 +1029,9 @@ class _Tree:
         result: dict[Any, Any] = {}
         entries: dict[Any, tuple[yaml.Node, yaml.Node]] = {}
         self.entries[id(node)] = entries
+        # Keys are the same in YAML when their tags and values are: 1 and true differ,
+        # although Python's 1 == True would merge them.
+        same: dict[tuple[str, Any], yaml.Node] = {}
         for key_node, value_node in node.value:
             if key_node.tag == _MERGE_TAG:
                 self.problem(key_node, _render(loc), "merge keys (<<) are not supported")
@@ -985,38 +1042,84 @@ class _Tree:
             if isinstance(key, (list, dict)):
                 self.problem(key_node, _render(loc), "a mapping key must be a plain value")
                 continue
-            if key in entries:
-                first = entries[key][0].start_mark.line + 1
+            shown = key if isinstance(key, str) else _KeyText(_key_text(key_node))
+            earlier = same.get((key_node.tag, key))
+            if earlier is not None:
+                first = earlier.start_mark.line + 1
+                written = repr(key) if isinstance(key, str) else shown
                 self.problem(
-                    key_node, _render((*loc, key)), f"duplicate key {key!r} (first at line {first})"
+                    key_node,
+                    _render((*loc, shown)),
+                    f"duplicate key {written} (first at line {first})",
                 )
                 continue
+            if key in entries:
+                # Equal in Python only, so neither is a string: no key here may be one.
+                self.problem(
+                    key_node,
+                    _render((*loc, shown)),
+                    f"Keys should be strings, not {_short_tag(key_node.tag)} {shown}",
+                )
+                continue
+            same[(key_node.tag, key)] = key_node
             entries[key] = (key_node, value_node)
             result[key] = self.data(value_node, (*loc, key))
         return result
 
     def locate(self, loc: tuple[str | int, ...], *, at_key: bool = False) -> yaml.Node:
         """The deepest node along ``loc``; for a missing field, the mapping that lacks it."""
+        return self.resolve(loc, at_key=at_key)[0]
+
+    def _entry(
+        self, node: yaml.MappingNode, part: str | int, key: object
+    ) -> tuple[Any, tuple[yaml.Node, yaml.Node]] | None:
+        entries = self.entries.get(id(node), {})
+        if key is not _NO_KEY:  # the error's input is the key itself
+            for candidate, entry in entries.items():
+                if type(candidate) is type(key) and candidate == key:
+                    return candidate, entry
+        for candidate, entry in entries.items():
+            if type(candidate) is type(part) and candidate == part:
+                return candidate, entry
+        # pydantic writes other keys as ints (true is 1) or as text (None is 'None').
+        for candidate, entry in entries.items():
+            if not isinstance(candidate, str) and (candidate == part or str(candidate) == part):
+                return candidate, entry
+        return None
+
+    def resolve(
+        self, loc: tuple[str | int, ...], *, at_key: bool = False, key: object = _NO_KEY
+    ) -> tuple[yaml.Node, tuple[str | int, ...]]:
+        """``locate()``, and ``loc`` with each non-string key written as in the YAML.
+
+        ``key``, when given, is the key that the last mapping part of ``loc`` names.
+        """
         node = self.root
         key_node: yaml.Node | None = None
-        for part in loc:
+        shown: list[str | int] = []
+        for position, part in enumerate(loc):
+            rest = loc[position:]
             if part == "[key]":
-                return key_node or node
+                return key_node or node, (*shown, *rest)
             if isinstance(node, yaml.MappingNode):
-                entry = self.entries.get(id(node), {}).get(part)
-                if entry is None:
-                    return node
-                key_node, node = entry
+                last = len(rest) == 1 or rest[1] == "[key]"
+                found = self._entry(node, part, key if last else _NO_KEY)
+                if found is None:
+                    return node, (*shown, *rest)
+                written, (key_node, node) = found
+                shown.append(part if isinstance(written, str) else _KeyText(_key_text(key_node)))
             elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
                 if not 0 <= part < len(node.value):
-                    return node
+                    return node, (*shown, *rest)
                 key_node, node = None, node.value[part]
+                shown.append(part)
             elif isinstance(part, str):
                 # A short form's value is the step's primary field itself.
                 key_node = None
+                shown.append(part)
             else:
-                return node
-        return key_node if at_key and key_node is not None else node
+                return node, (*shown, *rest)
+        return (key_node if at_key and key_node is not None else node), tuple(shown)
 
     def validation_problems(self, exc: ValidationError) -> list[Problem]:
         problems: list[Problem] = []
@@ -1026,10 +1129,34 @@ class _Tree:
             loc = tuple(error["loc"])
             if len(loc) > 2 and loc[0] == "droplets" and loc[2] in _DROPLET_TAGS:
                 loc = loc[:2] + loc[3:]
-            node = self.locate(loc, at_key=error["type"] == "extra_forbidden")
+            is_key = error["type"] == "invalid_key" or loc[-1:] == ("[key]",)
+            node, shown = self.resolve(
+                loc,
+                at_key=is_key or error["type"] == "extra_forbidden",
+                key=error.get("input") if is_key else _NO_KEY,
+            )
             mark = node.start_mark
             problems.append(
-                Problem(self.file, mark.line + 1, mark.column + 1, _render(loc), error["msg"])
+                Problem(self.file, mark.line + 1, mark.column + 1, _render(shown), error["msg"])
+            )
+        return problems
+
+    def droplet_problems(self, data: dict[Any, Any]) -> list[Problem]:
+        droplets = data.get("droplets")
+        problems: list[Problem] = []
+        for index, first, message in _duplicate_droplets(
+            droplets if isinstance(droplets, list) else []
+        ):
+            mark = self.locate(("droplets", index)).start_mark
+            line = self.locate(("droplets", first)).start_mark.line + 1
+            problems.append(
+                Problem(
+                    self.file,
+                    mark.line + 1,
+                    mark.column + 1,
+                    f"droplets[{index}]",
+                    f"{message} (first at line {line})",
+                )
             )
         return problems
 
@@ -1069,6 +1196,16 @@ class _Tree:
             )
 
 
+_BREAK_RE = re.compile("\r\n|[\n\r\x85\u2028\u2029]")
+
+
+def _position(before: str) -> tuple[int, int]:
+    """The line and column, in characters, just after ``before``, counted as YAML's marks are."""
+    breaks = list(_BREAK_RE.finditer(before))
+    start = breaks[-1].end() if breaks else 0
+    return len(breaks) + 1, len(before) - start + 1
+
+
 def _yaml_error(filename: str, text: str, exc: yaml.YAMLError) -> Problem:
     if isinstance(exc, yaml.MarkedYAMLError):
         mark = exc.problem_mark or exc.context_mark
@@ -1078,9 +1215,7 @@ def _yaml_error(filename: str, text: str, exc: yaml.YAMLError) -> Problem:
             return Problem(filename, mark.line + 1, mark.column + 1, "", message)
         return Problem(filename, 1, 1, "", message)
     if isinstance(exc, yaml.reader.ReaderError):
-        before = text[: exc.position]
-        line = before.count("\n") + 1
-        column = exc.position - (before.rfind("\n") + 1) + 1
+        line, column = _position(text[: exc.position])
         return Problem(
             filename, line, column, "", f"character U+{exc.character:04X} is not allowed in YAML"
         )
@@ -1110,7 +1245,7 @@ def loads(text: str, filename: str = "<string>") -> Playbook:
             tree.problem(root, "", "a playbook is a mapping with version, droplets and steps")
         raise SpecError(tree.problems)
 
-    problems = tree.problems + tree.reference_problems(data)
+    problems = tree.problems + tree.reference_problems(data) + tree.droplet_problems(data)
     playbook: Playbook | None = None
     try:
         playbook = Playbook.model_validate(data, context={"yaml": True})
@@ -1133,13 +1268,12 @@ def load(path: str | os.PathLike[str]) -> Playbook:
         raise SpecError(
             [Problem(filename, 1, 1, "", f"cannot read the playbook: {reason}")]
         ) from exc
+    body = raw.removeprefix(codecs.BOM_UTF8)  # as YAML does, columns do not count a BOM
     try:
-        text = raw.decode("utf-8-sig")
+        text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
-        before = raw[: exc.start]
-        line = before.count(b"\n") + 1
-        column = len(before) - (before.rfind(b"\n") + 1) + 1
-        message = f"not UTF-8: byte 0x{raw[exc.start]:02x} cannot be decoded"
+        line, column = _position(body[: exc.start].decode("utf-8", "replace"))
+        message = f"not UTF-8: byte 0x{body[exc.start]:02x} cannot be decoded"
         raise SpecError([Problem(filename, line, column, "", message)]) from exc
     return loads(text, filename)
 

@@ -33,28 +33,7 @@ LOCATED_RE = re.compile(r":\d+:\d+: ")
 
 # Files that show a bug in poseidon/spec.py: their header says what should be
 # reported; strict, so each one fails loudly once the bug is fixed.
-KNOWN_BUGS = {
-    "duplicate_droplet.yaml": (
-        "spec.py accepts the same droplet entry twice (droplets: [web-1, web-2, web-1]): "
-        "apply would run every step twice on web-1"
-    ),
-    "non_utf8_after_multibyte.yaml": (
-        "load() gives the column of an undecodable byte in bytes (3:15), "
-        "every other problem in characters (3:14)"
-    ),
-    "non_utf8_with_bom.yaml": (
-        "load() decodes with utf-8-sig, whose error offsets skip the BOM, then indexes the raw "
-        "bytes with them: it reports 3:7 and 'byte 0x63' instead of 3:10 and 'byte 0xe9'"
-    ),
-    "key_null_top_level.yaml": (
-        "a null key (~: x) is reported at the start of the document (2:1), not at the key (5:1): "
-        "pydantic's loc ('None',) does not find the key None"
-    ),
-    "key_number_top_level.yaml": (
-        "a non-string key (5: x) is reported at its value (5:4), not at the key (5:1) "
-        "as an extra key is"
-    ),
-}
+KNOWN_BUGS: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
