@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from poseidon import api, spec, steps
 from poseidon.droplet import Droplet
@@ -114,7 +115,7 @@ def _environment(playbook: spec.Playbook) -> dict[str, str]:
     names = playbook.env_names()
     missing = [n for n in names if n not in os.environ]
     if missing:
-        raise UsageError(f"the playbook uses ${{env:…}} of unset variables: {', '.join(missing)}")
+        raise UsageError(f"the playbook reads environment variables that are not set: {', '.join(missing)}")
     return {n: os.environ[n] for n in names}
 
 
@@ -163,78 +164,98 @@ def _ready(ssh: SSHClient, run: DropletRun, playbook: spec.Playbook, notice: Not
         raise NotReadyError(f"{run.name} is not ready: {tail[0].removeprefix('poseidon: ')}")
 
 
-def _run_droplet(
-    target: Target,
-    playbook: spec.Playbook,
-    environ: dict[str, str],
-    secrets: dict[str, str],
-    settings: SSHSettings,
-    mode: steps.Mode,
-    progress: Progress | None,
-    start_at: int,
-    notice: Notice | None = None,
-) -> DropletRun:
-    droplet = target.droplet
+class Masker:
+    """Replaces every secret (secret vars, git tokens) with ``***`` in what a run reports."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        # Longest first, so a secret that contains another is masked whole.
+        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+
+    def text(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def frame(self, frame: Any) -> Any:
+        if frame is None or not self.secrets:
+            return frame
+        for column in frame.columns:
+            if frame[column].dtype.kind not in "biufc":  # text columns, whatever pandas calls them
+                frame[column] = frame[column].map(lambda v: self.text(v) if isinstance(v, str) else v)
+        return frame
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What every droplet's worker shares."""
+
+    playbook: spec.Playbook
+    environ: dict[str, str]
+    secrets: dict[str, str]
+    settings: SSHSettings
+    mode: steps.Mode
+    start_at: int
+    masker: Masker
+    progress: Progress | None
+    notice: Notice | None
+
+    def report(self, droplet: str, result: StepResult) -> None:
+        if self.progress:
+            self.progress(droplet, result)
+
+
+def _run_droplet(target: Target, ctx: _Context) -> DropletRun:
+    droplet, playbook = target.droplet, ctx.playbook
     run = DropletRun(droplet.name, droplet.id, droplet.ip_address)
     try:
-        values = spec.substitutions(playbook, droplet=droplet, environ=environ)
-        with _connect(target, settings, notice) as ssh:
-            _ready(ssh, run, playbook, notice)
-            _run_steps(ssh, run, playbook, values, secrets, mode, progress, start_at)
+        values = spec.substitutions(playbook, droplet=droplet, environ=ctx.environ)
+        with _connect(target, ctx.settings, ctx.notice) as ssh:
+            _ready(ssh, run, playbook, ctx.notice)
+            _run_steps(ssh, run, values, ctx)
             if playbook.report.ps:
-                run.ps = ssh.ps()
+                run.ps = ctx.masker.frame(ssh.ps())
             if playbook.report.top:
-                run.top = ssh.top()
+                run.top = ctx.masker.frame(ssh.top())
     except SSHError as exc:
-        run.error, run.unreachable = str(exc), True
+        run.error, run.unreachable = ctx.masker.text(str(exc)), True
     except PoseidonError as exc:
-        run.error = str(exc)
+        run.error = ctx.masker.text(str(exc))
     except Exception as exc:  # noqa: BLE001 - one droplet's bug must not cancel the others
-        run.error = f"{type(exc).__name__}: {exc}"
+        run.error = ctx.masker.text(f"{type(exc).__name__}: {exc}")
     _skip_rest(run, playbook)
     return run
 
 
-def _run_steps(
-    ssh: SSHClient,
-    run: DropletRun,
-    playbook: spec.Playbook,
-    values: dict[str, str],
-    secrets: dict[str, str],
-    mode: steps.Mode,
-    progress: Progress | None,
-    start_at: int,
-) -> None:
+def _run_steps(ssh: SSHClient, run: DropletRun, values: dict[str, str], ctx: _Context) -> None:
+    playbook, mask = ctx.playbook, ctx.masker.text
     for index, raw in enumerate(playbook.steps):
-        if index < start_at and raw.kind != "chdir":
+        if index < ctx.start_at and raw.kind != "chdir":
             # Earlier chdir steps still run: they change nothing, and later paths depend on them.
             run.steps.append(StepResult(index, raw.kind, steps.describe(raw), "skipped", reason="before --start-at"))
             continue
         step = spec.expand(raw, values)
-        outcome = ssh.run_step(step, mode=mode, secrets=secrets)
+        outcome = ssh.run_step(step, mode=ctx.mode, secrets=ctx.secrets)
         result = StepResult(
             index=index,
             kind=step.kind,
             label=steps.describe(raw),
             status=outcome.status,
             duration=outcome.duration,
-            stdout=outcome.stdout,
-            stderr=outcome.stderr,
+            stdout=mask(outcome.stdout),
+            stderr=mask(outcome.stderr),
             exited=outcome.exited,
-            reason=outcome.reason,
+            reason=mask(outcome.reason),
         )
-        if mode == "check" and result.status == "failed" and _would_change_before(run):
+        if ctx.mode == "check" and result.status == "failed" and _would_change_before(run):
             # The droplet is not yet as this step expects (its directory, its
             # venv…): an earlier step would make it so. Say that, and stop predicting.
             result.status, result.reason = "would-change", "after the changes above (not checked)"
             run.steps.append(result)
-            if progress:
-                progress(run.name, result)
+            ctx.report(run.name, result)
             _predict_rest(run, playbook)
             return
         run.steps.append(result)
-        if progress:
-            progress(run.name, result)
+        ctx.report(run.name, result)
         if result.status == "failed":
             return
 
@@ -296,12 +317,13 @@ def apply(
     if expect is not None:
         _check_expected(targets, expect)
     result = RunResult(playbook=path, name=playbook.name, mode=mode, started=started)
+    secret_values = [v for n, v in playbook.var_values(environ).items() if n in playbook.secret_names()]
+    context = _Context(
+        playbook, environ, secrets, settings, mode, start_at, Masker([*secret_values, *secrets.values()]), progress, notice
+    )
     if targets:
         with ThreadPoolExecutor(max_workers=max(1, min(forks, len(targets)))) as pool:
-            futures = [
-                pool.submit(_run_droplet, t, playbook, environ, secrets, settings, mode, progress, start_at, notice)
-                for t in targets
-            ]
+            futures = [pool.submit(_run_droplet, t, context) for t in targets]
             result.droplets = [f.result() for f in futures]
     result.duration = time.monotonic() - clock
     return result

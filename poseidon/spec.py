@@ -59,6 +59,7 @@ __all__ = [
     "DROPLET_ATTRIBUTES",
     "STEP_KINDS",
     "STEP_MODELS",
+    "SecretVar",
     "AptStep",
     "ChdirStep",
     "DropletRef",
@@ -382,7 +383,9 @@ _AptPackages = Annotated[
 _PipRequirements = Annotated[
     list[_PipRequirement], BeforeValidator(_words), _words_schema("pip requirements")
 ]
-_VarValue = Annotated[str | bool | int | float, BeforeValidator(_var_value)]
+_PlainValue = Annotated[str | bool | int | float, BeforeValidator(_var_value)]
+
+
 
 
 # ---------------------------------------------------------------------------
@@ -798,6 +801,36 @@ def _render(loc: tuple[str | int, ...]) -> str:
     return text
 
 
+class SecretVar(_Model):
+    """A value masked as *** in every output: written here, or read from this machine's environment."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"secret": True, "env": "DB_PASSWORD"}, {"secret": True, "value": "s3cr3t"}]}
+    )
+
+    secret: Literal[True] = Field(description="Always true: the value is masked as *** in all output.")
+    value: _Text | None = Field(default=None, description="The value itself (prefer env: for real secrets).")
+    env: _Identifier | None = Field(
+        default=None, description="Read the value from this environment variable of the machine running poseidon."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretVar:
+        if (self.value is None) == (self.env is None):
+            raise ValueError("a secret takes exactly one of value: or env:")
+        return self
+
+
+def _plain_or_secret(value: Any) -> str:
+    return "secret" if isinstance(value, dict) else "plain"
+
+
+_VarValue = Annotated[
+    Annotated[_PlainValue, Tag("plain")] | Annotated[SecretVar, Tag("secret")],
+    Discriminator(_plain_or_secret),
+]
+
+
 class Playbook(_Model):
     """A poseidon playbook, version 1: which droplets, which steps, what to report."""
 
@@ -855,9 +888,26 @@ class Playbook(_Model):
                 for message in _reference_errors(text, names):
                     yield loc, message
 
-    def var_values(self) -> dict[str, str]:
-        """``vars`` as text, the way they are substituted (booleans as ``true``/``false``)."""
-        return {name: _to_text(value) for name, value in self.vars.items()}
+    def var_values(self, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+        """``vars`` as text, the way they are substituted (booleans as ``true``/``false``).
+
+        A secret read from the environment (``env:``) takes its value from
+        ``environ`` (default ``os.environ``); an unset one is left out.
+        """
+        environment = os.environ if environ is None else environ
+        values: dict[str, str] = {}
+        for name, value in self.vars.items():
+            if isinstance(value, SecretVar):
+                text = value.value if value.env is None else environment.get(value.env)
+                if text is not None:
+                    values[name] = text
+            else:
+                values[name] = _to_text(value)
+        return values
+
+    def secret_names(self) -> list[str]:
+        """The variables marked secret."""
+        return [name for name, value in self.vars.items() if isinstance(value, SecretVar)]
 
     def env_names(self) -> list[str]:
         """The environment variables the steps refer to with ``${env:NAME}``, in order."""
@@ -867,6 +917,7 @@ class Playbook(_Model):
                 for token in _tokens(text):
                     if token.kind == "reference" and token.text.startswith("env:"):
                         names.append(token.text.removeprefix("env:"))
+        names += [v.env for v in self.vars.values() if isinstance(v, SecretVar) and v.env]
         return list(dict.fromkeys(names))
 
 
@@ -888,8 +939,8 @@ def substitutions(
     ``DROPLET_ATTRIBUTES``; lists (tags) are joined with commas, a missing
     address is empty. ``environ`` defaults to ``os.environ``.
     """
-    values = playbook.var_values()
     environment = os.environ if environ is None else environ
+    values = playbook.var_values(environment)
     values.update({f"env:{name}": value for name, value in environment.items()})
     if droplet is not None:
         for attribute in DROPLET_ATTRIBUTES:
@@ -1128,6 +1179,8 @@ class _Tree:
                 continue
             loc = tuple(error["loc"])
             if len(loc) > 2 and loc[0] == "droplets" and loc[2] in _DROPLET_TAGS:
+                loc = loc[:2] + loc[3:]
+            if len(loc) > 2 and loc[0] == "vars" and loc[2] in ("plain", "secret"):
                 loc = loc[:2] + loc[3:]
             is_key = error["type"] == "invalid_key" or loc[-1:] == ("[key]",)
             node, shown = self.resolve(

@@ -340,3 +340,53 @@ def test_plan_on_fresh_droplets_predicts_the_steps_that_depend_on_earlier_change
     assert [s["status"] for s in steps] == ["would-change"] * 3
     assert steps[1]["reason"] == steps[2]["reason"] == "after the changes above (not checked)"
     assert not (shared_sandbox.home("test") / "plan-fresh").exists()
+
+
+def test_secret_values_are_masked_in_progress_reports_and_snapshots(
+    tmp_path: Path, shared_sandbox: Sandbox, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("APP_PASSWORD", "hunter2-from-env")
+    playbook = write(
+        tmp_path / "site.yaml",
+        """
+        version: 1
+        droplets: [test]
+        vars:
+          password: {secret: true, env: APP_PASSWORD}
+          api_key: {secret: true, value: written-in-the-playbook}
+          plain: visible-value
+        steps:
+          - run: echo "pw=${password} key=${api_key} plain=${plain}"
+          - nohup: {cmd: "sleep 600 # ${api_key}", name: secret-sleeper, grace: 0.1}
+          - run: echo "${password}" >&2; exit 3
+        report: {ps: true, top: false}
+        """,
+    )
+    report_file = tmp_path / "report.json"
+    assert _apply_on(shared_sandbox, [str(playbook), "--report", str(report_file)]) == 1
+    captured = capsys.readouterr()
+    report = report_file.read_text()
+    for text in (captured.out, captured.err, report):
+        assert "hunter2-from-env" not in text
+        assert "written-in-the-playbook" not in text
+    steps = json.loads(report)["droplets"][0]["steps"]
+    assert steps[0]["stdout_tail"] == "pw=*** key=*** plain=visible-value"
+    assert steps[2]["stderr_tail"] == "***"
+    assert "sleep 600 # ***" in report  # the process list, masked too
+
+
+def test_an_unset_secret_variable_stops_the_run_before_it_starts(tmp_path: Path, shared_sandbox: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+    playbook = write(
+        tmp_path / "site.yaml",
+        """
+        version: 1
+        droplets: [test]
+        vars:
+          password: {secret: true, env: POSEIDON_TEST_UNSET_SECRET}
+        steps:
+          - run: touch never-made
+        """,
+    )
+    assert _apply_on(shared_sandbox, [str(playbook)]) == 2
+    assert "environment variables that are not set: POSEIDON_TEST_UNSET_SECRET" in capsys.readouterr().err
+    assert not (shared_sandbox.home("test") / "never-made").exists()

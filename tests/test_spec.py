@@ -758,6 +758,7 @@ def test_the_public_names_are_pinned() -> None:
             "Playbook",
             "Report",
             "RunStep",
+            "SecretVar",
             "Source",
             "Step",
             "StepBase",
