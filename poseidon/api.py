@@ -654,6 +654,10 @@ class Droplets:
             ]
         )
 
+    def find(self, name: str) -> builtins.list[Droplet]:
+        """Every droplet called exactly ``name`` (case-sensitive), GPU droplets included; maybe none."""
+        return [d for d in self._named(name) if d.name == name]
+
     def by_name(self, name: str) -> Droplet:
         """The one droplet called exactly ``name`` (case-sensitive), GPU droplets included.
 

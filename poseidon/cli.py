@@ -251,7 +251,7 @@ def _sandbox_contents(path: str, playbook: spec.Playbook) -> tuple[list[dict[str
     for ref in playbook.droplets:
         if isinstance(ref, spec.TaggedDroplets):
             droplets.append({"name": f"{ref.tag}-1", "tags": [ref.tag]})
-        else:
+        elif ref.create is None:  # a droplet with create: is made through the API, as on DigitalOcean
             droplets.append({"name": ref.name})
     apps = Path(path).resolve().parent / "apps"
     repos: dict[str, Path] = {}

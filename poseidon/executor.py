@@ -50,19 +50,33 @@ class SSHSettings:
 
 @dataclass(frozen=True)
 class Target:
-    """A resolved droplet with the login options its playbook entry gave."""
+    """A resolved droplet with the login options its playbook entry gave.
 
-    droplet: Droplet
+    ``droplet`` is ``None`` for a droplet that does not exist yet and that
+    ``create`` says how to make.
+    """
+
+    name: str
+    droplet: Droplet | None
     user: str | None = None
     port: int | None = None
+    create: spec.CreateDroplet | None = None
+
+    @property
+    def identity(self) -> tuple[int | None, str | None]:
+        return (self.droplet.id, self.droplet.ip_address) if self.droplet else (None, None)
 
 
 # -- resolve ------------------------------------------------------------------
 
 
 def resolve(playbook: spec.Playbook, client: api.Client) -> list[Target]:
-    """Every droplet the playbook names, in order, once each; every missing one reported at once."""
-    targets: dict[int, Target] = {}
+    """Every droplet the playbook names, in order, once each; every missing one reported at once.
+
+    A named droplet that does not exist but has ``create:`` becomes a target
+    without a droplet: :func:`create_missing` makes it.
+    """
+    targets: dict[int | str, Target] = {}
     problems: list[str] = []
     for ref in playbook.droplets:
         try:
@@ -71,40 +85,68 @@ def resolve(playbook: spec.Playbook, client: api.Client) -> list[Target]:
                 if not found:
                     raise ResolveError(f"no droplet carries the tag {ref.tag!r}")
             else:
-                found = [client.droplets.by_name(ref.name)]
+                found = client.droplets.find(ref.name)
+                if len(found) != 1 and not (not found and ref.create):
+                    client.droplets.by_name(ref.name)  # raises the detailed "none" or "several" error
+                if not found:
+                    targets.setdefault(ref.name, Target(ref.name, None, ref.user, ref.port, ref.create))
         except ResolveError as exc:
             problems.append(str(exc))
             continue
         for droplet in found:
-            targets.setdefault(droplet.id, Target(droplet, ref.user, ref.port))
+            targets.setdefault(droplet.id, Target(droplet.name, droplet, ref.user, ref.port))
     if problems:
         raise ResolveError("; ".join(problems))
     return list(targets.values())
 
 
-def _check_expected(targets: list[Target], expect: Mapping[str, tuple[int, str | None]]) -> None:
+def create_missing(targets: list[Target], client: api.Client, timeout: float = 300.0) -> list[Target]:
+    """Create the droplets that do not exist yet, all at once, and wait until they are active."""
+    missing = [t for t in targets if t.droplet is None and t.create is not None]
+    made: dict[str, Droplet] = {}
+    for target in missing:
+        assert target.create is not None
+        options = target.create.model_dump()
+        made[target.name] = client.droplets.create(target.name, wait=False, **options)
+    if made:
+        ready = {d.id: d for d in client.droplets.wait(list(made.values()), timeout=timeout)}
+        made = {name: ready[d.id] for name, d in made.items()}
+    return [
+        Target(t.name, made[t.name], t.user, t.port, t.create) if t.name in made and t.droplet is None else t
+        for t in targets
+    ]
+
+
+def _check_expected(targets: list[Target], expect: Mapping[str, tuple[int | None, str | None]]) -> None:
     """Refuse when names resolve otherwise than a plan saw (renamed, recreated, added, duplicated)."""
-    now = {t.droplet.name: (t.droplet.id, t.droplet.ip_address) for t in targets}
+    now = {t.name: t.identity for t in targets}
     problems = []
     for name in sorted(set(expect) | set(now)):
         was, found = expect.get(name), now.get(name)
         if was == found:
             continue
-        before = f"{was[0]} at {was[1] or 'no address'}" if was else "not there"
-        after = f"{found[0]} at {found[1] or 'no address'}" if found else "not there"
+        before = _identity_text(was)
+        after = _identity_text(found)
         problems.append(f"{name} was {before} when planned, is {after} now")
     if problems:
         raise ResolveError("the droplets changed since the plan: " + "; ".join(problems) + "; plan again")
+
+
+def _identity_text(identity: tuple[int | None, str | None] | None) -> str:
+    if identity is None:
+        return "not in the playbook"
+    droplet_id, address = identity
+    return f"{droplet_id} at {address or 'no address'}" if droplet_id else "still to be created"
 
 
 def _limit(targets: list[Target], names: Iterable[str] | None) -> list[Target]:
     if names is None:
         return targets
     wanted = set(names)
-    unknown = wanted - {t.droplet.name for t in targets}
+    unknown = wanted - {t.name for t in targets}
     if unknown:
         raise UsageError(f"--limit names droplets the playbook does not: {', '.join(sorted(unknown))}")
-    return [t for t in targets if t.droplet.name in wanted]
+    return [t for t in targets if t.name in wanted]
 
 
 # -- variables and secrets ----------------------------------------------------
@@ -133,6 +175,7 @@ def _connect(target: Target, settings: SSHSettings, notice: Notice | None) -> SS
     first, second = (settings, target) if settings.pinned else (target, settings)
     deadline = time.monotonic() + settings.ready_timeout
     delay = 1.0
+    assert target.droplet is not None
     while True:
         ssh = target.droplet.connect(
             user=first.user or second.user,
@@ -206,7 +249,14 @@ class _Context:
 
 def _run_droplet(target: Target, ctx: _Context) -> DropletRun:
     droplet, playbook = target.droplet, ctx.playbook
-    run = DropletRun(droplet.name, droplet.id, droplet.ip_address)
+    if droplet is None:
+        # Only a plan gets here: apply creates missing droplets before the workers start.
+        run = DropletRun(target.name, created=True)
+        for index, step in enumerate(playbook.steps):
+            reason = "the droplet will be created first"
+            run.steps.append(StepResult(index, step.kind, steps.describe(step), "would-change", reason=reason))
+        return run
+    run = DropletRun(droplet.name, droplet.id, droplet.ip_address, created=target.create is not None)
     try:
         values = spec.substitutions(playbook, droplet=droplet, environ=ctx.environ)
         with _connect(target, ctx.settings, ctx.notice) as ssh:
@@ -295,7 +345,7 @@ def apply(
     client: api.Client | None = None,
     start_at: int = 0,
     notice: Notice | None = None,
-    expect: Mapping[str, tuple[int, str | None]] | None = None,
+    expect: Mapping[str, tuple[int | None, str | None]] | None = None,
 ) -> RunResult:
     """Resolve the playbook's droplets and run its steps on each; return what happened.
 
@@ -316,6 +366,8 @@ def apply(
     targets = _limit(resolve(playbook, client), limit)
     if expect is not None:
         _check_expected(targets, expect)
+    if mode == "apply":
+        targets = create_missing(targets, client)
     result = RunResult(playbook=path, name=playbook.name, mode=mode, started=started)
     secret_values = [v for n, v in playbook.var_values(environ).items() if n in playbook.secret_names()]
     context = _Context(

@@ -32,7 +32,7 @@ class Plan:
     playbook: Path
     sha256: str
     #: name → (id, public IPv4) as resolved when planning.
-    droplets: dict[str, tuple[int, str | None]]
+    droplets: dict[str, tuple[int | None, str | None]]
 
 
 def _digest(path: Path) -> str:
@@ -69,7 +69,8 @@ def read(path: str) -> Plan:
             raise ValueError(f"not a poseidon plan (format {FORMAT})")
         playbook = (source.resolve().parent / document["playbook"]).resolve()
         droplets = {
-            str(name): (int(entry["id"]), entry["ip_address"]) for name, entry in document["droplets"].items()
+            str(name): (None if entry["id"] is None else int(entry["id"]), entry["ip_address"])
+            for name, entry in document["droplets"].items()
         }
         recorded = str(document["sha256"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:

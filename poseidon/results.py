@@ -61,6 +61,8 @@ class DropletRun:
     error: str | None = None
     #: Whether ``error`` is about reaching the droplet (SSH refused, unreachable, host key).
     unreachable: bool = False
+    #: Whether this run created the droplet (or, in a plan, would create it).
+    created: bool = False
     ps: Any = None
     top: Any = None
 
@@ -78,6 +80,7 @@ class DropletRun:
             "ip_address": self.ip_address,
             "error": self.error,
             "unreachable": self.unreachable,
+            "created": self.created,
             "failed": self.failed,
             "steps": [s.to_dict() for s in self.steps],
             "ps": _records(self.ps),

@@ -62,6 +62,7 @@ __all__ = [
     "SecretVar",
     "AptStep",
     "ChdirStep",
+    "CreateDroplet",
     "DropletRef",
     "GitStep",
     "NamedDroplet",
@@ -417,6 +418,33 @@ _Port = Annotated[
 ]
 
 
+_Slug = Annotated[str, AfterValidator(_matching(re.compile(r"[a-z0-9][a-z0-9.-]*"), "a slug (a-z, 0-9, . and -)"))]
+
+
+class CreateDroplet(_Model):
+    """How to create the droplet when no droplet has its name yet."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"region": "nyc3", "size": "s-1vcpu-1gb", "image": "ubuntu-24-04-x64", "ssh_keys": ["laptop"]}]
+        }
+    )
+
+    region: _Slug = Field(description="Region slug, e.g. nyc3.")
+    size: _Slug = Field(description="Size slug, e.g. s-1vcpu-1gb.")
+    image: _Slug | int = Field(description="Image slug (e.g. ubuntu-24-04-x64) or image id.")
+    ssh_keys: list[_Line | int] = Field(
+        default_factory=list, description="SSH keys to install: names, ids or fingerprints."
+    )
+    tags: list[Annotated[str, AfterValidator(_matching(_TAG_RE, "a tag (letters, digits, _, : and -)"))]] = Field(
+        default_factory=list, description="Tags the new droplet carries."
+    )
+    user_data: _Text | None = Field(default=None, description="cloud-init user data for the first boot.")
+    ipv6: bool = Field(default=False, description="Give it a public IPv6 address too.")
+    monitoring: bool = Field(default=False, description="Install the monitoring agent.")
+    backups: bool = Field(default=False, description="Enable weekly backups (billed).")
+
+
 class NamedDroplet(_Model):
     """One droplet, found by its name. A plain string entry is its name."""
 
@@ -430,6 +458,9 @@ class NamedDroplet(_Model):
     ] = Field(description="The droplet's name, as the API lists it.")
     user: _User = None
     port: _Port = None
+    create: CreateDroplet | None = Field(
+        default=None, description="Create the droplet like this when no droplet has this name."
+    )
 
     @model_validator(mode="before")
     @classmethod

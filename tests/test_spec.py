@@ -749,6 +749,7 @@ def test_the_public_names_are_pinned() -> None:
             "STEP_MODELS",
             "AptStep",
             "ChdirStep",
+            "CreateDroplet",
             "DropletRef",
             "GitStep",
             "NamedDroplet",

@@ -1,0 +1,79 @@
+"""Droplets with `create:` are made when no droplet has their name, then provisioned like the others."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import poseidon.api as po
+from poseidon.cli import main
+from poseidon.sandbox import Sandbox
+
+PLAYBOOK = """
+    version: 1
+    droplets:
+      - existing
+      - name: fresh
+        create: {region: nyc3, size: s-1vcpu-1gb, image: ubuntu-24-04-x64, tags: [demo]}
+    steps:
+      - run: {cmd: "echo made > made", creates: made}
+    report: {ps: false, top: false}
+"""
+
+
+@pytest.fixture
+def sandbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:
+    with Sandbox(["existing"]) as sandbox:
+        for key, value in sandbox.environ.items():
+            monkeypatch.setenv(key, value)
+        yield sandbox
+
+
+def run(*args: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict]:  # type: ignore[type-arg]
+    code = main([*args, "--json"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_plan_says_a_missing_droplet_will_be_created_and_creates_nothing(
+    tmp_path: Path, sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    playbook = tmp_path / "site.yaml"
+    playbook.write_text(textwrap.dedent(PLAYBOOK))
+    code, report = run("plan", str(playbook), capsys=capsys)
+    assert code == 0
+    fresh = next(d for d in report["droplets"] if d["name"] == "fresh")
+    assert fresh["created"] is True and fresh["id"] is None
+    assert [(s["status"], s["reason"]) for s in fresh["steps"]] == [("would-change", "the droplet will be created first")]
+    assert po.connect().droplets.find("fresh") == []
+
+
+def test_apply_creates_the_missing_droplet_once_and_provisions_it(
+    tmp_path: Path, sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    playbook = tmp_path / "site.yaml"
+    playbook.write_text(textwrap.dedent(PLAYBOOK))
+    code, first = run("apply", str(playbook), capsys=capsys)
+    assert code == 0, first
+    fresh = next(d for d in first["droplets"] if d["name"] == "fresh")
+    assert fresh["created"] is True and fresh["ip_address"] == sandbox.address("fresh")
+    assert [s["status"] for s in fresh["steps"]] == ["changed"]
+    assert (sandbox.home("fresh") / "made").read_text() == "made\n"
+    made = po.connect().droplets.by_name("fresh")
+    assert made.tags == ["demo"] and made.data["size_slug"] == "s-1vcpu-1gb"
+
+    code, second = run("apply", str(playbook), capsys=capsys)
+    assert code == 0
+    assert [d["created"] for d in second["droplets"]] == [False, False]
+    assert {s["status"] for d in second["droplets"] for s in d["steps"]} == {"ok"}
+    assert len(po.connect().droplets.find("fresh")) == 1
+
+
+def test_a_missing_droplet_without_create_is_still_an_error(tmp_path: Path, sandbox: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+    playbook = tmp_path / "site.yaml"
+    playbook.write_text("version: 1\ndroplets: [existing, absent]\nsteps: [{run: ls}]\n")
+    assert main(["apply", str(playbook)]) == 2
+    assert "no droplet named 'absent'" in capsys.readouterr().err
