@@ -664,6 +664,14 @@ class PipStep(StepBase):
     venv: _Path = Field(
         default=".venv", description="The virtualenv, relative to the working directory."
     )
+    system: bool = Field(
+        default=False,
+        description=(
+            "Install into the system Python instead of a virtualenv. This overrides PEP 668's"
+            " protection of the distribution's own packages (pip --break-system-packages):"
+            " only for droplets that run nothing else."
+        ),
+    )
 
 
 class PipRStep(StepBase):
@@ -676,6 +684,14 @@ class PipRStep(StepBase):
     requirements: _Path = Field(description="The requirements file on the droplet.")
     venv: _Path = Field(
         default=".venv", description="The virtualenv, relative to the working directory."
+    )
+    system: bool = Field(
+        default=False,
+        description=(
+            "Install into the system Python instead of a virtualenv. This overrides PEP 668's"
+            " protection of the distribution's own packages (pip --break-system-packages):"
+            " only for droplets that run nothing else."
+        ),
     )
 
 

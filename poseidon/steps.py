@@ -220,6 +220,31 @@ def _venv(venv: str) -> str:
     return f"[ -x {path}/bin/python ] || python3 -m venv -- {path}"
 
 
+@dataclass(frozen=True)
+class _Python:
+    """Where pip steps install: a virtualenv (created when missing), or the system Python."""
+
+    python: str
+    prepare: str
+    pip_options: str
+    #: What the installed set depends on besides the requirements (a pyvenv.cfg is remade with its venv).
+    identity: str
+    stamps: str
+
+
+def _python(step: PipStep | PipRStep) -> _Python:
+    if step.system:
+        # Modern Debian and Ubuntu refuse a system-wide pip (PEP 668) unless told;
+        # pip before 23 has no such option and needs none.
+        flag = (
+            'if python3 -m pip install --help 2>/dev/null | grep -q -- --break-system-packages;'
+            ' then set -- --break-system-packages; else set --; fi'
+        )
+        return _Python("python3", flag, '"$@"', "python3 --version 2>&1", ".poseidon")
+    venv = quote_path(step.venv)
+    return _Python(f"{venv}/bin/python", _venv(step.venv), "", f"cat {venv}/pyvenv.cfg", venv)
+
+
 # Exits 0 when every requirement given as an argument is installed at a matching version.
 _SATISFIED = (
     "import sys\n"
@@ -235,30 +260,34 @@ _SATISFIED = (
 
 
 def pip(step: PipStep, ctx: StepContext) -> Script:
-    venv = quote_path(step.venv)
+    where = _python(step)
     names = quote_all(step.packages)
     return Script(
-        check=f"[ -x {venv}/bin/python ] || return 1\n{venv}/bin/python -c {quote(_SATISFIED)} {names} 2>/dev/null || return 1",
-        apply=f"{_venv(step.venv)} && {venv}/bin/python -m pip install -q -- {names}",
-        ok_reason=f"{len(step.packages)} requirement(s) already satisfied in {step.venv}",
+        check=(
+            f"command -v {where.python} >/dev/null 2>&1 || [ -x {where.python} ] || return 1\n"
+            f"{where.python} -c {quote(_SATISFIED)} {names} 2>/dev/null || return 1"
+        ),
+        apply=f"{where.prepare} && {where.python} -m pip install -q {where.pip_options} -- {names}",
+        ok_reason=f"{len(step.packages)} requirement(s) already satisfied",
     )
 
 
 def pip_r(step: PipRStep, ctx: StepContext) -> Script:
-    venv, req = quote_path(step.venv), quote_path(step.requirements)
+    where = _python(step)
+    req = quote_path(step.requirements)
     key = hashlib.sha256(step.requirements.encode()).hexdigest()[:16]
-    stamp = f"{venv}/{quote('.poseidon-pip_r-' + key)}"
-    # What the last successful install saw: the requirements file, and the venv
-    # itself (pyvenv.cfg changes when the venv is made again). Other steps
-    # installing into the same venv do not count as a change.
-    state = f"_state() {{ cat {req} {venv}/pyvenv.cfg | sha256sum | cut -c1-64; }}"
+    stamp = f"{where.stamps}/{quote('.poseidon-pip_r-' + key)}"
+    # What the last successful install saw: the requirements file, and the
+    # Python it went into. Other steps installing into the same place do not
+    # count as a change.
+    state = f"_state() {{ {{ cat {req} && {where.identity}; }} | sha256sum | cut -c1-64; }}"
     return Script(
         setup=state,
-        check=(
-            f"[ -x {venv}/bin/python ] && [ -f {stamp} ] || return 1\n"
-            f'[ "$(_state 2>/dev/null)" = "$(cat {stamp})" ]'
+        check=f'[ -f {stamp} ] || return 1\n[ "$(_state 2>/dev/null)" = "$(cat {stamp})" ]',
+        apply=(
+            f"{where.prepare} && {where.python} -m pip install -q {where.pip_options} -r {req}"
+            f" && mkdir -p {where.stamps} && _state > {stamp}"
         ),
-        apply=f"{_venv(step.venv)} && {venv}/bin/python -m pip install -q -r {req} && _state > {stamp}",
         ok_reason=f"{step.requirements} unchanged since the last install",
     )
 

@@ -165,3 +165,26 @@ def test_nohup_restarts_the_process_when_its_command_changes(sandbox_env: Sandbo
         assert first != second
         assert ssh.wait(f"ps -o stat= -g {first} | grep -v '^Z' || true") == ""
         assert ssh.wait(f"ps -o args= -p {second}") == "sh -c sleep 302\n"
+
+
+def test_pip_into_the_system_python_is_an_explicit_opt_in(sandbox_env: Sandbox) -> None:
+    home = sandbox_env.home("test")
+    wheels = build_wheel(home / "sys-wheels", name="tinysys").parent
+    # PIP_TARGET keeps the test off this machine's real system Python, which the sandbox droplet shares.
+    env = {**offline_pip_env(wheels), "PIP_TARGET": str(home / "sys-target"), "PYTHONPATH": str(home / "sys-target")}
+    with po.connect().droplets.by_name("test").connect() as ssh:
+        first = ssh.pip("tinysys", system=True, env=env)
+        second = ssh.pip("tinysys", system=True, env=env)
+    assert (first.status, second.status) == ("changed", "ok")
+    assert (home / "sys-target" / "tinysys" / "__init__.py").exists()
+    assert not (home / ".venv").exists() or not list((home / ".venv").glob("lib/python*/site-packages/tinysys"))
+
+
+def test_a_system_pip_passes_break_system_packages_only_where_pip_knows_it() -> None:
+    from poseidon import steps
+
+    script = steps.script_for(steps.build("pip", packages=["flask"], system=True), steps.StepContext())
+    assert "--break-system-packages" in script.apply
+    assert "python3 -m pip install --help" in script.apply
+    venv = steps.script_for(steps.build("pip", packages=["flask"]), steps.StepContext())
+    assert "--break-system-packages" not in venv.apply
