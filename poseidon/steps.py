@@ -174,7 +174,8 @@ _ASKPASS = (
 def git(step: GitStep, ctx: StepContext, token: str | None = None) -> Script:
     dest = quote_path(step.target())
     setup = (
-        f"export GIT_TERMINAL_PROMPT=0\nref={quote(step.ref or 'HEAD')}\nwant= kind=\n"
+        # GIT_OPTIONAL_LOCKS=0: `git status` in the check must not rewrite the index (plan changes nothing).
+        f"export GIT_TERMINAL_PROMPT=0 GIT_OPTIONAL_LOCKS=0\nref={quote(step.ref or 'HEAD')}\nwant= kind=\n"
         + (_ASKPASS if token else "")
     )
     # What the remote has under the ref; a remote that cannot be read fails the check.

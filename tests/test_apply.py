@@ -390,3 +390,42 @@ def test_an_unset_secret_variable_stops_the_run_before_it_starts(tmp_path: Path,
     assert _apply_on(shared_sandbox, [str(playbook)]) == 2
     assert "environment variables that are not set: POSEIDON_TEST_UNSET_SECRET" in capsys.readouterr().err
     assert not (shared_sandbox.home("test") / "never-made").exists()
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+
+
+def test_a_plan_leaves_every_file_of_the_droplet_as_it_was(
+    tmp_path: Path, shared_sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wheels = build_wheel(tmp_path / "wheels").parent
+    text = f"""
+        version: 1
+        droplets: [other]
+        steps:
+          - git: {{repo: changhiskhan/test, dest: untouched}}
+          - chdir: untouched
+          - run: {{cmd: "echo tinyfoo > requirements.txt", creates: requirements.txt}}
+          - pip_r: {{requirements: requirements.txt, env: {{PIP_NO_INDEX: "1", PIP_FIND_LINKS: "{wheels}"}}}}
+          - nohup: {{cmd: "sleep 500", name: untouched, grace: 0.1}}
+        report: {{ps: false, top: false}}
+        """
+    playbook = write(tmp_path / "site.yaml", text)
+    assert _apply_on(shared_sandbox, [str(playbook)]) == 0
+    write(playbook, text.replace("sleep 500", "sleep 501").replace("tinyfoo >", "tinyfoo==1.0 >"))
+    home = shared_sandbox.home("other")
+    before = _tree(home)
+    capsys.readouterr()
+    assert _apply_on(shared_sandbox, [str(playbook), "--json"], command="plan") == 0
+    statuses = [s["status"] for s in json.loads(capsys.readouterr().out)["droplets"][0]["steps"]]
+    assert statuses == ["ok", "ok", "ok", "ok", "would-change"]
+    assert _tree(home) == before
+
+
+def test_limit_runs_only_the_named_droplets(tmp_path: Path, shared_sandbox: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+    playbook = write(tmp_path / "site.yaml", "version: 1\ndroplets: [test, other]\nsteps: [{run: echo hi}]\nreport: {ps: false, top: false}\n")
+    assert _apply_on(shared_sandbox, [str(playbook), "--json", "--limit", "other"]) == 0
+    assert [d["name"] for d in json.loads(capsys.readouterr().out)["droplets"]] == ["other"]
+    assert _apply_on(shared_sandbox, [str(playbook), "--limit", "nosuch"]) == 2
+    assert "--limit names droplets the playbook does not: nosuch" in capsys.readouterr().err
