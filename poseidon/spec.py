@@ -648,7 +648,23 @@ class GitStep(StepBase):
         return tail.removesuffix(".git") or tail
 
 
-class PipStep(StepBase):
+class _PythonTarget(StepBase):
+    """Where pip steps install: a virtualenv by default."""
+
+    venv: _Path = Field(
+        default=".venv", description="The virtualenv, relative to the working directory."
+    )
+    system: bool = Field(
+        default=False,
+        description=(
+            "Install into the system Python instead of a virtualenv. This overrides PEP 668's"
+            " protection of the distribution's own packages (pip --break-system-packages):"
+            " only for droplets that run nothing else."
+        ),
+    )
+
+
+class PipStep(_PythonTarget):
     """Install pip packages into a virtualenv, created when missing."""
 
     model_config = _examples(
@@ -661,20 +677,9 @@ class PipStep(StepBase):
     packages: _PipRequirements = Field(
         min_length=1, description="Requirements, one word each (flask, flask>=3, git+https://...)."
     )
-    venv: _Path = Field(
-        default=".venv", description="The virtualenv, relative to the working directory."
-    )
-    system: bool = Field(
-        default=False,
-        description=(
-            "Install into the system Python instead of a virtualenv. This overrides PEP 668's"
-            " protection of the distribution's own packages (pip --break-system-packages):"
-            " only for droplets that run nothing else."
-        ),
-    )
 
 
-class PipRStep(StepBase):
+class PipRStep(_PythonTarget):
     """Install a requirements file (a path on the droplet) into a virtualenv."""
 
     model_config = _examples({"kind": "pip_r", "requirements": "requirements.txt"})
@@ -682,17 +687,6 @@ class PipRStep(StepBase):
 
     kind: Literal["pip_r"] = Field(default="pip_r", description="The step's kind.")
     requirements: _Path = Field(description="The requirements file on the droplet.")
-    venv: _Path = Field(
-        default=".venv", description="The virtualenv, relative to the working directory."
-    )
-    system: bool = Field(
-        default=False,
-        description=(
-            "Install into the system Python instead of a virtualenv. This overrides PEP 668's"
-            " protection of the distribution's own packages (pip --break-system-packages):"
-            " only for droplets that run nothing else."
-        ),
-    )
 
 
 class NohupStep(StepBase):
