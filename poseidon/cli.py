@@ -46,6 +46,11 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
         command.add_argument("--report", metavar="FILE.json", help="also write the JSON report to this file")
         command.add_argument("--start-at", metavar="STEP", help="start at this step (its number, or its name)")
+        command.add_argument("--resume", action="store_true", help="start each droplet at its first step that did not succeed in the last run")
+        command.add_argument("--fail-fast", action="store_true", help="after the first failure, start no new step anywhere")
+        command.add_argument("--shard", metavar="I/N", help="run the I-th of N equal slices of the droplets (for CI matrices)")
+        command.add_argument("--quiet", action="store_true", help="print only the summary table")
+        command.add_argument("--report-dir", metavar="DIR", help="write report.json and one CSV per snapshot there")
 
     apply = commands.add_parser("apply", help="run a playbook's steps on its droplets")
     run_options(apply)
@@ -140,7 +145,7 @@ def _schema(args: argparse.Namespace) -> int:
 
 def _apply(args: argparse.Namespace) -> int:
     from poseidon import executor
-    from poseidon.report import Reporter, to_json
+    from poseidon.report import Reporter, to_json, write_report_dir
 
     from poseidon import planfile
 
@@ -151,6 +156,11 @@ def _apply(args: argparse.Namespace) -> int:
     mode: Literal["apply", "check"] = "check" if args.command == "plan" or args.check else "apply"
     start_at = _step_index(playbook, args.start_at) if args.start_at else 0
     report_file = _open_report(args.report) if args.report else None
+    if args.report_dir:
+        try:
+            Path(args.report_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise errors.UsageError(f"--report-dir {args.report_dir}: {exc.strerror}") from exc
     reporter = Reporter(sys.stderr if args.json else None)
     with ExitStack() as stack:
         settings: dict[str, Any] = {}
@@ -172,16 +182,24 @@ def _apply(args: argparse.Namespace) -> int:
                     pinned=True,
                 ),
             )
+        runs = Path(args.playbook).resolve().parent / ".poseidon" / "runs"
+        options = executor.RunOptions(
+            mode=mode,
+            limit=tuple(args.limit.split(",")) if args.limit else None,
+            forks=args.forks,
+            start_at=start_at,
+            resume=executor.resume_points(runs, playbook) if args.resume else None,
+            fail_fast=args.fail_fast,
+            shard=_shard(args.shard) if args.shard else None,
+            expect=plan.droplets if plan else None,
+            run_log=runs if mode == "apply" else None,
+        )
         result = executor.apply(
             playbook,
             path=args.playbook,
-            mode=mode,
-            limit=args.limit.split(",") if args.limit else None,
-            forks=args.forks,
-            progress=reporter.step_done,
-            notice=reporter.notice,
-            start_at=start_at,
-            expect=plan.droplets if plan else None,
+            options=options,
+            progress=None if args.quiet else reporter.step_done,
+            notice=None if args.quiet else reporter.notice,
             **settings,
         )
     if getattr(args, "out", None):
@@ -189,10 +207,14 @@ def _apply(args: argparse.Namespace) -> int:
     if report_file:
         with report_file:
             report_file.write(to_json(result) + "\n")
+    if args.report_dir:
+        write_report_dir(result, args.report_dir)
     if args.json:
         print(to_json(result))
     else:
-        reporter.summary(result)
+        reporter.summary(result, snapshots=not args.quiet)
+    if result.interrupted:
+        return EXIT_INTERRUPTED
     if any(r.unreachable for r in result.droplets):
         return EXIT_UNREACHABLE
     return EXIT_FAILED if result.failed else EXIT_OK
@@ -206,6 +228,14 @@ def _step_index(playbook: spec.Playbook, wanted: str) -> int:
         if step.name == wanted:
             return index
     raise errors.UsageError(f"--start-at {wanted}: no step has that number or name")
+
+
+def _shard(text: str) -> tuple[int, int]:
+    """``--shard I/N``."""
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit() and 1 <= int(index) <= int(count)):
+        raise errors.UsageError(f"--shard {text}: write I/N with 1 <= I <= N, e.g. 2/4")
+    return int(index), int(count)
 
 
 def _open_report(path: str) -> IO[str]:

@@ -12,11 +12,14 @@ The executor is given an API URL, a token and SSH settings; where they point
 
 from __future__ import annotations
 
+import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from poseidon import api, spec, steps
@@ -25,7 +28,7 @@ from poseidon.errors import NotReadyError, PoseidonError, ResolveError, SSHConne
 from poseidon.results import DropletRun, RunResult, StepResult
 from poseidon.ssh import SSHClient
 
-__all__ = ["SSHSettings", "Target", "apply", "resolve"]
+__all__ = ["RunLog", "RunOptions", "SSHSettings", "Target", "apply", "create_missing", "resolve", "resume_points"]
 
 #: Called as each step ends: ``(droplet_name, step_result)``.
 Progress = Callable[[str, StepResult], None]
@@ -65,6 +68,29 @@ class Target:
     @property
     def identity(self) -> tuple[int | None, str | None]:
         return (self.droplet.id, self.droplet.ip_address) if self.droplet else (None, None)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run: what ``apply``, ``plan`` and their flags ask for."""
+
+    mode: steps.Mode = "apply"
+    #: Only these droplet names (``--limit``).
+    limit: tuple[str, ...] | None = None
+    #: Droplets run at once (``--forks``).
+    forks: int = 20
+    #: The first step (0-based) to run on every droplet (``--start-at``).
+    start_at: int = 0
+    #: Per droplet name, the first step to run (``--resume``); overrides ``start_at``.
+    resume: Mapping[str, int] | None = None
+    #: Stop launching steps anywhere after the first failure (``--fail-fast``).
+    fail_fast: bool = False
+    #: Run the I-th (1-based) of N equal slices of the resolved droplets (``--shard I/N``).
+    shard: tuple[int, int] | None = None
+    #: Name → (id, IPv4) a plan recorded: refuse when droplets resolve otherwise.
+    expect: Mapping[str, tuple[int | None, str | None]] | None = None
+    #: Append every step's result to this JSON Lines file as it ends.
+    run_log: Path | None = None
 
 
 # -- resolve ------------------------------------------------------------------
@@ -236,15 +262,30 @@ class _Context:
     environ: dict[str, str]
     secrets: dict[str, str]
     settings: SSHSettings
-    mode: steps.Mode
-    start_at: int
+    options: RunOptions
     masker: Masker
     progress: Progress | None
     notice: Notice | None
+    log: RunLog | None
+    #: Set on the first failure with --fail-fast, or on Ctrl-C: no new step starts anywhere.
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def mode(self) -> steps.Mode:
+        return self.options.mode
+
+    def first_step(self, droplet: str) -> int:
+        if self.options.resume is not None:
+            return self.options.resume.get(droplet, 0)
+        return self.options.start_at
 
     def report(self, droplet: str, result: StepResult) -> None:
+        if self.log:
+            self.log.step(droplet, result)
         if self.progress:
             self.progress(droplet, result)
+        if result.status == "failed" and self.options.fail_fast:
+            self.stop.set()
 
 
 def _run_droplet(target: Target, ctx: _Context) -> DropletRun:
@@ -272,16 +313,23 @@ def _run_droplet(target: Target, ctx: _Context) -> DropletRun:
         run.error = ctx.masker.text(str(exc))
     except Exception as exc:  # noqa: BLE001 - one droplet's bug must not cancel the others
         run.error = ctx.masker.text(f"{type(exc).__name__}: {exc}")
-    _skip_rest(run, playbook)
+    reason = ""
+    if ctx.stop.is_set():
+        reason = "stopped by --fail-fast" if ctx.options.fail_fast else "stopped: interrupted"
+    _skip_rest(run, playbook, reason)
     return run
 
 
 def _run_steps(ssh: SSHClient, run: DropletRun, values: dict[str, str], ctx: _Context) -> None:
     playbook, mask = ctx.playbook, ctx.masker.text
+    first = ctx.first_step(run.name)
     for index, raw in enumerate(playbook.steps):
-        if index < ctx.start_at and raw.kind != "chdir":
+        if ctx.stop.is_set():
+            return  # _skip_rest says why
+        if index < first and raw.kind != "chdir":
             # Earlier chdir steps still run: they change nothing, and later paths depend on them.
-            run.steps.append(StepResult(index, raw.kind, steps.describe(raw), "skipped", reason="before --start-at"))
+            reason = "done in the run resumed" if ctx.options.resume is not None else "before --start-at"
+            run.steps.append(StepResult(index, raw.kind, steps.describe(raw), "skipped", reason=reason))
             continue
         step = spec.expand(raw, values)
         outcome = ssh.run_step(step, mode=ctx.mode, secrets=ctx.secrets)
@@ -321,11 +369,11 @@ def _predict_rest(run: DropletRun, playbook: spec.Playbook) -> None:
         run.steps.append(StepResult(index, step.kind, steps.describe(step), "would-change", reason=reason))
 
 
-def _skip_rest(run: DropletRun, playbook: spec.Playbook) -> None:
+def _skip_rest(run: DropletRun, playbook: spec.Playbook, reason: str = "") -> None:
     """Mark the steps that never ran as skipped, so every droplet reports every step."""
     for index in range(len(run.steps), len(playbook.steps)):
-        result = StepResult(index, playbook.steps[index].kind, steps.describe(playbook.steps[index]), "skipped")
-        run.steps.append(result)
+        step = playbook.steps[index]
+        run.steps.append(StepResult(index, step.kind, steps.describe(step), "skipped", reason=reason))
 
 
 # -- the run ------------------------------------------------------------------
@@ -338,44 +386,138 @@ def apply(
     api_url: str | None = None,
     token: str | None = None,
     ssh: SSHSettings | None = None,
-    mode: steps.Mode = "apply",
-    limit: Iterable[str] | None = None,
-    forks: int = 20,
+    options: RunOptions | None = None,
     progress: Progress | None = None,
-    client: api.Client | None = None,
-    start_at: int = 0,
     notice: Notice | None = None,
-    expect: Mapping[str, tuple[int | None, str | None]] | None = None,
+    client: api.Client | None = None,
 ) -> RunResult:
     """Resolve the playbook's droplets and run its steps on each; return what happened.
 
     Raises before any SSH connection when a droplet cannot be resolved
     (:class:`ResolveError`), an ``${env:…}`` is unset, ``limit`` names an
-    unknown droplet or ``start_at`` (0-based) no step (:class:`UsageError`),
-    droplets resolve otherwise than ``expect`` (name → id and IPv4, from a
-    plan) says (:class:`ResolveError`), or the API fails (:class:`APIError`).
+    unknown droplet or ``start_at`` no step (:class:`UsageError`), droplets
+    resolve otherwise than a plan's ``expect`` (:class:`ResolveError`), or the
+    API fails (:class:`APIError`). Ctrl-C stops launching steps, lets running
+    ones end, and returns what was done with ``interrupted`` set.
     """
     settings = ssh or SSHSettings()
-    if not 0 <= start_at < max(1, len(playbook.steps)):
-        raise UsageError(f"there is no step {start_at + 1}: the playbook has {len(playbook.steps)}")
+    options = options or RunOptions()
+    if not 0 <= options.start_at < max(1, len(playbook.steps)):
+        raise UsageError(f"there is no step {options.start_at + 1}: the playbook has {len(playbook.steps)}")
     started = time.time()
     clock = time.monotonic()
     environ = _environment(playbook)
     secrets = _secrets(playbook)
     client = client or api.connect(token=token, api_url=api_url)
-    targets = _limit(resolve(playbook, client), limit)
-    if expect is not None:
-        _check_expected(targets, expect)
-    if mode == "apply":
+    targets = _shard(_limit(resolve(playbook, client), options.limit), options.shard)
+    if options.expect is not None:
+        _check_expected(targets, options.expect)
+    if options.mode == "apply":
         targets = create_missing(targets, client)
-    result = RunResult(playbook=path, name=playbook.name, mode=mode, started=started)
+    result = RunResult(playbook=path, name=playbook.name, mode=options.mode, started=started)
     secret_values = [v for n, v in playbook.var_values(environ).items() if n in playbook.secret_names()]
-    context = _Context(
-        playbook, environ, secrets, settings, mode, start_at, Masker([*secret_values, *secrets.values()]), progress, notice
-    )
-    if targets:
-        with ThreadPoolExecutor(max_workers=max(1, min(forks, len(targets)))) as pool:
-            futures = [pool.submit(_run_droplet, t, context) for t in targets]
-            result.droplets = [f.result() for f in futures]
+    masker = Masker([*secret_values, *secrets.values()])
+    log = RunLog.start(options.run_log, result, [t.name for t in targets]) if options.run_log else None
+    context = _Context(playbook, environ, secrets, settings, options, masker, progress, notice, log)
+    try:
+        result.droplets = _run_all(targets, context, result)
+    finally:
+        if log:
+            log.close()
     result.duration = time.monotonic() - clock
     return result
+
+
+def _run_all(targets: list[Target], ctx: _Context, result: RunResult) -> list[DropletRun]:
+    if not targets:
+        return []
+    pool = ThreadPoolExecutor(max_workers=max(1, min(ctx.options.forks, len(targets))))
+    futures = [pool.submit(_run_droplet, t, ctx) for t in targets]
+    try:
+        while not all(f.done() for f in futures):
+            wait(futures, timeout=0.2)  # short waits keep Ctrl-C responsive in the main thread
+    except KeyboardInterrupt:
+        # Stop launching steps everywhere; the running ones end or time out.
+        ctx.stop.set()
+        result.interrupted = True
+        wait(futures)
+    finally:
+        pool.shutdown(wait=True)
+    return [f.result() for f in futures]
+
+
+def _shard(targets: list[Target], shard: tuple[int, int] | None) -> list[Target]:
+    """The I-th of N slices, by name: every droplet in exactly one shard, sizes within one."""
+    if shard is None:
+        return targets
+    index, count = shard
+    if not 1 <= index <= count:
+        raise UsageError(f"--shard {index}/{count}: I must be between 1 and N")
+    ordered = sorted(targets, key=lambda t: t.name)
+    chosen = {t.name for t in ordered[index - 1 :: count]}
+    return [t for t in targets if t.name in chosen]
+
+
+class RunLog:
+    """``.poseidon/runs/<time>.jsonl``: one JSON line per step as it ends, so a crash loses nothing done."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._file = open(path, "a", encoding="utf-8")
+
+    @classmethod
+    def start(cls, folder: Path, result: RunResult, droplets: list[str]) -> RunLog:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(result.started))
+            log = cls(folder / f"{stamp}-{os.getpid()}.jsonl")
+        except OSError as exc:
+            raise UsageError(f"cannot write the run log in {folder}: {exc.strerror}") from exc
+        log._write({"run": {"playbook": result.playbook, "mode": result.mode, "started": result.started, "droplets": droplets}})
+        return log
+
+    def step(self, droplet: str, step: StepResult) -> None:
+        self._write({"droplet": droplet, **step.to_dict()})
+
+    def _write(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, default=str) + "\n"
+        with self._lock:
+            try:
+                self._file.write(line)
+                self._file.flush()
+            except OSError:
+                pass  # a full disk must not stop the droplets' work; the report still has it
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def resume_points(folder: Path, playbook: spec.Playbook) -> dict[str, int]:
+    """Per droplet, the first step that did not succeed in the latest applied run logged in ``folder``."""
+    logs = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
+    for path in reversed(logs):
+        header, done = _read_log(path)
+        if header.get("mode") != "apply":
+            continue
+        points = {}
+        for droplet in header.get("droplets", []):
+            succeeded = done.get(droplet, set())
+            points[droplet] = next((i for i in range(len(playbook.steps)) if i not in succeeded), len(playbook.steps))
+        return points
+    raise UsageError(f"--resume: no run of this playbook is logged in {folder}")
+
+
+def _read_log(path: Path) -> tuple[dict[str, Any], dict[str, set[int]]]:
+    header: dict[str, Any] = {}
+    done: dict[str, set[int]] = {}
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a crash
+        if "run" in record:
+            header = record["run"]
+        elif record.get("status") in ("ok", "changed"):
+            done.setdefault(record["droplet"], set()).add(int(record["index"]))
+    return header, done

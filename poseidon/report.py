@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 import threading
 from typing import IO, TYPE_CHECKING, Any
 
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
     from poseidon.droplet import Droplet
 
-__all__ = ["Reporter", "to_json"]
+__all__ = ["Reporter", "to_json", "write_report_dir"]
 
 _STYLES = {
     "ok": "green",
@@ -37,6 +38,21 @@ SNAPSHOT_ROWS = 12
 def to_json(result: RunResult) -> str:
     """The run as one JSON document (snapshots as lists of rows)."""
     return json.dumps(result.to_dict(), indent=2, default=str)
+
+
+def write_report_dir(result: RunResult, folder: str) -> list[Path]:
+    """``report.json`` plus one CSV per snapshot (``<droplet>-ps.csv``, ``<droplet>-top.csv``); returns the files."""
+    target = Path(folder)
+    target.mkdir(parents=True, exist_ok=True)
+    written = [target / "report.json"]
+    written[0].write_text(to_json(result) + "\n")
+    for run in result.droplets:
+        for kind, frame in (("ps", run.ps), ("top", run.top)):
+            if frame is not None:
+                path = target / f"{run.name}-{kind}.csv"
+                frame.to_csv(path, index=False)
+                written.append(path)
+    return written
 
 
 class Reporter:
@@ -166,6 +182,8 @@ class Reporter:
         parts = [f"{n} {s}" for s, n in counts.items() if n]
         failed = [r.name for r in result.droplets if r.failed]
         verdict = f"failed on {', '.join(failed)}" if failed else "all droplets succeeded"
+        if result.interrupted:
+            verdict = "interrupted: the steps shown skipped never started; " + verdict
         style = "bold red" if failed else "bold green"
         self.console.print(
             f"{len(result.droplets)} droplet(s), {', '.join(parts) or 'no steps'} in {result.duration:.1f}s: {verdict}",

@@ -98,6 +98,8 @@ class RunResult:
     droplets: list[DropletRun] = field(default_factory=list)
     started: float = 0.0
     duration: float = 0.0
+    #: Ctrl-C stopped the run: the droplets' results are as far as they got.
+    interrupted: bool = False
 
     @property
     def failed(self) -> bool:
@@ -110,6 +112,7 @@ class RunResult:
             "mode": self.mode,
             "started": self.started,
             "duration": round(self.duration, 3),
+            "interrupted": self.interrupted,
             "failed": self.failed,
             "droplets": [d.to_dict() for d in self.droplets],
         }

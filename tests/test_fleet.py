@@ -1,0 +1,131 @@
+"""Running a fleet: --fail-fast, Ctrl-C, the run log and --resume, --shard, --quiet, --report-dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from poseidon.cli import main
+from poseidon.sandbox import Sandbox
+
+NAMES = ["d1", "d2", "d3", "d4", "d5"]
+
+
+@pytest.fixture(scope="module")
+def fleet() -> Iterator[Sandbox]:
+    with Sandbox(NAMES) as sandbox:
+        yield sandbox
+
+
+@pytest.fixture
+def env(fleet: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Sandbox:
+    for key, value in fleet.environ.items():
+        monkeypatch.setenv(key, value)
+    return fleet
+
+
+def playbook(tmp_path: Path, steps: str, droplets: list[str] = NAMES) -> Path:
+    path = tmp_path / "site.yaml"
+    path.write_text(f"version: 1\ndroplets: {json.dumps(droplets)}\nsteps:\n{textwrap.dedent(steps)}report: {{ps: false, top: false}}\n")
+    return path
+
+
+def statuses(report: dict) -> dict[str, list[str]]:  # type: ignore[type-arg]
+    return {d["name"]: [s["status"] for s in d["steps"]] for d in report["droplets"]}
+
+
+def test_fail_fast_starts_no_new_step_after_the_first_failure(tmp_path: Path, env: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+    path = playbook(tmp_path, """\
+        - run: '[ "${droplet.name}" != d1 ] || exit 9; sleep 1'
+        - run: echo second
+        """)
+    assert main(["apply", str(path), "--json", "--fail-fast"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    found = statuses(report)
+    assert found["d1"] == ["failed", "skipped"]
+    for name in NAMES[1:]:
+        assert found[name] == ["changed", "skipped"], found  # their first step was running; the second never started
+    assert report["droplets"][1]["steps"][1]["reason"] == "stopped by --fail-fast"
+
+
+def test_shards_split_the_droplets_without_overlap(tmp_path: Path, env: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+    path = playbook(tmp_path, "- run: echo hi\n")
+    seen: list[str] = []
+    for index in (1, 2, 3):
+        assert main(["apply", str(path), "--json", "--shard", f"{index}/3"]) == 0
+        names = [d["name"] for d in json.loads(capsys.readouterr().out)["droplets"]]
+        assert 1 <= len(names) <= 2
+        seen += names
+    assert sorted(seen) == NAMES
+    assert main(["apply", str(path), "--shard", "4/3"]) == 2
+    assert "1 <= I <= N" in capsys.readouterr().err
+
+
+def test_the_run_log_records_every_step_and_resume_starts_where_each_droplet_stopped(
+    tmp_path: Path, env: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flag = tmp_path / "d3-may-pass"
+    path = playbook(tmp_path, f"""\
+        - run: echo one >> resume-count-1
+        - run: '[ "${{droplet.name}}" != d3 ] || [ -e {flag} ]'
+        - run: echo three >> resume-count-3
+        """)
+    assert main(["apply", str(path), "--json"]) == 1
+    first = statuses(json.loads(capsys.readouterr().out))
+    assert first["d3"] == ["changed", "failed", "skipped"]
+    logs = list((tmp_path / ".poseidon" / "runs").glob("*.jsonl"))
+    assert len(logs) == 1
+    records = [json.loads(line) for line in logs[0].read_text().splitlines()]
+    assert records[0]["run"]["droplets"] == NAMES
+    assert len(records) == 1 + 5 * 3 - 1  # every step that ended, d3's last never ran
+
+    flag.touch()
+    assert main(["apply", str(path), "--json", "--resume"]) == 0
+    second = statuses(json.loads(capsys.readouterr().out))
+    assert second["d3"] == ["skipped", "changed", "changed"]
+    assert second["d1"] == ["skipped", "skipped", "skipped"]
+    assert (env.home("d3") / "resume-count-1").read_text() == "one\n"  # not run twice
+
+
+def test_quiet_prints_only_the_summary_and_report_dir_writes_csvs(tmp_path: Path, env: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text("version: 1\ndroplets: [d1, d2]\nsteps: [{run: echo hi}]\n")
+    assert main(["apply", str(path), "--quiet", "--report-dir", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "changed" in out and "all droplets succeeded" in out
+    assert "ps -Af" not in out and "d1             changed" not in out
+    files = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert files == ["d1-ps.csv", "d1-top.csv", "d2-ps.csv", "d2-top.csv", "report.json"]
+    assert (tmp_path / "out" / "d1-ps.csv").read_text().startswith("UID,PID,PPID,C,STIME,TTY,TIME,CMD\n")
+
+
+def test_ctrl_c_lets_running_steps_end_prints_the_report_and_exits_130(tmp_path: Path, env: Sandbox) -> None:
+    path = playbook(tmp_path, """\
+        - run: sleep 2; echo slept > interrupted-first
+        - run: echo never > interrupted-second
+        """, droplets=["d4", "d5"])
+    process = subprocess.Popen(
+        [sys.executable, "-m", "poseidon.cli", "apply", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+    )
+    time.sleep(1.2)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, out + err
+    assert "interrupted" in out
+    assert "Traceback" not in out + err
+    for name in ("d4", "d5"):
+        assert (env.home(name) / "interrupted-first").read_text() == "slept\n"  # the running step ended
+        assert not (env.home(name) / "interrupted-second").exists()
