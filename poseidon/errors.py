@@ -15,9 +15,11 @@
     │   └── WaitTimeoutError (TimeoutError)  a droplet or an action did not get there in time
     ├── APIConnectionError             the API could not be reached at all
     ├── SSHError                       a droplet could not be reached or refused the login
-    │   └── SSHConnectError            the SSH port did not answer (yet): refused, timed out
+    │   ├── SSHConnectError            the SSH port did not answer (yet): refused, timed out
+    │   └── HostKeyChangedError        a droplet presented another host key than the one recorded
     ├── CommandError                   a remote command exited non-zero
     ├── NotReadyError                  a droplet did not get ready (cloud-init, dpkg lock) in time
+    ├── DropletBusyError               another poseidon apply is running on that droplet
     └── SandboxError                   the local sandbox could not start
 
 Exit codes are not decided here: ``cli.py`` maps this tree to them. No message
@@ -34,6 +36,8 @@ __all__ = [
     "APIError",
     "AuthenticationError",
     "CommandError",
+    "DropletBusyError",
+    "HostKeyChangedError",
     "NotFoundError",
     "NotReadyError",
     "PoseidonError",
@@ -144,6 +148,33 @@ class SSHConnectError(SSHError):
     """Raised when a droplet's SSH port does not answer: refused, timed out, no banner (still booting?)."""
 
 
+class HostKeyChangedError(SSHError):
+    """Raised when a droplet presents another host key than the one recorded for it, which may be an attack.
+
+    ``was`` and ``now`` are ``TYPE SHA256:…`` as OpenSSH prints them;
+    ``names`` are the known-hosts names whose lines a rebuilt droplet's owner removes.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        address: str,
+        droplet_id: int | None = None,
+        known_hosts: str = "",
+        was: str = "",
+        now: str = "",
+        names: tuple[str, ...] = (),
+    ) -> None:
+        self.address = address
+        self.droplet_id = droplet_id
+        self.known_hosts = known_hosts
+        self.was = was
+        self.now = now
+        self.names = names
+        super().__init__(message)
+
+
 class CommandError(PoseidonError):
     """Raised when a remote command exits non-zero."""
 
@@ -159,6 +190,10 @@ class CommandError(PoseidonError):
 
 class NotReadyError(PoseidonError):
     """Raised when a droplet is still not ready for steps (cloud-init, the dpkg lock) after the wait."""
+
+
+class DropletBusyError(PoseidonError):
+    """Raised when another poseidon apply holds a droplet's lock: two applies must not interleave."""
 
 
 class SandboxError(PoseidonError):

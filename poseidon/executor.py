@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -24,7 +25,7 @@ from typing import Any
 
 from poseidon import api, spec, steps
 from poseidon.droplet import Droplet
-from poseidon.errors import NotReadyError, PoseidonError, ResolveError, SSHConnectError, SSHError, UsageError
+from poseidon.errors import DropletBusyError, NotReadyError, PoseidonError, ResolveError, SSHConnectError, SSHError, UsageError
 from poseidon.results import DropletRun, RunResult, StepResult
 from poseidon.ssh import SSHClient
 
@@ -221,6 +222,31 @@ def _connect(target: Target, settings: SSHSettings, notice: Notice | None) -> SS
             delay = min(delay * 2, 10.0)
 
 
+def _lock(ssh: SSHClient, run: DropletRun, notice: Notice | None) -> Any:
+    """Hold the droplet's apply lock while the returned channel file lives; refuse when another run has it."""
+    holder = f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S %Z')}"
+    stdin, stdout, _ = ssh.exec_command(steps.lock(holder))
+    answer = _text(stdout.readline()).strip()
+    if answer == steps.BUSY:
+        other = _text(stdout.read()).strip() or "an unknown run"
+        raise DropletBusyError(f"{run.name} is being provisioned by another poseidon run ({other}); try again when it ends")
+    if answer != steps.LOCKED and notice:
+        notice(run.name, "no flock on the droplet: this run is not protected from another at the same time")
+    return stdin
+
+
+def _text(data: str | bytes) -> str:
+    # paramiko's channel files give str from readline() and bytes from read().
+    return data.decode(errors="replace") if isinstance(data, bytes) else data
+
+
+def _started(before: Any, after: Any) -> Any:
+    """Rows of the final ps snapshot whose process was not there before the first step."""
+    if before is None or after is None or "PID" not in after.columns:
+        return None
+    return after[~after["PID"].isin(set(before["PID"]))].reset_index(drop=True)
+
+
 def _ready(ssh: SSHClient, run: DropletRun, playbook: spec.Playbook, notice: Notice | None) -> None:
     """The gate before the first step: cloud-init finished, the dpkg lock free (when apt runs)."""
     dpkg = any(isinstance(step, spec.AptStep) for step in playbook.steps)
@@ -301,10 +327,15 @@ def _run_droplet(target: Target, ctx: _Context) -> DropletRun:
     try:
         values = spec.substitutions(playbook, droplet=droplet, environ=ctx.environ)
         with _connect(target, ctx.settings, ctx.notice) as ssh:
+            # Keep the lock's channel referenced: closing its stdin would release the lock.
+            held = _lock(ssh, run, ctx.notice) if ctx.mode == "apply" else None
             _ready(ssh, run, playbook, ctx.notice)
+            before = ssh.ps() if playbook.report.ps else None
             _run_steps(ssh, run, values, ctx)
             if playbook.report.ps:
                 run.ps = ctx.masker.frame(ssh.ps())
+                run.started_processes = _started(before, run.ps)
+            del held  # released with the connection, right after this
             if playbook.report.top:
                 run.top = ctx.masker.frame(ssh.top())
     except SSHError as exc:

@@ -153,7 +153,8 @@ class Reporter:
         self.console.print(table)
 
     def _snapshots(self, run: DropletRun) -> None:
-        for title, frame, sort in (("ps -Af", run.ps, None), ("top", run.top, "%CPU")):
+        snapshots = (("started by this run", run.started_processes, None), ("ps -Af", run.ps, None), ("top", run.top, "%CPU"))
+        for title, frame, sort in snapshots:
             if frame is None or frame.empty:
                 continue
             if sort and sort in frame.columns:

@@ -65,6 +65,8 @@ class DropletRun:
     created: bool = False
     ps: Any = None
     top: Any = None
+    #: The rows of ``ps`` whose process was not running before the first step.
+    started_processes: Any = None
 
     @property
     def failed(self) -> bool:
@@ -84,6 +86,7 @@ class DropletRun:
             "failed": self.failed,
             "steps": [s.to_dict() for s in self.steps],
             "ps": _records(self.ps),
+            "started_processes": _records(self.started_processes),
             "top": _records(self.top),
         }
 

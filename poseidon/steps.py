@@ -32,12 +32,15 @@ from poseidon.spec import (
 )
 
 __all__ = [
+    "BUSY",
+    "LOCKED",
     "MARKER",
     "Mode",
     "Script",
     "StepContext",
     "build",
     "describe",
+    "lock",
     "parse_status",
     "quote",
     "quote_path",
@@ -431,6 +434,29 @@ def readiness(*, dpkg: bool, wait: int = READY_WAIT) -> str:
             "fi",
         ]
     return f"sh -c {quote(chr(10).join(lines))}"
+
+
+# -- one apply at a time per droplet ------------------------------------------------
+
+#: What the lock command prints first: the lock is held for as long as its channel stays open.
+LOCKED, BUSY = "poseidon-lock: held", "poseidon-lock: busy"
+
+
+def lock(holder: str) -> str:
+    """Hold ``~/.poseidon/apply.lock`` (flock) until the SSH channel closes; or say who holds it.
+
+    ``cat`` waits on the channel's stdin, so the lock ends with the
+    connection, even when poseidon dies without a word.
+    """
+    info = "~/.poseidon/apply.lock.info"
+    held = f"printf '%s\\n' {quote(holder)} > {info}; echo {quote(LOCKED)}; exec cat"
+    script = (
+        "mkdir -p ~/.poseidon || exit 2\n"
+        "if ! command -v flock >/dev/null 2>&1; then echo 'poseidon-lock: no flock'; exec cat; fi\n"
+        f"flock -n ~/.poseidon/apply.lock sh -c {quote(held)} && exit 0\n"
+        f"echo {quote(BUSY)}; cat {info} 2>/dev/null"
+    )
+    return f"sh -c {quote(script)}"
 
 
 # -- the one remote command ---------------------------------------------------

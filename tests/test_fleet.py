@@ -129,3 +129,37 @@ def test_ctrl_c_lets_running_steps_end_prints_the_report_and_exits_130(tmp_path:
     for name in ("d4", "d5"):
         assert (env.home(name) / "interrupted-first").read_text() == "slept\n"  # the running step ended
         assert not (env.home(name) / "interrupted-second").exists()
+
+
+def test_a_second_apply_on_a_busy_droplet_refuses_and_says_who_holds_it(
+    tmp_path: Path, env: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import poseidon.api as po
+    from poseidon import steps
+
+    path = playbook(tmp_path, "- run: echo hi\n", droplets=["d1", "d2"])
+    holder = po.connect().droplets.by_name("d1").connect()
+    stdin, stdout, _ = holder.exec_command(steps.lock("the other run"))  # held while stdin is open
+    assert stdout.readline().strip() == steps.LOCKED
+    try:
+        assert main(["apply", str(path), "--json"]) == 1
+        report = json.loads(capsys.readouterr().out)
+        d1, d2 = report["droplets"]
+        assert "d1 is being provisioned by another poseidon run (the other run)" in d1["error"]
+        assert [s["status"] for s in d1["steps"]] == ["skipped"]
+        assert [s["status"] for s in d2["steps"]] == ["changed"]
+    finally:
+        holder.close()  # the lock ends with the connection
+    assert main(["apply", str(path), "--json"]) == 0
+    capsys.readouterr()
+
+
+def test_the_report_shows_the_processes_the_run_started(tmp_path: Path, env: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text("version: 1\ndroplets: [d2]\nsteps: [{nohup: {cmd: 'sleep 777', name: started, grace: 0.1}}]\nreport: {ps: true, top: false}\n")
+    assert main(["apply", str(path), "--json"]) == 0
+    started = json.loads(capsys.readouterr().out)["droplets"][0]["started_processes"]
+    assert [row["CMD"] for row in started if "sleep 777" in row["CMD"]]
+    assert main(["apply", str(path), "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)["droplets"][0]["started_processes"]
+    assert not [row["CMD"] for row in again if "sleep 777" in row["CMD"]]
