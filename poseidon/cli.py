@@ -24,6 +24,7 @@ from poseidon import errors
 
 if TYPE_CHECKING:
     from poseidon import spec
+    from poseidon.report import Reporter
     from poseidon.sandbox import Sandbox
 
 __all__ = ["main"]
@@ -60,6 +61,11 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--out", metavar="PLAN.json", help="record the plan; 'poseidon apply PLAN.json' then refuses if droplets changed")
     plan.set_defaults(check=True)
 
+    status = commands.add_parser("status", help="the processes a playbook's nohup steps manage: alive or dead")
+    status.add_argument("playbook")
+    status.add_argument("--sandbox", action="store_true", help="look at the playbook's kept sandbox")
+    status.add_argument("--json", action="store_true")
+
     validate = commands.add_parser("validate", help="check a playbook offline")
     validate.add_argument("playbook")
     commands.add_parser("schema", help="print the playbook's JSON Schema")
@@ -87,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = {
         "apply": _apply,
         "plan": _apply,
+        "status": _status,
         "validate": _validate,
         "schema": _schema,
         "droplets": _droplets,
@@ -165,23 +172,7 @@ def _apply(args: argparse.Namespace) -> int:
     with ExitStack() as stack:
         settings: dict[str, Any] = {}
         if args.sandbox:
-            sandbox = stack.enter_context(_sandbox_for(args.playbook, playbook))
-            reporter.message(
-                f"sandbox: {len(sandbox.homes)} droplet(s) on {sandbox.network}.2+, kept in"
-                f" {sandbox.root} ('poseidon sandbox reset --playbook {args.playbook}' removes it)",
-                "dim",
-            )
-            settings = dict(
-                api_url=sandbox.api_url,
-                token=sandbox.token,
-                ssh=executor.SSHSettings(
-                    user=sandbox.user,
-                    port=sandbox.ssh_port,
-                    key_filename=sandbox.key_filename,
-                    known_hosts=sandbox.known_hosts,
-                    pinned=True,
-                ),
-            )
+            settings = _enter_sandbox(stack, args.playbook, playbook, reporter)
         runs = Path(args.playbook).resolve().parent / ".poseidon" / "runs"
         options = executor.RunOptions(
             mode=mode,
@@ -218,6 +209,47 @@ def _apply(args: argparse.Namespace) -> int:
     if any(r.unreachable for r in result.droplets):
         return EXIT_UNREACHABLE
     return EXIT_FAILED if result.failed else EXIT_OK
+
+
+def _enter_sandbox(stack: ExitStack, path: str, playbook: spec.Playbook, reporter: Reporter) -> dict[str, Any]:
+    """Start the playbook's kept sandbox for this command; return the executor's settings for it."""
+    from poseidon import executor
+
+    sandbox = stack.enter_context(_sandbox_for(path, playbook))
+    reporter.message(
+        f"sandbox: {len(sandbox.homes)} droplet(s) on {sandbox.network}.2+, kept in"
+        f" {sandbox.root} ('poseidon sandbox reset --playbook {path}' removes it)",
+        "dim",
+    )
+    return dict(
+        api_url=sandbox.api_url,
+        token=sandbox.token,
+        ssh=executor.SSHSettings(
+            user=sandbox.user,
+            port=sandbox.ssh_port,
+            key_filename=sandbox.key_filename,
+            known_hosts=sandbox.known_hosts,
+            pinned=True,
+        ),
+    )
+
+
+def _status(args: argparse.Namespace) -> int:
+    import json
+
+    from poseidon import executor
+    from poseidon.report import Reporter
+
+    playbook = _load(args.playbook)
+    reporter = Reporter(sys.stderr if args.json else None)
+    with ExitStack() as stack:
+        settings = _enter_sandbox(stack, args.playbook, playbook, reporter) if args.sandbox else {}
+        found = executor.status(playbook, **settings)
+    if args.json:
+        print(json.dumps([p.to_dict() for p in found], indent=2))
+    else:
+        reporter.processes(found)
+    return EXIT_OK if all(p.state == "alive" for p in found) else EXIT_FAILED
 
 
 def _step_index(playbook: spec.Playbook, wanted: str) -> int:

@@ -26,10 +26,20 @@ from typing import Any
 from poseidon import api, spec, steps
 from poseidon.droplet import Droplet
 from poseidon.errors import DropletBusyError, NotReadyError, PoseidonError, ResolveError, SSHConnectError, SSHError, UsageError
-from poseidon.results import DropletRun, RunResult, StepResult
+from poseidon.results import DropletRun, ProcessStatus, RunResult, StepResult
 from poseidon.ssh import SSHClient
 
-__all__ = ["RunLog", "RunOptions", "SSHSettings", "Target", "apply", "create_missing", "resolve", "resume_points"]
+__all__ = [
+    "RunLog",
+    "RunOptions",
+    "SSHSettings",
+    "Target",
+    "apply",
+    "create_missing",
+    "resolve",
+    "resume_points",
+    "status",
+]
 
 #: Called as each step ends: ``(droplet_name, step_result)``.
 Progress = Callable[[str, StepResult], None]
@@ -552,3 +562,69 @@ def _read_log(path: Path) -> tuple[dict[str, Any], dict[str, set[int]]]:
         elif record.get("status") in ("ok", "changed"):
             done.setdefault(record["droplet"], set()).add(int(record["index"]))
     return header, done
+
+
+# -- status ---------------------------------------------------------------------
+
+
+def status(
+    playbook: spec.Playbook,
+    *,
+    api_url: str | None = None,
+    token: str | None = None,
+    ssh: SSHSettings | None = None,
+    client: api.Client | None = None,
+    forks: int = 20,
+) -> list[ProcessStatus]:
+    """The processes the playbook's ``nohup`` steps manage, on every droplet: alive or dead, pid, uptime, log.
+
+    Changes nothing: ``chdir`` steps are followed (they only check), every
+    other step but ``nohup`` is passed over.
+    """
+    settings = ssh or SSHSettings()
+    environ = _environment(playbook)
+    client = client or api.connect(token=token, api_url=api_url)
+    targets = [t for t in resolve(playbook, client) if t.droplet is not None]
+    if not targets:
+        return []
+    with ThreadPoolExecutor(max_workers=max(1, min(forks, len(targets)))) as pool:
+        found = list(pool.map(lambda t: _droplet_status(t, playbook, environ, settings), targets))
+    return [entry for entries in found for entry in entries]
+
+
+def _droplet_status(
+    target: Target, playbook: spec.Playbook, environ: dict[str, str], settings: SSHSettings
+) -> list[ProcessStatus]:
+    nohups = [s for s in playbook.steps if isinstance(s, spec.NohupStep)]
+    assert target.droplet is not None
+    values = spec.substitutions(playbook, droplet=target.droplet, environ=environ)
+    found: list[ProcessStatus] = []
+    try:
+        with _connect(target, settings, None) as ssh:
+            for raw in playbook.steps:
+                step = spec.expand(raw, values)
+                if isinstance(step, spec.ChdirStep):
+                    if ssh.run_step(step, mode="check").status == "failed":
+                        break  # later steps' directories do not exist yet
+                elif isinstance(step, spec.NohupStep):
+                    found.append(_process_status(ssh, target.name, step))
+    except PoseidonError as exc:
+        return [ProcessStatus(target.name, s.process_name(), "unknown", log_tail=str(exc)) for s in nohups]
+    seen = {p.name for p in found}
+    found += [ProcessStatus(target.name, s.process_name(), "dead") for s in nohups if s.process_name() not in seen]
+    return found
+
+
+def _process_status(ssh: SSHClient, droplet: str, step: spec.NohupStep) -> ProcessStatus:
+    result = ssh.run(steps.nohup_status(step), title=f"status {step.process_name()}")
+    first, _, tail = result.stdout.partition("\n")
+    state, pid, uptime = (first.split("\t") + ["", "", ""])[:3]
+    return ProcessStatus(
+        droplet,
+        step.process_name(),
+        state or "unknown",
+        int(pid) if pid.isdigit() else None,
+        "" if uptime == "-" else uptime,
+        tail.rstrip("\n"),
+        ssh.cwd or "~",
+    )

@@ -13,7 +13,7 @@ from pathlib import Path
 import threading
 from typing import IO, TYPE_CHECKING, Any
 
-from poseidon.results import DropletRun, RunResult, StepResult
+from poseidon.results import DropletRun, ProcessStatus, RunResult, StepResult
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -106,6 +106,23 @@ class Reporter:
         for d in droplets:
             size = str(d.data.get("size_slug") or "")
             table.add_row(d.name, str(d.id), d.status, d.ip_address or "-", d.region, size, ",".join(d.tags))
+        self.console.print(table)
+
+    def processes(self, found: Sequence[ProcessStatus]) -> None:
+        """``poseidon status``: one row per managed process, its log's last line."""
+        from rich.table import Table
+        from rich.text import Text
+
+        if not found:
+            self.message("the playbook's nohup steps manage no process")
+            return
+        table = Table(box=self._box())
+        for column in ("droplet", "process", "state", "pid", "uptime", "directory", "log"):
+            table.add_column(column, overflow="fold")
+        for p in found:
+            state = Text(p.state, style="green" if p.state == "alive" else "bold red")
+            last = p.log_tail.strip().splitlines()[-1:] or [""]
+            table.add_row(p.droplet, p.name, state, str(p.pid or "-"), p.uptime or "-", p.directory, last[0])
         self.console.print(table)
 
     def notice(self, droplet: str, text: str) -> None:

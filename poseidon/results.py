@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DropletRun", "RunResult", "StepResult", "STATUSES"]
+__all__ = ["DropletRun", "ProcessStatus", "RunResult", "StepResult", "STATUSES"]
 
 #: ``would-change`` is what ``plan`` reports where ``apply`` would report ``changed``.
 STATUSES = ("ok", "changed", "would-change", "failed", "skipped")
@@ -125,3 +125,27 @@ def _records(frame: Any) -> list[dict[str, Any]] | None:
     if frame is None:
         return None
     return frame.to_dict(orient="records")  # type: ignore[no-any-return]
+
+
+@dataclass
+class ProcessStatus:
+    """A process a ``nohup`` step manages, as ``poseidon status`` found it."""
+
+    droplet: str
+    name: str
+    state: str  # alive | dead | unknown (the droplet could not be reached)
+    pid: int | None = None
+    uptime: str = ""
+    log_tail: str = ""
+    directory: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "droplet": self.droplet,
+            "name": self.name,
+            "state": self.state,
+            "pid": self.pid,
+            "uptime": self.uptime,
+            "directory": self.directory,
+            "log_tail": self.log_tail,
+        }

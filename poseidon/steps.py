@@ -41,6 +41,7 @@ __all__ = [
     "build",
     "describe",
     "lock",
+    "nohup_status",
     "parse_status",
     "quote",
     "quote_path",
@@ -322,12 +323,16 @@ def nohup(step: NohupStep, ctx: StepContext) -> Script:
         f"mkdir -p .poseidon || exit 2\n"
         f"nohup setsid {_sh(step.cmd)} > {log} 2>&1 < /dev/null &\n"
         f"echo $! > {pidfile} && echo {digest} > {cmdfile}\n"
-        f"sleep {step.grace:g}\n"
-        f'if ! _alive "$(cat {pidfile})"; then\n'
-        f"  echo {quote(f'poseidon: {name} exited within {step.grace:g} s; the end of its log:')} >&2\n"
-        f"  tail -n 20 {log} >&2; exit 1\n"
-        f"fi\n"
-        f"echo {quote(f'{name} started')}, pid \"$(cat {pidfile})\""
+        + (  # grace: 0 starts it and does not wait to see it live
+            f"sleep {step.grace:g}\n"
+            f'if ! _alive "$(cat {pidfile})"; then\n'
+            f"  echo {quote(f'poseidon: {name} exited within {step.grace:g} s; the end of its log:')} >&2\n"
+            f"  tail -n 20 {log} >&2; exit 1\n"
+            f"fi\n"
+            if step.grace > 0
+            else ""
+        )
+        + f"echo {quote(f'{name} started')}, pid \"$(cat {pidfile})\""
     )
     return Script(
         setup=_ALIVE,
@@ -434,6 +439,21 @@ def readiness(*, dpkg: bool, wait: int = READY_WAIT) -> str:
             "fi",
         ]
     return f"sh -c {quote(chr(10).join(lines))}"
+
+
+def nohup_status(step: NohupStep, lines: int = 5) -> str:
+    """A nohup step's process, read-only: 'STATE<TAB>PID<TAB>UPTIME' then the end of its log."""
+    name = step.process_name()
+    pidfile = f".poseidon/{quote(name + '.pid')}"
+    script = (
+        f"{_ALIVE}\n"
+        f"pid=$(cat {pidfile} 2>/dev/null)\n"
+        'if [ -n "$pid" ] && _alive "$pid"; then state=alive; up=$(ps -o etime= -p "$pid" | tr -d " ");'
+        ' else state=dead; up=-; fi\n'
+        "printf '%s\\t%s\\t%s\\n' \"$state\" \"${pid:--}\" \"$up\"\n"
+        f"tail -n {int(lines)} {quote_path(step.log_path())} 2>/dev/null; exit 0"
+    )
+    return f"sh -c {quote(script)}"
 
 
 # -- one apply at a time per droplet ------------------------------------------------

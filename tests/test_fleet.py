@@ -45,7 +45,7 @@ def statuses(report: dict) -> dict[str, list[str]]:  # type: ignore[type-arg]
 
 def test_fail_fast_starts_no_new_step_after_the_first_failure(tmp_path: Path, env: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
     path = playbook(tmp_path, """\
-        - run: '[ "${droplet.name}" != d1 ] || exit 9; sleep 1'
+        - run: 'if [ "${droplet.name}" = d1 ]; then sleep 1; exit 9; fi; sleep 3'
         - run: echo second
         """)
     assert main(["apply", str(path), "--json", "--fail-fast"]) == 1
@@ -163,3 +163,28 @@ def test_the_report_shows_the_processes_the_run_started(tmp_path: Path, env: San
     assert main(["apply", str(path), "--json"]) == 0
     again = json.loads(capsys.readouterr().out)["droplets"][0]["started_processes"]
     assert not [row["CMD"] for row in again if "sleep 777" in row["CMD"]]
+
+
+def test_status_lists_each_managed_process_alive_or_dead_with_its_log(
+    tmp_path: Path, env: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = playbook(tmp_path, """\
+        - run: {cmd: mkdir -p status-app, creates: status-app}
+        - chdir: status-app
+        - nohup: {cmd: "echo serving; sleep 900", name: server, grace: 0.2}
+        - nohup: {cmd: "echo one-off", name: short, grace: 0}
+        """, droplets=["d3"])
+    assert main(["apply", str(path), "--quiet"]) == 0
+    capsys.readouterr()
+    import time as clock
+
+    clock.sleep(0.3)  # 'short' has ended by now
+    assert main(["status", str(path), "--json"]) == 1  # one process is dead
+    found = {p["name"]: p for p in json.loads(capsys.readouterr().out)}
+    assert found["server"]["state"] == "alive" and found["server"]["pid"] > 0
+    assert found["server"]["log_tail"] == "serving"
+    assert found["server"]["directory"] == str(env.home("d3") / "status-app")
+    assert found["short"]["state"] == "dead" and found["short"]["log_tail"] == "one-off"
+    assert main(["status", str(path)]) == 1
+    table = capsys.readouterr().out
+    assert "server" in table and "alive" in table and "dead" in table
