@@ -151,7 +151,7 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _apply(args: argparse.Namespace) -> int:
-    from poseidon import executor
+    from poseidon import executor, steps
     from poseidon.report import Reporter, to_json, write_report_dir
 
     from poseidon import planfile
@@ -185,6 +185,8 @@ def _apply(args: argparse.Namespace) -> int:
             expect=plan.droplets if plan else None,
             run_log=runs if mode == "apply" else None,
         )
+        if not args.quiet:
+            stack.enter_context(reporter.live([steps.describe(s) for s in playbook.steps]))
         result = executor.apply(
             playbook,
             path=args.playbook,

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 import threading
 from typing import IO, TYPE_CHECKING, Any
@@ -16,8 +19,6 @@ from typing import IO, TYPE_CHECKING, Any
 from poseidon.results import DropletRun, ProcessStatus, RunResult, StepResult
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
     from rich.console import Console
 
     from poseidon.droplet import Droplet
@@ -63,6 +64,38 @@ class Reporter:
 
         self.console: Console = Console(file=file or sys.stdout, width=width, highlight=False)
         self._lock = threading.Lock()
+        self._labels: list[str] = []
+        #: droplet → (index of its current step, when it started), while a live panel shows.
+        self._current: dict[str, tuple[int, float]] | None = None
+
+    @contextmanager
+    def live(self, labels: Sequence[str]) -> Iterator[None]:
+        """On a terminal, a panel under the scrolling lines: each droplet's current step and elapsed time."""
+        if not self.console.is_terminal:
+            yield
+            return
+        from rich.live import Live
+
+        self._labels, self._current = list(labels), {}
+        try:
+            with Live(get_renderable=self._panel, console=self.console, refresh_per_second=4, transient=True):
+                yield
+        finally:
+            self._current = None
+
+    def _panel(self) -> Any:
+        from rich.table import Table
+
+        table = Table(box=None, show_header=False, pad_edge=False)
+        now = time.monotonic()
+        for droplet, (index, since) in sorted((self._current or {}).items()):
+            label = self._labels[index] if index < len(self._labels) else "snapshots"
+            table.add_row(droplet, f"{min(index + 1, len(self._labels))}/{len(self._labels)} {label}", f"{now - since:.0f}s")
+        return table
+
+    def _advance(self, droplet: str, index: int) -> None:
+        if self._current is not None:
+            self._current[droplet] = (index, time.monotonic())
 
     def _box(self) -> Any:
         from rich import box
@@ -90,6 +123,7 @@ class Reporter:
         if step.status == "ok" and step.reason:
             line.append(f"  ({step.reason})", "dim")
         with self._lock:
+            self._advance(droplet, step.index + 1)
             self.console.print(line, no_wrap=True, overflow="ellipsis")
             if step.status == "failed":
                 tail = step.tail()
@@ -128,6 +162,8 @@ class Reporter:
     def notice(self, droplet: str, text: str) -> None:
         """What a droplet waits for before its first step; safe to call from the droplets' threads."""
         with self._lock:
+            if self._current is not None and droplet not in self._current:
+                self._advance(droplet, 0)
             self.console.print(f"{droplet:<14} {text}", style="dim", markup=False, highlight=False)
 
     # -- after the run ---------------------------------------------------------------

@@ -75,3 +75,27 @@ def test_the_json_report_holds_the_steps_and_every_snapshot_row() -> None:
     assert report["droplets"][0]["ps"][1]["CMD"] == "python app.py --port 5000"
     assert report["droplets"][0]["top"][1]["%CPU"] == 12.5
     assert report["droplets"][1]["ps"] is None
+
+
+def test_a_terminal_gets_a_live_panel_of_each_droplets_current_step() -> None:
+    from rich.console import Console
+
+    reporter = Reporter(io.StringIO(), width=90)
+    reporter.console = Console(file=io.StringIO(), width=90, force_terminal=True, color_system=None)
+    run = a_run()
+    with reporter.live(["apt git curl", "git owner/app", "run make"]):
+        reporter.notice("web-2", "waiting for cloud-init to finish")
+        reporter.step_done("web-1", run.droplets[0].steps[0])
+        panel = Console(file=io.StringIO(), width=90, color_system=None)
+        panel.print(reporter._panel())
+        text = panel.file.getvalue()  # type: ignore[attr-defined]
+    assert "web-1  2/3 git owner/app" in text
+    assert "web-2  1/3 apt git curl" in text
+    assert reporter._current is None  # the panel is gone with the run
+
+
+def test_off_a_terminal_there_is_no_live_panel() -> None:
+    reporter = Reporter(io.StringIO(), width=90)
+    with reporter.live(["one"]):
+        reporter.step_done("web-1", a_run().droplets[0].steps[0])
+        assert reporter._current is None
