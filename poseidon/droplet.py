@@ -222,6 +222,7 @@ class Droplet:
             interactive=interactive,
             connect_timeout=connect_timeout,
             label=self.name,
+            droplet_id=self.id,
         )
 
     def __repr__(self) -> str:

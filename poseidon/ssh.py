@@ -21,12 +21,13 @@ import os
 import shlex
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from poseidon import steps
+from poseidon import hostkeys, steps
 from poseidon.errors import CommandError, SSHConnectError, SSHError
 
 if TYPE_CHECKING:
@@ -62,21 +63,62 @@ class StepOutcome:
 
 
 class _AcceptNew:
-    """paramiko host-key policy of OpenSSH's ``accept-new``: record an unknown key, refuse a changed one.
+    """paramiko host-key policy: OpenSSH's ``accept-new``, droplet by droplet (:mod:`poseidon.hostkeys` decides).
 
     Fabric installs paramiko's ``AutoAddPolicy``, which trusts every key and
-    records nothing; a changed key is refused by paramiko itself
-    (``BadHostKeyException``) once the known one is loaded.
+    records nothing. paramiko itself compares a key only with what it was
+    given for the address, and would refuse a new droplet on a reused address
+    as an attack; so it is given nothing, every key reaches this policy, and
+    the policy judges by the droplet's id as well as its address.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        droplet_id: int | None,
+        droplet_name: str | None,
+        on_notice: Callable[[str], None] | None,
+    ) -> None:
         self.path = path
+        self.droplet_id = droplet_id
+        self.droplet_name = droplet_name
+        self.on_notice = on_notice
 
     def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
-        client.get_host_keys().add(hostname, key.get_name(), key)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as handle:
-            handle.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+        # ``hostname`` is paramiko's lookup name: the address, ``[address]:port`` off port 22.
+        hostkeys.verify(
+            self.path,
+            hostkeys.HostKey(key.get_name(), key.asbytes()),
+            address=hostname,
+            droplet_id=self.droplet_id,
+            droplet_name=self.droplet_name,
+            on_notice=self.on_notice,
+        )
+
+
+#: paramiko records RSA host keys as ``ssh-rsa`` and negotiates them as SHA-2 signatures.
+_SIGNATURES = {"ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256")}
+
+
+def _preferring(types: list[str]) -> Callable[..., Any]:
+    """A paramiko transport factory that asks the server for the recorded key types first.
+
+    paramiko does this itself only for keys loaded into it, and poseidon loads
+    none (see :class:`_AcceptNew`). Without it a server with several host keys
+    would offer its ed25519 one where an ecdsa one is recorded.
+    """
+    import paramiko
+
+    def transport(sock: Any, **options: Any) -> Any:
+        made = paramiko.Transport(sock, **options)
+        security = made.get_security_options()
+        offered = list(security.key_types)
+        first = [t for name in types for t in _SIGNATURES.get(name, (name,)) if t in offered]
+        security.key_types = [*dict.fromkeys(first), *(t for t in offered if t not in first)]
+        return made
+
+    return transport
 
 
 class SSHClient:
@@ -93,15 +135,22 @@ class SSHClient:
         interactive: bool = False,
         connect_timeout: float = 15.0,
         label: str | None = None,
+        droplet_id: int | None = None,
+        on_notice: Callable[[str], None] | None = None,
     ) -> None:
         self.host = host
         self.user = user
         self.port = port
         self.key_filename = key_filename
-        self.known_hosts = Path(known_hosts or Path.home() / ".ssh" / "known_hosts").expanduser()
+        self.known_hosts = hostkeys.known_hosts_path(known_hosts)
         self.interactive = interactive
         self.connect_timeout = connect_timeout
         self.label = label or host
+        #: The droplet's id: its host key is recorded under ``poseidon-droplet-<id>`` as well as its address.
+        self.droplet_id = droplet_id
+        #: Told of a first contact and of a new droplet on a reused address; ``None`` logs them
+        #: (logger ``poseidon.hostkeys``). May be set after construction, before the connection opens.
+        self.on_notice = on_notice
         #: The remote working directory set by :meth:`chdir` (absolute), or ``None`` for the login's.
         self.cwd: str | None = None
         self._connection: Connection | None = None
@@ -129,17 +178,27 @@ class SSHClient:
             connect_timeout=int(self.connect_timeout),
             connect_kwargs=connect_kwargs,
         )
-        if self.known_hosts.exists():
-            connection.client.load_host_keys(str(self.known_hosts))
-        connection.client.set_missing_host_key_policy(_AcceptNew(self.known_hosts))
+        # The name paramiko will pass to the policy; Fabric may have resolved the host through ~/.ssh/config.
+        address = hostkeys.address_name(connection.host, int(connection.port))
+        types = hostkeys.preferred_types(hostkeys.load(self.known_hosts), address=address, droplet_id=self.droplet_id)
+        if types:
+            connection.connect_kwargs["transport_factory"] = _preferring(types)
+        connection.client.set_missing_host_key_policy(
+            _AcceptNew(
+                self.known_hosts,
+                droplet_id=self.droplet_id,
+                droplet_name=self.label if self.label != self.host else None,
+                on_notice=self.on_notice,
+            )
+        )
         where = f"{self.user}@{self.host}:{self.port} ({self.label})"
         try:
-            connection.open()
-        except paramiko.BadHostKeyException as exc:
-            raise SSHError(
-                f"{where}: the host key changed (now {exc.key.get_name()} {exc.key.get_fingerprint().hex()});"
-                f" if the droplet was rebuilt, remove its old line from {self.known_hosts}"
-            ) from exc
+            try:
+                connection.open()
+            except BaseException:
+                # paramiko keeps its transport thread after a refused key or login.
+                connection.client.close()
+                raise
         except paramiko.AuthenticationException as exc:
             raise SSHError(f"{where}: the login was refused ({exc}); check the key (POSEIDON_SSH_KEY)") from exc
         except (paramiko.SSHException, socket.error, EOFError) as exc:
