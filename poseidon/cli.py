@@ -232,6 +232,8 @@ def _enter_sandbox(stack: ExitStack, path: str, playbook: spec.Playbook, reporte
             key_filename=sandbox.key_filename,
             known_hosts=sandbox.known_hosts,
             pinned=True,
+            # Sandbox droplets share one sshd and its host key: a key pinned at birth could not be served.
+            pin_host_keys=False,
         ),
     )
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from poseidon import api, spec, steps
+from poseidon import api, hostkeys, spec, steps
 from poseidon.droplet import Droplet
 from poseidon.errors import DropletBusyError, NotReadyError, PoseidonError, ResolveError, SSHConnectError, SSHError, UsageError
 from poseidon.results import DropletRun, ProcessStatus, RunResult, StepResult
@@ -60,6 +60,9 @@ class SSHSettings:
     ready_timeout: float = 60.0
     #: When true, these settings win over the playbook's ``user``/``port`` (a sandbox has one user).
     pinned: bool = False
+    #: Give droplets poseidon creates a host key made here, so the first connection is verified too
+    #: (POSEIDON_PIN_HOST_KEYS=0 turns it off: the sandbox serves every droplet with one host key).
+    pin_host_keys: bool = field(default_factory=lambda: os.environ.get("POSEIDON_PIN_HOST_KEYS", "1") != "0")
 
 
 @dataclass(frozen=True)
@@ -137,14 +140,36 @@ def resolve(playbook: spec.Playbook, client: api.Client) -> list[Target]:
     return list(targets.values())
 
 
-def create_missing(targets: list[Target], client: api.Client, timeout: float = 300.0) -> list[Target]:
-    """Create the droplets that do not exist yet, all at once, and wait until they are active."""
+def create_missing(
+    targets: list[Target],
+    client: api.Client,
+    *,
+    pin_host_keys: bool = True,
+    known_hosts: str | None = None,
+    timeout: float = 300.0,
+) -> list[Target]:
+    """Create the droplets that do not exist yet, all at once, and wait until they are active.
+
+    With ``pin_host_keys``, each new droplet gets a host key generated here,
+    handed over in its cloud-init user data and recorded under the droplet's
+    id before it boots, so even the first connection is verified. The user
+    data (it holds the private key) is never logged or reported.
+    """
     missing = [t for t in targets if t.droplet is None and t.create is not None]
-    made: dict[str, Droplet] = {}
-    for target in missing:
+    requests: dict[str, tuple[dict[str, Any], str | None]] = {}
+    for target in missing:  # every user data is checked before anything is created
         assert target.create is not None
         options = target.create.model_dump()
-        made[target.name] = client.droplets.create(target.name, wait=False, **options)
+        public = None
+        if pin_host_keys:
+            options["user_data"], public = hostkeys.pinned_user_data(options.pop("user_data", None))
+        requests[target.name] = (options, public)
+    made: dict[str, Droplet] = {}
+    for name, (options, public) in requests.items():
+        made[name] = client.droplets.create(name, wait=False, **options)
+        if public:
+            # No address yet: the first connection adds it beside the alias.
+            hostkeys.record(hostkeys.known_hosts_path(known_hosts), [hostkeys.alias(made[name].id)], public)
     if made:
         ready = {d.id: d for d in client.droplets.wait(list(made.values()), timeout=timeout)}
         made = {name: ready[d.id] for name, d in made.items()}
@@ -221,6 +246,8 @@ def _connect(target: Target, settings: SSHSettings, notice: Notice | None) -> SS
             known_hosts=settings.known_hosts,
             connect_timeout=settings.connect_timeout,
         )
+        if notice:  # first contact, or a new droplet on a reused address
+            ssh.on_notice = lambda text, name=target.name: notice(name, text)
         try:
             return ssh.open()
         except SSHConnectError as exc:
@@ -454,7 +481,9 @@ def apply(
     if options.expect is not None:
         _check_expected(targets, options.expect)
     if options.mode == "apply":
-        targets = create_missing(targets, client)
+        targets = create_missing(
+            targets, client, pin_host_keys=settings.pin_host_keys, known_hosts=settings.known_hosts
+        )
     result = RunResult(playbook=path, name=playbook.name, mode=options.mode, started=started)
     secret_values = [v for n, v in playbook.var_values(environ).items() if n in playbook.secret_names()]
     masker = Masker([*secret_values, *secrets.values()])

@@ -77,3 +77,22 @@ def test_a_missing_droplet_without_create_is_still_an_error(tmp_path: Path, sand
     playbook.write_text("version: 1\ndroplets: [existing, absent]\nsteps: [{run: ls}]\n")
     assert main(["apply", str(playbook)]) == 2
     assert "no droplet named 'absent'" in capsys.readouterr().err
+
+
+def test_a_created_droplets_host_key_is_pinned_at_birth_and_checked_on_first_contact(
+    tmp_path: Path, sandbox: Sandbox, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sandbox cannot serve a pinned key (one sshd, one key): the first connection must refuse its key."""
+    monkeypatch.setenv("POSEIDON_PIN_HOST_KEYS", "1")
+    playbook = tmp_path / "site.yaml"
+    playbook.write_text(textwrap.dedent(PLAYBOOK))
+    code, report = run("apply", str(playbook), capsys=capsys)
+    assert code == 3
+    fresh = next(d for d in report["droplets"] if d["name"] == "fresh")
+    assert fresh["created"] and fresh["unreachable"]
+    assert f"droplet fresh (id {fresh['id']})" in fresh["error"] and "changed" in fresh["error"]
+    known = Path(sandbox.known_hosts).read_text()
+    assert f"poseidon-droplet-{fresh['id']} ssh-ed25519 " in known
+    assert "PRIVATE KEY" not in known + json.dumps(report)
+    existing = next(d for d in report["droplets"] if d["name"] == "existing")
+    assert [s["status"] for s in existing["steps"]] == ["changed"]  # the others go on

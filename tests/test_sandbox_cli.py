@@ -38,7 +38,7 @@ def test_sandbox_up_prints_exports_that_reach_it_and_down_stops_it(tmp_path: Pat
     variables = exports(up.stdout)
     assert set(variables) == {
         "POSEIDON_API_URL", "DIGITALOCEAN_TOKEN", "POSEIDON_SSH_USER",
-        "POSEIDON_SSH_PORT", "POSEIDON_SSH_KEY", "POSEIDON_KNOWN_HOSTS",
+        "POSEIDON_SSH_PORT", "POSEIDON_SSH_KEY", "POSEIDON_KNOWN_HOSTS", "POSEIDON_PIN_HOST_KEYS",
     }
     state = json.loads((tmp_path / "poseidon" / "sandbox" / "state.json").read_text())
     try:

@@ -224,6 +224,8 @@ class Sandbox:
             "POSEIDON_SSH_PORT": str(self.ssh_port),
             "POSEIDON_SSH_KEY": self.key_filename,
             "POSEIDON_KNOWN_HOSTS": self.known_hosts,
+            # One sshd serves every sandbox droplet with one host key: a key pinned at birth could not be served.
+            "POSEIDON_PIN_HOST_KEYS": "0",
         }
 
     def home(self, name: str) -> Path:

@@ -224,9 +224,17 @@ LogLevel ERROR
         self._write_known_hosts()
 
     def _write_known_hosts(self) -> None:
-        with open(self.known_hosts, "w") as handle:
-            for address in self.addresses:
-                handle.write(f"[{address}]:{self.port} {self._host_key_line}\n")
+        """The sandbox's addresses with its host key; lines others wrote (pinned keys, aliases) stay."""
+        ours = {f"[{address}]:{self.port}" for address in self.addresses}
+        kept = []
+        if self.known_hosts.exists():
+            kept = [
+                line
+                for line in self.known_hosts.read_text().splitlines()
+                if not set(line.split(" ", 1)[0].split(",")) & ours
+            ]
+        lines = kept + [f"[{address}]:{self.port} {self._host_key_line}" for address in self.addresses]
+        self.known_hosts.write_text("\n".join(lines) + "\n")
 
     def _wait_until_listening(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
