@@ -368,7 +368,8 @@ def _run_droplet(target: Target, ctx: _Context) -> DropletRun:
             held = _lock(ssh, run, ctx.notice) if ctx.mode == "apply" else None
             _ready(ssh, run, playbook, ctx.notice)
             before = ssh.ps() if playbook.report.ps else None
-            _run_steps(ssh, run, values, ctx)
+            if not _run_steps(ssh, run, values, ctx):
+                return _finish(run, ctx)  # the connection is gone: no snapshots
             if playbook.report.ps:
                 run.ps = ctx.masker.frame(ssh.ps())
                 run.started_processes = _started(before, run.ps)
@@ -381,26 +382,38 @@ def _run_droplet(target: Target, ctx: _Context) -> DropletRun:
         run.error = ctx.masker.text(str(exc))
     except Exception as exc:  # noqa: BLE001 - one droplet's bug must not cancel the others
         run.error = ctx.masker.text(f"{type(exc).__name__}: {exc}")
+    return _finish(run, ctx)
+
+
+def _finish(run: DropletRun, ctx: _Context) -> DropletRun:
     reason = ""
     if ctx.stop.is_set():
         reason = "stopped by --fail-fast" if ctx.options.fail_fast else "stopped: interrupted"
-    _skip_rest(run, playbook, reason)
+    _skip_rest(run, ctx.playbook, reason)
     return run
 
 
-def _run_steps(ssh: SSHClient, run: DropletRun, values: dict[str, str], ctx: _Context) -> None:
+def _run_steps(ssh: SSHClient, run: DropletRun, values: dict[str, str], ctx: _Context) -> bool:
+    """Run the steps in order; return ``False`` when the connection was lost (that step failed)."""
     playbook, mask = ctx.playbook, ctx.masker.text
     first = ctx.first_step(run.name)
     for index, raw in enumerate(playbook.steps):
         if ctx.stop.is_set():
-            return  # _skip_rest says why
+            return True  # _finish says why
         if index < first and raw.kind != "chdir":
             # Earlier chdir steps still run: they change nothing, and later paths depend on them.
             reason = "done in the run resumed" if ctx.options.resume is not None else "before --start-at"
             run.steps.append(StepResult(index, raw.kind, steps.describe(raw), "skipped", reason=reason))
             continue
         step = spec.expand(raw, values)
-        outcome = ssh.run_step(step, mode=ctx.mode, secrets=ctx.secrets)
+        try:
+            outcome = ssh.run_step(step, mode=ctx.mode, secrets=ctx.secrets)
+        except SSHError as exc:
+            # The connection dropped during the step (a reboot, a network cut): the step failed.
+            lost = StepResult(index, step.kind, steps.describe(raw), "failed", stderr=mask(str(exc)), exited=-1)
+            run.steps.append(lost)
+            ctx.report(run.name, lost)
+            return False
         result = StepResult(
             index=index,
             kind=step.kind,
@@ -419,11 +432,12 @@ def _run_steps(ssh: SSHClient, run: DropletRun, values: dict[str, str], ctx: _Co
             run.steps.append(result)
             ctx.report(run.name, result)
             _predict_rest(run, playbook)
-            return
+            return True
         run.steps.append(result)
         ctx.report(run.name, result)
         if result.status == "failed":
-            return
+            return True
+    return True
 
 
 def _would_change_before(run: DropletRun) -> bool:

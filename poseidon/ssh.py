@@ -260,6 +260,9 @@ class SSHClient:
             raise CommandError(title or cmd, 124, stderr=f"timed out after {exc.timeout} s") from exc
         except (OSError, EOFError, paramiko.SSHException) as exc:
             raise SSHError(f"{self.label}: the connection failed during a command: {exc}") from exc
+        if result.exited == -1 and not self.connection.is_connected:
+            # The channel closed without an exit status because the connection is gone.
+            raise SSHError(f"{self.label}: the connection was lost during a command (the droplet rebooted or the network dropped)")
         if interactive:
             # A pseudo-terminal ends lines with CR LF; callers compare with plain text.
             result.stdout = result.stdout.replace("\r\n", "\n")
