@@ -173,13 +173,14 @@ def _apply(args: argparse.Namespace) -> int:
         settings: dict[str, Any] = {}
         if args.sandbox:
             settings = _enter_sandbox(stack, args.playbook, playbook, reporter)
-        runs = Path(args.playbook).resolve().parent / ".poseidon" / "runs"
+        # A sandbox's runs are logged apart: --resume must never mix them with real droplets'.
+        runs = (_kept_sandbox_root(args.playbook) if args.sandbox else Path(args.playbook).resolve().parent / ".poseidon") / "runs"
         options = executor.RunOptions(
             mode=mode,
             limit=tuple(args.limit.split(",")) if args.limit else None,
             forks=args.forks,
             start_at=start_at,
-            resume=executor.resume_points(runs, playbook) if args.resume else None,
+            resume=executor.resume_points(runs, playbook, args.playbook) if args.resume else None,
             fail_fast=args.fail_fast,
             shard=_shard(args.shard) if args.shard else None,
             expect=plan.droplets if plan else None,
@@ -253,6 +254,8 @@ def _status(args: argparse.Namespace) -> int:
         print(json.dumps([p.to_dict() for p in found], indent=2))
     else:
         reporter.processes(found)
+    if any(p.state == "unreachable" for p in found):
+        return EXIT_UNREACHABLE
     return EXIT_OK if all(p.state == "alive" for p in found) else EXIT_FAILED
 
 

@@ -41,6 +41,9 @@ __all__ = [
     "status",
 ]
 
+#: The reason of a step --resume skips because an earlier run did it.
+RESUMED = "done in the run resumed"
+
 #: Called as each step ends: ``(droplet_name, step_result)``.
 Progress = Callable[[str, StepResult], None]
 #: Called with what a droplet waits for before its first step: ``(droplet_name, text)``.
@@ -135,6 +138,10 @@ def resolve(playbook: spec.Playbook, client: api.Client) -> list[Target]:
             continue
         for droplet in found:
             targets.setdefault(droplet.id, Target(droplet.name, droplet, ref.user, ref.port))
+    names = [t.name for t in targets.values()]
+    twins = sorted({n for n in names if names.count(n) > 1})
+    if twins:
+        problems.append(f"several droplets are named {', '.join(map(repr, twins))}: give them unique names")
     if problems:
         raise ResolveError("; ".join(problems))
     return list(targets.values())
@@ -332,6 +339,7 @@ class _Context:
     log: RunLog | None
     #: Set on the first failure with --fail-fast, or on Ctrl-C: no new step starts anywhere.
     stop: threading.Event = field(default_factory=threading.Event)
+    interrupted: threading.Event = field(default_factory=threading.Event)
 
     @property
     def mode(self) -> steps.Mode:
@@ -353,6 +361,8 @@ class _Context:
 
 def _run_droplet(target: Target, ctx: _Context) -> DropletRun:
     droplet, playbook = target.droplet, ctx.playbook
+    if ctx.stop.is_set():  # queued behind --forks when the run was stopped: never connect
+        return _finish(DropletRun(target.name, *target.identity), ctx)
     if droplet is None:
         # Only a plan gets here: apply creates missing droplets before the workers start.
         run = DropletRun(target.name, created=True)
@@ -388,7 +398,7 @@ def _run_droplet(target: Target, ctx: _Context) -> DropletRun:
 def _finish(run: DropletRun, ctx: _Context) -> DropletRun:
     reason = ""
     if ctx.stop.is_set():
-        reason = "stopped by --fail-fast" if ctx.options.fail_fast else "stopped: interrupted"
+        reason = "stopped: interrupted" if ctx.interrupted.is_set() else "stopped by --fail-fast"
     _skip_rest(run, ctx.playbook, reason)
     return run
 
@@ -402,8 +412,11 @@ def _run_steps(ssh: SSHClient, run: DropletRun, values: dict[str, str], ctx: _Co
             return True  # _finish says why
         if index < first and raw.kind != "chdir":
             # Earlier chdir steps still run: they change nothing, and later paths depend on them.
-            reason = "done in the run resumed" if ctx.options.resume is not None else "before --start-at"
-            run.steps.append(StepResult(index, raw.kind, steps.describe(raw), "skipped", reason=reason))
+            reason = RESUMED if ctx.options.resume is not None else "before --start-at"
+            skipped = StepResult(index, raw.kind, steps.describe(raw), "skipped", reason=reason)
+            run.steps.append(skipped)
+            if ctx.log:
+                ctx.log.step(run.name, skipped)
             continue
         step = spec.expand(raw, values)
         try:
@@ -494,14 +507,14 @@ def apply(
     targets = _shard(_limit(resolve(playbook, client), options.limit), options.shard)
     if options.expect is not None:
         _check_expected(targets, options.expect)
+    result = RunResult(playbook=path, name=playbook.name, mode=options.mode, started=started)
+    masker = _masker(playbook, environ, secrets)
+    # The log first: a run that cannot record itself must not create droplets.
+    log = RunLog.start(options.run_log, result, [t.name for t in targets]) if options.run_log else None
     if options.mode == "apply":
         targets = create_missing(
             targets, client, pin_host_keys=settings.pin_host_keys, known_hosts=settings.known_hosts
         )
-    result = RunResult(playbook=path, name=playbook.name, mode=options.mode, started=started)
-    secret_values = [v for n, v in playbook.var_values(environ).items() if n in playbook.secret_names()]
-    masker = Masker([*secret_values, *secrets.values()])
-    log = RunLog.start(options.run_log, result, [t.name for t in targets]) if options.run_log else None
     context = _Context(playbook, environ, secrets, settings, options, masker, progress, notice, log)
     try:
         result.droplets = _run_all(targets, context, result)
@@ -510,6 +523,11 @@ def apply(
             log.close()
     result.duration = time.monotonic() - clock
     return result
+
+
+def _masker(playbook: spec.Playbook, environ: dict[str, str], secrets: dict[str, str]) -> Masker:
+    secret_values = [v for n, v in playbook.var_values(environ).items() if n in playbook.secret_names()]
+    return Masker([*secret_values, *secrets.values()])
 
 
 def _run_all(targets: list[Target], ctx: _Context, result: RunResult) -> list[DropletRun]:
@@ -522,6 +540,7 @@ def _run_all(targets: list[Target], ctx: _Context, result: RunResult) -> list[Dr
             wait(futures, timeout=0.2)  # short waits keep Ctrl-C responsive in the main thread
     except KeyboardInterrupt:
         # Stop launching steps everywhere; the running ones end or time out.
+        ctx.interrupted.set()
         ctx.stop.set()
         result.interrupted = True
         wait(futures)
@@ -558,7 +577,8 @@ class RunLog:
             log = cls(folder / f"{stamp}-{os.getpid()}.jsonl")
         except OSError as exc:
             raise UsageError(f"cannot write the run log in {folder}: {exc.strerror}") from exc
-        log._write({"run": {"playbook": result.playbook, "mode": result.mode, "started": result.started, "droplets": droplets}})
+        playbook = os.path.abspath(result.playbook)
+        log._write({"run": {"playbook": playbook, "mode": result.mode, "started": result.started, "droplets": droplets}})
         return log
 
     def step(self, droplet: str, step: StepResult) -> None:
@@ -577,12 +597,12 @@ class RunLog:
         self._file.close()
 
 
-def resume_points(folder: Path, playbook: spec.Playbook) -> dict[str, int]:
-    """Per droplet, the first step that did not succeed in the latest applied run logged in ``folder``."""
+def resume_points(folder: Path, playbook: spec.Playbook, path: str) -> dict[str, int]:
+    """Per droplet, the first step not done in the latest applied run of the playbook at ``path``."""
     logs = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
-    for path in reversed(logs):
-        header, done = _read_log(path)
-        if header.get("mode") != "apply":
+    for log in reversed(logs):
+        header, done = _read_log(log)
+        if header.get("mode") != "apply" or header.get("playbook") != os.path.abspath(path):
             continue
         points = {}
         for droplet in header.get("droplets", []):
@@ -602,7 +622,7 @@ def _read_log(path: Path) -> tuple[dict[str, Any], dict[str, set[int]]]:
             continue  # a line cut short by a crash
         if "run" in record:
             header = record["run"]
-        elif record.get("status") in ("ok", "changed"):
+        elif record.get("status") in ("ok", "changed") or record.get("reason") == RESUMED:
             done.setdefault(record["droplet"], set()).add(int(record["index"]))
     return header, done
 
@@ -626,13 +646,17 @@ def status(
     """
     settings = ssh or SSHSettings()
     environ = _environment(playbook)
+    masker = _masker(playbook, environ, _secrets(playbook))
     client = client or api.connect(token=token, api_url=api_url)
     targets = [t for t in resolve(playbook, client) if t.droplet is not None]
     if not targets:
         return []
     with ThreadPoolExecutor(max_workers=max(1, min(forks, len(targets)))) as pool:
         found = list(pool.map(lambda t: _droplet_status(t, playbook, environ, settings), targets))
-    return [entry for entries in found for entry in entries]
+    entries = [entry for entries in found for entry in entries]
+    for entry in entries:
+        entry.log_tail = masker.text(entry.log_tail)
+    return entries
 
 
 def _droplet_status(
@@ -652,7 +676,8 @@ def _droplet_status(
                 elif isinstance(step, spec.NohupStep):
                     found.append(_process_status(ssh, target.name, step))
     except PoseidonError as exc:
-        return [ProcessStatus(target.name, s.process_name(), "unknown", log_tail=str(exc)) for s in nohups]
+        state = "unreachable" if isinstance(exc, SSHError) else "unknown"
+        return [ProcessStatus(target.name, s.process_name(), state, log_tail=str(exc)) for s in nohups]
     seen = {p.name for p in found}
     found += [ProcessStatus(target.name, s.process_name(), "dead") for s in nohups if s.process_name() not in seen]
     return found

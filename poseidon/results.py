@@ -133,7 +133,7 @@ class ProcessStatus:
 
     droplet: str
     name: str
-    state: str  # alive | dead | unknown (the droplet could not be reached)
+    state: str  # alive | dead | unreachable (no SSH) | unknown (another error, in log_tail)
     pid: int | None = None
     uptime: str = ""
     log_tail: str = ""

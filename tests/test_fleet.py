@@ -95,6 +95,15 @@ def test_the_run_log_records_every_step_and_resume_starts_where_each_droplet_sto
     assert second["d1"] == ["skipped", "skipped", "skipped"]
     assert (env.home("d3") / "resume-count-1").read_text() == "one\n"  # not run twice
 
+    assert main(["apply", str(path), "--json", "--resume"]) == 0  # resuming a resumed run: nothing left
+    third = statuses(json.loads(capsys.readouterr().out))
+    assert third["d3"] == ["skipped"] * 3 and third["d1"] == ["skipped"] * 3
+
+    other = tmp_path / "other.yaml"
+    other.write_text(path.read_text())
+    assert main(["apply", str(other), "--resume"]) == 2  # another playbook's log is not its own
+    assert "no run of this playbook is logged" in capsys.readouterr().err
+
 
 def test_quiet_prints_only_the_summary_and_report_dir_writes_csvs(tmp_path: Path, env: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "site.yaml"
