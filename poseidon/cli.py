@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from poseidon import errors
 
@@ -162,7 +162,8 @@ def _apply(args: argparse.Namespace) -> int:
     playbook = _load(args.playbook)
     mode: Literal["apply", "check"] = "check" if args.command == "plan" or args.check else "apply"
     start_at = _step_index(playbook, args.start_at) if args.start_at else 0
-    report_file = _open_report(args.report) if args.report else None
+    if args.report:
+        _check_writable(args.report)
     if args.report_dir:
         try:
             Path(args.report_dir).mkdir(parents=True, exist_ok=True)
@@ -198,9 +199,8 @@ def _apply(args: argparse.Namespace) -> int:
         )
     if getattr(args, "out", None):
         planfile.write(args.out, result, args.playbook)
-    if report_file:
-        with report_file:
-            report_file.write(to_json(result) + "\n")
+    if args.report:
+        _write_atomically(Path(args.report), to_json(result) + "\n")
     if args.report_dir:
         write_report_dir(result, args.report_dir)
     if args.json:
@@ -277,12 +277,19 @@ def _shard(text: str) -> tuple[int, int]:
     return int(index), int(count)
 
 
-def _open_report(path: str) -> IO[str]:
-    """Open the report file before the run, so an unwritable path fails before any droplet changes."""
+def _check_writable(path: str) -> None:
+    """Fail before the run, not after it, when the report cannot be written (an existing one is kept)."""
     try:
-        return open(path, "w")
+        with open(path, "a"):
+            pass
     except OSError as exc:
         raise errors.UsageError(f"--report {path}: {exc.strerror}") from exc
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    partial.replace(path)
 
 
 def _droplets(args: argparse.Namespace) -> int:
