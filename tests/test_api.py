@@ -38,6 +38,7 @@ from poseidon.errors import (
     ValidationError,
 )
 from poseidon.sandbox.emulator import Emulator
+from fakeclock import FakeClock
 
 TOKEN = "dop_v1_test0123456789abcdef"
 
@@ -57,20 +58,6 @@ def emulator() -> Iterator[Emulator]:
     with Emulator(TOKEN) as emulator:
         yield emulator
 
-
-class FakeClock:
-    """Time that passes only when the client sleeps; every sleep is recorded."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-        self.sleeps: list[float] = []
-
-    def time(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 @pytest.fixture()

@@ -22,26 +22,11 @@ from requests.adapters import BaseAdapter
 import poseidon.api as po
 from poseidon.errors import APIConnectionError, AuthenticationError, NotFoundError, RateLimitError, ServerError
 from poseidon.sandbox.emulator import Emulator
+from fakeclock import FakeClock
 
 TOKEN = "dop_v1_faults0123456789"
 SIZE, IMAGE = "s-1vcpu-1gb", "ubuntu-24-04-x64"
 
-
-class FakeClock:
-    """Time that passes only when someone sleeps; every sleep is recorded. Thread-safe."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-        self.sleeps: list[float] = []
-        self._lock = threading.Lock()
-
-    def time(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        with self._lock:
-            self.sleeps.append(seconds)
-            self.now += seconds
 
 
 @pytest.fixture()

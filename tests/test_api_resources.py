@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -23,24 +22,11 @@ import poseidon.api as po
 from poseidon.droplet import Droplet
 from poseidon.errors import APIError, NotFoundError, ResolveError, UsageError, ValidationError
 from poseidon.sandbox.emulator import Emulator
+from fakeclock import FakeClock
 
 TOKEN = "dop_v1_resources0123456789"
 SIZE, IMAGE = "s-1vcpu-1gb", "ubuntu-24-04-x64"
 
-
-class FakeClock:
-    """Time that passes only when the client sleeps; every sleep is recorded."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-        self.sleeps: list[float] = []
-
-    def time(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def public_key(comment: str) -> str:
