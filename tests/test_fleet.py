@@ -197,3 +197,60 @@ def test_status_lists_each_managed_process_alive_or_dead_with_its_log(
     assert main(["status", str(path)]) == 1
     table = capsys.readouterr().out
     assert "server" in table and "alive" in table and "dead" in table
+
+
+def test_droplets_queued_behind_forks_never_start_after_a_fail_fast_stop(
+    tmp_path: Path, env: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = playbook(tmp_path, """\
+        - run: '[ "${droplet.name}" != d1 ] || exit 4; touch queued-ran'
+        """, droplets=["d1", "d2", "d3"])
+    assert main(["apply", str(path), "--json", "--fail-fast", "--forks", "1"]) == 1
+    runs = {d["name"]: d for d in json.loads(capsys.readouterr().out)["droplets"]}
+    assert [s["status"] for s in runs["d1"]["steps"]] == ["failed"]
+    for name in ("d2", "d3"):
+        assert [(s["status"], s["reason"]) for s in runs[name]["steps"]] == [("skipped", "stopped by --fail-fast")]
+        assert not (env.home(name) / "queued-ran").exists()
+
+
+def test_status_masks_secrets_in_log_tails(tmp_path: Path, env: Sandbox, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STATUS_SECRET", "status-secret-value")
+    path = tmp_path / "site.yaml"
+    path.write_text(
+        "version: 1\ndroplets: [d4]\nvars:\n  token: {secret: true, env: STATUS_SECRET}\n"
+        "steps:\n  - nohup: {cmd: 'echo using ${token}; sleep 600', name: masked, grace: 0.2}\n"
+    )
+    assert main(["apply", str(path), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["status", str(path), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "status-secret-value" not in out
+    assert json.loads(out)[0]["log_tail"] == "using ***"
+
+
+def test_droplets_sharing_a_name_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import poseidon.api as po
+
+    with Sandbox([{"name": "twin", "tags": ["pair"]}]) as sandbox:
+        for key, value in sandbox.environ.items():
+            monkeypatch.setenv(key, value)
+        po.connect().droplets.create("twin", region="nyc3", size="s-1vcpu-1gb", image="ubuntu-24-04-x64", tags=["pair"], wait=True, timeout=30)
+        path = tmp_path / "site.yaml"
+        path.write_text("version: 1\ndroplets: [{tag: pair}]\nsteps: [{run: touch twin-ran}]\n")
+        assert main(["apply", str(path)]) == 2
+        assert "several droplets are named 'twin'" in capsys.readouterr().err
+        assert not (sandbox.home("twin") / "twin-ran").exists()
+
+
+def test_a_run_that_cannot_write_its_log_creates_no_droplet(tmp_path: Path, env: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+    import poseidon.api as po
+
+    (tmp_path / ".poseidon").write_text("a file where the run log's folder should be\n")
+    path = tmp_path / "site.yaml"
+    path.write_text(
+        "version: 1\ndroplets:\n  - {name: never-made, create: {region: nyc3, size: s-1vcpu-1gb, image: ubuntu-24-04-x64}}\n"
+        "steps: [{run: echo hi}]\n"
+    )
+    assert main(["apply", str(path)]) == 2
+    assert "cannot write the run log" in capsys.readouterr().err
+    assert po.connect().droplets.find("never-made") == []
