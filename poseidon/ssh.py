@@ -289,11 +289,11 @@ class SSHClient:
         secrets: dict[str, str] | None = None,
     ) -> StepOutcome:
         """Check and (in ``apply`` mode) apply one playbook step in one round trip."""
-        ctx = steps.StepContext(cwd=self.cwd, user=self.user)
+        ctx = steps.StepContext(user=self.user)
         script = steps.script_for(step, ctx, secrets=secrets)
         command = steps.render(
             script,
-            steps.StepContext(cwd=None, user=self.user),  # the cwd is added by run()
+            ctx,
             mode=mode,
             sudo=step.sudo,
             env=step.env,
@@ -320,7 +320,7 @@ class SSHClient:
     def _step(
         self, kind: str, raise_on_error: bool, *, secrets: dict[str, str] | None = None, **fields: Any
     ) -> StepOutcome:
-        outcome = self.run_step(steps.build(kind, **fields), secrets=secrets or dict(os.environ))
+        outcome = self.run_step(steps.build(kind, **fields), secrets=secrets)
         if raise_on_error and not outcome.ok:
             raise CommandError(kind, outcome.exited, outcome.stdout, outcome.stderr)
         return outcome
@@ -354,9 +354,9 @@ class SSHClient:
         stdin, never in a command line.
         """
         repo = f"{username}/{reponame}" if reponame else username
-        secrets = dict(os.environ)
-        if token is not None:
-            secrets[options.get("token_env", "GITHUB_TOKEN")] = token
+        token_env = options.get("token_env", "GITHUB_TOKEN")
+        token = token if token is not None else os.environ.get(token_env)
+        secrets = {token_env: token} if token else None  # only the token, never the whole environment
         return self._step("git", raise_on_error, secrets=secrets, repo=repo, **options)
 
     def pip(self, packages: str | list[str], raise_on_error: bool = True, **options: Any) -> StepOutcome:

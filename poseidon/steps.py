@@ -61,9 +61,8 @@ _KILL_AFTER = 5
 
 @dataclass(frozen=True)
 class StepContext:
-    """Where a step runs: the droplet's working directory and SSH user."""
+    """Who a step runs as on the droplet (the working directory is SSHClient's: it prefixes every command)."""
 
-    cwd: str | None = None
     user: str = "root"
 
     @property
@@ -499,8 +498,6 @@ def render(
     exit status.
     """
     lines = []
-    if ctx.cwd:
-        lines.append(f"cd -- {quote_path(ctx.cwd)} || exit 2")
     for key, value in (env or {}).items():
         lines.append(f"export {key}={quote(value)}")
     if script.setup:
