@@ -41,6 +41,8 @@ __all__ = [
     "status",
 ]
 
+#: The reason of a step a plan could not check because an earlier step would change the droplet first.
+PREDICTED = "after the changes above (not checked)"
 #: The reason of a step --resume skips because an earlier run did it.
 RESUMED = "done in the run resumed"
 
@@ -441,7 +443,7 @@ def _run_steps(ssh: SSHClient, run: DropletRun, values: dict[str, str], ctx: _Co
         if ctx.mode == "check" and result.status == "failed" and _would_change_before(run):
             # The droplet is not yet as this step expects (its directory, its
             # venv…): an earlier step would make it so. Say that, and stop predicting.
-            result.status, result.reason = "would-change", "after the changes above (not checked)"
+            result.status, result.reason = "would-change", PREDICTED
             run.steps.append(result)
             ctx.report(run.name, result)
             _predict_rest(run, playbook)
@@ -460,8 +462,7 @@ def _would_change_before(run: DropletRun) -> bool:
 def _predict_rest(run: DropletRun, playbook: spec.Playbook) -> None:
     for index in range(len(run.steps), len(playbook.steps)):
         step = playbook.steps[index]
-        reason = "after the changes above (not checked)"
-        run.steps.append(StepResult(index, step.kind, steps.describe(step), "would-change", reason=reason))
+        run.steps.append(StepResult(index, step.kind, steps.describe(step), "would-change", reason=PREDICTED))
 
 
 def _skip_rest(run: DropletRun, playbook: spec.Playbook, reason: str = "") -> None:
