@@ -395,7 +395,7 @@ _PlainValue = Annotated[str | bool | int | float, BeforeValidator(_var_value)]
 
 class _Model(BaseModel):
     # strict: YAML's `yes` is a boolean and must not become the string "True".
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, defer_build=True)
 
 
 class Report(_Model):
