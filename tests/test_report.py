@@ -61,6 +61,21 @@ def test_the_summary_shows_every_step_per_droplet_the_snapshots_and_the_verdict(
     check_golden("summary.txt", render(lambda r: r.summary(a_run())))
 
 
+def test_a_long_command_line_is_cut_to_the_width_and_the_largest_cpu_users_come_first() -> None:
+    run = a_run()
+    run.droplets[0].ps.loc[1, "CMD"] = "python app.py " + "--flag " * 40
+    run.droplets[0].top = pd.DataFrame(
+        [[float(i), 0.1, "root", f"proc{i}"] for i in range(30)], columns=["%CPU", "%MEM", "USER", "COMMAND"]
+    )
+    lines = render(lambda r: r.summary(run)).splitlines()
+    assert max(len(line) for line in lines) <= 90
+    cut = next(line for line in lines if "python app.py --flag" in line)
+    assert len(cut) == 90 and cut.endswith("…")
+    top = lines.index("web-1: top (12 of 30 rows; --json has them all)")
+    assert lines[top + 2].split() == ["29.0", "0.1", "root", "proc29"]
+    assert lines[top + 13].split() == ["18.0", "0.1", "root", "proc18"]
+
+
 def test_progress_lines_show_the_status_the_reason_and_a_failures_tail() -> None:
     run = a_run()
     text = render(lambda r: [r.step_done(d.name, s) for d in run.droplets for s in d.steps if s.status != "skipped"])
