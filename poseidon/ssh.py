@@ -121,6 +121,64 @@ def _preferring(types: list[str]) -> Callable[..., Any]:
     return transport
 
 
+class _Session:
+    """One shell on one channel that runs commands one after another: one round trip each.
+
+    A channel per command costs two round trips more (open the channel, start
+    the command) before the command's own. The session's shell reads each
+    command from the channel's stdin (:func:`poseidon.steps.session_command`)
+    and ends its stdout and stderr with a token no command prints.
+    """
+
+    def __init__(self, transport: Any) -> None:
+        import secrets
+
+        self.token = f"::poseidon-end-{secrets.token_hex(8)}"
+        self.channel = transport.open_session()
+        self.channel.exec_command(steps.SESSION_SHELL)
+
+    def run(self, command: str, stdin: str | None = None) -> tuple[int, str, str]:
+        """Run ``command``; return its exit status, stdout and stderr. Raises ``EOFError`` when the shell ended."""
+        import select
+
+        self.channel.sendall(steps.session_command(command, self.token, stdin=stdin).encode())
+        out, err = bytearray(), bytearray()
+        end = self.token.encode()
+        out_end = err_end = -1
+        channel = self.channel
+        while out_end < 0 or err_end < 0:
+            while channel.recv_ready():
+                out += channel.recv(65536)
+            while channel.recv_stderr_ready():
+                err += channel.recv_stderr(65536)
+            # A process the command left running may write after the end: the first end counts.
+            out_end = out_end if out_end >= 0 else _line_at(out, b"\n" + end + b" ")
+            err_end = err_end if err_end >= 0 else _line_at(err, b"\n" + end + b"\n")
+            if out_end >= 0 and err_end >= 0:
+                break
+            if channel.closed or channel.eof_received:
+                if not (channel.recv_ready() or channel.recv_stderr_ready()):
+                    raise EOFError("the session's shell ended")
+                continue
+            # The channel's fileno is readable while either stream has data.
+            select.select([channel], [], [], 1.0)
+        status = bytes(out[out_end + len(end) + 2 :].split(b"\n", 1)[0])
+        exited = int(status) if status.isdigit() else -1
+        return exited, out[:out_end].decode(errors="replace"), err[:err_end].decode(errors="replace")
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def _line_at(data: bytearray, marker: bytes) -> int:
+    """Where ``marker`` starts in ``data`` once the line it begins is complete; -1 before that."""
+    at = data.find(marker)
+    if at < 0:
+        return -1
+    complete = marker.endswith(b"\n") or data.find(b"\n", at + len(marker)) >= 0
+    return at if complete else -1
+
+
 class SSHClient:
     """One SSH connection to one droplet, reused for every command."""
 
@@ -154,6 +212,7 @@ class SSHClient:
         #: The remote working directory set by :meth:`chdir` (absolute), or ``None`` for the login's.
         self.cwd: str | None = None
         self._connection: Connection | None = None
+        self._session: _Session | None = None
 
     # -- the connection -------------------------------------------------------
 
@@ -213,6 +272,9 @@ class SSHClient:
 
     def close(self) -> None:
         """Close the connection; the next command opens a new one."""
+        session, self._session = self._session, None
+        if session is not None:
+            session.close()
         connection, self._connection = self._connection, None
         if connection is not None:
             connection.close()
@@ -245,10 +307,47 @@ class SSHClient:
         lets a sudo password prompt reach the user.
         """
         import paramiko
+
+        interactive = self.interactive and stdin is None
+        try:
+            if interactive or timeout is not None:
+                result = self._run_channel(cmd, stdin=stdin, timeout=timeout, title=title, interactive=interactive)
+            else:
+                result = self._run_in_session(cmd, stdin=stdin)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            self._session = None
+            if not self.connection.is_connected:
+                raise SSHError(
+                    f"{self.label}: the connection was lost during a command (the droplet rebooted or the network dropped)"
+                ) from exc
+            raise SSHError(f"{self.label}: the connection failed during a command: {exc}") from exc
+        if result.exited == -1 and not self.connection.is_connected:
+            # The channel closed without an exit status because the connection is gone.
+            raise SSHError(f"{self.label}: the connection was lost during a command (the droplet rebooted or the network dropped)")
+        return result
+
+    def _run_in_session(self, cmd: str, *, stdin: str | None) -> Any:
+        """The usual way: in the connection's one shell session, one round trip."""
+        from fabric.runners import Result
+
+        if self._session is None:
+            transport = self.connection.client.get_transport()
+            if transport is None or not transport.is_active():
+                raise EOFError("the connection is closed")
+            self._session = _Session(transport)
+        command = self._in_cwd(cmd)
+        exited, stdout, stderr = self._session.run(command, stdin=stdin)
+        return Result(
+            connection=self.connection, command=command, stdout=stdout, stderr=stderr, exited=exited, hide=("stdout", "stderr")
+        )
+
+    def _run_channel(
+        self, cmd: str, *, stdin: str | None, timeout: float | None, title: str | None, interactive: bool
+    ) -> Any:
+        """A channel of its own: for a pseudo-terminal (sudo's password prompt) or a local timeout."""
         from invoke.exceptions import CommandTimedOut
 
         options: dict[str, Any] = {"warn": True, "timeout": timeout}
-        interactive = self.interactive and stdin is None
         if interactive:
             print(f"[{self.label}] $ {title or cmd}", flush=True)
             options.update(hide=False, pty=True)
@@ -258,11 +357,6 @@ class SSHClient:
             result = self.connection.run(self._in_cwd(cmd), **options)
         except CommandTimedOut as exc:
             raise CommandError(title or cmd, 124, stderr=f"timed out after {exc.timeout} s") from exc
-        except (OSError, EOFError, paramiko.SSHException) as exc:
-            raise SSHError(f"{self.label}: the connection failed during a command: {exc}") from exc
-        if result.exited == -1 and not self.connection.is_connected:
-            # The channel closed without an exit status because the connection is gone.
-            raise SSHError(f"{self.label}: the connection was lost during a command (the droplet rebooted or the network dropped)")
         if interactive:
             # A pseudo-terminal ends lines with CR LF; callers compare with plain text.
             result.stdout = result.stdout.replace("\r\n", "\n")

@@ -48,6 +48,8 @@ __all__ = [
     "readiness",
     "render",
     "script_for",
+    "session_command",
+    "SESSION_SHELL",
 ]
 
 Mode = Literal["apply", "check"]
@@ -476,6 +478,29 @@ def lock(holder: str) -> str:
         f"echo {quote(BUSY)}; cat {info} 2>/dev/null"
     )
     return f"sh -c {quote(script)}"
+
+
+# -- one shell for many commands ---------------------------------------------------
+
+#: The command of a session's channel: a shell that reads commands from the channel's stdin.
+SESSION_SHELL = "exec sh -s"
+
+
+def session_command(command: str, token: str, *, stdin: str | None = None) -> str:
+    """Shell text that runs ``command`` in a session's shell, then ends its stdout and stderr with ``token``.
+
+    The command runs in a subshell through ``eval``, so neither ``exit``, a
+    ``cd`` nor a syntax error in it touches the session. Its stdin is
+    ``/dev/null``, or ``stdin`` written by the shell's own ``printf``: the
+    text travels inside the session's input, never in an argv or a file.
+    stdout ends with ``\n<token> <exit status>\n``, stderr with ``\n<token>\n``.
+    """
+    source = f"printf %s {quote(stdin)} | " if stdin is not None else ""
+    sink = "" if stdin is not None else " </dev/null"
+    return (
+        f"{source}( eval {quote(command)} ){sink}; _rc=$?\n"
+        f"printf '\\n%s %s\\n' {quote(token)} \"$_rc\"; printf '\\n%s\\n' {quote(token)} >&2\n"
+    )
 
 
 # -- the one remote command ---------------------------------------------------

@@ -1,0 +1,87 @@
+"""One shell session per connection: commands run one after another in it, over real OpenSSH."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+import poseidon.api as po
+from poseidon.errors import SSHError
+from poseidon.sandbox import Sandbox
+from poseidon.ssh import SSHClient
+
+
+@pytest.fixture
+def ssh(sandbox_env: Sandbox) -> SSHClient:
+    client = po.connect().droplets.by_name("test").connect()
+    yield client
+    client.close()
+
+
+def test_each_command_gets_its_own_exit_status_stdout_and_stderr(ssh: SSHClient) -> None:
+    first = ssh.run("echo out; echo err >&2; exit 3")
+    second = ssh.run("printf 'no newline'")
+    third = ssh.run("printf 'two\\n\\n'")
+    assert (first.exited, first.stdout, first.stderr) == (3, "out\n", "err\n")
+    assert (second.exited, second.stdout, second.stderr) == (0, "no newline", "")
+    assert third.stdout == "two\n\n"
+    assert ssh._session is not None  # one session served all three
+
+
+def test_exit_cd_and_a_syntax_error_leave_the_session_as_it_was(ssh: SSHClient) -> None:
+    home = ssh.wait("pwd")
+    assert ssh.run("cd /; exit 7").exited == 7
+    broken = ssh.run("if then fi (")
+    assert broken.exited != 0 and "syntax" in broken.stderr.lower()
+    assert ssh.wait("pwd") == home
+    assert ssh.run("X=1; export Y=2").exited == 0
+    assert ssh.wait('echo "${X-unset} ${Y-unset}"') == "unset unset\n"
+
+
+def test_a_command_cannot_read_the_sessions_input(ssh: SSHClient) -> None:
+    # stdin is /dev/null: cat ends at once instead of swallowing the next commands.
+    assert ssh.run("cat").stdout == ""
+    assert ssh.wait("echo after") == "after\n"
+
+
+def test_stdin_reaches_the_command_and_no_process_list_or_file(ssh: SSHClient, sandbox_env: Sandbox) -> None:
+    secret = "s3cret-" + "x" * 20
+    seen: list[str] = []
+
+    def watch() -> None:
+        other = po.connect().droplets.by_name("test").connect()
+        try:
+            for _ in range(20):
+                seen.append(other.wait("ps -Aww -o args"))
+                time.sleep(0.05)
+        finally:
+            other.close()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    result = ssh.run("read -r value; sleep 1; printf '%s' \"$value\" | wc -c", stdin=secret + "\n")
+    watcher.join()
+    assert result.stdout.strip() == str(len(secret))
+    assert seen and not any(secret in listing for listing in seen)
+    found = ssh.run(f"grep -rl {secret} . 2>/dev/null").stdout
+    assert found == ""
+
+
+def test_binary_and_large_output_arrive_whole(ssh: SSHClient) -> None:
+    big = ssh.run("head -c 3000000 /dev/zero | tr '\\0' a; echo; head -c 200000 /dev/zero | tr '\\0' b >&2")
+    assert big.stdout == "a" * 3_000_000 + "\n"
+    assert big.stderr == "b" * 200_000
+    assert ssh.run("printf '\\377\\376'").stdout == "\ufffd\ufffd"
+
+
+def test_a_shell_killed_on_the_droplet_is_replaced_and_a_lost_connection_is_an_ssh_error(ssh: SSHClient) -> None:
+    assert ssh.wait("echo one") == "one\n"
+    # In a subshell $$ is still the session's shell.
+    with pytest.raises(SSHError):
+        ssh.run("kill -9 $$; sleep 5")
+    assert ssh.wait("echo two") == "two\n"  # a new session on the same connection
+    ssh.connection.client.get_transport().close()
+    with pytest.raises(SSHError, match="connection"):
+        ssh.run("echo three")
