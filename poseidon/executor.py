@@ -12,6 +12,7 @@ The executor is given an API URL, a token and SSH settings; where they point
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import socket
@@ -27,7 +28,7 @@ from poseidon import api, hostkeys, spec, steps
 from poseidon.droplet import Droplet
 from poseidon.errors import DropletBusyError, NotReadyError, PoseidonError, ResolveError, SSHConnectError, SSHError, UsageError
 from poseidon.results import DropletRun, ProcessStatus, RunResult, StepResult
-from poseidon.ssh import SSHClient
+from poseidon.ssh import TOP_ARGS, SSHClient, parse_ps
 
 __all__ = [
     "RunLog",
@@ -285,17 +286,15 @@ def _connect(target: Target, settings: SSHSettings, notice: Notice | None) -> SS
             delay = min(delay * 2, 10.0)
 
 
-def _lock(ssh: SSHClient, run: DropletRun, notice: Notice | None) -> Any:
-    """Hold the droplet's apply lock while the returned channel file lives; refuse when another run has it."""
+def _lock(ssh: SSHClient, run: DropletRun, notice: Notice | None) -> None:
+    """Hold the droplet's apply lock for as long as the connection lives; refuse when another run has it."""
     holder = f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S %Z')}"
-    stdin, stdout, _ = ssh.exec_command(steps.lock(holder))
-    answer = _text(stdout.readline()).strip()
-    if answer == steps.BUSY:
-        other = _text(stdout.read()).strip() or "an unknown run"
+    answer, _, rest = ssh.lock(holder).partition("\n")
+    if answer.strip() == steps.BUSY:
+        other = rest.strip() or "an unknown run"
         raise DropletBusyError(f"{run.name} is being provisioned by another poseidon run ({other}); try again when it ends")
-    if answer != steps.LOCKED and notice:
+    if answer.strip() != steps.LOCKED and notice:
         notice(run.name, "no flock on the droplet: this run is not protected from another at the same time")
-    return stdin
 
 
 def _text(data: str | bytes) -> str:
@@ -310,16 +309,37 @@ def _started(before: Any, after: Any) -> Any:
     return after[~after["PID"].isin(set(before["PID"]))].reset_index(drop=True)
 
 
-def _ready(ssh: SSHClient, run: DropletRun, playbook: spec.Playbook, notice: Notice | None) -> None:
-    """The gate before the first step: cloud-init finished, the dpkg lock free (when apt runs)."""
+def _ready(ssh: SSHClient, run: DropletRun, playbook: spec.Playbook, notice: Notice | None) -> Any:
+    """The gate before the first step: cloud-init finished, the dpkg lock free (when apt runs).
+
+    Returns the ``ps`` snapshot taken right after it (``None`` when the
+    playbook's report has none): both travel in one round trip.
+    """
     dpkg = any(isinstance(step, spec.AptStep) for step in playbook.steps)
-    result = ssh.run(steps.readiness(dpkg=dpkg), title="readiness")
+    commands = [steps.readiness(dpkg=dpkg)] + (["ps -Af"] if playbook.report.ps else [])
+    result, *snapshot = ssh.run_pipelined(commands)
     if notice:
         for line in result.stderr.splitlines():
             notice(run.name, line.removeprefix("poseidon: "))
     if result.exited != 0:
         tail = result.stderr.strip().splitlines()[-1:] or [f"exit {result.exited}"]
         raise NotReadyError(f"{run.name} is not ready: {tail[0].removeprefix('poseidon: ')}")
+    if not snapshot or snapshot[0].exited != 0:
+        return None
+    return parse_ps(snapshot[0].stdout)
+
+
+def _snapshots(ssh: SSHClient, run: DropletRun, before: Any, playbook: spec.Playbook, masker: Masker) -> None:
+    """The report's ``ps`` and ``top`` of the droplet, in one round trip."""
+    wanted = [name for name in ("ps", "top") if getattr(playbook.report, name)]
+    if not wanted:
+        return
+    frames = dict(zip(wanted, ssh.snapshots(*("-Af" if name == "ps" else TOP_ARGS for name in wanted))))
+    if "ps" in frames:
+        run.ps = masker.frame(frames["ps"])
+        run.started_processes = _started(before, run.ps)
+    if "top" in frames:
+        run.top = masker.frame(frames["top"])
 
 
 class Masker:
@@ -393,18 +413,12 @@ def _run_droplet(target: Target, ctx: _Context) -> DropletRun:
     try:
         values = spec.substitutions(playbook, droplet=droplet, environ=ctx.environ)
         with _connect(target, ctx.settings, ctx.notice) as ssh:
-            # Keep the lock's channel referenced: closing its stdin would release the lock.
-            held = _lock(ssh, run, ctx.notice) if ctx.mode == "apply" else None
-            _ready(ssh, run, playbook, ctx.notice)
-            before = ssh.ps() if playbook.report.ps else None
+            if ctx.mode == "apply":
+                _lock(ssh, run, ctx.notice)  # held until the connection closes
+            before = _ready(ssh, run, playbook, ctx.notice)
             if not _run_steps(ssh, run, values, ctx):
                 return _finish(run, ctx)  # the connection is gone: no snapshots
-            if playbook.report.ps:
-                run.ps = ctx.masker.frame(ssh.ps())
-                run.started_processes = _started(before, run.ps)
-            del held  # released with the connection, right after this
-            if playbook.report.top:
-                run.top = ctx.masker.frame(ssh.top())
+            _snapshots(ssh, run, before, playbook, ctx.masker)
     except SSHError as exc:
         run.error, run.unreachable = ctx.masker.text(str(exc)), True
     except PoseidonError as exc:
@@ -551,6 +565,9 @@ def _masker(playbook: spec.Playbook, environ: dict[str, str], secrets: dict[str,
 def _run_all(targets: list[Target], ctx: _Context, result: RunResult) -> list[DropletRun]:
     if not targets:
         return []
+    if ctx.playbook.report.ps or ctx.playbook.report.top:
+        # The snapshots need pandas (~0.2 s to import): import it while the droplets connect.
+        threading.Thread(target=importlib.import_module, args=("pandas",), daemon=True).start()
     pool = ThreadPoolExecutor(max_workers=max(1, min(ctx.options.forks, len(targets))))
     futures = [pool.submit(_run_droplet, t, ctx) for t in targets]
     try:

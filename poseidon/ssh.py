@@ -136,24 +136,31 @@ class _Session:
         self.token = f"::poseidon-end-{secrets.token_hex(8)}"
         self.channel = transport.open_session()
         self.channel.exec_command(steps.SESSION_SHELL)
+        self._out, self._err = bytearray(), bytearray()
 
     def run(self, command: str, stdin: str | None = None) -> tuple[int, str, str]:
         """Run ``command``; return its exit status, stdout and stderr. Raises ``EOFError`` when the shell ended."""
+        self.send(steps.session_command(command, self.token, stdin=stdin))
+        return self.receive()
+
+    def send(self, text: str) -> None:
+        """Send shell text that ends with :func:`poseidon.steps.session_command`'s end lines; several may wait."""
+        self.channel.sendall(text.encode())
+
+    def receive(self) -> tuple[int, str, str]:
+        """The next command's exit status, stdout and stderr, in the order they were sent."""
         import select
 
-        self.channel.sendall(steps.session_command(command, self.token, stdin=stdin).encode())
-        out, err = bytearray(), bytearray()
         end = self.token.encode()
-        out_end = err_end = -1
+        out_marker, err_marker = b"\n" + end + b" ", b"\n" + end + b"\n"
         channel = self.channel
-        while out_end < 0 or err_end < 0:
+        while True:
             while channel.recv_ready():
-                out += channel.recv(65536)
+                self._out += channel.recv(65536)
             while channel.recv_stderr_ready():
-                err += channel.recv_stderr(65536)
-            # A process the command left running may write after the end: the first end counts.
-            out_end = out_end if out_end >= 0 else _line_at(out, b"\n" + end + b" ")
-            err_end = err_end if err_end >= 0 else _line_at(err, b"\n" + end + b"\n")
+                self._err += channel.recv_stderr(65536)
+            out_end = _line_at(self._out, out_marker)
+            err_end = _line_at(self._err, err_marker)
             if out_end >= 0 and err_end >= 0:
                 break
             if channel.closed or channel.eof_received:
@@ -162,9 +169,14 @@ class _Session:
                 continue
             # The channel's fileno is readable while either stream has data.
             select.select([channel], [], [], 1.0)
-        status = bytes(out[out_end + len(end) + 2 :].split(b"\n", 1)[0])
+        status_end = self._out.index(b"\n", out_end + len(out_marker))
+        status = bytes(self._out[out_end + len(out_marker) : status_end])
+        stdout, stderr = self._out[:out_end], self._err[:err_end]
+        # What follows belongs to the next command (or to a process this one left writing).
+        del self._out[: status_end + 1]
+        del self._err[: err_end + len(err_marker)]
         exited = int(status) if status.isdigit() else -1
-        return exited, out[:out_end].decode(errors="replace"), err[:err_end].decode(errors="replace")
+        return exited, stdout.decode(errors="replace"), stderr.decode(errors="replace")
 
     def close(self) -> None:
         self.channel.close()
@@ -315,31 +327,74 @@ class SSHClient:
             else:
                 result = self._run_in_session(cmd, stdin=stdin)
         except (OSError, EOFError, paramiko.SSHException) as exc:
-            self._session = None
-            if not self.connection.is_connected:
-                raise SSHError(
-                    f"{self.label}: the connection was lost during a command (the droplet rebooted or the network dropped)"
-                ) from exc
-            raise SSHError(f"{self.label}: the connection failed during a command: {exc}") from exc
+            raise self._lost(exc) from exc
         if result.exited == -1 and not self.connection.is_connected:
             # The channel closed without an exit status because the connection is gone.
             raise SSHError(f"{self.label}: the connection was lost during a command (the droplet rebooted or the network dropped)")
         return result
 
-    def _run_in_session(self, cmd: str, *, stdin: str | None) -> Any:
-        """The usual way: in the connection's one shell session, one round trip."""
-        from fabric.runners import Result
-
+    def _get_session(self) -> _Session:
         if self._session is None:
             transport = self.connection.client.get_transport()
             if transport is None or not transport.is_active():
                 raise EOFError("the connection is closed")
             self._session = _Session(transport)
-        command = self._in_cwd(cmd)
-        exited, stdout, stderr = self._session.run(command, stdin=stdin)
+        return self._session
+
+    def _result(self, command: str, outcome: tuple[int, str, str]) -> Any:
+        from fabric.runners import Result
+
+        exited, stdout, stderr = outcome
         return Result(
             connection=self.connection, command=command, stdout=stdout, stderr=stderr, exited=exited, hide=("stdout", "stderr")
         )
+
+    def _run_in_session(self, cmd: str, *, stdin: str | None) -> Any:
+        """The usual way: in the connection's one shell session, one round trip."""
+        command = self._in_cwd(cmd)
+        return self._result(command, self._get_session().run(command, stdin=stdin))
+
+    def run_pipelined(self, commands: list[str]) -> list[Any]:
+        """Run ``commands`` one after another, sent at once: one round trip for all of them.
+
+        For commands whose outcome does not decide whether the next one runs
+        (each runs whatever the others did). Returns Fabric ``Result`` objects.
+        """
+        import paramiko
+
+        try:
+            session = self._get_session()
+            texts = [self._in_cwd(cmd) for cmd in commands]
+            session.send("".join(steps.session_command(text, session.token) for text in texts))
+            return [self._result(text, session.receive()) for text in texts]
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise self._lost(exc) from exc
+
+    def lock(self, holder: str) -> str:
+        """Hold the droplet's apply lock until this connection closes (``~/.poseidon/apply.lock``, flock).
+
+        Returns what the droplet answered: :data:`poseidon.steps.LOCKED`, or
+        :data:`poseidon.steps.BUSY` and the holder's line, or a line saying it
+        has no ``flock``. The session's shell holds the lock; no command
+        inherits it, so a process a step leaves running does not keep it.
+        """
+        import paramiko
+
+        try:
+            session = self._get_session()
+            session.send(steps.session_lock(holder, session.token))
+            return session.receive()[1]
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise self._lost(exc) from exc
+
+    def _lost(self, exc: BaseException) -> SSHError:
+        """The error for a command that could not finish: the connection, or the session's shell, ended."""
+        self._session = None
+        if not self.connection.is_connected:
+            return SSHError(
+                f"{self.label}: the connection was lost during a command (the droplet rebooted or the network dropped)"
+            )
+        return SSHError(f"{self.label}: the connection failed during a command: {exc}")
 
     def _run_channel(
         self, cmd: str, *, stdin: str | None, timeout: float | None, title: str | None, interactive: bool
@@ -475,6 +530,14 @@ class SSHClient:
     def top(self) -> pd.DataFrame:
         """CPU and memory per process: ``ps -Ao %cpu,%mem,user,comm`` as a DataFrame."""
         return self.ps(TOP_ARGS)
+
+    def snapshots(self, *args: str) -> list[pd.DataFrame]:
+        """Several ``ps`` snapshots (``ps`` arguments each, like :meth:`ps`) in one round trip."""
+        results = self.run_pipelined([shlex.join(["ps", *shlex.split(a)]) for a in args])
+        for a, result in zip(args, results):
+            if result.exited != 0:
+                raise CommandError(f"ps {a}", result.exited, result.stdout, result.stderr)
+        return [parse_ps(result.stdout) for result in results]
 
     def __repr__(self) -> str:
         return f"<SSHClient {self.user}@{self.host}:{self.port} {self.label!r}>"

@@ -40,7 +40,6 @@ __all__ = [
     "StepContext",
     "build",
     "describe",
-    "lock",
     "nohup_status",
     "parse_status",
     "quote",
@@ -49,6 +48,7 @@ __all__ = [
     "render",
     "script_for",
     "session_command",
+    "session_lock",
     "SESSION_SHELL",
 ]
 
@@ -459,31 +459,22 @@ def nohup_status(step: NohupStep, lines: int = 5) -> str:
 
 # -- one apply at a time per droplet ------------------------------------------------
 
-#: What the lock command prints first: the lock is held for as long as its channel stays open.
+#: What the lock prints first (:func:`session_lock`): held for as long as the session's shell lives.
 LOCKED, BUSY = "poseidon-lock: held", "poseidon-lock: busy"
-
-
-def lock(holder: str) -> str:
-    """Hold ``~/.poseidon/apply.lock`` (flock) until the SSH channel closes; or say who holds it.
-
-    ``cat`` waits on the channel's stdin, so the lock ends with the
-    connection, even when poseidon dies without a word.
-    """
-    info = "~/.poseidon/apply.lock.info"
-    held = f"printf '%s\\n' {quote(holder)} > {info}; echo {quote(LOCKED)}; exec cat"
-    script = (
-        "mkdir -p ~/.poseidon || exit 2\n"
-        "if ! command -v flock >/dev/null 2>&1; then echo 'poseidon-lock: no flock'; exec cat; fi\n"
-        f"flock -n ~/.poseidon/apply.lock sh -c {quote(held)} && exit 0\n"
-        f"echo {quote(BUSY)}; cat {info} 2>/dev/null"
-    )
-    return f"sh -c {quote(script)}"
 
 
 # -- one shell for many commands ---------------------------------------------------
 
 #: The command of a session's channel: a shell that reads commands from the channel's stdin.
 SESSION_SHELL = "exec sh -s"
+
+#: The session's shell holds the apply lock on this descriptor; no command inherits it.
+_LOCK_FD = 9
+
+
+def _session_end(token: str) -> str:
+    """Ends a command's stdout with ``\\n<token> <exit status>\\n`` and its stderr with ``\\n<token>\\n``."""
+    return f"_rc=$?\nprintf '\\n%s %s\\n' {quote(token)} \"$_rc\"; printf '\\n%s\\n' {quote(token)} >&2\n"
 
 
 def session_command(command: str, token: str, *, stdin: str | None = None) -> str:
@@ -493,13 +484,29 @@ def session_command(command: str, token: str, *, stdin: str | None = None) -> st
     ``cd`` nor a syntax error in it touches the session. Its stdin is
     ``/dev/null``, or ``stdin`` written by the shell's own ``printf``: the
     text travels inside the session's input, never in an argv or a file.
-    stdout ends with ``\n<token> <exit status>\n``, stderr with ``\n<token>\n``.
     """
     source = f"printf %s {quote(stdin)} | " if stdin is not None else ""
     sink = "" if stdin is not None else " </dev/null"
+    return f"{source}( eval {quote(command)} ){sink} {_LOCK_FD}>&-\n{_session_end(token)}"
+
+
+def session_lock(holder: str, token: str) -> str:
+    """Shell text that makes the session's shell hold ``~/.poseidon/apply.lock`` (flock) until it ends.
+
+    Prints :data:`LOCKED`, or :data:`BUSY` and the holder's line, or a line
+    saying the droplet has no ``flock``. The lock ends with the session, so
+    with the connection, even when poseidon dies without a word; commands
+    never inherit its descriptor (:func:`session_command`).
+    """
+    info = "~/.poseidon/apply.lock.info"
+    fd = _LOCK_FD
     return (
-        f"{source}( eval {quote(command)} ){sink}; _rc=$?\n"
-        f"printf '\\n%s %s\\n' {quote(token)} \"$_rc\"; printf '\\n%s\\n' {quote(token)} >&2\n"
+        "if mkdir -p ~/.poseidon 2>/dev/null && command -v flock >/dev/null 2>&1; then\n"
+        f"  exec {fd}>>~/.poseidon/apply.lock\n"
+        f"  if flock -n {fd}; then printf '%s\\n' {quote(holder)} > {info}; echo {quote(LOCKED)}\n"
+        f"  else echo {quote(BUSY)}; cat {info} 2>/dev/null; exec {fd}>&-; fi\n"
+        "else echo 'poseidon-lock: no flock'; fi </dev/null\n"
+        f"{_session_end(token)}"
     )
 
 

@@ -148,8 +148,7 @@ def test_a_second_apply_on_a_busy_droplet_refuses_and_says_who_holds_it(
 
     path = playbook(tmp_path, "- run: echo hi\n", droplets=["d1", "d2"])
     holder = po.connect().droplets.by_name("d1").connect()
-    stdin, stdout, _ = holder.exec_command(steps.lock("the other run"))  # held while stdin is open
-    assert stdout.readline().strip() == steps.LOCKED
+    assert holder.lock("the other run").strip() == steps.LOCKED  # held while the connection lives
     try:
         assert main(["apply", str(path), "--json"]) == 1
         report = json.loads(capsys.readouterr().out)

@@ -85,3 +85,30 @@ def test_a_shell_killed_on_the_droplet_is_replaced_and_a_lost_connection_is_an_s
     ssh.connection.client.get_transport().close()
     with pytest.raises(SSHError, match="connection"):
         ssh.run("echo three")
+
+
+def test_the_lock_ends_with_the_connection_even_when_a_command_left_a_process_running(sandbox_env: Sandbox) -> None:
+    from poseidon import steps
+
+    droplet = po.connect().droplets.by_name("test")
+    first = droplet.connect()
+    assert first.lock("first").strip() == steps.LOCKED
+    first.run("sleep 30 >/dev/null 2>&1 &")
+    second = droplet.connect()
+    try:
+        answer = second.lock("second").splitlines()
+        assert answer == [steps.BUSY, "first"]
+        first.close()
+        third = droplet.connect()
+        assert third.lock("third").strip() == steps.LOCKED
+        third.close()
+    finally:
+        second.close()
+        first.close()
+
+
+def test_commands_sent_together_come_back_in_order(ssh: SSHClient) -> None:
+    results = ssh.run_pipelined(["echo one; echo e1 >&2", "exit 4", "printf three"])
+    assert [(r.exited, r.stdout, r.stderr) for r in results] == [(0, "one\n", "e1\n"), (4, "", ""), (0, "three", "")]
+    frames = ssh.snapshots("-Af", "-Ao pid,comm")
+    assert list(frames[0].columns)[-1] == "CMD" and list(frames[1].columns) == ["PID", "COMMAND"]
