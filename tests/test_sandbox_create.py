@@ -21,3 +21,19 @@ def test_a_droplet_created_through_the_api_answers_over_ssh(monkeypatch: pytest.
             assert ssh.wait("echo hello; pwd") == f"hello\n{sandbox.home('second')}\n"
         with client.droplets.by_name("first").connect() as ssh:  # the first droplet still answers
             assert ssh.wait("echo still here") == "still here\n"
+
+
+def test_a_farm_larger_than_one_sshd_serves_every_droplet(monkeypatch: pytest.MonkeyPatch) -> None:
+    from poseidon.sandbox.sshd import ADDRESSES_PER_SSHD
+
+    names = [f"d{i}" for i in range(ADDRESSES_PER_SSHD)]
+    with Sandbox(names) as sandbox:
+        for key, value in sandbox.environ.items():
+            monkeypatch.setenv(key, value)
+        client = po.connect()
+        # The first sshd is full: the next droplet needs a second one, on the same port.
+        client.droplets.create("one-more", region="nyc3", size="s-1vcpu-1gb", image="ubuntu-24-04-x64", wait=True, timeout=30)
+        assert sandbox.farm is not None and len(sandbox.farm._processes) == 2
+        for name in (names[0], names[-1], "one-more"):
+            with client.droplets.by_name(name).connect() as ssh:
+                assert ssh.wait("pwd") == f"{sandbox.home(name)}\n"

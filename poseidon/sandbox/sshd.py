@@ -1,6 +1,8 @@
-"""Sandbox droplets: one OpenSSH server, one loopback address per droplet.
+"""Sandbox droplets: OpenSSH servers, one loopback address per droplet.
 
-A single ``sshd`` listens on 127.A.B.2, 127.A.B.3, … on a port of its own.
+``sshd`` listens on 127.A.B.2, 127.A.B.3, … on a port of its own; one
+``sshd`` serves at most 16 addresses (OpenSSH's MAX_LISTEN_SOCKS), so a
+larger farm runs one per 16, all on the same port and with the same keys.
 Every login runs a forced command that picks the droplet from the address
 the client connected to (``$SSH_CONNECTION``), gives it its own home
 directory and a ``PATH`` whose shims keep the host safe (``apt-get`` only
@@ -104,8 +106,12 @@ def find_sshd() -> str:
     )
 
 
+#: OpenSSH's MAX_LISTEN_SOCKS: the most addresses one sshd listens on.
+ADDRESSES_PER_SSHD = 16
+
+
 class SSHFarm:
-    """One ``sshd`` that serves every sandbox droplet on its own loopback address."""
+    """The ``sshd`` servers that serve every sandbox droplet on its own loopback address."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -118,7 +124,7 @@ class SSHFarm:
         self.addresses: list[str] = []
         self.key_filename = self.etc / "id_ed25519"
         self.known_hosts = self.etc / "known_hosts"
-        self._process: subprocess.Popen[bytes] | None = None
+        self._processes: list[subprocess.Popen[bytes]] = []
         self._host_key_line = ""
 
     # -- preparation ---------------------------------------------------------
@@ -154,12 +160,17 @@ class SSHFarm:
 
     # -- life cycle ----------------------------------------------------------
 
-    def _config(self) -> str:
-        listen = "\n".join(f"ListenAddress {a}:{self.port}" for a in self.addresses)
+    def _groups(self) -> list[list[str]]:
+        """The addresses each sshd serves, in order."""
+        n = ADDRESSES_PER_SSHD
+        return [self.addresses[i : i + n] for i in range(0, len(self.addresses), n)]
+
+    def _config(self, index: int, addresses: list[str]) -> str:
+        listen = "\n".join(f"ListenAddress {a}:{self.port}" for a in addresses)
         return f"""\
 {listen}
 HostKey "{self.etc / "ssh_host_ed25519_key"}"
-PidFile "{self.root / "sshd.pid"}"
+PidFile "{self.root / f"sshd-{index}.pid"}"
 AuthorizedKeysFile "{self.etc / "authorized_keys"}"
 AllowUsers {self.user}
 PubkeyAuthentication yes
@@ -189,7 +200,8 @@ LogLevel ERROR
             # it in between, on any of the addresses. Then choose again.
             self.port = _free_port(self.addresses[0])
             try:
-                self._start_sshd()
+                for index, group in enumerate(self._groups()):
+                    self._start_sshd(index, group)
                 break
             except SandboxError:
                 self.stop()
@@ -197,30 +209,37 @@ LogLevel ERROR
                     raise
         self._write_known_hosts()
 
-    def _start_sshd(self) -> None:
+    def _start_sshd(self, index: int, addresses: list[str]) -> None:
         sshd = find_sshd()
-        config = self.etc / "sshd_config"
-        _write(config, self._config(), 0o600)
+        config = self.etc / f"sshd_config-{index}"
+        _write(config, self._config(index, addresses), 0o600)
         if os.geteuid() == 0:
             # sshd's privilege separation needs this directory when started as root.
             Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         with open(self.root / "sshd.log", "ab") as log:
-            self._process = subprocess.Popen(
+            process = subprocess.Popen(
                 [sshd, "-D", "-e", "-f", str(config)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
             )
-        self._wait_until_listening()
+        self._processes.append(process)
+        self._wait_until_listening(process, addresses)
 
     def reload(self) -> None:
-        """Serve the addresses added since the start: rewrite the config, SIGHUP sshd (it re-executes itself)."""
-        if self._process is None:
+        """Serve the addresses added since the start: rewrite the last sshd's config and SIGHUP it
+        (it re-executes itself), or start one more sshd when the last one is full."""
+        if not self._processes:
             raise SandboxError("sshd is not running")
-        _write(self.etc / "sshd_config", self._config(), 0o600)
-        self._process.send_signal(signal.SIGHUP)
-        self._wait_until_listening()
+        groups = self._groups()
+        for index in range(len(self._processes) - 1, len(groups)):
+            if index < len(self._processes):
+                _write(self.etc / f"sshd_config-{index}", self._config(index, groups[index]), 0o600)
+                self._processes[index].send_signal(signal.SIGHUP)
+                self._wait_until_listening(self._processes[index], groups[index])
+            else:
+                self._start_sshd(index, groups[index])
         self._write_known_hosts()
 
     def _write_known_hosts(self) -> None:
@@ -236,13 +255,15 @@ LogLevel ERROR
         lines = kept + [f"[{address}]:{self.port} {self._host_key_line}" for address in self.addresses]
         self.known_hosts.write_text("\n".join(lines) + "\n")
 
-    def _wait_until_listening(self, timeout: float = 10.0) -> None:
+    def _wait_until_listening(
+        self, process: subprocess.Popen[bytes], addresses: list[str], timeout: float = 10.0
+    ) -> None:
         deadline = time.monotonic() + timeout
-        pending = list(self.addresses)
+        pending = list(addresses)
         while pending:
-            if self._process is not None and self._process.poll() is not None:
+            if process.poll() is not None:
                 log = (self.root / "sshd.log").read_text(errors="replace").strip()
-                raise SandboxError(f"sshd exited at start ({self._process.returncode}): {log}")
+                raise SandboxError(f"sshd exited at start ({process.returncode}): {log}")
             try:
                 with socket.create_connection((pending[0], self.port), timeout=0.5):
                     pending.pop(0)
@@ -254,12 +275,12 @@ LogLevel ERROR
                 time.sleep(0.05)
 
     def stop(self) -> None:
-        process, self._process = self._process, None
-        if process is None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        processes, self._processes = self._processes, []
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
