@@ -9,7 +9,9 @@
     ssh.ps()                         # a pandas DataFrame
 
 The connection opens lazily on the first command and is reused for every
-command after it. The conveniences (``apt``, ``git``, ``pip``…) are the
+command after it: commands go to one shell session on it, one round trip
+each (a pseudo-terminal or a local timeout takes a channel of its own).
+The conveniences (``apt``, ``git``, ``pip``…) are the
 playbook's steps (:mod:`poseidon.steps`): one round trip each, ``ok`` when
 there was nothing to do.
 """
@@ -314,7 +316,10 @@ class SSHClient:
     ) -> Any:
         """Run ``cmd`` in the working directory; return Fabric's ``Result`` (never raises on exit status).
 
-        With ``interactive=True`` the command (or ``title``, for the long
+        Commands run one after another in the connection's shell session (one
+        round trip each); ``stdin`` is their whole input. ``timeout`` (seconds,
+        measured here) gives the command a channel of its own, closed when it
+        expires. With ``interactive=True`` the command (or ``title``, for the long
         scripts of steps) and its output are printed, and a pseudo-terminal
         lets a sudo password prompt reach the user.
         """
@@ -499,8 +504,8 @@ class SSHClient:
     ) -> StepOutcome:
         """Clone ``username/reponame`` from GitHub (or ``username`` as any git URL), or bring it up to date.
 
-        The token (``token``, else ``$GITHUB_TOKEN``) travels on the channel's
-        stdin, never in a command line.
+        The token (``token``, else ``$GITHUB_TOKEN``) travels in the session's
+        input to git's stdin, never in a command line.
         """
         repo = f"{username}/{reponame}" if reponame else username
         token_env = options.get("token_env", "GITHUB_TOKEN")
