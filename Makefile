@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test install install-test clean
+.PHONY: demo test bench install install-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,5 +22,15 @@ test: install-test
 	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest
 
+# poseidon against Ansible and pyinfra (bench/README.md); BENCH_ARGS=--quick for a short run.
+BENCH_VENV ?= .venv-bench
+$(BENCH_VENV)/bin/pyinfra: bench/requirements.txt
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q -r bench/requirements.txt
+	touch $@
+
+bench: install $(BENCH_VENV)/bin/pyinfra
+	$(BIN)/python bench/run.py --peers $(BENCH_VENV)/bin $(BENCH_ARGS)
+
 clean:
-	rm -rf $(VENV) .pytest_cache build dist
+	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache build dist
