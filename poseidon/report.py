@@ -62,7 +62,8 @@ class Reporter:
     def __init__(self, file: IO[str] | None = None, *, width: int | None = None) -> None:
         from rich.console import Console
 
-        self.console: Console = Console(file=file or sys.stdout, width=width, highlight=False)
+        # emoji=False: no ":name:" codes to expand, and rich's table of them costs ~0.1 s to import.
+        self.console: Console = Console(file=file or sys.stdout, width=width, highlight=False, emoji=False)
         self._lock = threading.Lock()
         self._labels: list[str] = []
         #: droplet → (index of its current step, when it started), while a live panel shows.
@@ -187,11 +188,18 @@ class Reporter:
         self._totals(result)
 
     def _steps_table(self, result: RunResult) -> None:
-        from rich.table import Table
-
+        """Steps as rows and droplets as columns while they fit the terminal; one row per droplet after that."""
         if not result.droplets:
             self.message("no droplets to run on")
             return
+        labels = [step.label for step in result.droplets[0].steps]
+        cell = len("would-change 0.0s")
+        wide = 4 + max(map(len, labels), default=4) + sum(max(len(r.name), cell) + 3 for r in result.droplets)
+        if wide > self.console.width:
+            self._droplets_table(result)
+            return
+        from rich.table import Table
+
         table = Table(title=f"{result.name or result.playbook} ({result.mode})", box=self._box())
         table.add_column("#", justify="right")
         table.add_column("step")
@@ -205,24 +213,48 @@ class Reporter:
             table.add_row(str(index + 1), step.label, *cells)
         self.console.print(table)
 
+    def _droplets_table(self, result: RunResult) -> None:
+        """One line per droplet: how many steps ended how, and where it failed (a fleet too wide for columns).
+
+        Plain aligned columns: a rich Table of fifty rows takes seconds to lay out.
+        """
+        statuses = [s for s in _STYLES if any(step.status == s for run in result.droplets for step in run.steps)]
+        header = ["droplet", *statuses, "time", "failed at"]
+        rows = []
+        for run in result.droplets:
+            counts = [str(sum(step.status == s for step in run.steps) or "-") for s in statuses]
+            failed = next((step for step in run.steps if step.status == "failed"), None)
+            where = f"{failed.index + 1} {failed.label}" if failed else ("(before the steps)" if run.error else "")
+            rows.append([run.name, *counts, f"{sum(step.duration for step in run.steps):.1f}s", where])
+        lines = _columns(header, rows, self.console.width).splitlines()
+        self.console.print(f"{result.name or result.playbook} ({result.mode})", style="bold", markup=False)
+        self.console.print(lines[0], style="bold", markup=False, highlight=False, soft_wrap=True)
+        for run, line in zip(result.droplets, lines[1:]):
+            style = "red" if run.failed else None
+            self.console.print(line, style=style, markup=False, highlight=False, soft_wrap=True)
+
     def _snapshots(self, run: DropletRun) -> None:
         snapshots = (("started by this run", run.started_processes, None), ("ps -Af", run.ps, None), ("top", run.top, "%CPU"))
         for title, frame, sort in snapshots:
             if frame is None or frame.empty:
                 continue
-            if sort and sort in frame.columns:
-                frame = frame.sort_values(sort, ascending=False, kind="stable")
-                shown = frame.head(SNAPSHOT_ROWS)
+            # Plain lists: pandas' per-call overhead adds up over 3 snapshots × 50 droplets.
+            header = [str(c) for c in frame.columns]
+            rows = frame.values.tolist()
+            if sort in header:
+                at = header.index(sort)
+                rows.sort(key=lambda row: row[at], reverse=True)  # stable: ties keep ps's order
+                shown = rows[:SNAPSHOT_ROWS]
             else:
-                shown = frame.tail(SNAPSHOT_ROWS)
-            self._frame(f"{run.name}: {title}", shown, len(frame))
+                shown = rows[-SNAPSHOT_ROWS:]
+            self._frame(f"{run.name}: {title}", header, [[str(v) for v in row] for row in shown], len(rows))
 
-    def _frame(self, title: str, frame: Any, total: int) -> None:
+    def _frame(self, title: str, header: list[str], rows: list[list[str]], total: int) -> None:
         # Plain aligned columns, as ps prints them: a rich Table per snapshot
         # costs ~15 ms to lay out, which adds up over 3 snapshots × 50 droplets.
-        shown = f"{len(frame)} of {total} rows; --json has them all" if total > len(frame) else f"{total} rows"
+        shown = f"{len(rows)} of {total} rows; --json has them all" if total > len(rows) else f"{total} rows"
         self.console.print(f"{title} ({shown})", style="bold", markup=False)
-        self.console.print(_columns(frame, self.console.width), markup=False, soft_wrap=True)
+        self.console.print(_columns(header, rows, self.console.width), markup=False, soft_wrap=True)
 
     def _totals(self, result: RunResult) -> None:
         counts = {s: 0 for s in _STYLES}
@@ -252,10 +284,8 @@ def _cell(step: StepResult | None) -> Any:
     return Text(f"{step.status} {step.duration:.1f}s", style=_STYLES.get(step.status, ""))
 
 
-def _columns(frame: Any, width: int) -> str:
-    """A DataFrame as aligned text columns, each line cut to ``width`` (the last column is the long one)."""
-    header = [str(c) for c in frame.columns]
-    rows = [[str(v) for v in row] for row in frame.itertuples(index=False)]
+def _columns(header: list[str], rows: list[list[str]], width: int) -> str:
+    """Aligned text columns, each line cut to ``width`` (the last column is the long one)."""
     widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
     lines = []
     for cells in (header, *rows):

@@ -76,6 +76,26 @@ def test_a_long_command_line_is_cut_to_the_width_and_the_largest_cpu_users_come_
     assert lines[top + 13].split() == ["18.0", "0.1", "root", "proc18"]
 
 
+def test_a_fleet_too_wide_for_columns_gets_one_row_per_droplet() -> None:
+    template = a_run()
+    fleet = []
+    for i in range(12):
+        run = DropletRun(f"web-{i:02d}", 100 + i, f"10.0.0.{i}")
+        run.steps = [StepResult(s.index, s.kind, s.label, s.status, s.duration, exited=s.exited) for s in template.droplets[i % 2].steps]
+        fleet.append(run)
+    result = RunResult("site.yaml", "fleet", "apply", fleet, started=0.0, duration=3.0)
+    lines = render(lambda r: r.summary(result, snapshots=False)).splitlines()
+    assert max(len(line) for line in lines) <= 90
+    header = lines.index("fleet (apply)") + 1
+    assert lines[header].split() == ["droplet", "ok", "changed", "failed", "skipped", "time", "failed", "at"]
+    rows = [line.split(None, 6) for line in lines[header + 1 : header + 13]]
+    assert rows[0] == ["web-00", "1", "2", "-", "-", "2.1s"]
+    assert rows[1] == ["web-01", "1", "-", "1", "1", "0.5s", "2 git owner/app"]
+    assert all(row[0] == f"web-{i:02d}" for i, row in enumerate(rows))
+    assert lines[header + 13] == "web-01: step 2 (git owner/app) failed, exit 128:"
+    assert "12 droplet(s), 12 ok, 12 changed, 6 failed, 6 skipped in 3.0s" in " ".join(lines)
+
+
 def test_progress_lines_show_the_status_the_reason_and_a_failures_tail() -> None:
     run = a_run()
     text = render(lambda r: [r.step_done(d.name, s) for d in run.droplets for s in d.steps if s.status != "skipped"])
