@@ -28,7 +28,7 @@ from poseidon import api, hostkeys, spec, steps
 from poseidon.droplet import Droplet
 from poseidon.errors import DropletBusyError, NotReadyError, PoseidonError, ResolveError, SSHConnectError, SSHError, UsageError
 from poseidon.results import DropletRun, ProcessStatus, RunResult, StepResult
-from poseidon.ssh import TOP_ARGS, SSHClient, parse_ps
+from poseidon.ssh import TOP_ARGS, SSHClient
 
 __all__ = [
     "RunLog",
@@ -302,21 +302,22 @@ def _text(data: str | bytes) -> str:
     return data.decode(errors="replace") if isinstance(data, bytes) else data
 
 
-def _started(before: Any, after: Any) -> Any:
+def _started(before: set[int] | None, after: Any) -> Any:
     """Rows of the final ps snapshot whose process was not there before the first step."""
     if before is None or after is None or "PID" not in after.columns:
         return None
-    return after[~after["PID"].isin(set(before["PID"]))].reset_index(drop=True)
+    return after[~after["PID"].isin(before)].reset_index(drop=True)
 
 
-def _ready(ssh: SSHClient, run: DropletRun, playbook: spec.Playbook, notice: Notice | None) -> Any:
+def _ready(ssh: SSHClient, run: DropletRun, playbook: spec.Playbook, notice: Notice | None) -> set[int] | None:
     """The gate before the first step: cloud-init finished, the dpkg lock free (when apt runs).
 
-    Returns the ``ps`` snapshot taken right after it (``None`` when the
-    playbook's report has none): both travel in one round trip.
+    Returns the droplet's process ids right after it (``None`` when the
+    report has no ``ps``), to tell which processes the run started: both
+    travel in one round trip.
     """
     dpkg = any(isinstance(step, spec.AptStep) for step in playbook.steps)
-    commands = [steps.readiness(dpkg=dpkg)] + (["ps -Af"] if playbook.report.ps else [])
+    commands = [steps.readiness(dpkg=dpkg)] + ([steps.PIDS] if playbook.report.ps else [])
     result, *snapshot = ssh.run_pipelined(commands)
     if notice:
         for line in result.stderr.splitlines():
@@ -326,10 +327,10 @@ def _ready(ssh: SSHClient, run: DropletRun, playbook: spec.Playbook, notice: Not
         raise NotReadyError(f"{run.name} is not ready: {tail[0].removeprefix('poseidon: ')}")
     if not snapshot or snapshot[0].exited != 0:
         return None
-    return parse_ps(snapshot[0].stdout)
+    return {int(pid) for pid in snapshot[0].stdout.split() if pid.isdigit()}
 
 
-def _snapshots(ssh: SSHClient, run: DropletRun, before: Any, playbook: spec.Playbook, masker: Masker) -> None:
+def _snapshots(ssh: SSHClient, run: DropletRun, before: set[int] | None, playbook: spec.Playbook, masker: Masker) -> None:
     """The report's ``ps`` and ``top`` of the droplet, in one round trip."""
     wanted = [name for name in ("ps", "top") if getattr(playbook.report, name)]
     if not wanted:

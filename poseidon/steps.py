@@ -35,6 +35,7 @@ __all__ = [
     "BUSY",
     "LOCKED",
     "MARKER",
+    "PIDS",
     "Mode",
     "Script",
     "StepContext",
@@ -434,12 +435,21 @@ def readiness(*, dpkg: bool, wait: int = READY_WAIT) -> str:
         "fi",
     ]
     if dpkg:
+        # Python waits for the lock as apt takes it (fcntl); it starts only when
+        # /proc/locks shows a lock on one of the files' inodes (or cannot tell).
         lines += [
-            'if [ "$(id -u)" -eq 0 ] && command -v python3 >/dev/null 2>&1; then',
+            "_held() { [ -r /proc/locks ] || return 0; i=$(stat -c %i \"$1\" 2>/dev/null) || return 1;"
+            ' grep -q ":$i " /proc/locks; }',
+            'if [ "$(id -u)" -eq 0 ] && command -v python3 >/dev/null 2>&1 &&'
+            " { _held /var/lib/dpkg/lock-frontend || _held /var/lib/dpkg/lock; }; then",
             f"  python3 -c {quote(_DPKG_LOCK_FREE)} {wait} || exit 1",
             "fi",
         ]
     return f"sh -c {quote(chr(10).join(lines))}"
+
+
+#: Lists the droplet's process ids with shell builtins only: cheaper than ``ps`` for "what ran before".
+PIDS = "cd /proc && echo [0-9]*"
 
 
 def nohup_status(step: NohupStep, lines: int = 5) -> str:
