@@ -306,6 +306,17 @@ class Sample:
     cpu: float
     rss_largest: int  # bytes: the largest single process of the controlling side (getrusage)
     rss_tree: int  # bytes: all the controlling side's processes together, sampled
+    droplets_cpu: float = 0.0  # seconds: what the droplets' sessions used (sshd's reaped children)
+
+
+def droplets_cpu(f: Farm) -> float:
+    """CPU seconds of every session sshd has reaped so far (each sums its own reaped children)."""
+    total = 0
+    assert f.sandbox.farm is not None
+    for pid in f.sandbox.farm.pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[13]) + int(fields[14])  # cutime, cstime
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _descendants(pid: int) -> list[int]:
@@ -386,15 +397,21 @@ def run_once(tool: Tool, f: Farm, case: str, delayed: bool, results: Results, wo
     run_dir = Path(tempfile.mkdtemp(prefix=f"{tool.name}-", dir=work))
     rtt = f.rtt_ms if delayed else 0
     label = f"{tool.name:8} {case:4} N={len(f.names):<3} rtt={rtt:g} ms"
+    before = droplets_cpu(f)
     try:
         sample = measure(tool.command(f, run_dir, delayed), run_dir / "output.txt")
     finally:
         # Ansible's ControlPersist masters outlive it: end them, so no run inherits another's connections.
         _kill_where(lambda cmdline: str(run_dir).encode() in cmdline, "cmdline")
+    time.sleep(0.2)  # sshd reaps the sessions that just ended
+    sample.droplets_cpu = droplets_cpu(f) - before
     missing = verify(f)
     if missing:
         raise SystemExit(f"bench: after {label}: {missing} (output: {run_dir / 'output.txt'})")
-    log(f"  {label}  {sample.wall:7.2f} s  cpu {sample.cpu:6.2f} s  rss {sample.rss_tree / 2**20:6.0f} MB")
+    log(
+        f"  {label}  {sample.wall:7.2f} s  cpu {sample.cpu:6.2f} s  droplets' cpu {sample.droplets_cpu:6.2f} s"
+        f"  rss {sample.rss_tree / 2**20:6.0f} MB"
+    )
     results.add(tool.name, case, len(f.names), rtt, sample)
 
 
@@ -475,11 +492,20 @@ def table(results: Results, tools: Sequence[str], args: argparse.Namespace) -> s
         for name, value in results.startup.items():
             lines.append(f"| `{name}` | {value * 1000:.0f} ms | {value / base:.1f} |")
         lines.append("")
-    for case in ("cold", "warm"):
-        cpu = results.median("poseidon", case, args.n, 0, "cpu")
-        if cpu is not None:
-            per = cpu / (args.n * STEPS) * 1000
-            lines.append(f"poseidon CPU, {case}, N={args.n}: {cpu:.2f} s in all, {per:.1f} ms per step per droplet")
+    lines.append("| CPU (s): controlling side / droplets | N | RTT | " + " | ".join(tools) + " |")
+    lines.append("|---|---|---|" + "---|" * len(tools))
+    for case, n, rtt in cases:
+        cells = []
+        for t in tools:
+            mine, theirs = results.median(t, case, n, rtt, "cpu"), results.median(t, case, n, rtt, "droplets_cpu")
+            cells.append("–" if mine is None or theirs is None else f"{mine:.2f} / {theirs:.2f}")
+        lines.append(f"| {case} | {n} | {rtt:g} ms | " + " | ".join(cells) + " |")
+    lines.append("")
+    for case, n, rtt in cases:
+        cpu = results.median("poseidon", case, n, rtt, "cpu")
+        if cpu is not None and rtt == 0:
+            per = cpu / (n * STEPS) * 1000
+            lines.append(f"poseidon CPU, {case}, N={n}: {cpu:.2f} s in all, {per:.1f} ms per step per droplet")
     return "\n".join(lines)
 
 

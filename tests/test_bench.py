@@ -28,12 +28,12 @@ def test_the_benchmark_runs_poseidons_workload_and_prints_the_table(tmp_path: Pa
         timeout=600,
     )
     assert run.returncode == 0, run.stdout + run.stderr
-    rows = [line for line in run.stdout.splitlines() if line.startswith("| cold") or line.startswith("| warm")]
-    assert [row.split("|")[1:4] for row in rows] == [
-        [" cold ", " 2 ", " 0 ms "],
-        [" warm ", " 2 ", " 0 ms "],
-        [" warm ", " 2 ", " 20 ms "],
-    ]
+    rows = [line.split("|")[1:-1] for line in run.stdout.splitlines() if line.startswith(("| cold", "| warm"))]
+    cases = [[" cold ", " 2 ", " 0 ms "], [" warm ", " 2 ", " 0 ms "], [" warm ", " 2 ", " 20 ms "]]
+    # The times, then the CPU seconds of poseidon and of the droplets' sessions.
+    assert [row[:3] for row in rows] == cases + cases
+    assert all(row[3].strip().endswith(" s") for row in rows[:3])
+    assert all(" / " in row[3] for row in rows[3:])
     assert "`poseidon validate examples/site.yaml`" in run.stdout
     figures = json.loads(out.read_text())
     assert set(figures["runs"]) == {"poseidon/cold/N=2/rtt=0", "poseidon/warm/N=2/rtt=0", "poseidon/warm/N=2/rtt=20"}

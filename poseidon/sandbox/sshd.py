@@ -160,6 +160,11 @@ class SSHFarm:
 
     # -- life cycle ----------------------------------------------------------
 
+    @property
+    def pids(self) -> list[int]:
+        """The process ids of the running sshd servers (their children are the droplets' sessions)."""
+        return [process.pid for process in self._processes]
+
     def _groups(self) -> list[list[str]]:
         """The addresses each sshd serves, in order."""
         n = ADDRESSES_PER_SSHD
