@@ -58,3 +58,22 @@ def test_the_public_names_of_the_original_api_stay() -> None:
     assert callable(poseidon.api.connect)
     for method in ("exec_command", "wait", "chdir", "nohup", "apt", "git", "pip", "pip_freeze", "pip_r", "ps", "top", "close"):
         assert callable(getattr(poseidon.ssh.SSHClient, method)), method
+
+
+@pytest.mark.parametrize("command", [["--help"], ["validate", "examples/site.yaml"], ["schema"]])
+def test_offline_commands_import_nothing_heavy(command: list[str]) -> None:
+    """--help, validate and schema start without pandas, Fabric, paramiko, requests or rich (bench/README.md)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from poseidon import cli\n"
+        "try:\n    cli.main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "heavy = ('pandas', 'numpy', 'fabric', 'invoke', 'paramiko', 'requests', 'rich')\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & set(heavy)), file=sys.stderr)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", probe, *command], cwd=PACKAGE.parent, capture_output=True, text=True, check=True
+    )
+    assert run.stderr.strip().splitlines()[-1] == "[]", run.stderr
