@@ -294,7 +294,8 @@ def _lock(ssh: SSHClient, run: DropletRun, notice: Notice | None) -> None:
         other = rest.strip() or "an unknown run"
         raise DropletBusyError(f"{run.name} is being provisioned by another poseidon run ({other}); try again when it ends")
     if answer.strip() != steps.LOCKED and notice:
-        notice(run.name, "no flock on the droplet: this run is not protected from another at the same time")
+        why = answer.strip().removeprefix("poseidon-lock: ") or "no answer"
+        notice(run.name, f"no apply lock on the droplet ({why}): this run is not protected from another at the same time")
 
 
 def _text(data: str | bytes) -> str:

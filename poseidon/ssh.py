@@ -23,7 +23,8 @@ import os
 import shlex
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -153,30 +154,27 @@ class _Session:
         """The next command's exit status, stdout and stderr, in the order they were sent."""
         import select
 
-        end = self.token.encode()
-        out_marker, err_marker = b"\n" + end + b" ", b"\n" + end + b"\n"
+        token = self.token.encode()
+        out = _Framed(self._out, token + b"<\n", b"\n" + token + b" ")
+        err = _Framed(self._err, token + b"<\n", b"\n" + token + b"\n")
         channel = self.channel
-        while True:
-            while channel.recv_ready():
+        while not (out.done() and err.done()):
+            if channel.recv_ready():
                 self._out += channel.recv(65536)
-            while channel.recv_stderr_ready():
-                self._err += channel.recv_stderr(65536)
-            out_end = _line_at(self._out, out_marker)
-            err_end = _line_at(self._err, err_marker)
-            if out_end >= 0 and err_end >= 0:
-                break
-            if channel.closed or channel.eof_received:
-                if not (channel.recv_ready() or channel.recv_stderr_ready()):
-                    raise EOFError("the session's shell ended")
                 continue
+            if channel.recv_stderr_ready():
+                self._err += channel.recv_stderr(65536)
+                continue
+            if channel.closed or channel.eof_received:
+                raise EOFError("the session's shell ended")
             # The channel's fileno is readable while either stream has data.
             select.select([channel], [], [], 1.0)
-        status_end = self._out.index(b"\n", out_end + len(out_marker))
-        status = bytes(self._out[out_end + len(out_marker) : status_end])
-        stdout, stderr = self._out[:out_end], self._err[:err_end]
+        status_end = self._out.index(b"\n", out.end + len(out.end_marker))
+        status = bytes(self._out[out.end + len(out.end_marker) : status_end])
+        stdout, stderr = self._out[out.start : out.end], self._err[err.start : err.end]
         # What follows belongs to the next command (or to a process this one left writing).
         del self._out[: status_end + 1]
-        del self._err[: err_end + len(err_marker)]
+        del self._err[: err.end + len(err.end_marker)]
         exited = int(status) if status.isdigit() else -1
         return exited, stdout.decode(errors="replace"), stderr.decode(errors="replace")
 
@@ -184,13 +182,34 @@ class _Session:
         self.channel.close()
 
 
-def _line_at(data: bytearray, marker: bytes) -> int:
-    """Where ``marker`` starts in ``data`` once the line it begins is complete; -1 before that."""
-    at = data.find(marker)
-    if at < 0:
-        return -1
-    complete = marker.endswith(b"\n") or data.find(b"\n", at + len(marker)) >= 0
-    return at if complete else -1
+class _Framed:
+    """Finds one command's output in a stream's buffer: after its begin line, up to its end marker.
+
+    Each search starts where the last one stopped, so a large output is
+    scanned once, not once per packet.
+    """
+
+    def __init__(self, buffer: bytearray, begin: bytes, end_marker: bytes) -> None:
+        self.buffer, self.begin, self.end_marker = buffer, begin, end_marker
+        self.start = self.end = -1
+        self._scanned = 0
+
+    def done(self) -> bool:
+        data = self.buffer
+        if self.start < 0:
+            at = data.find(self.begin, max(0, self._scanned - len(self.begin)))
+            self._scanned = len(data)
+            if at < 0:
+                return False
+            self.start = self._scanned = at + len(self.begin)
+        if self.end < 0:
+            at = data.find(self.end_marker, max(self.start, self._scanned - len(self.end_marker)))
+            self._scanned = len(data)
+            if at < 0:
+                return False
+            self.end = at
+        # stdout's end marker is followed by the exit status: complete once its line is.
+        return self.end_marker.endswith(b"\n") or data.find(b"\n", self.end + len(self.end_marker)) >= 0
 
 
 class SSHClient:
@@ -227,6 +246,8 @@ class SSHClient:
         self.cwd: str | None = None
         self._connection: Connection | None = None
         self._session: _Session | None = None
+        #: Whether this client's session took the droplet's apply lock (:meth:`lock`).
+        self._locked = False
 
     # -- the connection -------------------------------------------------------
 
@@ -286,9 +307,8 @@ class SSHClient:
 
     def close(self) -> None:
         """Close the connection; the next command opens a new one."""
-        session, self._session = self._session, None
-        if session is not None:
-            session.close()
+        self._drop_session()
+        self._locked = False
         connection, self._connection = self._connection, None
         if connection is not None:
             connection.close()
@@ -326,11 +346,12 @@ class SSHClient:
         import paramiko
 
         interactive = self.interactive and stdin is None
+        if not interactive and timeout is None:
+            command = self._in_cwd(cmd)
+            with self._session_in_use() as session:
+                return self._result(command, session.run(command, stdin=stdin))
         try:
-            if interactive or timeout is not None:
-                result = self._run_channel(cmd, stdin=stdin, timeout=timeout, title=title, interactive=interactive)
-            else:
-                result = self._run_in_session(cmd, stdin=stdin)
+            result = self._run_channel(cmd, stdin=stdin, timeout=timeout, title=title, interactive=interactive)
         except (OSError, EOFError, paramiko.SSHException) as exc:
             raise self._lost(exc) from exc
         if result.exited == -1 and not self.connection.is_connected:
@@ -338,13 +359,34 @@ class SSHClient:
             raise SSHError(f"{self.label}: the connection was lost during a command (the droplet rebooted or the network dropped)")
         return result
 
-    def _get_session(self) -> _Session:
+    @contextmanager
+    def _session_in_use(self) -> Iterator[_Session]:
+        """The connection's shell session; dropped when a command on it did not finish."""
+        import paramiko
+
         if self._session is None:
+            if self._locked:
+                raise SSHError(
+                    f"{self.label}: the shell session that held the apply lock ended; this run no longer holds the droplet"
+                )
             transport = self.connection.client.get_transport()
             if transport is None or not transport.is_active():
-                raise EOFError("the connection is closed")
+                raise self._lost(EOFError("the connection is closed"))
             self._session = _Session(transport)
-        return self._session
+        try:
+            yield self._session
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            self._drop_session()
+            raise self._lost(exc) from exc
+        except BaseException:
+            # Interrupted in the middle of a command: its output would be read as the next one's.
+            self._drop_session()
+            raise
+
+    def _drop_session(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            session.close()
 
     def _result(self, command: str, outcome: tuple[int, str, str]) -> Any:
         from fabric.runners import Result
@@ -354,47 +396,35 @@ class SSHClient:
             connection=self.connection, command=command, stdout=stdout, stderr=stderr, exited=exited, hide=("stdout", "stderr")
         )
 
-    def _run_in_session(self, cmd: str, *, stdin: str | None) -> Any:
-        """The usual way: in the connection's one shell session, one round trip."""
-        command = self._in_cwd(cmd)
-        return self._result(command, self._get_session().run(command, stdin=stdin))
-
     def run_pipelined(self, commands: list[str]) -> list[Any]:
         """Run ``commands`` one after another, sent at once: one round trip for all of them.
 
         For commands whose outcome does not decide whether the next one runs
         (each runs whatever the others did). Returns Fabric ``Result`` objects.
         """
-        import paramiko
-
-        try:
-            session = self._get_session()
-            texts = [self._in_cwd(cmd) for cmd in commands]
+        texts = [self._in_cwd(cmd) for cmd in commands]
+        with self._session_in_use() as session:
             session.send("".join(steps.session_command(text, session.token) for text in texts))
             return [self._result(text, session.receive()) for text in texts]
-        except (OSError, EOFError, paramiko.SSHException) as exc:
-            raise self._lost(exc) from exc
 
     def lock(self, holder: str) -> str:
         """Hold the droplet's apply lock until this connection closes (``~/.poseidon/apply.lock``, flock).
 
         Returns what the droplet answered: :data:`poseidon.steps.LOCKED`, or
-        :data:`poseidon.steps.BUSY` and the holder's line, or a line saying it
-        has no ``flock``. The session's shell holds the lock; no command
-        inherits it, so a process a step leaves running does not keep it.
+        :data:`poseidon.steps.BUSY` and the holder's line, or a line saying
+        why there is no lock. The session's shell holds the lock; no command
+        inherits it, so a process a step leaves running does not keep it. If
+        that shell ends while the connection lives, later commands raise
+        :class:`SSHError` instead of running unlocked.
         """
-        import paramiko
-
-        try:
-            session = self._get_session()
+        with self._session_in_use() as session:
             session.send(steps.session_lock(holder, session.token))
-            return session.receive()[1]
-        except (OSError, EOFError, paramiko.SSHException) as exc:
-            raise self._lost(exc) from exc
+            answer = session.receive()[1]
+        self._locked = answer.split("\n", 1)[0].strip() == steps.LOCKED
+        return answer
 
     def _lost(self, exc: BaseException) -> SSHError:
         """The error for a command that could not finish: the connection, or the session's shell, ended."""
-        self._session = None
         if not self.connection.is_connected:
             return SSHError(
                 f"{self.label}: the connection was lost during a command (the droplet rebooted or the network dropped)"

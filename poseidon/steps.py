@@ -482,40 +482,52 @@ SESSION_SHELL = "exec sh -s"
 _LOCK_FD = 9
 
 
+def _session_begin(token: str) -> str:
+    """Starts a command's stdout and stderr with a ``<token><`` line: what came before is not its output."""
+    return f"printf '%s<\\n' {quote(token)}; printf '%s<\\n' {quote(token)} >&2\n"
+
+
 def _session_end(token: str) -> str:
     """Ends a command's stdout with ``\\n<token> <exit status>\\n`` and its stderr with ``\\n<token>\\n``."""
     return f"_rc=$?\nprintf '\\n%s %s\\n' {quote(token)} \"$_rc\"; printf '\\n%s\\n' {quote(token)} >&2\n"
 
 
 def session_command(command: str, token: str, *, stdin: str | None = None) -> str:
-    """Shell text that runs ``command`` in a session's shell, then ends its stdout and stderr with ``token``.
+    """Shell text that runs ``command`` in a session's shell, its output framed by ``token`` lines.
 
     The command runs in a subshell through ``eval``, so neither ``exit``, a
     ``cd`` nor a syntax error in it touches the session. Its stdin is
     ``/dev/null``, or ``stdin`` written by the shell's own ``printf``: the
     text travels inside the session's input, never in an argv or a file.
+    Both streams start with a ``<token><`` line (what a process left running
+    by an earlier command wrote before it is not this command's output);
+    stdout ends with ``\\n<token> <exit status>\\n``, stderr with ``\\n<token>\\n``.
     """
     source = f"printf %s {quote(stdin)} | " if stdin is not None else ""
     sink = "" if stdin is not None else " </dev/null"
-    return f"{source}( eval {quote(command)} ){sink} {_LOCK_FD}>&-\n{_session_end(token)}"
+    return f"{_session_begin(token)}{source}( eval {quote(command)} ){sink} {_LOCK_FD}>&-\n{_session_end(token)}"
 
 
 def session_lock(holder: str, token: str) -> str:
     """Shell text that makes the session's shell hold ``~/.poseidon/apply.lock`` (flock) until it ends.
 
-    Prints :data:`LOCKED`, or :data:`BUSY` and the holder's line, or a line
-    saying the droplet has no ``flock``. The lock ends with the session, so
-    with the connection, even when poseidon dies without a word; commands
-    never inherit its descriptor (:func:`session_command`).
+    Prints :data:`LOCKED`, or :data:`BUSY` and the holder's line, or another
+    line saying why there is no lock (no ``flock``, the file cannot be
+    opened). The lock ends with the session, so with the connection, even
+    when poseidon dies without a word; commands never inherit its descriptor
+    (:func:`session_command`). ``command exec`` fails without ending the shell.
     """
     info = "~/.poseidon/apply.lock.info"
     fd = _LOCK_FD
     return (
-        "if mkdir -p ~/.poseidon 2>/dev/null && command -v flock >/dev/null 2>&1; then\n"
-        f"  exec {fd}>>~/.poseidon/apply.lock\n"
-        f"  if flock -n {fd}; then printf '%s\\n' {quote(holder)} > {info}; echo {quote(LOCKED)}\n"
-        f"  else echo {quote(BUSY)}; cat {info} 2>/dev/null; exec {fd}>&-; fi\n"
-        "else echo 'poseidon-lock: no flock'; fi </dev/null\n"
+        f"{_session_begin(token)}"
+        "if ! mkdir -p ~/.poseidon 2>/dev/null || ! command -v flock >/dev/null 2>&1; then\n"
+        "  echo 'poseidon-lock: no flock'\n"
+        f"elif ! command exec {fd}>>~/.poseidon/apply.lock; then\n"
+        "  echo 'poseidon-lock: cannot open ~/.poseidon/apply.lock'\n"
+        f"elif flock -n {fd}; then\n"
+        f"  printf '%s\\n' {quote(holder)} > {info}; echo {quote(LOCKED)}\n"
+        f"else\n  echo {quote(BUSY)}; cat {info} 2>/dev/null; exec {fd}>&-\nfi </dev/null\n"
         f"{_session_end(token)}"
     )
 

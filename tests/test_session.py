@@ -112,3 +112,32 @@ def test_commands_sent_together_come_back_in_order(ssh: SSHClient) -> None:
     assert [(r.exited, r.stdout, r.stderr) for r in results] == [(0, "one\n", "e1\n"), (4, "", ""), (0, "three", "")]
     frames = ssh.snapshots("-Af", "-Ao pid,comm")
     assert list(frames[0].columns)[-1] == "CMD" and list(frames[1].columns) == ["PID", "COMMAND"]
+
+
+def test_output_a_left_process_writes_later_is_not_the_next_commands(ssh: SSHClient) -> None:
+    ssh.run("(sleep 0.3; echo stray; echo stray-err >&2) &")
+    time.sleep(0.6)
+    later = ssh.run("echo next; echo next-err >&2")
+    assert (later.stdout, later.stderr) == ("next\n", "next-err\n")
+
+
+def test_a_lock_file_that_cannot_be_opened_is_told_and_the_session_lives_on(ssh: SSHClient, sandbox_env: Sandbox) -> None:
+    lock = sandbox_env.home("test") / ".poseidon" / "apply.lock"
+    lock.parent.mkdir(exist_ok=True)
+    lock.unlink(missing_ok=True)
+    lock.mkdir()
+    try:
+        assert ssh.lock("me").strip() == "poseidon-lock: cannot open ~/.poseidon/apply.lock"
+        assert ssh.wait("echo alive") == "alive\n"
+    finally:
+        lock.rmdir()
+
+
+def test_when_the_shell_holding_the_lock_dies_no_command_runs_unlocked(ssh: SSHClient) -> None:
+    from poseidon import steps
+
+    assert ssh.lock("me").strip() == steps.LOCKED
+    with pytest.raises(SSHError):
+        ssh.run("kill -9 $$")
+    with pytest.raises(SSHError, match="apply lock"):
+        ssh.run("echo unlocked")
