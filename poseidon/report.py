@@ -224,7 +224,7 @@ class Reporter:
         for run in result.droplets:
             counts = [str(sum(step.status == s for step in run.steps) or "-") for s in statuses]
             failed = next((step for step in run.steps if step.status == "failed"), None)
-            where = f"{failed.index + 1} {failed.label}" if failed else ("(before the steps)" if run.error else "")
+            where = f"{failed.index + 1} {failed.label}" if failed else ("(the error below)" if run.error else "")
             rows.append([run.name, *counts, f"{sum(step.duration for step in run.steps):.1f}s", where])
         lines = _columns(header, rows, self.console.width).splitlines()
         self.console.print(f"{result.name or result.playbook} ({result.mode})", style="bold", markup=False)

@@ -125,6 +125,8 @@ class SSHFarm:
         self.key_filename = self.etc / "id_ed25519"
         self.known_hosts = self.etc / "known_hosts"
         self._processes: list[subprocess.Popen[bytes]] = []
+        #: The addresses each running sshd was told to listen on.
+        self._serving: list[list[str]] = []
         self._host_key_line = ""
 
     # -- preparation ---------------------------------------------------------
@@ -230,6 +232,7 @@ LogLevel ERROR
                 start_new_session=True,
             )
         self._processes.append(process)
+        self._serving.append(list(addresses))
         self._wait_until_listening(process, addresses)
 
     def reload(self) -> None:
@@ -239,12 +242,13 @@ LogLevel ERROR
             raise SandboxError("sshd is not running")
         groups = self._groups()
         for index in range(len(self._processes) - 1, len(groups)):
-            if index < len(self._processes):
+            if index >= len(self._processes):
+                self._start_sshd(index, groups[index])
+            elif groups[index] != self._serving[index]:  # a full server keeps listening undisturbed
                 _write(self.etc / f"sshd_config-{index}", self._config(index, groups[index]), 0o600)
                 self._processes[index].send_signal(signal.SIGHUP)
                 self._wait_until_listening(self._processes[index], groups[index])
-            else:
-                self._start_sshd(index, groups[index])
+                self._serving[index] = list(groups[index])
         self._write_known_hosts()
 
     def _write_known_hosts(self) -> None:
@@ -281,6 +285,7 @@ LogLevel ERROR
 
     def stop(self) -> None:
         processes, self._processes = self._processes, []
+        self._serving = []
         for process in processes:
             process.terminate()
         for process in processes:
