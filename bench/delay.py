@@ -57,6 +57,9 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dela
 
 async def _serve(address: str, listen: int, to: int, delay: float) -> asyncio.Server:
     async def handle(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        # A TCP connection costs one round trip before the client's first byte
+        # leaves: the local accept took none, so the server hears of it one later.
+        await asyncio.sleep(2 * delay)
         try:
             server_reader, server_writer = await asyncio.open_connection(address, to)
         except OSError:

@@ -26,6 +26,7 @@ import os
 import platform
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -86,8 +87,6 @@ class Farm:
 
 
 def _free_port(address: str) -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind((address, 0))
         return int(sock.getsockname()[1])
@@ -110,13 +109,13 @@ def farm(n: int, folder: Path, rtt_ms: float) -> Iterator[Farm]:
     folder.mkdir(parents=True, exist_ok=True)
     with Sandbox(names, repos={"bench/app": app_source(folder)}) as sandbox:
         f = Farm(sandbox, names, folder, rtt_ms)
-        lines = Path(sandbox.known_hosts).read_text().splitlines()
-        if rtt_ms:
-            _start_proxy(f)
-            key = lines[0].split(" ", 1)[1]
-            lines += [f"[{a}]:{f.proxy_ssh_port} {key}" for a in f.addresses]
-        f.known_hosts.write_text("\n".join(lines) + "\n")
         try:
+            lines = Path(sandbox.known_hosts).read_text().splitlines()
+            if rtt_ms:
+                _start_proxy(f)
+                key = lines[0].split(" ", 1)[1]
+                lines += [f"[{a}]:{f.proxy_ssh_port} {key}" for a in f.addresses]
+            f.known_hosts.write_text("\n".join(lines) + "\n")
             yield f
         finally:
             if f.proxy is not None:
@@ -152,6 +151,11 @@ def reset(f: Farm) -> None:
                 shutil.rmtree(child)
             else:
                 child.unlink()
+    for address in f.addresses:  # else a cold run could pass on the last tool's server
+        with socket.socket() as probe:
+            probe.settimeout(1)
+            if probe.connect_ex((address, PORT)) == 0:
+                raise SystemExit(f"bench: something still listens on {address}:{PORT} after the reset")
 
 
 def _kill_where(matches: Callable[[bytes], bool], what: str = "environ") -> None:
@@ -309,6 +313,16 @@ class Sample:
     droplets_cpu: float = 0.0  # seconds: what the droplets' sessions used (sshd's reaped children)
 
 
+def _sessions_ended(f: Farm, timeout: float = 10.0) -> None:
+    """Wait until sshd has reaped every session, so their CPU is counted for the run that made them."""
+    assert f.sandbox.farm is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(_descendants(pid) == [pid] for pid in f.sandbox.farm.pids):
+            return
+        time.sleep(0.05)
+
+
 def droplets_cpu(f: Farm) -> float:
     """CPU seconds of every session sshd has reaped so far (each sums its own reaped children)."""
     total = 0
@@ -347,12 +361,34 @@ def _rss(pid: int) -> int:
     return 0
 
 
-def measure(command: Command, output: Path) -> Sample:
+def _detached(marker: bytes) -> list[int]:
+    """Processes a tool left behind, detached from it (Ansible's ControlPersist masters): named by its run folder."""
+    found = []
+    for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            if marker in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+def _cpu(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def measure(command: Command, output: Path, run_dir: Path) -> Sample:
+    """Run the tool; its wall time, its CPU and memory, with what it left running on its behalf."""
+    marker = str(run_dir).encode()
     with open(output, "wb") as out:
         start = time.perf_counter()
         process = subprocess.Popen(
             command.argv, env=command.env, cwd=command.cwd, stdout=out, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL, start_new_session=True,
         )
         peak = 0
         done = threading.Event()
@@ -360,13 +396,17 @@ def measure(command: Command, output: Path) -> Sample:
         def sample() -> None:
             nonlocal peak
             while not done.wait(0.1):
-                peak = max(peak, sum(_rss(p) for p in _descendants(process.pid)))
+                pids = set(_descendants(process.pid)) | set(_detached(marker))
+                peak = max(peak, sum(_rss(p) for p in pids))
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
+        timer = threading.Timer(RUN_TIMEOUT, os.killpg, (process.pid, signal.SIGKILL))
+        timer.start()
         try:
             _, status, usage = os.wait4(process.pid, 0)
         finally:
+            timer.cancel()
             done.set()
         wall = time.perf_counter() - start
         process.returncode = os.waitstatus_to_exitcode(status)
@@ -374,7 +414,8 @@ def measure(command: Command, output: Path) -> Sample:
     if process.returncode != 0:
         tail = output.read_text(errors="replace")[-3000:]
         raise SystemExit(f"bench: {command.argv[0]} exited {process.returncode}; its output ends:\n{tail}")
-    return Sample(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024, peak)
+    left = sum(_cpu(pid) for pid in _detached(marker))
+    return Sample(wall, usage.ru_utime + usage.ru_stime + left, usage.ru_maxrss * 1024, peak)
 
 
 # -- the cases -----------------------------------------------------------------
@@ -399,11 +440,11 @@ def run_once(tool: Tool, f: Farm, case: str, delayed: bool, results: Results, wo
     label = f"{tool.name:8} {case:4} N={len(f.names):<3} rtt={rtt:g} ms"
     before = droplets_cpu(f)
     try:
-        sample = measure(tool.command(f, run_dir, delayed), run_dir / "output.txt")
+        sample = measure(tool.command(f, run_dir, delayed), run_dir / "output.txt", run_dir)
     finally:
         # Ansible's ControlPersist masters outlive it: end them, so no run inherits another's connections.
         _kill_where(lambda cmdline: str(run_dir).encode() in cmdline, "cmdline")
-    time.sleep(0.2)  # sshd reaps the sessions that just ended
+    _sessions_ended(f)
     sample.droplets_cpu = droplets_cpu(f) - before
     missing = verify(f)
     if missing:
