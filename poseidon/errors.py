@@ -70,8 +70,17 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        where = f"{self.file}:{self.line}:{self.column}"
-        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+        where = f"{_printable(self.file)}:{self.line}:{self.column}"
+        path, message = _printable(self.path), _printable(self.message)
+        return f"{where}: {path}: {message}" if path else f"{where}: {message}"
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped (``\\x1b``): a playbook's keys and values reach the
+    terminal in messages, and must not move its cursor, colour it or split a message's line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 class SpecError(PoseidonError, ValueError):
