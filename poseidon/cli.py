@@ -2,7 +2,8 @@
 
 Exit status: 0 every step ok or changed; 1 a step failed on some droplet;
 2 the playbook, the command line or the environment is invalid (an unknown
-droplet too); 3 the API or SSH could not be reached or refused the
+droplet too; a report or run log that could not be written, a full disk,
+after the run); 3 the API or SSH could not be reached or refused the
 credentials; 130 interrupted. They are assigned here and nowhere else.
 
 Heavy modules (pydantic's models aside: fabric, pandas, rich, requests) are
@@ -15,7 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -151,10 +152,8 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _apply(args: argparse.Namespace) -> int:
-    from poseidon import executor, steps
-    from poseidon.report import Reporter, to_json, write_report_dir
-
-    from poseidon import planfile
+    from poseidon import executor, planfile, steps
+    from poseidon.report import Reporter, to_json
 
     plan = planfile.read(args.playbook) if planfile.is_plan(args.playbook) else None
     if plan is not None:
@@ -197,18 +196,16 @@ def _apply(args: argparse.Namespace) -> int:
             notice=None if args.quiet else reporter.notice,
             **settings,
         )
-    if getattr(args, "out", None):
-        planfile.write(args.out, result, args.playbook)
-    if args.report:
-        _write_atomically(Path(args.report), to_json(result) + "\n")
-    if args.report_dir:
-        write_report_dir(result, args.report_dir)
+    # The terminal first: whatever cannot be written after, the user has seen what happened.
     if args.json:
         print(to_json(result))
     else:
         reporter.summary(result, snapshots=not args.quiet)
+    unwritten = _write_records(args, result, reporter)
     if result.interrupted:
         return EXIT_INTERRUPTED
+    if unwritten:
+        return EXIT_INVALID
     if any(r.unreachable for r in result.droplets):
         return EXIT_UNREACHABLE
     return EXIT_FAILED if result.failed else EXIT_OK
@@ -286,10 +283,44 @@ def _check_writable(path: str) -> None:
         raise errors.UsageError(f"--report {path}: {exc.strerror}") from exc
 
 
+def _write_records(args: argparse.Namespace, result: Any, reporter: Reporter) -> bool:
+    """The plan file, the report file and folder; say what could not be written (a full disk). True if any."""
+    from poseidon import planfile
+    from poseidon.report import to_json, write_report_dir
+
+    failed = False
+    if result.run_log_error:
+        reporter.error(f"the run log {result.run_log} is incomplete: {result.run_log_error}; the report above has every step")
+        failed = True
+    writes: list[tuple[str, str | None, Callable[[str], object]]] = [
+        ("--out", getattr(args, "out", None), lambda target: planfile.write(target, result, args.playbook)),
+        ("--report", args.report, lambda target: _write_atomically(Path(target), to_json(result) + "\n")),
+        ("--report-dir", args.report_dir, lambda target: write_report_dir(result, target)),
+    ]
+    for option, target, write in writes:
+        if not target:
+            continue
+        try:
+            write(target)
+        except OSError as exc:
+            reporter.error(f"{option} {target}: could not be written ({exc.strerror or exc})")
+            failed = True
+    return failed
+
+
 def _write_atomically(path: Path, text: str) -> None:
+    """Replace a regular file whole, or write into what is not one (a pipe, /dev/stdout)."""
+    if path.exists() and not path.is_file():
+        with open(path, "w") as target:
+            target.write(text)
+        return
     partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    partial.replace(path)
+    try:
+        partial.write_text(text)
+        partial.replace(path)
+    except OSError:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def _droplets(args: argparse.Namespace) -> int:

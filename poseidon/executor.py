@@ -555,6 +555,7 @@ def apply(
     finally:
         if log:
             log.close()
+            result.run_log, result.run_log_error = str(log.path), log.error
     result.duration = time.monotonic() - clock
     return result
 
@@ -603,6 +604,8 @@ class RunLog:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        #: Why the log is incomplete (the first write that failed), or ``None``.
+        self.error: str | None = None
         self._lock = threading.Lock()
         self._file = open(path, "a", encoding="utf-8")
 
@@ -627,11 +630,16 @@ class RunLog:
             try:
                 self._file.write(line)
                 self._file.flush()
-            except OSError:
-                pass  # a full disk must not stop the droplets' work; the report still has it
+            except OSError as exc:
+                # A full disk must not stop the droplets' work: the report still has it, and
+                # the first failure is kept for the command to tell.
+                self.error = self.error or f"{exc.strerror or exc} (from {record.get('droplet', 'the start')} on)"
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError as exc:
+            self.error = self.error or f"{exc.strerror or exc} (at the end)"
 
 
 def resume_points(folder: Path, playbook: spec.Playbook, path: str) -> dict[str, int]:

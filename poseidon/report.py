@@ -107,7 +107,8 @@ class Reporter:
         self.console.print(text, style=style, markup=False)
 
     def error(self, text: str) -> None:
-        self.console.print(f"error: {text}", style="bold red", markup=False)
+        # Not wrapped: a path or a command in it must stay one piece to copy.
+        self.console.print(f"error: {text}", style="bold red", markup=False, soft_wrap=True)
 
     # -- while running -------------------------------------------------------------
 

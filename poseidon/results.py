@@ -103,6 +103,9 @@ class RunResult:
     duration: float = 0.0
     #: Ctrl-C stopped the run: the droplets' results are as far as they got.
     interrupted: bool = False
+    #: The run log (``.poseidon/runs/…jsonl``), and why it is incomplete when it is (a full disk).
+    run_log: str | None = None
+    run_log_error: str | None = None
 
     @property
     def failed(self) -> bool:
