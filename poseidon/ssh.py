@@ -494,6 +494,11 @@ class SSHClient:
         status, output = steps.parse_status(stdout)
         if exited == 124 and step.timeout:
             stderr = (stderr + f"\nposeidon: timed out after {step.timeout:g} s").lstrip("\n")
+        if exited != 0 and "sudo:" in stderr and "password" in stderr:
+            stderr += (
+                f"\nposeidon: sudo on {self.label} wants a password for {self.user}: let {self.user} use sudo"
+                " without one (a NOPASSWD line in /etc/sudoers.d/), or connect as root"
+            )
         if exited != 0 or status is None:
             return StepOutcome("failed", output, stderr, exited or 1, duration)
         if step.kind == "chdir":

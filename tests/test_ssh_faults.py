@@ -1,0 +1,78 @@
+"""A droplet that refuses the key, and one whose sudo wants a password: each says what to do."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from poseidon.cli import main
+from poseidon.sandbox import Sandbox
+
+
+def _apply(tmp_path: Path, steps: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, object]]:
+    path = tmp_path / "site.yaml"
+    path.write_text(f"version: 1\ndroplets: [test]\nsteps:\n{steps}report: {{ps: false, top: false}}\n")
+    code = main(["apply", str(path), "--json"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_a_key_the_droplet_refuses_is_exit_3_and_names_the_variable_to_fix(
+    tmp_path: Path, sandbox_env: Sandbox, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stranger = tmp_path / "id_stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
+    monkeypatch.setenv("POSEIDON_SSH_KEY", str(stranger))
+    code, report = _apply(tmp_path, "  - run: touch never\n", capsys)
+    droplet = report["droplets"][0]  # type: ignore[index]
+    assert code == 3
+    assert "the login was refused" in droplet["error"] and "check the key (POSEIDON_SSH_KEY)" in droplet["error"]
+    assert not (sandbox_env.home("test") / "never").exists()
+
+
+def test_a_sudo_that_wants_a_password_fails_the_step_and_says_what_to_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Sandbox(["test"]) as sandbox:
+        for key, value in sandbox.environ.items():
+            monkeypatch.setenv(key, value)
+        assert sandbox.farm is not None
+        # This droplet's user may not sudo without a password: sudo -n says so and fails, as the real one does.
+        (sandbox.farm.shims / "sudo").write_text("#!/bin/sh\necho 'sudo: a password is required' >&2\nexit 1\n")
+        code, report = _apply(tmp_path, "  - run: {cmd: touch as-root, sudo: true}\n", capsys)
+        step = report["droplets"][0]["steps"][0]  # type: ignore[index]
+        assert code == 1 and step["status"] == "failed"
+        assert "sudo: a password is required" in step["stderr_tail"]
+        assert "NOPASSWD line in /etc/sudoers.d/), or connect as root" in step["stderr_tail"]
+        assert not (sandbox.home("test") / "as-root").exists()
+
+
+def test_the_digitalocean_token_appears_in_no_output_log_report_error_or_droplet(
+    tmp_path: Path, sandbox_env: Sandbox, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = sandbox_env.token
+    path = tmp_path / "site.yaml"
+    path.write_text(
+        "version: 1\ndroplets: [test]\nsteps:\n"
+        "  - run: ps -Aww -o args\n"  # what runs on the droplet while poseidon works there
+        "  - run: env\n"
+    )
+    report = tmp_path / "report.json"
+    assert main(["apply", str(path), "--json", "--report", str(report)]) == 0
+    out, err = capsys.readouterr()
+    logs = list((tmp_path / ".poseidon" / "runs").glob("*.jsonl"))
+    assert logs
+    droplet_files = [p for p in sandbox_env.home("test").rglob("*") if p.is_file()]
+    texts = [out, err, report.read_text(), *(log.read_text() for log in logs)]
+    texts += [p.read_bytes().decode(errors="replace") for p in droplet_files]
+    assert not any(token in text for text in texts)
+
+    # A token the API refuses: the error says so without repeating it.
+    wrong = "dop_v1_" + "f" * 64
+    monkeypatch.setenv("DIGITALOCEAN_TOKEN", wrong)
+    assert main(["apply", str(path)]) == 3
+    out, err = capsys.readouterr()
+    assert "401 unauthorized: Unable to authenticate you." in out + err
+    assert wrong not in out + err
