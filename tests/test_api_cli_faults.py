@@ -1,0 +1,63 @@
+"""The API failing under a whole `poseidon apply`: recovered, or exit 3 with a message and nothing started."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from poseidon.cli import main
+from poseidon.sandbox import Sandbox
+
+
+@pytest.fixture
+def sandbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:
+    # A sandbox of its own: the faults staged here must not meet other tests' requests.
+    with Sandbox(["api-a", "api-b"]) as started:
+        for key, value in started.environ.items():
+            monkeypatch.setenv(key, value)
+        yield started
+
+
+@pytest.fixture
+def playbook(tmp_path: Path) -> Path:
+    path = tmp_path / "site.yaml"
+    path.write_text("version: 1\ndroplets: [api-a, api-b]\nsteps:\n  - run: touch ran\nreport: {ps: false, top: false}\n")
+    return path
+
+
+def _ran(sandbox: Sandbox) -> list[str]:
+    return [name for name in ("api-a", "api-b") if (sandbox.home(name) / "ran").exists()]
+
+
+def test_503_twice_then_an_answer_is_recovered(sandbox: Sandbox, playbook: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sandbox.emulator.inject(503, 2)
+    assert main(["apply", str(playbook)]) == 0
+    assert _ran(sandbox) == ["api-a", "api-b"]
+
+
+def test_429_with_retry_after_is_waited_out(sandbox: Sandbox, playbook: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sandbox.emulator.inject(429, 2, retry_after=0.2)
+    assert main(["apply", str(playbook)]) == 0
+    assert _ran(sandbox) == ["api-a", "api-b"]
+
+
+@pytest.mark.parametrize(
+    ("stage", "said"),
+    [
+        (lambda e: e.inject(503, 20), "503"),
+        (lambda e: e.inject(500, 20), "500"),
+        (lambda e: e.drop(20), "cannot reach the DigitalOcean API"),
+    ],
+    ids=["503-until-the-end", "500-until-the-end", "dropped-until-the-end"],
+)
+def test_an_api_that_stays_down_is_exit_3_with_a_message_and_no_step_started(
+    stage: object, said: str, sandbox: Sandbox, playbook: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stage(sandbox.emulator)  # type: ignore[operator]
+    assert main(["apply", str(playbook)]) == 3
+    out, err = capsys.readouterr()
+    assert said in out + err
+    assert "Traceback" not in out + err
+    assert _ran(sandbox) == []
