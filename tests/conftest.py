@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from poseidon.sandbox import Sandbox
+from sandboxes import point_at
 
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent
@@ -32,6 +33,5 @@ def shared_sandbox() -> Iterator[Sandbox]:
 @pytest.fixture
 def sandbox_env(shared_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Sandbox:
     """The shared sandbox, with its variables in the environment (as `poseidon sandbox up` prints)."""
-    for key, value in shared_sandbox.environ.items():
-        monkeypatch.setenv(key, value)
+    point_at(shared_sandbox, monkeypatch)
     return shared_sandbox

@@ -9,14 +9,14 @@ import pytest
 
 from poseidon.cli import main
 from poseidon.sandbox import Sandbox
+from sandboxes import point_at
 
 
 @pytest.fixture
 def sandbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:
     # A sandbox of its own: the faults staged here must not meet other tests' requests.
     with Sandbox(["api-a", "api-b"]) as started:
-        for key, value in started.environ.items():
-            monkeypatch.setenv(key, value)
+        point_at(started, monkeypatch)
         yield started
 
 

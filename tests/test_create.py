@@ -12,6 +12,7 @@ import pytest
 import poseidon.api as po
 from poseidon.cli import main
 from poseidon.sandbox import Sandbox
+from sandboxes import point_at
 
 PLAYBOOK = """
     version: 1
@@ -28,8 +29,7 @@ PLAYBOOK = """
 @pytest.fixture
 def sandbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:
     with Sandbox(["existing"]) as sandbox:
-        for key, value in sandbox.environ.items():
-            monkeypatch.setenv(key, value)
+        point_at(sandbox, monkeypatch)
         yield sandbox
 
 

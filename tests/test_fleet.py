@@ -16,6 +16,7 @@ import pytest
 
 from poseidon.cli import main
 from poseidon.sandbox import Sandbox
+from sandboxes import point_at
 
 NAMES = ["d1", "d2", "d3", "d4", "d5"]
 
@@ -28,8 +29,7 @@ def fleet() -> Iterator[Sandbox]:
 
 @pytest.fixture
 def env(fleet: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Sandbox:
-    for key, value in fleet.environ.items():
-        monkeypatch.setenv(key, value)
+    point_at(fleet, monkeypatch)
     return fleet
 
 
@@ -231,8 +231,7 @@ def test_droplets_sharing_a_name_are_refused(tmp_path: Path, capsys: pytest.Capt
     import poseidon.api as po
 
     with Sandbox([{"name": "twin", "tags": ["pair"]}]) as sandbox:
-        for key, value in sandbox.environ.items():
-            monkeypatch.setenv(key, value)
+        point_at(sandbox, monkeypatch)
         po.connect().droplets.create("twin", region="nyc3", size="s-1vcpu-1gb", image="ubuntu-24-04-x64", tags=["pair"], wait=True, timeout=30)
         path = tmp_path / "site.yaml"
         path.write_text("version: 1\ndroplets: [{tag: pair}]\nsteps: [{run: touch twin-ran}]\n")

@@ -11,6 +11,7 @@ import pytest
 
 from poseidon.cli import main
 from poseidon.sandbox import Sandbox
+from sandboxes import point_at
 
 NAMES = [f"n{i}" for i in range(1, 9)]
 
@@ -37,8 +38,7 @@ report: {{ps: true, top: false}}
 @pytest.fixture
 def fleet(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:
     with Sandbox(NAMES) as sandbox:
-        for key, value in sandbox.environ.items():
-            monkeypatch.setenv(key, value)
+        point_at(sandbox, monkeypatch)
         yield sandbox
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from poseidon.cli import main
 from poseidon.sandbox import Sandbox
+from sandboxes import point_at
 
 SCHEMA = json.loads((Path(__file__).parent.parent / "schemas" / "report.schema.json").read_text())
 
@@ -24,8 +25,7 @@ def test_the_schema_itself_is_valid_and_rejects_a_report_missing_a_field() -> No
 def test_json_reports_validate_against_the_schema(
     command: str, tmp_path: Path, shared_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for key, value in shared_sandbox.environ.items():
-        monkeypatch.setenv(key, value)
+    point_at(shared_sandbox, monkeypatch)
     playbook = tmp_path / "site.yaml"
     playbook.write_text(
         "version: 1\n"

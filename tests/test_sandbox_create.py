@@ -6,12 +6,12 @@ import pytest
 
 import poseidon.api as po
 from poseidon.sandbox import Sandbox
+from sandboxes import point_at
 
 
 def test_a_droplet_created_through_the_api_answers_over_ssh(monkeypatch: pytest.MonkeyPatch) -> None:
     with Sandbox(["first"]) as sandbox:
-        for key, value in sandbox.environ.items():
-            monkeypatch.setenv(key, value)
+        point_at(sandbox, monkeypatch)
         client = po.connect()
         created = client.droplets.create("second", region="nyc3", size="s-1vcpu-1gb", image="ubuntu-24-04-x64", wait=True, timeout=30)
         assert created.status == "active"
@@ -28,8 +28,7 @@ def test_a_farm_larger_than_one_sshd_serves_every_droplet(monkeypatch: pytest.Mo
 
     names = [f"d{i}" for i in range(ADDRESSES_PER_SSHD)]
     with Sandbox(names) as sandbox:
-        for key, value in sandbox.environ.items():
-            monkeypatch.setenv(key, value)
+        point_at(sandbox, monkeypatch)
         client = po.connect()
         # The first sshd is full: the next droplet needs a second one, on the same port.
         client.droplets.create("one-more", region="nyc3", size="s-1vcpu-1gb", image="ubuntu-24-04-x64", wait=True, timeout=30)

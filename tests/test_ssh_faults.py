@@ -10,6 +10,7 @@ import pytest
 
 from poseidon.cli import main
 from poseidon.sandbox import Sandbox
+from sandboxes import point_at
 
 
 def _apply(tmp_path: Path, steps: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, object]]:
@@ -36,8 +37,7 @@ def test_a_sudo_that_wants_a_password_fails_the_step_and_says_what_to_do(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with Sandbox(["test"]) as sandbox:
-        for key, value in sandbox.environ.items():
-            monkeypatch.setenv(key, value)
+        point_at(sandbox, monkeypatch)
         assert sandbox.farm is not None
         # This droplet's user may not sudo without a password: sudo -n says so and fails, as the real one does.
         (sandbox.farm.shims / "sudo").write_text("#!/bin/sh\necho 'sudo: a password is required' >&2\nexit 1\n")
