@@ -7,6 +7,7 @@ import functools
 import http.server
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,8 +16,10 @@ from pathlib import Path
 class _Handler(http.server.SimpleHTTPRequestHandler):
     token = ""
     seen_authorizations: list[str] = []
+    delay = 0.0
 
     def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        time.sleep(self.delay)  # a slow server keeps the clone running long enough to be watched
         header = self.headers.get("Authorization", "")
         self.seen_authorizations.append(header)
         expected = base64.b64encode(f"x-access-token:{self.token}".encode()).decode()
@@ -33,12 +36,15 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 
 
 @contextmanager
-def private_git_server(root: Path, token: str) -> Iterator[tuple[str, list[str]]]:
-    """Serve the bare repositories under ``root`` at ``http://127.0.0.1:PORT/``; yield the URL and the headers seen."""
+def private_git_server(root: Path, token: str, delay: float = 0.0) -> Iterator[tuple[str, list[str]]]:
+    """Serve the bare repositories under ``root`` at ``http://127.0.0.1:PORT/``; yield the URL and the headers seen.
+
+    Each request is answered ``delay`` seconds late.
+    """
     for bare in root.glob("*.git"):
         subprocess.run(["git", "--git-dir", str(bare), "update-server-info"], check=True)
     seen: list[str] = []
-    handler = type("Handler", (_Handler,), {"token": token, "seen_authorizations": seen})
+    handler = type("Handler", (_Handler,), {"token": token, "seen_authorizations": seen, "delay": delay})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -127,3 +129,41 @@ def test_a_private_repository_is_cloned_with_a_token_that_leaves_no_trace(
             assert token.encode() not in path.read_bytes(), path
     leftovers = [p for p in Path("/tmp").glob("tmp.*") if p.is_file() and b"POSEIDON_GIT_TOKEN" in p.read_bytes()]
     assert leftovers == []  # the askpass helper is removed when the step ends
+
+
+def test_the_token_is_in_no_command_line_on_the_droplet_while_the_clone_runs(
+    tmp_path: Path, sandbox_env: Sandbox, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token = "ghp_" + "w4tch3d" * 5
+    served = tmp_path / "served"
+    build_bare_repo(Path(__file__).parent / "apps" / "tiny", served / "slow.git")
+    seen_commands: list[bytes] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        # The droplet is this machine: every process's argv, as `ps -Aww -o args` would show it.
+        while not stop.is_set():
+            for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+                try:
+                    seen_commands.append(cmdline.read_bytes())
+                except OSError:
+                    continue
+            time.sleep(0.02)
+
+    with private_git_server(served, token, delay=0.2) as (url, _):
+        playbook = tmp_path / "slow.yaml"
+        playbook.write_text(
+            f'version: 1\ndroplets: [test]\nsteps:\n  - git: {{repo: "{url}/slow.git", dest: slow, token_env: DEPLOY_TOKEN}}\n'
+            "report: {ps: false, top: false}\n"
+        )
+        monkeypatch.setenv("DEPLOY_TOKEN", token)
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            assert main(["apply", str(playbook)]) == 0
+        finally:
+            stop.set()
+            watcher.join()
+    capsys.readouterr()
+    assert any(b"git" in c and b"slow" in c for c in seen_commands)  # the clone was seen running
+    assert not [c for c in seen_commands if token.encode() in c]
