@@ -176,9 +176,9 @@ def _kill_where(matches: Callable[[bytes], bool], what: str = "environ") -> None
 def verify(f: Farm) -> str | None:
     """What is missing on the droplets after a run, or None when the workload is in place."""
     for name, address in zip(f.names, f.addresses):
-        app = f.sandbox.home(name) / "work" / "app"
+        app = f.sandbox.home(name) / "site" / "app"
         if not list(app.glob(".venv/lib/python3*/site-packages/benchpkg/__init__.py")):
-            return f"{name}: benchpkg is not installed in work/app/.venv"
+            return f"{name}: benchpkg is not installed in site/app/.venv"
         deadline = time.monotonic() + 5
         while True:
             try:
