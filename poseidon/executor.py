@@ -298,11 +298,6 @@ def _lock(ssh: SSHClient, run: DropletRun, notice: Notice | None) -> None:
         notice(run.name, f"no apply lock on the droplet ({why}): this run is not protected from another at the same time")
 
 
-def _text(data: str | bytes) -> str:
-    # paramiko's channel files give str from readline() and bytes from read().
-    return data.decode(errors="replace") if isinstance(data, bytes) else data
-
-
 def _started(before: set[int] | None, after: Any) -> Any:
     """Rows of the final ps snapshot whose process was not there before the first step."""
     if before is None or after is None or "PID" not in after.columns:

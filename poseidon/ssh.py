@@ -565,7 +565,7 @@ class SSHClient:
 
     def ps(self, args: str = "-Af") -> pd.DataFrame:
         """``ps`` (``-Af`` by default) as a DataFrame with the columns ``ps`` prints."""
-        return parse_ps(self.wait(shlex.join(["ps", *shlex.split(args)])))
+        return self.snapshots(args)[0]
 
     def top(self) -> pd.DataFrame:
         """CPU and memory per process: ``ps -Ao %cpu,%mem,user,comm`` as a DataFrame."""

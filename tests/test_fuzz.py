@@ -95,6 +95,7 @@ def test_generated_values_with_an_injection_never_run_it(
     kind: str, field: str, others: dict[str, object], free_text: bool, sandbox_env: Sandbox
 ) -> None:
     home = sandbox_env.home("other")
+    delivered = 0
     with po.connect().droplets.by_name("other").connect() as ssh:
 
         @settings(deadline=None, max_examples=15, suppress_health_check=list(HealthCheck))
@@ -104,12 +105,16 @@ def test_generated_values_with_an_injection_never_run_it(
             step = _step(kind, field, others, prefix + injection.format(m=marker) + suffix)
             if step is None:
                 return  # refused by validation, with a message (tests/test_invalid_playbooks.py)
+            nonlocal delivered
+            delivered += 1
             ssh.cwd = None
             ssh.run_step(step, mode="apply", secrets={})
             assert not marker.exists(), f"{kind}.{field} ran {injection!r}"
 
         check()
     assert not list(Path(home).glob("fuzz-pwned-*"))
+    # Free-text fields take most injections to the droplet (quoted); the others refuse them all.
+    assert (delivered > 0) == free_text, delivered
 
 
 def test_control_characters_in_a_playbook_reach_the_terminal_escaped() -> None:
