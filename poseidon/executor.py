@@ -433,6 +433,19 @@ def _finish(run: DropletRun, ctx: _Context) -> DropletRun:
     return run
 
 
+def _runs_before_the_start(step: spec.Step, resuming: bool) -> bool:
+    """Whether a step before --start-at or the --resume point still runs.
+
+    ``chdir`` always does: it changes nothing, and later paths depend on it.
+    On --resume, so does a ``nohup`` that does not restart: the process it
+    started may have died since (the droplet rebooted); it is left alone when
+    it runs.
+    """
+    if isinstance(step, spec.NohupStep):
+        return resuming and not step.restart
+    return step.kind == "chdir"
+
+
 def _run_steps(ssh: SSHClient, run: DropletRun, values: dict[str, str], ctx: _Context) -> bool:
     """Run the steps in order; return ``False`` when the connection was lost (that step failed)."""
     playbook, mask = ctx.playbook, ctx.masker.text
@@ -440,8 +453,7 @@ def _run_steps(ssh: SSHClient, run: DropletRun, values: dict[str, str], ctx: _Co
     for index, raw in enumerate(playbook.steps):
         if ctx.stop.is_set():
             return True  # _finish says why
-        if index < first and raw.kind != "chdir":
-            # Earlier chdir steps still run: they change nothing, and later paths depend on them.
+        if index < first and not _runs_before_the_start(raw, ctx.options.resume is not None):
             reason = RESUMED if ctx.options.resume is not None else "before --start-at"
             skipped = StepResult(index, raw.kind, steps.describe(raw), "skipped", reason=reason)
             run.steps.append(skipped)

@@ -1,6 +1,8 @@
-"""Pointing a test at a sandbox."""
+"""Pointing a test at a sandbox, and looking at what runs there."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -12,3 +14,12 @@ def point_at(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Sandbox:
     for key, value in sandbox.environ.items():
         monkeypatch.setenv(key, value)
     return sandbox
+
+
+def process_running(pid: int) -> bool:
+    """Whether ``pid`` runs: alive and not a zombie (an init that reaps slowly keeps those)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # the name, in parentheses, may hold spaces

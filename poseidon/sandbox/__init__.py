@@ -11,6 +11,10 @@ Every droplet is a real SSH endpoint on a loopback address of its own
 (127.A.B.2, .3, …: a block of 127.0.0.0/8 per sandbox) with a home directory
 of its own; ``apt-get`` only simulates there and GitHub
 shorthand repositories resolve to local bare repositories (``repos=``).
+A droplet powered off (``power_off``, or the API's ``power_off`` and
+``shutdown`` actions) stops as a power cut would: its SSH port refuses, its
+connections drop and its processes end; its files stay. ``reboot`` (the
+API's ``reboot`` and ``power_cycle``) brings it back after ``downtime``.
 The sandbox imports nothing from poseidon's core but its errors.
 """
 
@@ -24,7 +28,7 @@ import shutil
 import signal
 import tempfile
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -74,7 +78,7 @@ class Sandbox:
         self.root = Path()
         self.network = _network(self._given_root)
         self.token = "sandbox-" + secrets.token_hex(16)
-        self.emulator = Emulator(self.token, on_create=self._droplet_created)
+        self.emulator = Emulator(self.token, on_create=self._droplet_created, on_power=self._power_action)
         self.farm: SSHFarm | None = None
         self._gitconfig = ""
         self._next_host = _FIRST_HOST
@@ -82,6 +86,9 @@ class Sandbox:
         self.homes: dict[str, Path] = {}
         self.api_url = ""
         self._started = False
+        #: Seconds a droplet rebooted through the API stays unreachable.
+        self.reboot_downtime = 1.0
+        self._boots: list[threading.Timer] = []
 
     # -- life cycle ----------------------------------------------------------
 
@@ -157,8 +164,58 @@ class Sandbox:
             self.farm.reload()
             return address
 
+    # -- power -------------------------------------------------------------------
+
+    def power_off(self, name: str) -> None:
+        """Stop the droplet ``name`` as a power cut would: its SSH port refuses
+        connections, its connections drop, its processes end (those steps left
+        running too). Its files stay."""
+        with self._lock:
+            farm = self._running
+            farm.off.add(self.address(name))
+            farm.reload()
+            home = str(self.home(name)).encode()
+            # The connections first, so that no output of a process dying after them
+            # reaches a client; again while a process forked in between is left.
+            for _ in range(10):
+                processes = _pids_with_home(lambda value: value == home)
+                if not processes:
+                    break
+                _kill(_sessions_of(processes, set(farm.pids)))
+                _kill(processes)
+
+    def power_on(self, name: str) -> None:
+        """Start the droplet ``name`` again: its SSH port answers."""
+        with self._lock:
+            if self.farm is None or not self._started:
+                return  # stopped while a reboot was under way
+            self.farm.off.discard(self.address(name))
+            self.farm.reload()
+
+    def reboot(self, name: str, downtime: float = 1.0) -> None:
+        """Power the droplet ``name`` off now and on again ``downtime`` seconds later."""
+        self.power_off(name)
+        boot = threading.Timer(downtime, self.power_on, [name])
+        boot.daemon = True
+        self._boots.append(boot)
+        boot.start()
+
+    def _power_action(self, name: str, kind: str) -> None:
+        """The emulator accepted a power action: do it to the droplet's SSH endpoint too."""
+        if name not in self.homes:
+            return  # a droplet the sandbox had no address for
+        if kind in ("power_off", "shutdown"):
+            self.power_off(name)
+        elif kind == "power_on":
+            self.power_on(name)
+        else:  # reboot, power_cycle
+            self.reboot(name, self.reboot_downtime)
+
     def stop(self) -> None:
         """Stop sshd and the emulator; unless the sandbox is kept, end the droplets' processes and remove the files."""
+        for boot in self._boots:
+            boot.cancel()
+        self._boots = []
         self.emulator.stop()
         if self.farm is not None:
             self.farm.stop()
@@ -254,17 +311,50 @@ def _network(root: Path | None) -> str:
 
 def _kill_droplet_processes(hosts: Path) -> None:
     """End what steps left running (nohup): every process whose HOME is a droplet's home."""
-    marker = b"HOME=" + str(hosts).encode() + b"/"
+    prefix = str(hosts).encode() + b"/"
+    _kill(_pids_with_home(lambda value: value.startswith(prefix)))
+
+
+def _pids_with_home(match: Callable[[bytes], bool]) -> set[int]:
+    """The processes whose HOME matches: a droplet's processes, found by the home the login gave them."""
+    found = set()
     for pid in _pids():
         try:
             environ = Path(f"/proc/{pid}/environ").read_bytes()
         except OSError:
             continue
-        if any(v.startswith(marker) for v in environ.split(b"\0")):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+        if any(v.startswith(b"HOME=") and match(v[5:]) for v in environ.split(b"\0")):
+            found.add(pid)
+    return found
+
+
+def _sessions_of(pids: set[int], listeners: set[int]) -> set[int]:
+    """The sshd processes between these processes and a listening sshd: the connections that serve them."""
+    sessions: set[int] = set()
+    for pid in pids:
+        chain, parent = [], _parent(pid)
+        while parent > 1 and parent not in listeners:
+            chain.append(parent)
+            parent = _parent(parent)
+        if parent in listeners:
+            sessions.update(chain)
+    return sessions - pids
+
+
+def _parent(pid: int) -> int:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(stat.rsplit(")", 1)[1].split()[1])  # the name, in parentheses, may hold spaces
+
+
+def _kill(pids: set[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def _pids() -> list[int]:

@@ -134,6 +134,8 @@ _KERNELS = (
 
 _STATUSES = ("new", "active", "off", "archive")
 
+_POWER_ACTIONS = frozenset({"power_off", "shutdown", "power_on", "reboot", "power_cycle"})
+
 _ACTION_TYPES = frozenset(
     {
         "enable_backups",
@@ -332,7 +334,9 @@ class Emulator:
 
     ``on_create(name)`` is called when the API creates a droplet; it returns
     the public IPv4 address the droplet gets, or None for the next address of
-    203.0.113.0/24 (a documentation range). ``pending_reads`` is how many
+    203.0.113.0/24 (a documentation range). ``on_power(name, type)`` is
+    called after a power action (``power_off``, ``shutdown``, ``power_on``,
+    ``reboot``, ``power_cycle``) was accepted. ``pending_reads`` is how many
     answers still show a created droplet ``new`` and an action
     ``in-progress`` after the answer that created them. ``per_hour`` and
     ``per_minute`` are the rate limits.
@@ -345,6 +349,7 @@ class Emulator:
         token: str,
         on_create: Callable[[str], str | None] | None = None,
         *,
+        on_power: Callable[[str, str], None] | None = None,
         pending_reads: int = 1,
         per_hour: int = _PER_HOUR,
         per_minute: int = _PER_MINUTE,
@@ -353,6 +358,7 @@ class Emulator:
             raise ValueError("pending_reads cannot be negative")
         self._token = token
         self._on_create = on_create
+        self._on_power = on_power
         self._pending_reads = pending_reads
         self._per_hour = per_hour
         self._per_minute = per_minute
@@ -926,8 +932,11 @@ class Emulator:
         with self._lock:
             droplet = self._droplet(request)
             self._apply(droplet, kind, body)
-            action = self._new_action(droplet, kind)
-            return 201, {"action": copy.deepcopy(action)}
+            action = copy.deepcopy(self._new_action(droplet, kind))
+            name = droplet["name"]
+        if kind in _POWER_ACTIONS and self._on_power:
+            self._on_power(name, kind)  # outside the lock, as on_create
+        return 201, {"action": action}
 
     def _apply(self, droplet: dict[str, Any], kind: str, body: dict[str, Any]) -> None:
         """An action's effect on the droplet, validated first; the caller holds the lock."""

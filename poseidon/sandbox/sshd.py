@@ -122,6 +122,8 @@ class SSHFarm:
         self.user = pwd.getpwuid(os.geteuid()).pw_name
         self.port = 0
         self.addresses: list[str] = []
+        #: Addresses whose droplet is powered off: no sshd listens on them.
+        self.off: set[str] = set()
         self.key_filename = self.etc / "id_ed25519"
         self.known_hosts = self.etc / "known_hosts"
         self._processes: list[subprocess.Popen[bytes]] = []
@@ -172,6 +174,15 @@ class SSHFarm:
         n = ADDRESSES_PER_SSHD
         return [self.addresses[i : i + n] for i in range(0, len(self.addresses), n)]
 
+    def _listening(self, group: list[str]) -> list[str]:
+        """The addresses of ``group`` an sshd listens on: those of droplets that are on.
+
+        With every droplet of its group off, the sshd listens on the block's
+        ``.1``, which no droplet has: without a ListenAddress it would take them all.
+        """
+        on = [address for address in group if address not in self.off]
+        return on or [group[0].rsplit(".", 1)[0] + ".1"]
+
     def _config(self, index: int, addresses: list[str]) -> str:
         listen = "\n".join(f"ListenAddress {a}:{self.port}" for a in addresses)
         return f"""\
@@ -216,8 +227,9 @@ LogLevel ERROR
                     raise
         self._write_known_hosts()
 
-    def _start_sshd(self, index: int, addresses: list[str]) -> None:
+    def _start_sshd(self, index: int, group: list[str]) -> None:
         sshd = find_sshd()
+        addresses = self._listening(group)
         config = self.etc / f"sshd_config-{index}"
         _write(config, self._config(index, addresses), 0o600)
         if os.geteuid() == 0:
@@ -236,19 +248,23 @@ LogLevel ERROR
         self._wait_until_listening(process, addresses)
 
     def reload(self) -> None:
-        """Serve the addresses added since the start: rewrite the last sshd's config and SIGHUP it
-        (it re-executes itself), or start one more sshd when the last one is full."""
+        """Listen as the droplets now are: an sshd whose addresses changed (a droplet added,
+        powered off or on) gets its config rewritten and a SIGHUP (it re-executes itself);
+        one more sshd starts when the last one is full. Sessions already open stay."""
         if not self._processes:
             raise SandboxError("sshd is not running")
-        groups = self._groups()
-        for index in range(len(self._processes) - 1, len(groups)):
+        for index, group in enumerate(self._groups()):
             if index >= len(self._processes):
-                self._start_sshd(index, groups[index])
-            elif groups[index] != self._serving[index]:  # a full server keeps listening undisturbed
-                _write(self.etc / f"sshd_config-{index}", self._config(index, groups[index]), 0o600)
-                self._processes[index].send_signal(signal.SIGHUP)
-                self._wait_until_listening(self._processes[index], groups[index])
-                self._serving[index] = list(groups[index])
+                self._start_sshd(index, group)
+                continue
+            addresses, before = self._listening(group), self._serving[index]
+            if addresses == before:  # an unchanged server keeps listening undisturbed
+                continue
+            _write(self.etc / f"sshd_config-{index}", self._config(index, addresses), 0o600)
+            self._processes[index].send_signal(signal.SIGHUP)
+            self._wait_until_listening(self._processes[index], addresses)
+            self._wait_until_refused([a for a in before if a not in addresses])
+            self._serving[index] = addresses
         self._write_known_hosts()
 
     def _write_known_hosts(self) -> None:
@@ -281,6 +297,21 @@ LogLevel ERROR
                     raise SandboxError(
                         f"sshd did not listen on {pending[0]}:{self.port} within {timeout:.0f} s"
                     ) from None
+                time.sleep(0.05)
+
+    def _wait_until_refused(self, addresses: list[str], timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        for address in addresses:
+            while True:
+                try:
+                    with socket.create_connection((address, self.port), timeout=0.5):
+                        pass
+                except ConnectionRefusedError:
+                    break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise SandboxError(f"sshd still listens on {address}:{self.port} after {timeout:.0f} s")
                 time.sleep(0.05)
 
     def stop(self) -> None:

@@ -1,0 +1,65 @@
+"""Power actions through the API reach a sandbox droplet: off drops its connections and ends its processes."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+import poseidon.api as po
+from poseidon.errors import SSHError
+from poseidon.sandbox import Sandbox
+from sandboxes import point_at, process_running
+
+DETACHED_SLEEP = "nohup setsid sleep 600 > /dev/null 2>&1 < /dev/null & echo $!"
+
+
+def _refuses(sandbox: Sandbox, name: str) -> bool:
+    try:
+        with socket.create_connection((sandbox.address(name), sandbox.ssh_port), timeout=2):
+            return False
+    except ConnectionRefusedError:
+        return True
+
+
+def test_power_off_drops_the_connection_ends_the_processes_keeps_the_files_and_power_on_brings_it_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with Sandbox(["web", "db"]) as sandbox:
+        point_at(sandbox, monkeypatch)
+        client = po.connect()
+        web, db = client.droplets.by_name("web"), client.droplets.by_name("db")
+        with web.connect() as ssh, db.connect() as other:
+            ssh.wait("echo kept > notes.txt")
+            detached = int(ssh.wait(DETACHED_SLEEP))
+            web.power_off(wait=False)
+            with pytest.raises(SSHError, match="connection was lost"):
+                ssh.wait("echo still here")
+            assert other.wait("echo db answers") == "db answers\n"  # served by the same sshd
+        assert client.droplets.by_name("web").status == "off"
+        assert _refuses(sandbox, "web")
+        assert not process_running(detached)
+        assert (sandbox.home("web") / "notes.txt").read_text() == "kept\n"
+
+        web.power_on(wait=False)
+        with web.connect() as ssh:
+            assert ssh.wait("cat notes.txt") == "kept\n"
+
+
+def test_a_reboot_through_the_api_comes_back_by_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    with Sandbox(["alone"]) as sandbox:  # its sshd has no other droplet to listen for meanwhile
+        point_at(sandbox, monkeypatch)
+        sandbox.reboot_downtime = 1.0
+        droplet = po.connect().droplets.by_name("alone")
+        with droplet.connect() as ssh:
+            detached = int(ssh.wait(DETACHED_SLEEP))
+        droplet.reboot(wait=False)
+        assert _refuses(sandbox, "alone")
+        assert not process_running(detached)
+        deadline = time.monotonic() + 15
+        while _refuses(sandbox, "alone"):
+            assert time.monotonic() < deadline, "the droplet did not come back"
+            time.sleep(0.1)
+        with droplet.connect() as ssh:
+            assert ssh.wait("echo back") == "back\n"
