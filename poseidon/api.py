@@ -44,6 +44,7 @@ import builtins
 import collections
 import email.utils
 import hashlib
+import math
 import os
 import random
 import sys
@@ -70,6 +71,7 @@ from poseidon.errors import (
     RateLimitError,
     ResolveError,
     ServerError,
+    UsageError,
     ValidationError,
     WaitTimeoutError,
 )
@@ -93,6 +95,8 @@ __all__ = [
 ]
 
 DEFAULT_API_URL = "https://api.digitalocean.com"
+#: Seconds one request may take (``POSEIDON_API_TIMEOUT``).
+DEFAULT_TIMEOUT = 30.0
 # Looked up in this order; DIGITALOCEAN_ACCESS_TOKEN is doctl's own variable.
 TOKEN_VARIABLES = ("DIGITALOCEAN_TOKEN", "DIGITALOCEAN_ACCESS_TOKEN", "DIGITALOCEAN_API_KEY")
 
@@ -123,14 +127,29 @@ def connect(
     The token is ``token``, else the first of ``DIGITALOCEAN_TOKEN``,
     ``DIGITALOCEAN_ACCESS_TOKEN``, ``DIGITALOCEAN_API_KEY`` that is set, else
     doctl's saved credentials. The URL is ``api_url``, else ``POSEIDON_API_URL``,
-    else the public API. ``session`` supplies the transport (adapters, proxies);
-    the client never changes its headers.
+    else the public API. ``POSEIDON_API_TIMEOUT`` sets how many seconds one
+    request may take (default 30). ``session`` supplies the transport
+    (adapters, proxies); the client never changes its headers.
     """
     return Client(
         token or _token_from_environment(),
         api_url=api_url or os.environ.get("POSEIDON_API_URL") or DEFAULT_API_URL,
         session=session,
+        timeout=_timeout_from_environment(),
     )
+
+
+def _timeout_from_environment() -> float:
+    text = os.environ.get("POSEIDON_API_TIMEOUT", "").strip()
+    if not text:
+        return DEFAULT_TIMEOUT
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise UsageError(f"POSEIDON_API_TIMEOUT must be a number of seconds above 0, not {text!r}")
+    return seconds
 
 
 def _token_from_environment() -> str:
@@ -311,7 +330,7 @@ class Client:
         *,
         api_url: str = DEFAULT_API_URL,
         session: requests.Session | None = None,
-        timeout: float = 30.0,
+        timeout: float = DEFAULT_TIMEOUT,
         max_attempts: int = 3,
         backoff: float = 0.5,
         max_wait: float = 60.0,
@@ -452,8 +471,7 @@ class Client:
                     maybe_done = maybe_done or not unsent
                     self.sleep(self._backoff(attempt))
                     continue
-                reason = self._scrub(f"{type(exc).__name__}: {exc}")
-                raise APIConnectionError(f"cannot reach the DigitalOcean API at {self.api_url}: {reason}") from exc
+                raise self._unreachable(exc, attempt) from exc
             status = response.status_code
             if status == 429:
                 if not last:
@@ -471,6 +489,16 @@ class Client:
             if not 200 <= status < 300:
                 raise self._error(response)
             return self._decode(response)
+
+    def _unreachable(self, exc: requests.RequestException, attempts: int) -> APIConnectionError:
+        reason = self._scrub(f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, requests.Timeout):
+            tried = f"{attempts} times" if attempts > 1 else "once"
+            return APIConnectionError(
+                f"the DigitalOcean API at {self.api_url} did not answer within {self.timeout:g} s"
+                f" (tried {tried}; POSEIDON_API_TIMEOUT sets the wait): {reason}"
+            )
+        return APIConnectionError(f"cannot reach the DigitalOcean API at {self.api_url}: {reason}")
 
     def _backoff(self, attempt: int) -> float:
         # Exponential with jitter, so many clients do not retry in lockstep.

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from poseidon.api import Client, Droplets
     from poseidon.ssh import SSHClient
 
-__all__ = ["Droplet"]
+__all__ = ["Droplet", "ssh_port_from_environment"]
 
 
 def _address(networks: dict[str, Any], version: str, kind: str) -> str | None:
@@ -30,6 +30,16 @@ def _address(networks: dict[str, Any], version: str, kind: str) -> str | None:
             address = net.get("ip_address")
             return str(address) if address else None
     return None
+
+
+def ssh_port_from_environment() -> int:
+    """``POSEIDON_SSH_PORT``, else 22; a value that is no port is a :class:`UsageError` naming it."""
+    text = os.environ.get("POSEIDON_SSH_PORT", "").strip()
+    if not text:
+        return 22
+    if text.isascii() and text.isdigit() and 1 <= int(text) <= 65535:
+        return int(text)
+    raise UsageError(f"POSEIDON_SSH_PORT must be a port number from 1 to 65535, not {text!r}")
 
 
 class Droplet:
@@ -216,7 +226,7 @@ class Droplet:
         return SSHClient(
             host,
             user=user or os.environ.get("POSEIDON_SSH_USER") or "root",
-            port=port or int(os.environ.get("POSEIDON_SSH_PORT") or 22),
+            port=port or ssh_port_from_environment(),
             key_filename=key_filename or os.environ.get("POSEIDON_SSH_KEY") or None,
             known_hosts=known_hosts or os.environ.get("POSEIDON_KNOWN_HOSTS") or None,
             interactive=interactive,

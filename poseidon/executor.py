@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from poseidon import api, hostkeys, spec, steps
-from poseidon.droplet import Droplet
+from poseidon.droplet import Droplet, ssh_port_from_environment
 from poseidon.errors import DropletBusyError, NotReadyError, PoseidonError, ResolveError, SSHConnectError, SSHError, UsageError
 from poseidon.results import DropletRun, ProcessStatus, RunResult, StepResult
 from poseidon.ssh import TOP_ARGS, SSHClient
@@ -544,6 +544,7 @@ def apply(
     clock = time.monotonic()
     environ = _environment(playbook)
     secrets = _secrets(playbook)
+    ssh_port_from_environment()  # a bad POSEIDON_SSH_PORT is refused before any change
     client = client or api.connect(token=token, api_url=api_url)
     targets = _shard(_limit(resolve(playbook, client), options.limit), options.shard)
     if options.expect is not None:

@@ -212,6 +212,22 @@ class _Framed:
         return self.end_marker.endswith(b"\n") or data.find(b"\n", self.end + len(self.end_marker)) >= 0
 
 
+def _sudo_hint(stderr: str, exited: int, user: str, label: str) -> str | None:
+    """What to do when sudo, not the step's command, made a step fail; ``None`` when it did not."""
+    if "sudo" not in stderr:
+        return None
+    if exited == 127 and "not found" in stderr:
+        return f"{label} has no sudo: install it (apt-get install sudo), or connect as root"
+    if "not in the sudoers file" in stderr or "is not allowed to execute" in stderr:
+        return f"{user} may not use sudo on {label}: allow it (a NOPASSWD line in /etc/sudoers.d/), or connect as root"
+    if "sudo:" in stderr and "password" in stderr:
+        return (
+            f"sudo on {label} wants a password for {user}: let {user} use sudo"
+            " without one (a NOPASSWD line in /etc/sudoers.d/), or connect as root"
+        )
+    return None
+
+
 class SSHClient:
     """One SSH connection to one droplet, reused for every command."""
 
@@ -494,11 +510,9 @@ class SSHClient:
         status, output = steps.parse_status(stdout)
         if exited == 124 and step.timeout:
             stderr = (stderr + f"\nposeidon: timed out after {step.timeout:g} s").lstrip("\n")
-        if exited != 0 and "sudo:" in stderr and "password" in stderr:
-            stderr += (
-                f"\nposeidon: sudo on {self.label} wants a password for {self.user}: let {self.user} use sudo"
-                " without one (a NOPASSWD line in /etc/sudoers.d/), or connect as root"
-            )
+        hint = _sudo_hint(stderr, exited, self.user, self.label) if exited != 0 else None
+        if hint:
+            stderr += f"\nposeidon: {hint}"
         if exited != 0 or status is None:
             return StepOutcome("failed", output, stderr, exited or 1, duration)
         if step.kind == "chdir":

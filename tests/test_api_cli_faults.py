@@ -61,3 +61,36 @@ def test_an_api_that_stays_down_is_exit_3_with_a_message_and_no_step_started(
     assert said in out + err
     assert "Traceback" not in out + err
     assert _ran(sandbox) == []
+
+
+def test_an_api_slower_than_the_timeout_to_the_end_is_exit_3_naming_the_timeout_and_no_step_started(
+    sandbox: Sandbox, playbook: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("POSEIDON_API_TIMEOUT", "0.3")
+    sandbox.emulator.slow(1.0, 20)
+    assert main(["apply", str(playbook)]) == 3
+    out, err = capsys.readouterr()
+    assert "did not answer within 0.3 s (tried 3 times; POSEIDON_API_TIMEOUT sets the wait)" in err
+    assert "Traceback" not in out + err
+    assert _ran(sandbox) == []
+
+
+def test_an_answer_late_once_is_asked_again_and_the_run_goes_on(
+    sandbox: Sandbox, playbook: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("POSEIDON_API_TIMEOUT", "0.3")
+    sandbox.emulator.slow(1.0, 1)
+    assert main(["apply", str(playbook)]) == 0
+    assert _ran(sandbox) == ["api-a", "api-b"]
+    listings = [path for method, path in sandbox.emulator.request_log if path.startswith("/v2/droplets?")]
+    assert listings.count("/v2/droplets?per_page=200") == 2  # the late one, then again
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-1", "nan", "inf"])
+def test_a_timeout_that_is_not_a_positive_number_is_exit_2_naming_the_variable(
+    value: str, sandbox: Sandbox, playbook: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("POSEIDON_API_TIMEOUT", value)
+    assert main(["apply", str(playbook)]) == 2
+    assert f"POSEIDON_API_TIMEOUT must be a number of seconds above 0, not {value!r}" in capsys.readouterr().err
+    assert _ran(sandbox) == []

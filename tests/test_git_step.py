@@ -131,6 +131,34 @@ def test_a_private_repository_is_cloned_with_a_token_that_leaves_no_trace(
     assert leftovers == []  # the askpass helper is removed when the step ends
 
 
+def test_a_refused_token_fails_the_step_with_git_s_reason_and_the_token_in_no_record(
+    tmp_path: Path, sandbox_env: Sandbox, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wrong = "ghp_" + "wr0ng" * 7
+    served = tmp_path / "served"
+    build_bare_repo(Path(__file__).parent / "apps" / "tiny", served / "private.git")
+    with private_git_server(served, "ghp_" + "r1ght" * 7) as (url, seen):
+        playbook = tmp_path / "private.yaml"
+        playbook.write_text(textwrap.dedent(f"""
+            version: 1
+            droplets: [test]
+            steps:
+              - git: {{repo: "{url}/private.git", dest: refused, token_env: DEPLOY_TOKEN}}
+            report: {{ps: false, top: false}}
+        """))
+        monkeypatch.setenv("DEPLOY_TOKEN", wrong)
+        report = tmp_path / "report.json"
+        assert main(["apply", str(playbook), "--json", "--report", str(report)]) == 1
+        out, err = capsys.readouterr()
+    assert any(h.startswith("Basic ") for h in seen)  # the wrong token was offered, and refused
+    step = json.loads(out)["droplets"][0]["steps"][0]
+    assert step["status"] == "failed" and "Authentication failed" in step["stderr_tail"]
+    run_log = next((tmp_path / ".poseidon" / "runs").glob("*.jsonl")).read_text()
+    for text in (out, err, report.read_text(), run_log):
+        assert wrong not in text
+    assert not (sandbox_env.home("test") / "refused").exists()
+
+
 def test_the_token_is_in_no_command_line_on_the_droplet_while_the_clone_runs(
     tmp_path: Path, sandbox_env: Sandbox, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

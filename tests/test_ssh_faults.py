@@ -1,4 +1,4 @@
-"""A droplet that refuses the key, and one whose sudo wants a password: each says what to do."""
+"""A droplet that refuses the key, and ones whose sudo refuses: each says what to do."""
 
 from __future__ import annotations
 
@@ -33,19 +33,28 @@ def test_a_key_the_droplet_refuses_is_exit_3_and_names_the_variable_to_fix(
     assert not (sandbox_env.home("test") / "never").exists()
 
 
-def test_a_sudo_that_wants_a_password_fails_the_step_and_says_what_to_do(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+# What sudo (or the shell, when there is none) says on each kind of droplet, and what poseidon adds.
+SUDO_REFUSALS = {
+    "wants-a-password": ("echo 'sudo: a password is required' >&2; exit 1", "without one (a NOPASSWD line in /etc/sudoers.d/), or connect as root"),
+    "not-a-sudoer": ("echo \"$(id -un) is not in the sudoers file.\" >&2; exit 1", "may not use sudo on test: allow it (a NOPASSWD line in /etc/sudoers.d/), or connect as root"),
+    "no-sudo": ("echo 'bash: line 1: sudo: command not found' >&2; exit 127", "test has no sudo: install it (apt-get install sudo), or connect as root"),
+}
+
+
+@pytest.mark.parametrize("refusal", SUDO_REFUSALS, ids=list(SUDO_REFUSALS))
+def test_a_sudo_that_refuses_fails_the_step_and_says_what_to_do(
+    refusal: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    shim, advice = SUDO_REFUSALS[refusal]
     with Sandbox(["test"]) as sandbox:
         point_at(sandbox, monkeypatch)
         assert sandbox.farm is not None
-        # This droplet's user may not sudo without a password: sudo -n says so and fails, as the real one does.
-        (sandbox.farm.shims / "sudo").write_text("#!/bin/sh\necho 'sudo: a password is required' >&2\nexit 1\n")
-        code, report = _apply(tmp_path, "  - run: {cmd: touch as-root, sudo: true}\n", capsys)
-        step = report["droplets"][0]["steps"][0]  # type: ignore[index]
-        assert code == 1 and step["status"] == "failed"
-        assert "sudo: a password is required" in step["stderr_tail"]
-        assert "NOPASSWD line in /etc/sudoers.d/), or connect as root" in step["stderr_tail"]
+        # This droplet's sudo refuses as the real one (or a droplet without one) does.
+        (sandbox.farm.shims / "sudo").write_text(f"#!/bin/sh\n{shim}\n")
+        code, report = _apply(tmp_path, "  - run: {cmd: touch as-root, sudo: true}\n  - run: touch after\n", capsys)
+        steps = report["droplets"][0]["steps"]  # type: ignore[index]
+        assert code == 1 and [s["status"] for s in steps] == ["failed", "skipped"]
+        assert advice in steps[0]["stderr_tail"]
         assert not (sandbox.home("test") / "as-root").exists()
 
 
@@ -76,3 +85,15 @@ def test_the_digitalocean_token_appears_in_no_output_log_report_error_or_droplet
     out, err = capsys.readouterr()
     assert "401 unauthorized: Unable to authenticate you." in out + err
     assert wrong not in out + err
+
+
+@pytest.mark.parametrize("value", ["ssh", "0", "70000", "２２"])
+def test_a_port_variable_that_is_no_port_is_exit_2_naming_it_before_any_change(
+    value: str, tmp_path: Path, sandbox_env: Sandbox, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("POSEIDON_SSH_PORT", value)
+    path = tmp_path / "site.yaml"
+    path.write_text("version: 1\ndroplets: [test]\nsteps:\n  - run: touch never\n")
+    assert main(["apply", str(path)]) == 2
+    assert f"POSEIDON_SSH_PORT must be a port number from 1 to 65535, not {value!r}" in capsys.readouterr().err
+    assert not (sandbox_env.home("test") / "never").exists()
