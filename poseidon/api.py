@@ -127,9 +127,10 @@ def connect(
     The token is ``token``, else the first of ``DIGITALOCEAN_TOKEN``,
     ``DIGITALOCEAN_ACCESS_TOKEN``, ``DIGITALOCEAN_API_KEY`` that is set, else
     doctl's saved credentials. The URL is ``api_url``, else ``POSEIDON_API_URL``,
-    else the public API. ``POSEIDON_API_TIMEOUT`` sets how many seconds one
-    request may take (default 30). ``session`` supplies the transport
-    (adapters, proxies); the client never changes its headers.
+    else the public API. ``POSEIDON_API_TIMEOUT`` sets how many seconds to
+    wait for a connection, then for each part of an answer (default 30).
+    ``session`` supplies the transport (adapters, proxies); the client never
+    changes its headers.
     """
     return Client(
         token or _token_from_environment(),

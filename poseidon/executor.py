@@ -433,17 +433,19 @@ def _finish(run: DropletRun, ctx: _Context) -> DropletRun:
     return run
 
 
-def _runs_before_the_start(step: spec.Step, resuming: bool) -> bool:
-    """Whether a step before --start-at or the --resume point still runs.
+def _before_the_start(step: spec.Step, resuming: bool) -> spec.Step | None:
+    """What a step before --start-at or the --resume point still runs as; ``None``: it is skipped.
 
-    ``chdir`` always does: it changes nothing, and later paths depend on it.
-    On --resume, so does a ``nohup`` that does not restart: the process it
-    started may have died since (the droplet rebooted); it is left alone when
-    it runs.
+    ``chdir`` runs: it changes nothing, and later paths depend on it. On
+    --resume, a ``nohup`` runs as one that does not restart: the process it
+    started may have died since (the droplet rebooted) and starts again; a
+    running one is left alone.
     """
-    if isinstance(step, spec.NohupStep):
-        return resuming and not step.restart
-    return step.kind == "chdir"
+    if step.kind == "chdir":
+        return step
+    if resuming and isinstance(step, spec.NohupStep):
+        return step.model_copy(update={"restart": False})
+    return None
 
 
 def _run_steps(ssh: SSHClient, run: DropletRun, values: dict[str, str], ctx: _Context) -> bool:
@@ -453,14 +455,15 @@ def _run_steps(ssh: SSHClient, run: DropletRun, values: dict[str, str], ctx: _Co
     for index, raw in enumerate(playbook.steps):
         if ctx.stop.is_set():
             return True  # _finish says why
-        if index < first and not _runs_before_the_start(raw, ctx.options.resume is not None):
+        kept = _before_the_start(raw, ctx.options.resume is not None) if index < first else raw
+        if kept is None:
             reason = RESUMED if ctx.options.resume is not None else "before --start-at"
             skipped = StepResult(index, raw.kind, steps.describe(raw), "skipped", reason=reason)
             run.steps.append(skipped)
             if ctx.log:
                 ctx.log.step(run.name, skipped)
             continue
-        step = spec.expand(raw, values)
+        step = spec.expand(kept, values)
         try:
             outcome = ssh.run_step(step, mode=ctx.mode, secrets=ctx.secrets)
         except SSHError as exc:
@@ -552,7 +555,7 @@ def apply(
     result = RunResult(playbook=path, name=playbook.name, mode=options.mode, started=started)
     masker = _masker(playbook, environ, secrets)
     # The log first: a run that cannot record itself must not create droplets.
-    log = RunLog.start(options.run_log, result, [t.name for t in targets]) if options.run_log else None
+    log = RunLog.start(options.run_log, result, [t.name for t in targets], options.resume) if options.run_log else None
     if options.mode == "apply":
         targets = create_missing(
             targets, client, pin_host_keys=settings.pin_host_keys, known_hosts=settings.known_hosts
@@ -618,7 +621,12 @@ class RunLog:
         self._file = open(path, "a", encoding="utf-8")
 
     @classmethod
-    def start(cls, folder: Path, result: RunResult, droplets: list[str]) -> RunLog:
+    def start(
+        cls, folder: Path, result: RunResult, droplets: list[str], resumed: Mapping[str, int] | None = None
+    ) -> RunLog:
+        """Open a new log in ``folder``; its first line names the run. A run that resumes another
+        records where each droplet resumed (every droplet of that run, not only this one's),
+        so that resuming this one never goes back before it."""
         try:
             folder.mkdir(parents=True, exist_ok=True)
             stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(result.started))
@@ -626,7 +634,10 @@ class RunLog:
         except OSError as exc:
             raise UsageError(f"cannot write the run log in {folder}: {exc.strerror}") from exc
         playbook = os.path.abspath(result.playbook)
-        log._write({"run": {"playbook": playbook, "mode": result.mode, "started": result.started, "droplets": droplets}})
+        header: dict[str, Any] = {"playbook": playbook, "mode": result.mode, "started": result.started, "droplets": droplets}
+        if resumed is not None:
+            header["resumed"] = dict(resumed)
+        log._write({"run": header})
         return log
 
     def step(self, droplet: str, step: StepResult) -> None:
@@ -657,9 +668,11 @@ def resume_points(folder: Path, playbook: spec.Playbook, path: str) -> dict[str,
         header, done = _read_log(log)
         if header.get("mode") != "apply" or header.get("playbook") != os.path.abspath(path):
             continue
+        # A run that resumed another is done up to where it resumed, for every droplet of that one.
+        resumed = {str(name): int(point) for name, point in (header.get("resumed") or {}).items()}
         points = {}
-        for droplet in header.get("droplets", []):
-            succeeded = done.get(droplet, set())
+        for droplet in dict.fromkeys([*resumed, *header.get("droplets", [])]):
+            succeeded = done.get(droplet, set()) | set(range(resumed.get(droplet, 0)))
             points[droplet] = next((i for i in range(len(playbook.steps)) if i not in succeeded), len(playbook.steps))
         return points
     raise UsageError(f"--resume: no run of this playbook is logged in {folder}")

@@ -213,10 +213,11 @@ class _Framed:
 
 
 def _sudo_hint(stderr: str, exited: int, user: str, label: str) -> str | None:
-    """What to do when sudo, not the step's command, made a step fail; ``None`` when it did not."""
+    """What to do when sudo, not the step's command, made a step that ran under sudo fail; ``None`` when it did not."""
     if "sudo" not in stderr:
         return None
-    if exited == 127 and "not found" in stderr:
+    # The shell says "sudo: command not found"; timeout(1), "failed to run command 'sudo'".
+    if exited == 127 and ("not found" in stderr or "failed to run command" in stderr):
         return f"{label} has no sudo: install it (apt-get install sudo), or connect as root"
     if "not in the sudoers file" in stderr or "is not allowed to execute" in stderr:
         return f"{user} may not use sudo on {label}: allow it (a NOPASSWD line in /etc/sudoers.d/), or connect as root"
@@ -510,7 +511,8 @@ class SSHClient:
         status, output = steps.parse_status(stdout)
         if exited == 124 and step.timeout:
             stderr = (stderr + f"\nposeidon: timed out after {step.timeout:g} s").lstrip("\n")
-        hint = _sudo_hint(stderr, exited, self.user, self.label) if exited != 0 else None
+        refused = exited != 0 and steps.uses_sudo(script, ctx, step.sudo)
+        hint = _sudo_hint(stderr, exited, self.user, self.label) if refused else None
         if hint:
             stderr += f"\nposeidon: {hint}"
         if exited != 0 or status is None:

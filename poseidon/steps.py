@@ -50,6 +50,7 @@ __all__ = [
     "script_for",
     "session_command",
     "session_lock",
+    "uses_sudo",
     "SESSION_SHELL",
 ]
 
@@ -569,11 +570,16 @@ def render(
         lines.append(f"_apply() {{\n{script.apply}\n}}")
         lines.append(f"_apply || exit $?\nprintf '\\n{MARKER}changed\\n'")
     command = f"sh -c {quote(chr(10).join(lines))}"
-    if sudo or (script.needs_root and not ctx.is_root):
+    if uses_sudo(script, ctx, sudo):
         command = f"sudo {'' if interactive else '-n '}-- {command}"
     if timeout:
         command = f"timeout -k {_KILL_AFTER} {timeout:g} {command}"
     return command
+
+
+def uses_sudo(script: Script, ctx: StepContext, sudo: bool = False) -> bool:
+    """Whether the rendered command runs under ``sudo``: asked for, or needed by a user who is not root."""
+    return sudo or (script.needs_root and not ctx.is_root)
 
 
 def parse_status(stdout: str) -> tuple[str | None, str]:

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from poseidon.cli import main
+from poseidon.errors import SSHConnectError
 from poseidon.sandbox import Sandbox
+from poseidon.ssh import SSHClient
 from sandboxes import point_at, process_running
 
 NAMES = [f"n{i}" for i in range(1, 9)]
@@ -75,26 +77,27 @@ def test_a_connection_lost_mid_run_fails_that_droplet_at_that_step_and_resume_fi
             assert (home / f"fault-count-{step}").read_text().count("\n") == 1, (name, step)  # nothing ran twice
 
 
-# On n5, the third step waits for the test to power the droplet off under it, once.
+# On n5, the fourth step waits for the test to power the droplet off under it, once.
 REBOOT_PLAYBOOK = f"""
 version: 1
 droplets: {json.dumps(NAMES)}
 steps:
   - run: echo one >> boot-count-1
   - nohup: {{cmd: sleep 600, name: app, grace: 0}}
+  - nohup: {{cmd: sleep 601, name: worker, grace: 0, restart: true}}
   - run: |
       if [ "${{droplet.name}}" = n5 ] && [ ! -e rebooted ]; then
         touch rebooted power-off-now
         sleep 30
       fi
-      echo three >> boot-count-3
-  - run: echo four >> boot-count-4
+      echo four >> boot-count-4
+  - run: echo five >> boot-count-5
 report: {{ps: false, top: false}}
 """
 
 
-def _app_pid(home: Path) -> int:
-    return int((home / ".poseidon" / "app.pid").read_text())
+def _pid(home: Path, process: str) -> int:
+    return int((home / ".poseidon" / f"{process}.pid").read_text())
 
 
 def _power_off_when_asked(sandbox: Sandbox, name: str, timeout: float = 30.0) -> threading.Thread:
@@ -113,8 +116,24 @@ def _power_off_when_asked(sandbox: Sandbox, name: str, timeout: float = 30.0) ->
     return watcher
 
 
-def test_a_droplet_that_reboots_mid_run_fails_at_that_step_and_resume_waits_for_it_and_restarts_its_app(
-    tmp_path: Path, fleet: Sandbox, capsys: pytest.CaptureFixture[str]
+def _power_on_after_a_refusal(sandbox: Sandbox, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Power ``name`` on when a connection to it has been refused, so that poseidon surely waited for it."""
+    opened = SSHClient.open
+
+    def open_or_boot(client: SSHClient) -> SSHClient:
+        try:
+            return opened(client)
+        except SSHConnectError:
+            if client.host == sandbox.address(name):
+                assert not sandbox.is_on(name)
+                sandbox.power_on(name)
+            raise
+
+    monkeypatch.setattr(SSHClient, "open", open_or_boot)
+
+
+def test_a_droplet_that_reboots_mid_run_fails_at_that_step_and_resume_waits_for_it_and_restarts_its_processes(
+    tmp_path: Path, fleet: Sandbox, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     playbook = tmp_path / "site.yaml"
     playbook.write_text(textwrap.dedent(REBOOT_PLAYBOOK))
@@ -125,35 +144,77 @@ def test_a_droplet_that_reboots_mid_run_fails_at_that_step_and_resume_waits_for_
     runs = {d["name"]: d for d in report["droplets"]}
     for name in NAMES:
         if name != "n5":
-            assert [s["status"] for s in runs[name]["steps"]] == ["changed"] * 4, name
+            assert [s["status"] for s in runs[name]["steps"]] == ["changed"] * 5, name
     lost = runs["n5"]
-    assert [s["status"] for s in lost["steps"]] == ["changed", "changed", "failed", "skipped"]
-    assert "connection was lost" in lost["steps"][2]["stderr_tail"]
-    assert "rebooted" in lost["steps"][2]["stderr_tail"]
+    assert [s["status"] for s in lost["steps"]] == ["changed", "changed", "changed", "failed", "skipped"]
+    assert "connection was lost" in lost["steps"][3]["stderr_tail"]
+    assert "rebooted" in lost["steps"][3]["stderr_tail"]
     log = next((tmp_path / ".poseidon" / "runs").glob("*.jsonl"))
-    assert len(log.read_text().splitlines()[1:]) == 7 * 4 + 3  # every step that ended, on every droplet
-    # The power cut ended the app the second step started.
-    first_app = _app_pid(fleet.home("n5"))
-    assert not process_running(first_app)
-    others = {name: _app_pid(fleet.home(name)) for name in NAMES if name != "n5"}
+    assert len(log.read_text().splitlines()[1:]) == 7 * 5 + 4  # every step that ended, on every droplet
+    # The power cut ended the processes the nohup steps started.
+    before = {name: {p: _pid(fleet.home(name), p) for p in ("app", "worker")} for name in NAMES}
+    assert not any(process_running(pid) for pid in before["n5"].values())
 
-    # The droplet is still off when --resume starts, and comes back two seconds later.
-    boot = threading.Timer(2.0, fleet.power_on, ["n5"])
-    boot.start()
-    try:
-        assert main(["apply", str(playbook), "--json", "--resume"]) == 0
-    finally:
-        boot.cancel()
+    # The droplet is still off when --resume starts; it comes back once poseidon has been refused.
+    _power_on_after_a_refusal(fleet, "n5", monkeypatch)
+    assert main(["apply", str(playbook), "--json", "--resume"]) == 0
     out, err = capsys.readouterr()
     assert "waiting for SSH" in err
     resumed = {d["name"]: [s["status"] for s in d["steps"]] for d in json.loads(out)["droplets"]}
-    # --resume checks the nohup step again: it restarts the app the reboot ended, and leaves running ones be.
-    assert resumed["n5"] == ["skipped", "changed", "changed", "changed"]
+    # --resume checks the nohup steps again, restart: true or not: it starts the processes
+    # the reboot ended, and leaves running ones be.
+    assert resumed["n5"] == ["skipped", "changed", "changed", "changed", "changed"]
     for name in NAMES:
-        if name != "n5":
-            assert resumed[name] == ["skipped", "ok", "skipped", "skipped"], name
-            assert _app_pid(fleet.home(name)) == others[name]
-        for step in (1, 3, 4):
+        after = {p: _pid(fleet.home(name), p) for p in ("app", "worker")}
+        if name == "n5":
+            assert all(after[p] != before[name][p] and process_running(after[p]) for p in after)
+        else:
+            assert resumed[name] == ["skipped", "ok", "ok", "skipped", "skipped"], name
+            assert after == before[name]
+        for step in (1, 4, 5):
             assert (fleet.home(name) / f"boot-count-{step}").read_text().count("\n") == 1, (name, step)
-    app = _app_pid(fleet.home("n5"))
-    assert app != first_app and process_running(app)
+
+
+RESUME_PLAYBOOK = """
+version: 1
+droplets: [n1, n2, n3]
+steps:
+  - run: echo one >> count-1
+  - run: "[ -e may-pass ] && echo two >> count-2"
+  - run: echo three >> count-3
+report: {ps: false, top: false}
+"""
+
+
+def test_a_resume_limited_to_some_droplets_keeps_the_others_where_they_were(
+    tmp_path: Path, fleet: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    playbook = tmp_path / "site.yaml"
+    playbook.write_text(RESUME_PLAYBOOK)
+    assert main(["apply", str(playbook), "--json"]) == 1  # step 2 fails everywhere
+    for name in ("n1", "n2", "n3"):
+        (fleet.home(name) / "may-pass").touch()
+    assert main(["apply", str(playbook), "--json", "--resume", "--limit", "n1"]) == 0
+    assert main(["apply", str(playbook), "--json", "--resume"]) == 0
+    capsys.readouterr()
+    for name in ("n1", "n2", "n3"):
+        for step in (1, 2, 3):
+            assert (fleet.home(name) / f"count-{step}").read_text().count("\n") == 1, (name, step)
+
+
+def test_a_droplet_a_resume_could_not_reach_resumes_next_time_where_it_was(tmp_path: Path) -> None:
+    from poseidon import executor, spec
+
+    playbook = spec.loads(RESUME_PLAYBOOK)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    path = str(tmp_path / "site.yaml")
+    header = {"playbook": path, "mode": "apply", "started": 0, "droplets": ["n1", "n2", "n3"]}
+    # The resumed run reached n1 only: n2 was unreachable, n3 was not in it (--limit).
+    (runs / "20261130T000000-1.jsonl").write_text(
+        json.dumps({"run": {**header, "droplets": ["n1", "n2"], "resumed": {"n1": 1, "n2": 1, "n3": 2}}}) + "\n"
+        + json.dumps({"droplet": "n1", "index": 0, "status": "skipped", "reason": executor.RESUMED}) + "\n"
+        + json.dumps({"droplet": "n1", "index": 1, "status": "changed"}) + "\n"
+        + json.dumps({"droplet": "n1", "index": 2, "status": "failed"}) + "\n"
+    )
+    assert executor.resume_points(runs, playbook, path) == {"n1": 2, "n2": 1, "n3": 2}

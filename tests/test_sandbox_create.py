@@ -32,7 +32,7 @@ def test_a_farm_larger_than_one_sshd_serves_every_droplet(monkeypatch: pytest.Mo
         client = po.connect()
         # The first sshd is full: the next droplet needs a second one, on the same port.
         client.droplets.create("one-more", region="nyc3", size="s-1vcpu-1gb", image="ubuntu-24-04-x64", wait=True, timeout=30)
-        assert sandbox.farm is not None and len(sandbox.farm._processes) == 2
+        assert sandbox.farm is not None and len(sandbox.farm.pids) == 2
         for name in (names[0], names[-1], "one-more"):
             with client.droplets.by_name(name).connect() as ssh:
                 assert ssh.wait("pwd") == f"{sandbox.home(name)}\n"

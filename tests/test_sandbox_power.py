@@ -50,7 +50,7 @@ def test_power_off_drops_the_connection_ends_the_processes_keeps_the_files_and_p
 def test_a_reboot_through_the_api_comes_back_by_itself(monkeypatch: pytest.MonkeyPatch) -> None:
     with Sandbox(["alone"]) as sandbox:  # its sshd has no other droplet to listen for meanwhile
         point_at(sandbox, monkeypatch)
-        sandbox.reboot_downtime = 1.0
+        sandbox.reboot_downtime = 3.0  # long enough to see it refuse on a busy machine
         droplet = po.connect().droplets.by_name("alone")
         with droplet.connect() as ssh:
             detached = int(ssh.wait(DETACHED_SLEEP))
@@ -62,4 +62,22 @@ def test_a_reboot_through_the_api_comes_back_by_itself(monkeypatch: pytest.Monke
             assert time.monotonic() < deadline, "the droplet did not come back"
             time.sleep(0.1)
         with droplet.connect() as ssh:
+            assert ssh.wait("echo back") == "back\n"
+
+
+def test_a_group_of_droplets_all_off_stops_its_sshd_and_the_others_go_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    from poseidon.sandbox.sshd import ADDRESSES_PER_SSHD
+
+    names = [f"d{i}" for i in range(ADDRESSES_PER_SSHD + 1)]  # the last one has an sshd of its own
+    with Sandbox(names) as sandbox:
+        point_at(sandbox, monkeypatch)
+        assert sandbox.farm is not None and len(sandbox.farm.pids) == 2
+        sandbox.power_off(names[-1])
+        assert len(sandbox.farm.pids) == 1 and _refuses(sandbox, names[-1])
+        client = po.connect()
+        with client.droplets.by_name(names[0]).connect() as ssh:
+            assert ssh.wait("echo on") == "on\n"
+        sandbox.power_on(names[-1])
+        assert len(sandbox.farm.pids) == 2
+        with client.droplets.by_name(names[-1]).connect() as ssh:
             assert ssh.wait("echo back") == "back\n"

@@ -58,6 +58,22 @@ def test_a_sudo_that_refuses_fails_the_step_and_says_what_to_do(
         assert not (sandbox.home("test") / "as-root").exists()
 
 
+def test_a_step_not_under_sudo_that_mentions_sudo_gets_no_advice(
+    tmp_path: Path, sandbox_env: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, report = _apply(tmp_path, "  - run: \"echo 'sudo: a password is required' >&2; exit 1\"\n", capsys)
+    step = report["droplets"][0]["steps"][0]  # type: ignore[index]
+    assert code == 1 and step["status"] == "failed"
+    assert "sudo: a password is required" in step["stderr_tail"] and "poseidon:" not in step["stderr_tail"]
+
+
+def test_timeout_s_words_for_a_missing_sudo_get_the_same_advice() -> None:
+    from poseidon.ssh import _sudo_hint
+
+    said = "timeout: failed to run command \u2018sudo\u2019: No such file or directory"
+    assert _sudo_hint(said, 127, "deploy", "web-1") == "web-1 has no sudo: install it (apt-get install sudo), or connect as root"
+
+
 def test_the_digitalocean_token_appears_in_no_output_log_report_error_or_droplet(
     tmp_path: Path, sandbox_env: Sandbox, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

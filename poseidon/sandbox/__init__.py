@@ -26,8 +26,11 @@ import os
 import secrets
 import shutil
 import signal
+import socket
+import struct
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -172,17 +175,10 @@ class Sandbox:
         running too). Its files stay."""
         with self._lock:
             farm = self._running
-            farm.off.add(self.address(name))
+            address = self.address(name)
+            farm.off.add(address)
             farm.reload()
-            home = str(self.home(name)).encode()
-            # The connections first, so that no output of a process dying after them
-            # reaches a client; again while a process forked in between is left.
-            for _ in range(10):
-                processes = _pids_with_home(lambda value: value == home)
-                if not processes:
-                    break
-                _kill(_sessions_of(processes, set(farm.pids)))
-                _kill(processes)
+            _cut(address, farm.port, self.home(name), set(farm.pids))
 
     def power_on(self, name: str) -> None:
         """Start the droplet ``name`` again: its SSH port answers."""
@@ -191,6 +187,10 @@ class Sandbox:
                 return  # stopped while a reboot was under way
             self.farm.off.discard(self.address(name))
             self.farm.reload()
+
+    def is_on(self, name: str) -> bool:
+        """Whether the droplet ``name`` is on: its SSH port answers."""
+        return self.address(name) not in self._running.off
 
     def reboot(self, name: str, downtime: float = 1.0) -> None:
         """Power the droplet ``name`` off now and on again ``downtime`` seconds later."""
@@ -202,8 +202,8 @@ class Sandbox:
 
     def _power_action(self, name: str, kind: str) -> None:
         """The emulator accepted a power action: do it to the droplet's SSH endpoint too."""
-        if name not in self.homes:
-            return  # a droplet the sandbox had no address for
+        if name not in self.homes or not self._started:
+            return  # a droplet the sandbox had no address for, or a sandbox stopping
         if kind in ("power_off", "shutdown"):
             self.power_off(name)
         elif kind == "power_on":
@@ -213,12 +213,17 @@ class Sandbox:
 
     def stop(self) -> None:
         """Stop sshd and the emulator; unless the sandbox is kept, end the droplets' processes and remove the files."""
+        with self._lock:  # a power action under way ends first; none starts after
+            self._started = False
         for boot in self._boots:
             boot.cancel()
+            if boot is not threading.current_thread():
+                boot.join()
         self._boots = []
         self.emulator.stop()
         if self.farm is not None:
-            self.farm.stop()
+            with self._lock:
+                self.farm.stop()
             if not self.keep:
                 _kill_droplet_processes(self.farm.hosts)
                 if self._own_root:
@@ -328,25 +333,54 @@ def _pids_with_home(match: Callable[[bytes], bool]) -> set[int]:
     return found
 
 
-def _sessions_of(pids: set[int], listeners: set[int]) -> set[int]:
-    """The sshd processes between these processes and a listening sshd: the connections that serve them."""
-    sessions: set[int] = set()
-    for pid in pids:
-        chain, parent = [], _parent(pid)
-        while parent > 1 and parent not in listeners:
-            chain.append(parent)
-            parent = _parent(parent)
-        if parent in listeners:
-            sessions.update(chain)
-    return sessions - pids
+def _cut(address: str, port: int, home: Path, listeners: set[int], passes: int = 50) -> None:
+    """End the connections to ``address`` and every process of the droplet whose home is ``home``.
+
+    The connections go first, so that no output of a process dying after them
+    reaches a client; again, while a process forked in between is left.
+    """
+    wanted = str(home).encode()
+    for _ in range(passes):
+        processes = _pids_with_home(lambda value: value == wanted)
+        connections = _holding(_sockets_to(address, port)) - listeners
+        if not processes and not connections:
+            return
+        _kill(connections)
+        _kill(processes)
+        time.sleep(0.02)
+    raise SandboxError(f"the processes of the droplet at {address} did not end")
 
 
-def _parent(pid: int) -> int:
+def _sockets_to(address: str, port: int) -> set[str]:
+    """The inodes of the TCP sockets whose local end is ``address:port`` (/proc/net/tcp)."""
+    # The kernel prints the address as the hex of its 32 bits read in this machine's byte order.
+    local = "%08X:%04X" % (struct.unpack("=I", socket.inet_aton(address))[0], port)
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
     except OSError:
-        return 0
-    return int(stat.rsplit(")", 1)[1].split()[1])  # the name, in parentheses, may hold spaces
+        return set()
+    return {fields[9] for fields in (line.split() for line in lines) if fields[1] == local}
+
+
+def _holding(inodes: set[str]) -> set[int]:
+    """The processes that hold one of these sockets open."""
+    if not inodes:
+        return set()
+    links = {f"socket:[{inode}]" for inode in inodes}
+    found = set()
+    for pid in _pids():
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in links:
+                    found.add(pid)
+                    break
+            except OSError:
+                continue
+    return found
 
 
 def _kill(pids: set[int]) -> None:

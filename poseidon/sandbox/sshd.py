@@ -126,9 +126,10 @@ class SSHFarm:
         self.off: set[str] = set()
         self.key_filename = self.etc / "id_ed25519"
         self.known_hosts = self.etc / "known_hosts"
-        self._processes: list[subprocess.Popen[bytes]] = []
-        #: The addresses each running sshd was told to listen on.
-        self._serving: list[list[str]] = []
+        #: Per group of addresses (see _groups), its running sshd and the addresses it listens on;
+        #: a group whose every droplet is off has none.
+        self._servers: dict[int, tuple[subprocess.Popen[bytes], list[str]]] = {}
+        self.running = False
         self._host_key_line = ""
 
     # -- preparation ---------------------------------------------------------
@@ -167,7 +168,7 @@ class SSHFarm:
     @property
     def pids(self) -> list[int]:
         """The process ids of the running sshd servers (their children are the droplets' sessions)."""
-        return [process.pid for process in self._processes]
+        return [process.pid for process, _ in self._servers.values()]
 
     def _groups(self) -> list[list[str]]:
         """The addresses each sshd serves, in order."""
@@ -175,13 +176,8 @@ class SSHFarm:
         return [self.addresses[i : i + n] for i in range(0, len(self.addresses), n)]
 
     def _listening(self, group: list[str]) -> list[str]:
-        """The addresses of ``group`` an sshd listens on: those of droplets that are on.
-
-        With every droplet of its group off, the sshd listens on the block's
-        ``.1``, which no droplet has: without a ListenAddress it would take them all.
-        """
-        on = [address for address in group if address not in self.off]
-        return on or [group[0].rsplit(".", 1)[0] + ".1"]
+        """The addresses of ``group`` its sshd listens on: those of droplets that are on."""
+        return [address for address in group if address not in self.off]
 
     def _config(self, index: int, addresses: list[str]) -> str:
         listen = "\n".join(f"ListenAddress {a}:{self.port}" for a in addresses)
@@ -218,6 +214,7 @@ LogLevel ERROR
             # it in between, on any of the addresses. Then choose again.
             self.port = _free_port(self.addresses[0])
             try:
+                self.running = True
                 for index, group in enumerate(self._groups()):
                     self._start_sshd(index, group)
                 break
@@ -228,8 +225,10 @@ LogLevel ERROR
         self._write_known_hosts()
 
     def _start_sshd(self, index: int, group: list[str]) -> None:
-        sshd = find_sshd()
         addresses = self._listening(group)
+        if not addresses:
+            return  # every droplet of the group is off; without a ListenAddress sshd would take them all
+        sshd = find_sshd()
         config = self.etc / f"sshd_config-{index}"
         _write(config, self._config(index, addresses), 0o600)
         if os.geteuid() == 0:
@@ -243,28 +242,36 @@ LogLevel ERROR
                 stderr=log,
                 start_new_session=True,
             )
-        self._processes.append(process)
-        self._serving.append(list(addresses))
+        self._servers[index] = (process, addresses)
         self._wait_until_listening(process, addresses)
 
     def reload(self) -> None:
-        """Listen as the droplets now are: an sshd whose addresses changed (a droplet added,
+        """Listen as the droplets now are. An sshd whose addresses changed (a droplet added,
         powered off or on) gets its config rewritten and a SIGHUP (it re-executes itself);
-        one more sshd starts when the last one is full. Sessions already open stay."""
-        if not self._processes:
+        one whose droplets are all off stops; a group without one (new, or back on) gets one.
+        Sessions already open stay."""
+        if not self.running:
             raise SandboxError("sshd is not running")
         for index, group in enumerate(self._groups()):
-            if index >= len(self._processes):
+            addresses = self._listening(group)
+            if index not in self._servers:
                 self._start_sshd(index, group)
                 continue
-            addresses, before = self._listening(group), self._serving[index]
+            process, before = self._servers[index]
             if addresses == before:  # an unchanged server keeps listening undisturbed
                 continue
-            _write(self.etc / f"sshd_config-{index}", self._config(index, addresses), 0o600)
-            self._processes[index].send_signal(signal.SIGHUP)
-            self._wait_until_listening(self._processes[index], addresses)
+            if not addresses:
+                del self._servers[index]
+                _end(process)
+            else:
+                _write(self.etc / f"sshd_config-{index}", self._config(index, addresses), 0o600)
+                process.send_signal(signal.SIGHUP)
+                self._servers[index] = (process, addresses)
+            # Refused first: until the re-executed sshd has closed its old sockets,
+            # the addresses it keeps answer on them and prove nothing.
             self._wait_until_refused([a for a in before if a not in addresses])
-            self._serving[index] = addresses
+            if addresses:
+                self._wait_until_listening(process, addresses)
         self._write_known_hosts()
 
     def _write_known_hosts(self) -> None:
@@ -315,13 +322,20 @@ LogLevel ERROR
                 time.sleep(0.05)
 
     def stop(self) -> None:
-        processes, self._processes = self._processes, []
-        self._serving = []
+        processes = [process for process, _ in self._servers.values()]
+        self._servers = {}
+        self.running = False
         for process in processes:
             process.terminate()
         for process in processes:
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            _end(process)
+
+
+def _end(process: subprocess.Popen[bytes]) -> None:
+    """Terminate ``process`` (again, if it was already told) and wait for it; kill it after five seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
