@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (errors.UsageError, errors.ResolveError) as exc:
         print(f"poseidon: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    except (errors.APIError, errors.APIConnectionError, errors.SSHError, errors.SandboxError) as exc:
+    except (errors.APIError, errors.APIConnectionError, errors.PartlyCreatedError, errors.SSHError, errors.SandboxError) as exc:
         print(f"poseidon: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except errors.PoseidonError as exc:

@@ -149,6 +149,23 @@ class APIConnectionError(PoseidonError):
     """Raised when the API cannot be reached (DNS, refused, timeout)."""
 
 
+class PartlyCreatedError(PoseidonError):
+    """Raised when the API failed after some of a playbook's droplets were created.
+
+    ``created`` holds ``(name, id)`` of each droplet that now exists; ``cause``
+    is the failure (an :class:`APIError` or :class:`APIConnectionError`).
+    """
+
+    def __init__(self, cause: PoseidonError, created: list[tuple[str, int]]) -> None:
+        self.cause = cause
+        self.created = created
+        names = ", ".join(f"{name} (id {droplet_id})" for name, droplet_id in created)
+        super().__init__(
+            f"{cause}; created before that: {names}. They exist and are billed:"
+            " apply again to provision them, or delete them"
+        )
+
+
 class SSHError(PoseidonError):
     """Raised when a droplet cannot be reached over SSH or refuses the login."""
 

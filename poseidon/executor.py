@@ -26,7 +26,18 @@ from typing import Any
 
 from poseidon import api, hostkeys, spec, steps
 from poseidon.droplet import Droplet, ssh_port_from_environment
-from poseidon.errors import DropletBusyError, NotReadyError, PoseidonError, ResolveError, SSHConnectError, SSHError, UsageError
+from poseidon.errors import (
+    APIConnectionError,
+    APIError,
+    DropletBusyError,
+    NotReadyError,
+    PartlyCreatedError,
+    PoseidonError,
+    ResolveError,
+    SSHConnectError,
+    SSHError,
+    UsageError,
+)
 from poseidon.results import DropletRun, ProcessStatus, RunResult, StepResult
 from poseidon.ssh import TOP_ARGS, SSHClient
 
@@ -192,14 +203,20 @@ def create_missing(
             options["user_data"], public = hostkeys.pinned_user_data(options.pop("user_data", None))
         requests[target.name] = (options, public)
     made: dict[str, Droplet] = {}
-    for name, (options, public) in requests.items():
-        made[name] = client.droplets.create(name, wait=False, **options)
-        if public:
-            # No address yet: the first connection adds it beside the alias.
-            hostkeys.record(hostkeys.known_hosts_path(known_hosts), [hostkeys.alias(made[name].id)], public)
-    if made:
-        ready = {d.id: d for d in client.droplets.wait(list(made.values()), timeout=timeout)}
-        made = {name: ready[d.id] for name, d in made.items()}
+    try:
+        for name, (options, public) in requests.items():
+            made[name] = client.droplets.create(name, wait=False, **options)
+            if public:
+                # No address yet: the first connection adds it beside the alias.
+                hostkeys.record(hostkeys.known_hosts_path(known_hosts), [hostkeys.alias(made[name].id)], public)
+        if made:
+            ready = {d.id: d for d in client.droplets.wait(list(made.values()), timeout=timeout)}
+            made = {name: ready[d.id] for name, d in made.items()}
+    except (APIError, APIConnectionError) as exc:
+        if not made:
+            raise
+        # Droplets now exist that no report will show: the error names them.
+        raise PartlyCreatedError(exc, [(name, d.id) for name, d in made.items()]) from exc
     return [
         Target(t.name, made[t.name], t.user, t.port, t.create) if t.name in made and t.droplet is None else t
         for t in targets
@@ -556,12 +573,12 @@ def apply(
     masker = _masker(playbook, environ, secrets)
     # The log first: a run that cannot record itself must not create droplets.
     log = RunLog.start(options.run_log, result, [t.name for t in targets], options.resume) if options.run_log else None
-    if options.mode == "apply":
-        targets = create_missing(
-            targets, client, pin_host_keys=settings.pin_host_keys, known_hosts=settings.known_hosts
-        )
-    context = _Context(playbook, environ, secrets, settings, options, masker, progress, notice, log)
     try:
+        if options.mode == "apply":
+            targets = create_missing(
+                targets, client, pin_host_keys=settings.pin_host_keys, known_hosts=settings.known_hosts
+            )
+        context = _Context(playbook, environ, secrets, settings, options, masker, progress, notice, log)
         result.droplets = _run_all(targets, context, result)
     finally:
         if log:

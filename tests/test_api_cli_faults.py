@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import poseidon.api as po
 from poseidon.cli import main
 from poseidon.sandbox import Sandbox
 from sandboxes import point_at
@@ -94,3 +95,35 @@ def test_a_timeout_that_is_not_a_positive_number_is_exit_2_naming_the_variable(
     assert main(["apply", str(playbook)]) == 2
     assert f"POSEIDON_API_TIMEOUT must be a number of seconds above 0, not {value!r}" in capsys.readouterr().err
     assert _ran(sandbox) == []
+
+
+CREATING = """\
+version: 1
+droplets:
+  - {name: new-1, create: {region: nyc3, size: s-1vcpu-1gb, image: ubuntu-24-04-x64}}
+  - {name: new-2, create: {region: nyc3, size: s-1vcpu-1gb, image: ubuntu-24-04-x64}}
+steps:
+  - run: touch ran
+report: {ps: false, top: false}
+"""
+
+
+def test_an_api_that_fails_after_creating_some_droplets_names_them_and_apply_again_converges(
+    sandbox: Sandbox, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    playbook = tmp_path / "creating.yaml"
+    playbook.write_text(CREATING)
+    sandbox.emulator.slow(0.0, 1, method="POST", path="/v2/droplets")  # the first create goes through
+    sandbox.emulator.inject(422, 1, method="POST", path="/v2/droplets")  # the second is refused
+    assert main(["apply", str(playbook)]) == 3
+    out, err = capsys.readouterr()
+    created = po.connect().droplets.find("new-1")
+    assert len(created) == 1 and po.connect().droplets.find("new-2") == []
+    assert f"created before that: new-1 (id {created[0].id}). They exist and are billed" in err
+    assert "Traceback" not in out + err
+    assert not (sandbox.home("new-1") / "ran").exists()
+
+    assert main(["apply", str(playbook)]) == 0  # uses new-1, creates new-2
+    capsys.readouterr()
+    assert len(po.connect().droplets.find("new-1")) == 1
+    assert all((sandbox.home(name) / "ran").exists() for name in ("new-1", "new-2"))

@@ -45,6 +45,9 @@ FIELDS = [
     ("nohup", "name", {"cmd": "sleep 1", "grace": 0}, False),
     ("run", "creates", {"cmd": "true"}, True),
     ("run", "env", {"cmd": "echo \"$HOSTILE\""}, True),
+    ("run", "env_name", {"cmd": "true"}, False),
+    ("run", "name", {"cmd": "true"}, True),
+    ("git", "token_env", {"repo": "changhiskhan/test", "dest": "hostile-token"}, False),
 ]
 
 _counter = itertools.count()
@@ -54,6 +57,8 @@ def _step(kind: str, field: str, others: dict[str, object], value: str) -> objec
     fields = dict(others)
     if field == "env":
         fields["env"] = {"HOSTILE": value}
+    elif field == "env_name":
+        fields["env"] = {value: "x"}
     elif field == "packages":
         fields["packages"] = [value]
     else:

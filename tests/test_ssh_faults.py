@@ -81,8 +81,8 @@ def test_the_digitalocean_token_appears_in_no_output_log_report_error_or_droplet
     path = tmp_path / "site.yaml"
     path.write_text(
         "version: 1\ndroplets: [test]\nsteps:\n"
-        "  - run: ps -Aww -o args\n"  # what runs on the droplet while poseidon works there
-        "  - run: env\n"
+        "  - run: ps -Aww -o args > seen-ps.txt\n"  # what runs on the droplet while poseidon works there
+        "  - run: env > seen-env.txt\n"
     )
     report = tmp_path / "report.json"
     assert main(["apply", str(path), "--json", "--report", str(report)]) == 0
@@ -90,6 +90,8 @@ def test_the_digitalocean_token_appears_in_no_output_log_report_error_or_droplet
     logs = list((tmp_path / ".poseidon" / "runs").glob("*.jsonl"))
     assert logs
     droplet_files = [p for p in sandbox_env.home("test").rglob("*") if p.is_file()]
+    seen = {p.name: p.read_text() for p in droplet_files if p.name.startswith("seen-")}
+    assert "sshd" in seen["seen-ps.txt"] and "HOME=" in seen["seen-env.txt"]  # they saw the droplet, whole
     texts = [out, err, report.read_text(), *(log.read_text() for log in logs)]
     texts += [p.read_bytes().decode(errors="replace") for p in droplet_files]
     assert not any(token in text for text in texts)
