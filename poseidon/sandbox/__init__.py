@@ -81,7 +81,9 @@ class Sandbox:
         self.root = Path()
         self.network = _network(self._given_root)
         self.token = "sandbox-" + secrets.token_hex(16)
-        self.emulator = Emulator(self.token, on_create=self._droplet_created, on_power=self._power_action)
+        self.emulator = Emulator(
+            self.token, on_create=self._droplet_created, on_power=self._power_action, on_delete=self._droplet_deleted
+        )
         self.farm: SSHFarm | None = None
         self._gitconfig = ""
         self._next_host = _FIRST_HOST
@@ -119,44 +121,64 @@ class Sandbox:
             build_bare_repo(source, repos / f"{shorthand}.git")
         self._gitconfig = github_redirect(repos)
         self.api_url = self.emulator.start()
+        account = self.root / "account.json"
+        if self.keep and account.exists():
+            try:
+                self.emulator.restore_account(_read_kept(account))
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise SandboxError(f"{account} is damaged ({exc!r}): 'poseidon sandbox reset' starts afresh") from None
         known = self._load_droplets()
-        wanted = known + [d for d in self._droplets if d["name"] not in {k["name"] for k in known}]
-        for spec in wanted:
-            address = self._add_home(spec["name"], tags=spec.get("tags", ()))
-            self.emulator.add_droplet(spec["name"], address, tags=tuple(spec.get("tags", ())))
+        self._next_host = max([_FIRST_HOST - 1, *(int(k.get("host", 0)) for k in known)]) + 1
+        for spec in known + [d for d in self._droplets if d["name"] not in {k["name"] for k in known}]:
+            tags = tuple(spec.get("tags", ()))
+            address = self._add_home(spec["name"], host=spec.get("host"))
+            added = self.emulator.add_droplet(spec["name"], address, tags=tags, droplet_id=spec.get("id"))
+            self._record_droplet(spec["name"], host=int(address.rsplit(".", 1)[1]), droplet_id=added["id"], tags=tags)
         farm.start()
         self._started = True
 
-    def _add_home(self, name: str, tags: Iterable[str] = ()) -> str:
-        """Give the droplet ``name`` the next loopback address and a home; return the address."""
+    def _add_home(self, name: str, host: int | None = None) -> str:
+        """Give the droplet ``name`` its loopback address (``.host``, else the next one) and a home; return the address."""
         assert self.farm is not None
-        address = f"{self.network}.{self._next_host}"
-        self._next_host += 1
+        if host is None:
+            host, self._next_host = self._next_host, self._next_host + 1
+        address = f"{self.network}.{host}"
         home = self.farm.add_host(address)
         (home / ".gitconfig").write_text(self._gitconfig)
         self.homes[name] = home
-        self._record_droplet({"name": name, "tags": list(tags)})
         return address
 
-    # A kept sandbox remembers its droplets, in order, so that the emulator
-    # gives them the same ids and addresses at the next start.
+    # A kept sandbox remembers its droplets (name, id, address, tags) and its
+    # domains, so that the emulator shows the same account at the next start.
 
     def _load_droplets(self) -> list[dict[str, Any]]:
         path = self.root / "droplets.json"
         if not self.keep or not path.exists():
             return []
-        try:
-            return list(json.loads(path.read_text()))
-        except ValueError as exc:
-            raise SandboxError(f"{path} is damaged ({exc}): 'poseidon sandbox reset' starts afresh") from None
+        return list(_read_kept(path))
 
-    def _record_droplet(self, spec: dict[str, Any]) -> None:
+    def _record_droplet(self, name: str, *, host: int, droplet_id: int | None, tags: Iterable[str] = ()) -> None:
+        self._save_droplets(
+            [k for k in self._load_droplets() if k["name"] != name]
+            + [{"name": name, "id": droplet_id, "host": host, "tags": list(tags)}]
+        )
+
+    def _save_droplets(self, known: list[dict[str, Any]]) -> None:
+        if self.keep:
+            (self.root / "droplets.json").write_text(json.dumps(known, indent=1))
+
+    def _save_account(self) -> None:
+        """Keep what the API changed since the start: droplets' ids and tags, domains and records."""
         if not self.keep:
             return
-        path = self.root / "droplets.json"
-        known = json.loads(path.read_text()) if path.exists() else []
-        if spec["name"] not in {k["name"] for k in known}:
-            path.write_text(json.dumps([*known, spec], indent=1))
+        current = {d["name"]: d for d in self.emulator.droplets()}
+        known = [
+            {**k, "id": current[k["name"]]["id"], "tags": current[k["name"]]["tags"]}
+            for k in self._load_droplets()
+            if k["name"] in current
+        ]
+        self._save_droplets(known)
+        (self.root / "account.json").write_text(json.dumps(self.emulator.account_state(), indent=1))
 
     def _droplet_created(self, name: str) -> str | None:
         """The emulator created a droplet through the API: make it a real SSH endpoint too."""
@@ -164,8 +186,21 @@ class Sandbox:
             if self.farm is None or not self._started or self._next_host > _LAST_HOST:
                 return None  # the emulator then gives it a documentation address, unreachable
             address = self._add_home(name)
+            self._record_droplet(name, host=int(address.rsplit(".", 1)[1]), droplet_id=None)
             self.farm.reload()
             return address
+
+    def _droplet_deleted(self, name: str) -> None:
+        """The API deleted a droplet: it stops for good, its files go, the sandbox forgets it."""
+        with self._lock:
+            if name not in self.homes or self.farm is None or not self._started:
+                return
+            address, home = self.address(name), self.homes.pop(name)
+            self.farm.off.add(address)
+            self.farm.reload()
+            _cut(address, self.farm.port, home, set(self.farm.pids))
+            shutil.rmtree(home, ignore_errors=True)
+            self._save_droplets([k for k in self._load_droplets() if k["name"] != name])
 
     # -- power -------------------------------------------------------------------
 
@@ -214,12 +249,14 @@ class Sandbox:
     def stop(self) -> None:
         """Stop sshd and the emulator; unless the sandbox is kept, end the droplets' processes and remove the files."""
         with self._lock:  # a power action under way ends first; none starts after
-            self._started = False
+            running, self._started = self._started, False
         for boot in self._boots:
             boot.cancel()
             if boot is not threading.current_thread():
                 boot.join()
         self._boots = []
+        if running:
+            self._save_account()
         self.emulator.stop()
         if self.farm is not None:
             with self._lock:
@@ -297,6 +334,13 @@ class Sandbox:
     def address(self, name: str) -> str:
         """The loopback address of the droplet called ``name`` (its home is named after it)."""
         return self.homes[name].name
+
+
+def _read_kept(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise SandboxError(f"{path} is damaged ({exc}): 'poseidon sandbox reset' starts afresh") from None
 
 
 def _network(root: Path | None) -> str:

@@ -336,7 +336,8 @@ class Emulator:
     the public IPv4 address the droplet gets, or None for the next address of
     203.0.113.0/24 (a documentation range). ``on_power(name, type)`` is
     called after a power action (``power_off``, ``shutdown``, ``power_on``,
-    ``reboot``, ``power_cycle``) was accepted. ``pending_reads`` is how many
+    ``reboot``, ``power_cycle``) was accepted; ``on_delete(name)`` after a
+    droplet was deleted. ``pending_reads`` is how many
     answers still show a created droplet ``new`` and an action
     ``in-progress`` after the answer that created them. ``per_hour`` and
     ``per_minute`` are the rate limits.
@@ -350,6 +351,7 @@ class Emulator:
         on_create: Callable[[str], str | None] | None = None,
         *,
         on_power: Callable[[str, str], None] | None = None,
+        on_delete: Callable[[str], None] | None = None,
         pending_reads: int = 1,
         per_hour: int = _PER_HOUR,
         per_minute: int = _PER_MINUTE,
@@ -359,6 +361,7 @@ class Emulator:
         self._token = token
         self._on_create = on_create
         self._on_power = on_power
+        self._on_delete = on_delete
         self._pending_reads = pending_reads
         self._per_hour = per_hour
         self._per_minute = per_minute
@@ -480,11 +483,14 @@ class Emulator:
         image: str = "ubuntu-24-04-x64",
         private_ip_address: str | None = None,
         status: str = "active",
+        droplet_id: int | None = None,
     ) -> dict[str, Any]:
         """Add a droplet and return its API document (a copy).
 
         A droplet of a GPU size (``gpu-h100x1-80gb``) is a GPU droplet, listed
-        only when ``?type=gpus`` asks for them.
+        only when ``?type=gpus`` asks for them. ``droplet_id`` gives it that
+        id (a kept sandbox's droplet, back with the id it had); later droplets
+        get higher ones.
         """
         if region not in _REGIONS:
             raise ValueError(f"unknown region {region!r}; the emulator knows {', '.join(_REGIONS)}")
@@ -500,7 +506,15 @@ class Emulator:
             v4.insert(0, _v4_network(private_ip_address, "private"))
             features.append("private_networking")
         with self._lock:
+            if droplet_id is not None:
+                if droplet_id in self._droplets:
+                    raise ValueError(f"droplet id {droplet_id} is taken")
+                self._next_droplet_id, later = droplet_id, max(self._next_droplet_id, droplet_id + 1)
+            else:
+                later = None
             droplet = self._new_droplet(name, region, size, _IMAGES[image][0], list(tags), features, status)
+            if later is not None:
+                self._next_droplet_id = later
             droplet["networks"]["v4"] = v4
             return copy.deepcopy(droplet)
 
@@ -508,6 +522,32 @@ class Emulator:
         """Forget a droplet, as if it had been destroyed; ``KeyError`` if unknown."""
         with self._lock:
             self._forget_droplet(droplet_id)
+
+    def droplets(self) -> list[dict[str, Any]]:
+        """Every droplet's API document (copies), in id order."""
+        with self._lock:
+            return [copy.deepcopy(self._droplets[i]) for i in sorted(self._droplets)]
+
+    def account_state(self) -> dict[str, Any]:
+        """What a kept sandbox's account keeps besides its droplets: domains, records, the ids to come."""
+        with self._lock:
+            return copy.deepcopy(
+                {
+                    "domains": list(self._domains.values()),
+                    "records": self._records,
+                    "next_record_id": self._next_record_id,
+                    "next_droplet_id": self._next_droplet_id,
+                }
+            )
+
+    def restore_account(self, state: dict[str, Any]) -> None:
+        """Put back what :meth:`account_state` gave (before any droplet is added)."""
+        with self._lock:
+            self._domains = {d["name"]: dict(d) for d in state["domains"]}
+            self._records = {name: [dict(r) for r in records] for name, records in state["records"].items()}
+            self._next_record_id = int(state["next_record_id"])
+            # Ids are never given twice, as on DigitalOcean: a droplet made again is another droplet.
+            self._next_droplet_id = max(self._next_droplet_id, int(state["next_droplet_id"]))
 
     def add_ssh_key(self, name: str, public_key: str) -> dict[str, Any]:
         """Add an SSH key to the account (``/v2/account/keys``) and return its document."""
@@ -826,15 +866,24 @@ class Emulator:
         with self._lock:
             droplet = self._droplet(request)
             self._forget_droplet(droplet["id"])
+        self._deleted([droplet["name"]])
         return 204, None
+
+    def _deleted(self, names: list[str]) -> None:
+        """Tell the hook (outside the lock, as on_create) which droplets are gone."""
+        if self._on_delete:
+            for name in names:
+                self._on_delete(name)
 
     def _delete_droplets_by_tag(self, request: _Request) -> tuple[int, Any]:
         tag = request.query.get("tag_name")
         if not tag:
             raise _HTTPError(422, "tag_name is required to delete droplets by tag.")
         with self._lock:
-            for droplet_id in [d["id"] for d in self._droplets.values() if tag in d["tags"]]:
-                self._forget_droplet(droplet_id)
+            tagged = [d for d in self._droplets.values() if tag in d["tags"]]
+            for droplet in tagged:
+                self._forget_droplet(droplet["id"])
+        self._deleted([d["name"] for d in tagged])
         return 204, None
 
     def _forget_droplet(self, droplet_id: int) -> None:

@@ -207,12 +207,12 @@ LogLevel ERROR
 """
 
     def start(self, attempts: int = 3) -> None:
-        if not self.addresses:
-            raise SandboxError("the sandbox has no droplets to serve")
+        """Start serving; with no droplet yet, only choose the port (the first droplet created starts an sshd)."""
+        find_sshd()  # no server installed: say so now, not at the first droplet
         for attempt in range(attempts):
             # The port is chosen free, then bound by sshd: another program may take
             # it in between, on any of the addresses. Then choose again.
-            self.port = _free_port(self.addresses[0])
+            self.port = _free_port(self.addresses[0] if self.addresses else "127.0.0.1")
             try:
                 self.running = True
                 for index, group in enumerate(self._groups()):
