@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from poseidon import errors
 
 if TYPE_CHECKING:
-    from poseidon import spec
+    from poseidon import spec, teardown
     from poseidon.report import Reporter
     from poseidon.sandbox import Sandbox
 
@@ -62,6 +63,13 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--out", metavar="PLAN.json", help="record the plan; 'poseidon apply PLAN.json' then refuses if droplets changed")
     plan.set_defaults(check=True)
 
+    destroy = commands.add_parser("destroy", help="delete the droplets and DNS records a playbook created")
+    destroy.add_argument("playbook")
+    destroy.add_argument("--sandbox", action="store_true", help="on the playbook's kept sandbox")
+    destroy.add_argument("--yes", action="store_true", help="delete without asking")
+    destroy.add_argument("--check", action="store_true", help="only list what would be deleted")
+    destroy.add_argument("--json", action="store_true", help="print what was (or would be) deleted as JSON")
+
     status = commands.add_parser("status", help="the processes a playbook's nohup steps manage: alive or dead")
     status.add_argument("playbook")
     status.add_argument("--sandbox", action="store_true", help="look at the playbook's kept sandbox")
@@ -95,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "apply": _apply,
         "plan": _apply,
         "status": _status,
+        "destroy": _destroy,
         "validate": _validate,
         "schema": _schema,
         "droplets": _droplets,
@@ -234,6 +243,47 @@ def _enter_sandbox(stack: ExitStack, path: str, playbook: spec.Playbook, reporte
             pin_host_keys=False,
         ),
     )
+
+
+def _destroy(args: argparse.Namespace) -> int:
+    import json
+
+    from poseidon import api, teardown
+    from poseidon.report import Reporter
+
+    playbook = _load(args.playbook)
+    reporter = Reporter(sys.stderr if args.json else None)
+    with ExitStack() as stack:
+        settings = _enter_sandbox(stack, args.playbook, playbook, reporter) if args.sandbox else {}
+        client = api.connect(token=settings.get("token"), api_url=settings.get("api_url"))
+        found = teardown.survey(playbook, args.playbook, client)
+        reporter.teardown(found, check=args.check)
+        if found.empty or args.check:
+            if args.json:
+                print(json.dumps({**found.to_dict(), "deleted": False}, indent=2))
+            return EXIT_FAILED if found.refused else EXIT_OK
+        if not args.yes and not _confirmed(f"delete {_what(found)}? [y/N] "):
+            raise errors.UsageError("nothing deleted: not confirmed (--yes deletes without asking)")
+        started = time.monotonic()
+        teardown.destroy(found, client, said=lambda line: reporter.message(line))
+        reporter.message(f"deleted {_what(found)} in {time.monotonic() - started:.1f}s", "bold green")
+    if args.json:
+        print(json.dumps({**found.to_dict(), "deleted": True}, indent=2))
+    return EXIT_FAILED if found.refused else EXIT_OK
+
+
+def _what(found: teardown.Teardown) -> str:
+    return f"{len(found.droplets)} droplet(s) and {len(found.records)} DNS record(s)"
+
+
+def _confirmed(question: str) -> bool:
+    """Ask on the terminal; without one (CI, a pipe) the answer is no."""
+    if not sys.stdin.isatty():
+        return False
+    try:
+        return input(question).strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from poseidon import api, hostkeys, spec, steps
+from poseidon import api, dns, hostkeys, spec, steps
 from poseidon.droplet import Droplet, ssh_port_from_environment
 from poseidon.errors import (
     APIConnectionError,
@@ -95,6 +95,8 @@ class Target:
     user: str | None = None
     port: int | None = None
     create: spec.CreateDroplet | None = None
+    #: The A record the playbook keeps pointing at it.
+    dns: spec.DNSRecord | None = None
 
     @property
     def identity(self) -> tuple[int | None, str | None]:
@@ -147,12 +149,13 @@ def resolve(playbook: spec.Playbook, client: api.Client) -> list[Target]:
                 if len(found) != 1 and not (not found and ref.create):
                     client.droplets.by_name(ref.name)  # raises the detailed "none" or "several" error
                 if not found:
-                    targets.setdefault(ref.name, Target(ref.name, None, ref.user, ref.port, ref.create))
+                    targets.setdefault(ref.name, Target(ref.name, None, ref.user, ref.port, ref.create, ref.dns))
         except ResolveError as exc:
             problems.append(str(exc))
             continue
+        record = ref.dns if isinstance(ref, spec.NamedDroplet) else None
         for droplet in found:
-            targets.setdefault(droplet.id, Target(droplet.name, droplet, ref.user, ref.port))
+            targets.setdefault(droplet.id, Target(droplet.name, droplet, ref.user, ref.port, dns=record))
     names = [t.name for t in targets.values()]
     twins = sorted({n for n in names if names.count(n) > 1})
     if twins:
@@ -185,8 +188,12 @@ def create_missing(
     pin_host_keys: bool = True,
     known_hosts: str | None = None,
     timeout: float = 300.0,
+    owner_tag: str | None = None,
 ) -> list[Target]:
     """Create the droplets that do not exist yet, all at once, and wait until they are active.
+
+    Each carries ``owner_tag`` too (the playbook's, :meth:`spec.Playbook.owner_tag`):
+    ``destroy`` deletes only droplets that carry it.
 
     With ``pin_host_keys``, each new droplet gets a host key generated here,
     handed over in its cloud-init user data and recorded under the droplet's
@@ -198,6 +205,8 @@ def create_missing(
     for target in missing:  # every user data is checked before anything is created
         assert target.create is not None
         options = target.create.model_dump()
+        if owner_tag and owner_tag not in options["tags"]:
+            options["tags"] = [*options["tags"], owner_tag]
         public = None
         if pin_host_keys:
             options["user_data"], public = hostkeys.pinned_user_data(options.pop("user_data", None))
@@ -218,7 +227,7 @@ def create_missing(
         # Droplets now exist that no report will show: the error names them.
         raise PartlyCreatedError(exc, [(name, d.id) for name, d in made.items()]) from exc
     return [
-        Target(t.name, made[t.name], t.user, t.port, t.create) if t.name in made and t.droplet is None else t
+        Target(t.name, made[t.name], t.user, t.port, t.create, t.dns) if t.name in made and t.droplet is None else t
         for t in targets
     ]
 
@@ -576,16 +585,40 @@ def apply(
     try:
         if options.mode == "apply":
             targets = create_missing(
-                targets, client, pin_host_keys=settings.pin_host_keys, known_hosts=settings.known_hosts
+                targets,
+                client,
+                pin_host_keys=settings.pin_host_keys,
+                known_hosts=settings.known_hosts,
+                owner_tag=playbook.owner_tag(path),
             )
+        # The records first: the name answers by the time the steps have started the app.
+        wanted = [(t.name, t.dns, t.droplet.ip_address if t.droplet else None) for t in targets if t.dns]
+        records = dns.sync(wanted, client, apply=options.mode == "apply")
         context = _Context(playbook, environ, secrets, settings, options, masker, progress, notice, log)
         result.droplets = _run_all(targets, context, result)
+        prices = _prices(targets, client)
+        for run in result.droplets:
+            run.dns = records.get(run.name)
+            run.price_monthly, run.price_hourly = prices.get(run.name, (None, None))
     finally:
         if log:
             log.close()
             result.run_log, result.run_log_error = str(log.path), log.error
     result.duration = time.monotonic() - clock
     return result
+
+
+def _prices(targets: list[Target], client: api.Client) -> dict[str, tuple[float, float]]:
+    """Per droplet created (or to be), its size's monthly and hourly price from the sizes API."""
+    sizes = {t.name: t.create.size for t in targets if t.create is not None}
+    if not sizes:
+        return {}
+    try:
+        listed = client.sizes.list()
+    except (APIError, APIConnectionError):
+        return {}  # the prices are information: the run does not fail for them
+    known = {s["slug"]: (float(s["price_monthly"]), float(s["price_hourly"])) for s in listed}
+    return {name: known[size] for name, size in sizes.items() if size in known}
 
 
 def _masker(playbook: spec.Playbook, environ: dict[str, str], secrets: dict[str, str]) -> Masker:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from poseidon.droplet import Droplet
+    from poseidon.teardown import Teardown
 
 __all__ = ["Reporter", "to_json", "write_report_dir"]
 
@@ -186,7 +187,47 @@ class Reporter:
         if snapshots:
             for run in result.droplets:
                 self._snapshots(run)
+        self._records(result)
+        self._costs(result)
         self._totals(result)
+
+    def teardown(self, found: Teardown, *, check: bool) -> None:
+        """What ``destroy`` deletes (or, with ``check``, would), what it refuses and what it leaves."""
+        verb = "would delete" if check else "to delete"
+        self.console.print(f"droplets carrying {found.tag}:", style="bold", markup=False)
+        for droplet in found.droplets:
+            address = droplet.ip_address or "no address"
+            self.console.print(f"  {verb}: droplet {droplet.name} (id {droplet.id}, {address})", markup=False)
+        for domain, record in found.records:
+            name = domain if record.get("name") == "@" else f"{record.get('name')}.{domain}"
+            self.console.print(f"  {verb}: dns {name} A {record.get('data')}", markup=False)
+        for refusal in found.refused:
+            self.console.print(f"  refused: {refusal.name} (id {refusal.id}): {refusal.reason}", style="bold red", markup=False)
+        for name in found.kept:
+            self.console.print(f"  kept: {name} (no create: in the playbook)", style="dim", markup=False)
+        if found.empty:
+            self.console.print("  nothing to delete", markup=False)
+
+    def _records(self, result: RunResult) -> None:
+        """The A records the playbook keeps (``dns:``): one line each."""
+        for run in result.droplets:
+            if run.dns is not None:
+                record = run.dns
+                line = f"dns {record.record} A {record.address or '(the new address)'}: {record.status}"
+                style = _STYLES.get(record.status, "")
+                self.console.print(f"{line} ({record.detail})" if record.detail else line, style=style, markup=False)
+
+    def _costs(self, result: RunResult) -> None:
+        """The droplets created (or to be, in a plan) with their prices, and the total."""
+        priced = [run for run in result.droplets if run.created and run.price_monthly is not None]
+        if not priced:
+            return
+        verb = "to create" if result.mode == "check" else "created"
+        for run in priced:
+            self.console.print(f"{verb}: {run.name} {_price(run.price_monthly, run.price_hourly)}", markup=False)
+        monthly = sum(run.price_monthly or 0.0 for run in priced)
+        hourly = sum(run.price_hourly or 0.0 for run in priced)
+        self.console.print(f"total {verb}: {len(priced)} droplet(s), {_price(monthly, hourly)}", style="bold", markup=False)
 
     def _steps_table(self, result: RunResult) -> None:
         """Steps as rows and droplets as columns while they fit the terminal; one row per droplet after that."""
@@ -273,6 +314,10 @@ class Reporter:
             style=style,
             markup=False,
         )
+
+
+def _price(monthly: float | None, hourly: float | None) -> str:
+    return f"${monthly or 0:,.2f}/month (${hourly or 0:.5f}/hour)"
 
 
 def _cell(step: StepResult | None) -> Any:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DropletRun", "ProcessStatus", "RunResult", "StepResult", "STATUSES"]
+__all__ = ["DNSResult", "DropletRun", "ProcessStatus", "RunResult", "StepResult", "STATUSES"]
 
 #: ``would-change`` is what ``plan`` reports where ``apply`` would report ``changed``.
 STATUSES = ("ok", "changed", "would-change", "failed", "skipped")
@@ -50,6 +50,20 @@ class StepResult:
 
 
 @dataclass
+class DNSResult:
+    """The A record a droplet's ``dns:`` keeps: ``ok``, ``changed``, ``would-change`` or ``failed``."""
+
+    record: str
+    address: str | None
+    status: str
+    #: What was done or would be ("created", "was 203.0.113.7"), or why it failed.
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"record": self.record, "address": self.address, "status": self.status, "detail": self.detail}
+
+
+@dataclass
 class DropletRun:
     """Everything that happened on one droplet."""
 
@@ -67,10 +81,16 @@ class DropletRun:
     top: Any = None
     #: The rows of ``ps`` whose process was not running before the first step.
     started_processes: Any = None
+    #: The A record the playbook keeps for it (``dns:``), or ``None``.
+    dns: DNSResult | None = None
+    #: What a droplet to be created costs, from the sizes API (USD); ``None`` for others.
+    price_monthly: float | None = None
+    price_hourly: float | None = None
 
     @property
     def failed(self) -> bool:
-        return self.error is not None or any(s.status == "failed" for s in self.steps)
+        dns_failed = self.dns is not None and self.dns.status == "failed"
+        return self.error is not None or dns_failed or any(s.status == "failed" for s in self.steps)
 
     def count(self, status: str) -> int:
         return sum(1 for s in self.steps if s.status == status)
@@ -83,6 +103,9 @@ class DropletRun:
             "error": self.error,
             "unreachable": self.unreachable,
             "created": self.created,
+            "price_monthly": self.price_monthly,
+            "price_hourly": self.price_hourly,
+            "dns": self.dns.to_dict() if self.dns else None,
             "failed": self.failed,
             "steps": [s.to_dict() for s in self.steps],
             "ps": _records(self.ps),

@@ -279,6 +279,9 @@ _GIT_REF_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_./+@-]*")
 _LABEL_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _DROPLET_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]*")
 _TAG_RE = re.compile(r"[A-Za-z0-9_:][A-Za-z0-9_:-]*")
+_DNS_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?"
+_DOMAIN_RE = re.compile(rf"(?=.{{1,253}}$)(?:{_DNS_LABEL}\.)+[a-z][a-z0-9-]{{0,61}}[a-z0-9]")
+_RECORD_NAME_RE = re.compile(rf"@|\*|(?:\*\.)?{_DNS_LABEL}(?:\.{_DNS_LABEL})*")
 _SHORTHAND_RE = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
 _URL_RE = re.compile(
     r"(?:https?|ssh)://(?:[A-Za-z0-9._~%+-]+(?::[A-Za-z0-9._~%+-]*)?@)?"
@@ -445,6 +448,25 @@ class CreateDroplet(_Model):
     backups: bool = Field(default=False, description="Enable weekly backups (billed).")
 
 
+class DNSRecord(_Model):
+    """An A record that follows the droplet's public IPv4: created when missing, updated when it moved."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"domain": "example.com", "name": "www", "ttl": 300}]})
+
+    domain: Annotated[str, AfterValidator(_matching(_DOMAIN_RE, "a domain name (lower-case, e.g. example.com)"))] = Field(
+        description="The domain (created in the account when it has none of that name)."
+    )
+    name: Annotated[str, AfterValidator(_matching(_RECORD_NAME_RE, "a record name (www, a.b, @ for the domain itself)"))] = Field(
+        default="@", description="The record's name in the domain: www, or @ for the domain itself."
+    )
+    ttl: int = Field(default=1800, ge=30, description="Seconds resolvers may keep the answer.")
+
+    @property
+    def fqdn(self) -> str:
+        """The name the record answers for: ``www.example.com``, or the domain itself for ``@``."""
+        return self.domain if self.name == "@" else f"{self.name}.{self.domain}"
+
+
 class NamedDroplet(_Model):
     """One droplet, found by its name. A plain string entry is its name."""
 
@@ -461,6 +483,7 @@ class NamedDroplet(_Model):
     create: CreateDroplet | None = Field(
         default=None, description="Create the droplet like this when no droplet has this name."
     )
+    dns: DNSRecord | None = Field(default=None, description="Keep an A record pointing at the droplet's public IPv4.")
 
     @model_validator(mode="before")
     @classmethod
@@ -512,17 +535,29 @@ def _droplet_key(entry: object) -> tuple[str, str] | None:
     return None
 
 
+def _dns_key(entry: object) -> tuple[str, str] | None:
+    """``("dns record", "www.example.com")`` for an entry with ``dns:``: two droplets cannot both own one."""
+    record = entry.dns if isinstance(entry, NamedDroplet) else entry.get("dns") if isinstance(entry, dict) else None
+    if isinstance(record, DNSRecord):
+        return "dns record", record.fqdn
+    if isinstance(record, dict) and isinstance(record.get("domain"), str):
+        name = record.get("name", "@")
+        return "dns record", record["domain"] if name == "@" else f"{name}.{record['domain']}"
+    return None
+
+
 def _duplicate_droplets(entries: list[Any]) -> Iterator[tuple[int, int, str]]:
-    """``(index, first index, message)`` for each entry selecting what an earlier one does."""
+    """``(index, first index, message)`` for each entry selecting what an earlier one does,
+    or keeping a DNS record an earlier one keeps."""
     first: dict[tuple[str, str], int] = {}
     for index, entry in enumerate(entries):
-        key = _droplet_key(entry)
-        if key is None:
-            continue
-        if key in first:
-            yield index, first[key], f"duplicate {key[0]} {key[1]!r}"
-        else:
-            first[key] = index
+        for key in (_droplet_key(entry), _dns_key(entry)):
+            if key is None:
+                continue
+            if key in first:
+                yield index, first[key], f"duplicate {key[0]} {key[1]!r}"
+            else:
+                first[key] = index
 
 DropletRef = Annotated[
     Annotated[NamedDroplet, Tag("NamedDroplet")] | Annotated[TaggedDroplets, Tag("TaggedDroplets")],
@@ -945,6 +980,13 @@ class Playbook(_Model):
             else:
                 values[name] = _to_text(value)
         return values
+
+    def owner_tag(self, path: str | os.PathLike[str]) -> str:
+        """The tag on every droplet this playbook creates (``poseidon:hello-flask``): its ``name``,
+        else its file's name, as a tag may spell it. ``destroy`` deletes only droplets carrying it."""
+        base = self.name or Path(path).stem
+        slug = re.sub(r"[^A-Za-z0-9_-]+", "-", base).strip("-")[:200] or "playbook"
+        return f"poseidon:{slug}"
 
     def secret_names(self) -> list[str]:
         """The variables marked secret."""

@@ -77,3 +77,10 @@ def test_offline_commands_import_nothing_heavy(command: list[str]) -> None:
         [sys.executable, "-c", probe, *command], cwd=PACKAGE.parent, capture_output=True, text=True, check=True
     )
     assert run.stderr.strip().splitlines()[-1] == "[]", run.stderr
+
+
+@pytest.mark.parametrize("name", ["dns.py", "teardown.py"])
+def test_dns_and_teardown_talk_to_the_api_only(name: str) -> None:
+    names = imports_of(PACKAGE / name)
+    assert not any(n.split(".")[0] in ("fabric", "paramiko", "invoke") for n in names)
+    assert not any(n.startswith(("poseidon.ssh", "poseidon.steps", "poseidon.executor", "poseidon.report")) for n in names)

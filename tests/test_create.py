@@ -63,7 +63,7 @@ def test_apply_creates_the_missing_droplet_once_and_provisions_it(
     assert [s["status"] for s in fresh["steps"]] == ["changed"]
     assert (sandbox.home("fresh") / "made").read_text() == "made\n"
     made = po.connect().droplets.by_name("fresh")
-    assert made.tags == ["demo"] and made.data["size_slug"] == "s-1vcpu-1gb"
+    assert made.tags == ["demo", "poseidon:site"] and made.data["size_slug"] == "s-1vcpu-1gb"  # and the owner tag
 
     code, second = run("apply", str(playbook), capsys=capsys)
     assert code == 0

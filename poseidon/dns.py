@@ -1,0 +1,74 @@
+"""The A records that follow droplets: a playbook's ``dns:`` entries, through the API.
+
+``sync`` makes each record point at its droplet's public IPv4 (``plan``
+only says what it would do); ``managed`` finds the records ``destroy``
+removes: those of the playbook's names that point at the droplet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from poseidon import api
+from poseidon.errors import APIConnectionError, APIError
+from poseidon.results import DNSResult
+from poseidon.spec import DNSRecord
+
+__all__ = ["managed", "sync"]
+
+
+def sync(
+    wanted: Iterable[tuple[str, DNSRecord, str | None]], client: api.Client, *, apply: bool
+) -> dict[str, DNSResult]:
+    """Per droplet name, its record made to point at ``address`` (or, without ``apply``, what would be done).
+
+    ``wanted`` holds ``(droplet name, record, public IPv4)``; the address is
+    ``None`` for a droplet still to be created. A domain the account lacks is
+    created first. An API failure fails that record only.
+    """
+    results: dict[str, DNSResult] = {}
+    domains: set[str] | None = None
+    for name, record, address in wanted:
+        try:
+            if domains is None:
+                domains = {d["name"] for d in client.domains.list()}
+            results[name] = _sync_one(record, address, client, domains, apply)
+        except (APIError, APIConnectionError) as exc:
+            results[name] = DNSResult(record.fqdn, address, "failed", str(exc))
+    return results
+
+
+def _sync_one(record: DNSRecord, address: str | None, client: api.Client, domains: set[str], apply: bool) -> DNSResult:
+    change = "changed" if apply else "would-change"
+    created_domain = ""
+    if record.domain not in domains:
+        if not apply:
+            return DNSResult(record.fqdn, address, change, f"domain {record.domain} and the record to be created")
+        client.domains.create(record.domain)
+        domains.add(record.domain)
+        created_domain = f"domain {record.domain} created; "
+    if address is None:
+        if apply:
+            return DNSResult(record.fqdn, None, "failed", "the droplet has no public IPv4 address")
+        return DNSResult(record.fqdn, None, change, "to point at the droplet once it is created")
+    records = client.domains.records(record.domain)
+    found = records.list(type="A", name=record.name)
+    if not found:
+        if apply:
+            records.create("A", record.name, address, ttl=record.ttl)
+        return DNSResult(record.fqdn, address, change, created_domain + ("created" if apply else "to be created"))
+    current = found[0]
+    if current.get("data") == address and current.get("ttl") == record.ttl:
+        return DNSResult(record.fqdn, address, "ok", "points at the droplet")
+    was = f"was {current.get('data')}, ttl {current.get('ttl')}"
+    if apply:
+        records.update(int(current["id"]), type="A", data=address, ttl=record.ttl)
+    return DNSResult(record.fqdn, address, change, was)
+
+
+def managed(record: DNSRecord, address: str | None, client: api.Client) -> list[dict[str, object]]:
+    """The A records of ``record``'s name that point at ``address``: what the playbook keeps for the droplet."""
+    if address is None or record.domain not in {d["name"] for d in client.domains.list()}:
+        return []
+    found = client.domains.records(record.domain).list(type="A", name=record.name)
+    return [r for r in found if r.get("data") == address]
