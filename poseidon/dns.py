@@ -43,10 +43,10 @@ def _sync_one(record: DNSRecord, address: str | None, client: api.Client, domain
     created_domain = ""
     if record.domain not in domains:
         if not apply:
-            return DNSResult(record.fqdn, address, change, f"domain {record.domain} and the record to be created")
+            return DNSResult(record.fqdn, address, change, f"to be created, in the new domain {record.domain}")
         client.domains.create(record.domain)
         domains.add(record.domain)
-        created_domain = f"domain {record.domain} created; "
+        created_domain = f", in the new domain {record.domain}"
     if address is None:
         if apply:
             return DNSResult(record.fqdn, None, "failed", "the droplet has no public IPv4 address")
@@ -56,7 +56,7 @@ def _sync_one(record: DNSRecord, address: str | None, client: api.Client, domain
     if not found:
         if apply:
             records.create("A", record.name, address, ttl=record.ttl)
-        return DNSResult(record.fqdn, address, change, created_domain + ("created" if apply else "to be created"))
+        return DNSResult(record.fqdn, address, change, ("created" if apply else "to be created") + created_domain)
     current = found[0]
     if current.get("data") == address and current.get("ttl") == record.ttl:
         return DNSResult(record.fqdn, address, "ok", "points at the droplet")

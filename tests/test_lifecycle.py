@@ -58,7 +58,7 @@ def test_the_demo_goes_from_nothing_to_an_app_at_a_dns_name_and_back_and_again(
         "record": "demo.example.com",
         "address": address,
         "status": "changed",
-        "detail": "domain example.com created; created",
+        "detail": "created, in the new domain example.com",
     }
     with urllib.request.urlopen(f"http://{address}:5000/", timeout=10) as answer:  # the app answers
         assert answer.status == 200
