@@ -93,21 +93,32 @@ def test_an_unreachable_remote_fails_the_check_instead_of_passing_it(history: di
     assert "the check failed" in outcome.stderr
 
 
+def _served(tmp_path: Path) -> Path:
+    """A folder holding private.git, the tiny app's repository, for private_git_server."""
+    served = tmp_path / "served"
+    build_bare_repo(Path(__file__).parent / "apps" / "tiny", served / "private.git")
+    return served
+
+
+def _private_playbook(tmp_path: Path, url: str, dest: str) -> Path:
+    """A playbook cloning ``url``/private.git into ``dest`` with the token in DEPLOY_TOKEN."""
+    playbook = tmp_path / "private.yaml"
+    playbook.write_text(textwrap.dedent(f"""
+        version: 1
+        droplets: [test]
+        steps:
+          - git: {{repo: "{url}/private.git", dest: {dest}, token_env: DEPLOY_TOKEN}}
+        report: {{ps: false, top: false}}
+    """))
+    return playbook
+
+
 def test_a_private_repository_is_cloned_with_a_token_that_leaves_no_trace(
     tmp_path: Path, sandbox_env: Sandbox, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     token = "ghp_" + "s3cr3t" * 6
-    served = tmp_path / "served"
-    build_bare_repo(Path(__file__).parent / "apps" / "tiny", served / "private.git")
-    with private_git_server(served, token) as (url, seen):
-        playbook = tmp_path / "private.yaml"
-        playbook.write_text(textwrap.dedent(f"""
-            version: 1
-            droplets: [test]
-            steps:
-              - git: {{repo: "{url}/private.git", dest: private, token_env: DEPLOY_TOKEN}}
-            report: {{ps: false, top: false}}
-        """))
+    with private_git_server(_served(tmp_path), token) as (url, seen):
+        playbook = _private_playbook(tmp_path, url, "private")
         report = tmp_path / "report.json"
         without = main(["apply", str(playbook), "--json"])
         assert without == 1  # no token: refused by the server, and git did not wait for a prompt
@@ -135,17 +146,8 @@ def test_a_refused_token_fails_the_step_with_git_s_reason_and_the_token_in_no_re
     tmp_path: Path, sandbox_env: Sandbox, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     wrong = "ghp_" + "wr0ng" * 7
-    served = tmp_path / "served"
-    build_bare_repo(Path(__file__).parent / "apps" / "tiny", served / "private.git")
-    with private_git_server(served, "ghp_" + "r1ght" * 7) as (url, seen):
-        playbook = tmp_path / "private.yaml"
-        playbook.write_text(textwrap.dedent(f"""
-            version: 1
-            droplets: [test]
-            steps:
-              - git: {{repo: "{url}/private.git", dest: refused, token_env: DEPLOY_TOKEN}}
-            report: {{ps: false, top: false}}
-        """))
+    with private_git_server(_served(tmp_path), "ghp_" + "r1ght" * 7) as (url, seen):
+        playbook = _private_playbook(tmp_path, url, "refused")
         monkeypatch.setenv("DEPLOY_TOKEN", wrong)
         report = tmp_path / "report.json"
         assert main(["apply", str(playbook), "--json", "--report", str(report)]) == 1
@@ -163,8 +165,6 @@ def test_the_token_is_in_no_command_line_on_the_droplet_while_the_clone_runs(
     tmp_path: Path, sandbox_env: Sandbox, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     token = "ghp_" + "w4tch3d" * 5
-    served = tmp_path / "served"
-    build_bare_repo(Path(__file__).parent / "apps" / "tiny", served / "slow.git")
     seen_commands: list[bytes] = []
     stop = threading.Event()
 
@@ -178,12 +178,8 @@ def test_the_token_is_in_no_command_line_on_the_droplet_while_the_clone_runs(
                     continue
             time.sleep(0.02)
 
-    with private_git_server(served, token, delay=0.2) as (url, _):
-        playbook = tmp_path / "slow.yaml"
-        playbook.write_text(
-            f'version: 1\ndroplets: [test]\nsteps:\n  - git: {{repo: "{url}/slow.git", dest: slow, token_env: DEPLOY_TOKEN}}\n'
-            "report: {ps: false, top: false}\n"
-        )
+    with private_git_server(_served(tmp_path), token, delay=0.2) as (url, _):
+        playbook = _private_playbook(tmp_path, url, "slow")
         monkeypatch.setenv("DEPLOY_TOKEN", token)
         watcher = threading.Thread(target=watch)
         watcher.start()

@@ -156,35 +156,30 @@ FOLLOWING = """
 """
 
 
-@pytest.fixture
-def empty_account(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:
-    with Sandbox([]) as sandbox:
-        point_at(sandbox, monkeypatch)
-        yield sandbox
-
-
 def test_the_record_follows_a_droplet_whose_address_changed(
-    tmp_path: Path, empty_account: Sandbox, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     playbook = tmp_path / "following.yaml"
     playbook.write_text(textwrap.dedent(FOLLOWING))
-    code, first = run(capsys, "apply", str(playbook))
-    old = droplet(first, "moving")["ip_address"]
-    assert code == 0 and droplet(first, "moving")["dns"]["status"] == "changed"
-    client = po.connect()
-    # The droplet is lost and made again elsewhere; its record still points at the old address.
-    client.droplets.delete(client.droplets.by_name("moving").id)
-    code, planned = run(capsys, "plan", str(playbook))
-    assert code == 0 and droplet(planned, "moving")["dns"]["status"] == "would-change"
+    with Sandbox([]) as sandbox:  # an account with no droplet yet
+        point_at(sandbox, monkeypatch)
+        code, first = run(capsys, "apply", str(playbook))
+        old = droplet(first, "moving")["ip_address"]
+        assert code == 0 and droplet(first, "moving")["dns"]["status"] == "changed"
+        client = po.connect()
+        # The droplet is lost and made again elsewhere; its record still points at the old address.
+        client.droplets.delete(client.droplets.by_name("moving").id)
+        code, planned = run(capsys, "plan", str(playbook))
+        assert code == 0 and droplet(planned, "moving")["dns"]["status"] == "would-change"
 
-    code, second = run(capsys, "apply", str(playbook))
-    moved = droplet(second, "moving")
-    assert code == 0 and moved["ip_address"] != old
-    assert moved["dns"]["status"] == "changed" and moved["dns"]["detail"] == f"was {old}, ttl 300"
-    records = client.domains.records("example.net").list(type="A", name="app")
-    assert [(r["data"], r["ttl"]) for r in records] == [(moved["ip_address"], 300)]
-    code, third = run(capsys, "apply", str(playbook))
-    assert code == 0 and droplet(third, "moving")["dns"]["status"] == "ok"
+        code, second = run(capsys, "apply", str(playbook))
+        moved = droplet(second, "moving")
+        assert code == 0 and moved["ip_address"] != old
+        assert moved["dns"]["status"] == "changed" and moved["dns"]["detail"] == f"was {old}, ttl 300"
+        records = client.domains.records("example.net").list(type="A", name="app")
+        assert [(r["data"], r["ttl"]) for r in records] == [(moved["ip_address"], 300)]
+        code, third = run(capsys, "apply", str(playbook))
+        assert code == 0 and droplet(third, "moving")["dns"]["status"] == "ok"
 
 
 PRICED = """
