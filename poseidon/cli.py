@@ -280,8 +280,9 @@ def _confirmed(question: str) -> bool:
     """Ask on the terminal; without one (CI, a pipe) the answer is no."""
     if not sys.stdin.isatty():
         return False
+    print(question, end="", file=sys.stderr, flush=True)  # stdout may be carrying --json
     try:
-        return input(question).strip().lower() in ("y", "yes")
+        return input().strip().lower() in ("y", "yes")
     except EOFError:
         return False
 

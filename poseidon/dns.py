@@ -1,20 +1,21 @@
 """The A records that follow droplets: a playbook's ``dns:`` entries, through the API.
 
 ``sync`` makes each record point at its droplet's public IPv4 (``plan``
-only says what it would do); ``managed`` finds the records ``destroy``
-removes: those of the playbook's names that point at the droplet.
+only says what it would do); ``records_of`` finds a name's A records, for
+``destroy``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from poseidon import api
 from poseidon.errors import APIConnectionError, APIError
 from poseidon.results import DNSResult
 from poseidon.spec import DNSRecord
 
-__all__ = ["managed", "sync"]
+__all__ = ["records_of", "sync"]
 
 
 def sync(
@@ -57,6 +58,12 @@ def _sync_one(record: DNSRecord, address: str | None, client: api.Client, domain
         if apply:
             records.create("A", record.name, address, ttl=record.ttl)
         return DNSResult(record.fqdn, address, change, ("created" if apply else "to be created") + created_domain)
+    if len(found) > 1:
+        listed = ", ".join(str(r.get("data")) for r in found)
+        return DNSResult(
+            record.fqdn, address, "failed",
+            f"{len(found)} A records answer for it ({listed}): poseidon keeps one; remove the others",
+        )
     current = found[0]
     if current.get("data") == address and current.get("ttl") == record.ttl:
         return DNSResult(record.fqdn, address, "ok", "points at the droplet")
@@ -66,9 +73,8 @@ def _sync_one(record: DNSRecord, address: str | None, client: api.Client, domain
     return DNSResult(record.fqdn, address, change, was)
 
 
-def managed(record: DNSRecord, address: str | None, client: api.Client) -> list[dict[str, object]]:
-    """The A records of ``record``'s name that point at ``address``: what the playbook keeps for the droplet."""
-    if address is None or record.domain not in {d["name"] for d in client.domains.list()}:
+def records_of(record: DNSRecord, client: api.Client, domains: set[str]) -> list[dict[str, Any]]:
+    """The A records answering for ``record``'s name (none when the account has not its domain)."""
+    if record.domain not in domains:
         return []
-    found = client.domains.records(record.domain).list(type="A", name=record.name)
-    return [r for r in found if r.get("data") == address]
+    return client.domains.records(record.domain).list(type="A", name=record.name)

@@ -198,13 +198,17 @@ class Reporter:
         for droplet in found.droplets:
             address = droplet.ip_address or "no address"
             self.console.print(f"  {verb}: droplet {droplet.name} (id {droplet.id}, {address})", markup=False)
+        from poseidon.teardown import record_name
+
         for domain, record in found.records:
-            name = domain if record.get("name") == "@" else f"{record.get('name')}.{domain}"
-            self.console.print(f"  {verb}: dns {name} A {record.get('data')}", markup=False)
+            self.console.print(f"  {verb}: dns {record_name(domain, record)} A {record.get('data')}", markup=False)
         for refusal in found.refused:
             self.console.print(f"  refused: {refusal.name} (id {refusal.id}): {refusal.reason}", style="bold red", markup=False)
         for name in found.kept:
             self.console.print(f"  kept: {name} (no create: in the playbook)", style="dim", markup=False)
+        for domain, record in found.left:
+            where = f"dns {record_name(domain, record)} A {record.get('data')}"
+            self.console.print(f"  left: {where} (it points at no droplet deleted here)", style="yellow", markup=False)
         if found.empty:
             self.console.print("  nothing to delete", markup=False)
 
@@ -219,15 +223,14 @@ class Reporter:
 
     def _costs(self, result: RunResult) -> None:
         """The droplets created (or to be, in a plan) with their prices, and the total."""
-        priced = [run for run in result.droplets if run.created and run.price_monthly is not None]
-        if not priced:
+        if not result.priced:
             return
         verb = "to create" if result.mode == "check" else "created"
-        for run in priced:
+        for run in result.priced:
             self.console.print(f"{verb}: {run.name} {_price(run.price_monthly, run.price_hourly)}", markup=False)
-        monthly = sum(run.price_monthly or 0.0 for run in priced)
-        hourly = sum(run.price_hourly or 0.0 for run in priced)
-        self.console.print(f"total {verb}: {len(priced)} droplet(s), {_price(monthly, hourly)}", style="bold", markup=False)
+        total = result.prices()
+        line = f"total {verb}: {total['droplets']} droplet(s), {_price(total['monthly'], total['hourly'])}"
+        self.console.print(line, style="bold", markup=False)
 
     def _steps_table(self, result: RunResult) -> None:
         """Steps as rows and droplets as columns while they fit the terminal; one row per droplet after that."""

@@ -134,6 +134,20 @@ class RunResult:
     def failed(self) -> bool:
         return any(d.failed for d in self.droplets)
 
+    @property
+    def priced(self) -> list[DropletRun]:
+        """The droplets created (or, in a plan, to be) whose price the sizes API gave."""
+        return [d for d in self.droplets if d.created and d.price_monthly is not None]
+
+    def prices(self) -> dict[str, Any]:
+        """What the droplets created (or to be) cost together, in USD."""
+        priced = self.priced
+        return {
+            "droplets": len(priced),
+            "monthly": round(sum(d.price_monthly or 0.0 for d in priced), 2),
+            "hourly": round(sum(d.price_hourly or 0.0 for d in priced), 5),
+        }
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "playbook": self.playbook,
@@ -143,6 +157,7 @@ class RunResult:
             "duration": round(self.duration, 3),
             "interrupted": self.interrupted,
             "failed": self.failed,
+            "prices": self.prices(),
             "droplets": [d.to_dict() for d in self.droplets],
         }
 

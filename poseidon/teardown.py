@@ -17,9 +17,9 @@ from typing import Any
 
 from poseidon import api, dns, spec
 from poseidon.droplet import Droplet
-from poseidon.errors import NotFoundError, WaitTimeoutError
+from poseidon.errors import NotFoundError, UsageError, WaitTimeoutError
 
-__all__ = ["Refusal", "Teardown", "destroy", "survey"]
+__all__ = ["Refusal", "Teardown", "destroy", "record_name", "survey"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,9 @@ class Teardown:
     refused: list[Refusal] = field(default_factory=list)
     #: Droplets the playbook names without ``create:``: never deleted.
     kept: list[str] = field(default_factory=list)
+    #: ``(domain, record)``: A records of the playbook's ``dns:`` names that point at no droplet
+    #: deleted here (a droplet gone already, moved, or not the playbook's): left, and listed.
+    left: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -52,31 +55,52 @@ class Teardown:
             "tag": self.tag,
             "droplets": [{"name": d.name, "id": d.id, "ip_address": d.ip_address} for d in self.droplets],
             "records": [
-                {"record": _fqdn(domain, record), "type": "A", "data": record.get("data"), "id": record.get("id")}
+                {"record": record_name(domain, record), "type": "A", "data": record.get("data"), "id": record.get("id")}
                 for domain, record in self.records
             ],
             "refused": [{"name": r.name, "id": r.id, "reason": r.reason} for r in self.refused],
             "kept": self.kept,
+            "left": [
+                {"record": record_name(domain, record), "type": "A", "data": record.get("data"), "id": record.get("id")}
+                for domain, record in self.left
+            ],
         }
 
 
 def survey(playbook: spec.Playbook, path: str, client: api.Client) -> Teardown:
-    """What ``destroy`` would do to the playbook at ``path``; changes nothing."""
+    """What ``destroy`` would do to the playbook at ``path``; changes nothing.
+
+    Refuses (``UsageError``) a playbook without ``name:``: its tag would come
+    from its file name, which other playbooks may share.
+    """
+    if playbook.name is None:
+        raise UsageError(
+            f"destroy needs the playbook's name: (its droplets carry {playbook.owner_tag(path)}, from its file name,"
+            " which other playbooks may share): add name: to it"
+        )
     teardown = Teardown(playbook.owner_tag(path))
+    domains: set[str] | None = None
     for ref in playbook.droplets:
         if not isinstance(ref, spec.NamedDroplet):
             continue  # a tag selects droplets the playbook did not create
+        ours = []
         if ref.create is None:
             teardown.kept.append(ref.name)
-            continue
-        for droplet in client.droplets.find(ref.name):
-            if teardown.tag not in droplet.tags:
+        else:
+            for droplet in client.droplets.find(ref.name):
+                if teardown.tag in droplet.tags:
+                    ours.append(droplet)
+                    continue
                 reason = f"it does not carry the tag {teardown.tag}: this playbook did not create it"
                 teardown.refused.append(Refusal(droplet.name, droplet.id, reason))
-                continue
-            teardown.droplets.append(droplet)
-            if ref.dns is not None:
-                teardown.records += [(ref.dns.domain, r) for r in dns.managed(ref.dns, droplet.ip_address, client)]
+            teardown.droplets += ours
+        if ref.dns is not None:
+            if domains is None:
+                domains = {d["name"] for d in client.domains.list()}
+            addresses = {d.ip_address for d in ours}
+            for record in dns.records_of(ref.dns, client, domains):
+                pointing = record.get("data") in addresses
+                (teardown.records if pointing else teardown.left).append((ref.dns.domain, record))
     return teardown
 
 
@@ -98,7 +122,7 @@ def destroy(
         except NotFoundError:
             pass  # gone already: what was asked for
         if said:
-            said(f"deleted dns {_fqdn(domain, record)} A {record.get('data')}")
+            said(f"deleted dns {record_name(domain, record)} A {record.get('data')}")
     for droplet in teardown.droplets:
         try:
             client.droplets.delete(droplet.id)
@@ -127,6 +151,7 @@ def _wait_until_gone(droplets: list[Droplet], client: api.Client, timeout: float
         client.sleep(client.poll_interval)
 
 
-def _fqdn(domain: str, record: dict[str, Any]) -> str:
+def record_name(domain: str, record: dict[str, Any]) -> str:
+    """The name a record of ``domain`` answers for: ``www.example.com``, the domain for ``@``."""
     name = str(record.get("name", "@"))
     return domain if name == "@" else f"{name}.{domain}"

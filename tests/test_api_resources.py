@@ -177,8 +177,10 @@ def test_create_that_never_becomes_active_times_out_naming_the_droplet(clock: Fa
     assert clock.sleeps == [4.0, 4.0, 2.0]
 
 
-def test_delete_destroys_the_droplet(client: po.Client, web: Droplet) -> None:
+def test_delete_destroys_the_droplet_which_shows_off_by_id_for_a_moment(client: po.Client, web: Droplet) -> None:
     client.droplets.delete(web.id)
+    assert client.droplets.list() == []  # never listed again
+    assert client.droplets.get(web.id).status == "off"  # the moment deletion takes (pending_reads)
     with pytest.raises(NotFoundError):
         client.droplets.get(web.id)
 

@@ -146,6 +146,7 @@ def test_destroy_refuses_a_droplet_the_playbook_did_not_create_and_deletes_its_o
 
 FOLLOWING = """
     version: 1
+    name: following
     droplets:
       - name: moving
         create: {region: nyc3, size: s-1vcpu-1gb, image: ubuntu-24-04-x64}
@@ -171,6 +172,8 @@ def test_the_record_follows_a_droplet_whose_address_changed(
         client.droplets.delete(client.droplets.by_name("moving").id)
         code, planned = run(capsys, "plan", str(playbook))
         assert code == 0 and droplet(planned, "moving")["dns"]["status"] == "would-change"
+        code, listed = run(capsys, "destroy", str(playbook), "--check")  # the record points at no droplet of its own
+        assert code == 0 and listed["records"] == [] and [r["data"] for r in listed["left"]] == [old]
 
         code, second = run(capsys, "apply", str(playbook))
         moved = droplet(second, "moving")
@@ -180,6 +183,66 @@ def test_the_record_follows_a_droplet_whose_address_changed(
         assert [(r["data"], r["ttl"]) for r in records] == [(moved["ip_address"], 300)]
         code, third = run(capsys, "apply", str(playbook))
         assert code == 0 and droplet(third, "moving")["dns"]["status"] == "ok"
+
+        # A second A record for the name: poseidon does not guess which one it keeps.
+        client.domains.records("example.net").create("A", "app", "203.0.113.50", ttl=300)
+        code, fourth = run(capsys, "apply", str(playbook))
+        record = droplet(fourth, "moving")["dns"]
+        assert code == 1 and record["status"] == "failed"
+        assert record["detail"].startswith("2 A records answer for it") and "remove the others" in record["detail"]
+
+
+def test_destroy_deletes_its_own_droplet_and_not_a_stranger_s_of_the_same_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    playbook = tmp_path / "pair.yaml"
+    playbook.write_text(textwrap.dedent("""
+        version: 1
+        name: pair
+        droplets:
+          - {name: web, create: {region: nyc3, size: s-1vcpu-1gb, image: ubuntu-24-04-x64}}
+        steps:
+          - run: touch mine
+        report: {ps: false, top: false}
+    """))
+    with Sandbox([]) as sandbox:
+        point_at(sandbox, monkeypatch)
+        code, applied = run(capsys, "apply", str(playbook))
+        ours = droplet(applied, "web")
+        assert code == 0 and ours["created"]
+        client = po.connect()
+        # Someone else makes a droplet of the same name, as the API allows.
+        stranger = client.droplets.create("web", region="nyc3", size="s-1vcpu-1gb", image="ubuntu-24-04-x64", wait=True, timeout=30)
+        with stranger.connect() as ssh:
+            ssh.wait("touch theirs")
+
+        code, destroyed = run(capsys, "destroy", str(playbook), "--yes")
+        assert code == 1 and [d["id"] for d in destroyed["droplets"]] == [ours["id"]]
+        assert [r["id"] for r in destroyed["refused"]] == [stranger.id]
+        assert [d.id for d in client.droplets.find("web")] == [stranger.id]
+        assert not (sandbox.farm.hosts / ours["ip_address"]).exists()  # type: ignore[union-attr]
+        with stranger.connect() as ssh:  # the stranger's droplet answers, its files untouched
+            assert ssh.wait("ls theirs") == "theirs\n"
+
+
+def test_destroy_waits_until_the_api_no_longer_has_the_droplets(tmp_path: Path) -> None:
+    from fakeclock import FakeClock
+    from poseidon import spec, teardown
+    from poseidon.sandbox.emulator import Emulator
+
+    clock = FakeClock()
+    with Emulator("t", pending_reads=2) as emulator:  # a deleted droplet shows by id for two more reads
+        emulator.add_droplet("web", "203.0.113.9", tags=["poseidon:waiting"])
+        client = po.Client("t", api_url=emulator.url, sleep=clock.sleep, clock=clock.time, poll_interval=3)
+        playbook = spec.loads(
+            "version: 1\nname: waiting\ndroplets:\n  - {name: web, create: {region: nyc3, size: s-1vcpu-1gb,"
+            " image: ubuntu-24-04-x64}}\nsteps: [{run: 'true'}]\n"
+        )
+        found = teardown.survey(playbook, "waiting.yaml", client)
+        teardown.destroy(found, client)
+        reads = [path for method, path in emulator.request_log if method == "GET" and path.startswith("/v2/droplets/")]
+    assert len(reads) == 3  # shown, shown, then gone
+    assert clock.sleeps == [3.0, 3.0]
 
 
 PRICED = """
@@ -211,6 +274,11 @@ def test_the_plan_prices_every_droplet_to_create_from_the_sizes_and_totals_them(
             assert droplet(plan, name)["price_hourly"] == sizes[size]["price_hourly"]
         assert droplet(plan, "existing")["price_monthly"] is None
         assert main(["plan", str(playbook)]) == 0
+        terminal = capsys.readouterr().out
+        # destroy will not work out which droplets are this playbook's by its file name alone
+        assert main(["destroy", str(playbook), "--check"]) == 2
+        assert "destroy needs the playbook's name:" in capsys.readouterr().err
     monthly = sizes["s-1vcpu-1gb"]["price_monthly"] + sizes["s-2vcpu-4gb"]["price_monthly"]
     hourly = sizes["s-1vcpu-1gb"]["price_hourly"] + sizes["s-2vcpu-4gb"]["price_hourly"]
-    assert f"total to create: 2 droplet(s), ${monthly:,.2f}/month (${hourly:.5f}/hour)" in capsys.readouterr().out
+    assert f"total to create: 2 droplet(s), ${monthly:,.2f}/month (${hourly:.5f}/hour)" in terminal
+    assert plan["prices"] == {"droplets": 2, "monthly": round(monthly, 2), "hourly": round(hourly, 5)}

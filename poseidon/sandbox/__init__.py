@@ -82,18 +82,25 @@ class Sandbox:
         self.network = _network(self._given_root)
         self.token = "sandbox-" + secrets.token_hex(16)
         self.emulator = Emulator(
-            self.token, on_create=self._droplet_created, on_power=self._power_action, on_delete=self._droplet_deleted
+            self.token,
+            on_create=self._droplet_created,
+            on_power=self._power_action,
+            on_delete=self._droplet_deleted,
+            on_change=self._save_account,
         )
         self.farm: SSHFarm | None = None
         self._gitconfig = ""
         self._next_host = _FIRST_HOST
-        self._lock = threading.Lock()
+        # Reentrant: a hook that holds it saves the account, which takes it too.
+        self._lock = threading.RLock()
         self.homes: dict[str, Path] = {}
         self.api_url = ""
         self._started = False
         #: Seconds a droplet rebooted through the API stays unreachable.
         self.reboot_downtime = 1.0
         self._boots: list[threading.Timer] = []
+        #: Each droplet's name by its address: names may repeat, addresses do not.
+        self._named: dict[str, str] = {}
 
     # -- life cycle ----------------------------------------------------------
 
@@ -130,10 +137,12 @@ class Sandbox:
         known = self._load_droplets()
         self._next_host = max([_FIRST_HOST - 1, *(int(k.get("host", 0)) for k in known)]) + 1
         for spec in known + [d for d in self._droplets if d["name"] not in {k["name"] for k in known}]:
-            tags = tuple(spec.get("tags", ()))
             address = self._add_home(spec["name"], host=spec.get("host"))
-            added = self.emulator.add_droplet(spec["name"], address, tags=tags, droplet_id=spec.get("id"))
-            self._record_droplet(spec["name"], host=int(address.rsplit(".", 1)[1]), droplet_id=added["id"], tags=tags)
+            kind = {k: spec[k] for k in ("region", "size", "image") if spec.get(k)}
+            added = self.emulator.add_droplet(
+                spec["name"], address, tags=tuple(spec.get("tags", ())), droplet_id=spec.get("id"), **kind
+            )
+            self._record_droplet(_host(address), _kept(added))
         farm.start()
         self._started = True
 
@@ -145,7 +154,8 @@ class Sandbox:
         address = f"{self.network}.{host}"
         home = self.farm.add_host(address)
         (home / ".gitconfig").write_text(self._gitconfig)
-        self.homes[name] = home
+        self.homes[name] = home  # a second droplet of that name (as the API allows) takes the name
+        self._named[address] = name
         return address
 
     # A kept sandbox remembers its droplets (name, id, address, tags) and its
@@ -157,28 +167,28 @@ class Sandbox:
             return []
         return list(_read_kept(path))
 
-    def _record_droplet(self, name: str, *, host: int, droplet_id: int | None, tags: Iterable[str] = ()) -> None:
-        self._save_droplets(
-            [k for k in self._load_droplets() if k["name"] != name]
-            + [{"name": name, "id": droplet_id, "host": host, "tags": list(tags)}]
-        )
+    def _record_droplet(self, host: int, entry: dict[str, Any]) -> None:
+        with self._lock:
+            self._save_droplets([k for k in self._load_droplets() if k.get("host") != host] + [{**entry, "host": host}])
 
     def _save_droplets(self, known: list[dict[str, Any]]) -> None:
         if self.keep:
             (self.root / "droplets.json").write_text(json.dumps(known, indent=1))
 
     def _save_account(self) -> None:
-        """Keep what the API changed since the start: droplets' ids and tags, domains and records."""
+        """Keep what the API has changed, at once (a command killed mid-run loses nothing):
+        droplets' ids, tags and sizes by their address, domains, records."""
         if not self.keep:
             return
-        current = {d["name"]: d for d in self.emulator.droplets()}
-        known = [
-            {**k, "id": current[k["name"]]["id"], "tags": current[k["name"]]["tags"]}
-            for k in self._load_droplets()
-            if k["name"] in current
-        ]
-        self._save_droplets(known)
-        (self.root / "account.json").write_text(json.dumps(self.emulator.account_state(), indent=1))
+        with self._lock:
+            current = {_public_address(d): d for d in self.emulator.droplets()}
+            known = []
+            for entry in self._load_droplets():
+                # A droplet the API is still creating is not listed yet: its entry stays as it is.
+                droplet = current.get(f"{self.network}.{entry.get('host')}")
+                known.append({**entry, **_kept(droplet)} if droplet else entry)
+            self._save_droplets(known)
+            (self.root / "account.json").write_text(json.dumps(self.emulator.account_state(), indent=1))
 
     def _droplet_created(self, name: str) -> str | None:
         """The emulator created a droplet through the API: make it a real SSH endpoint too."""
@@ -186,21 +196,28 @@ class Sandbox:
             if self.farm is None or not self._started or self._next_host > _LAST_HOST:
                 return None  # the emulator then gives it a documentation address, unreachable
             address = self._add_home(name)
-            self._record_droplet(name, host=int(address.rsplit(".", 1)[1]), droplet_id=None)
+            self._record_droplet(_host(address), {"name": name})
             self.farm.reload()
             return address
 
-    def _droplet_deleted(self, name: str) -> None:
+    def _droplet_deleted(self, name: str, address: str | None) -> None:
         """The API deleted a droplet: it stops for good, its files go, the sandbox forgets it."""
         with self._lock:
-            if name not in self.homes or self.farm is None or not self._started:
-                return
-            address, home = self.address(name), self.homes.pop(name)
+            if address not in self._named or self.farm is None or not self._started:
+                return  # a droplet the sandbox had no address for
+            home = self.farm.hosts / address
+            del self._named[address]
             self.farm.off.add(address)
             self.farm.reload()
             _cut(address, self.farm.port, home, set(self.farm.pids))
             shutil.rmtree(home, ignore_errors=True)
-            self._save_droplets([k for k in self._load_droplets() if k["name"] != name])
+            if self.homes.get(name) == home:  # the name goes to another droplet of that name, if one is left
+                others = [a for a, n in self._named.items() if n == name]
+                if others:
+                    self.homes[name] = self.farm.hosts / others[-1]
+                else:
+                    del self.homes[name]
+            self._save_droplets([k for k in self._load_droplets() if k.get("host") != _host(address)])
 
     # -- power -------------------------------------------------------------------
 
@@ -334,6 +351,27 @@ class Sandbox:
     def address(self, name: str) -> str:
         """The loopback address of the droplet called ``name`` (its home is named after it)."""
         return self.homes[name].name
+
+
+def _host(address: str) -> int:
+    """The last byte of a sandbox address: what a kept sandbox records it by."""
+    return int(address.rsplit(".", 1)[1])
+
+
+def _public_address(droplet: dict[str, Any]) -> str | None:
+    return next((n["ip_address"] for n in droplet["networks"]["v4"] if n["type"] == "public"), None)
+
+
+def _kept(droplet: dict[str, Any]) -> dict[str, Any]:
+    """What a kept sandbox records of a droplet, to add it back alike at the next start."""
+    return {
+        "name": droplet["name"],
+        "id": droplet["id"],
+        "tags": list(droplet["tags"]),
+        "size": droplet["size_slug"],
+        "region": droplet["region"]["slug"],
+        "image": (droplet.get("image") or {}).get("slug"),
+    }
 
 
 def _read_kept(path: Path) -> Any:

@@ -336,10 +336,11 @@ class Emulator:
     the public IPv4 address the droplet gets, or None for the next address of
     203.0.113.0/24 (a documentation range). ``on_power(name, type)`` is
     called after a power action (``power_off``, ``shutdown``, ``power_on``,
-    ``reboot``, ``power_cycle``) was accepted; ``on_delete(name)`` after a
-    droplet was deleted. ``pending_reads`` is how many
-    answers still show a created droplet ``new`` and an action
-    ``in-progress`` after the answer that created them. ``per_hour`` and
+    ``reboot``, ``power_cycle``) was accepted; ``on_delete(name, public
+    IPv4)`` after a droplet was deleted; ``on_change()`` after any request
+    that changed the account. ``pending_reads`` is how many
+    answers still show a created droplet ``new``, an action ``in-progress``
+    and a deleted droplet (by id, ``off``) after the answer that made them. ``per_hour`` and
     ``per_minute`` are the rate limits.
     """
 
@@ -351,7 +352,8 @@ class Emulator:
         on_create: Callable[[str], str | None] | None = None,
         *,
         on_power: Callable[[str, str], None] | None = None,
-        on_delete: Callable[[str], None] | None = None,
+        on_delete: Callable[[str, str | None], None] | None = None,
+        on_change: Callable[[], None] | None = None,
         pending_reads: int = 1,
         per_hour: int = _PER_HOUR,
         per_minute: int = _PER_MINUTE,
@@ -362,6 +364,9 @@ class Emulator:
         self._on_create = on_create
         self._on_power = on_power
         self._on_delete = on_delete
+        self._on_change = on_change
+        #: Deleted droplets still shown by id, for as many reads as ``pending_reads`` (deletion takes a moment).
+        self._vanishing: dict[int, list[Any]] = {}
         self._pending_reads = pending_reads
         self._per_hour = per_hour
         self._per_minute = per_minute
@@ -524,9 +529,15 @@ class Emulator:
             self._forget_droplet(droplet_id)
 
     def droplets(self) -> list[dict[str, Any]]:
-        """Every droplet's API document (copies), in id order."""
+        """Every droplet's API document (copies), in id order, with the addresses it will have once active."""
         with self._lock:
-            return [copy.deepcopy(self._droplets[i]) for i in sorted(self._droplets)]
+            documents = []
+            for droplet_id in sorted(self._droplets):
+                document = copy.deepcopy(self._droplets[droplet_id])
+                if droplet_id in self._addresses:
+                    document["networks"] = copy.deepcopy(self._addresses[droplet_id])
+                documents.append(document)
+            return documents
 
     def account_state(self) -> dict[str, Any]:
         """What a kept sandbox's account keeps besides its droplets: domains, records, the ids to come."""
@@ -636,6 +647,8 @@ class Emulator:
             status, answer = self._route(method, target, body)
         except _HTTPError as exc:
             status, answer = exc.status, _error_body(exc.status, exc.message, headers["x-request-id"])
+        if method != "GET" and 200 <= status < 300 and self._on_change:
+            self._on_change()
         if fault is not None:
             if fault.delay or not (fault.drop or fault.status):
                 return _Answer(status, headers, answer, delay=fault.delay)
@@ -791,6 +804,12 @@ class Emulator:
 
     def _get_droplet(self, request: _Request) -> tuple[int, Any]:
         with self._lock:
+            vanishing = self._vanishing.get(_int_or_404(request.params["droplet_id"]))
+            if vanishing is not None:
+                vanishing[1] -= 1
+                if vanishing[1] <= 0:
+                    del self._vanishing[vanishing[0]["id"]]
+                return 200, {"droplet": copy.deepcopy(vanishing[0])}
             return 200, {"droplet": self._show_droplet(self._droplet(request))}
 
     def _create_droplets(self, request: _Request) -> tuple[int, Any]:
@@ -864,26 +883,33 @@ class Emulator:
 
     def _delete_droplet(self, request: _Request) -> tuple[int, Any]:
         with self._lock:
-            droplet = self._droplet(request)
-            self._forget_droplet(droplet["id"])
-        self._deleted([droplet["name"]])
+            gone = [self._delete(self._droplet(request))]
+        self._deleted(gone)
         return 204, None
 
-    def _deleted(self, names: list[str]) -> None:
+    def _delete(self, droplet: dict[str, Any]) -> tuple[str, str | None]:
+        """Forget the droplet, still showing it by id for a few reads; its name and public IPv4.
+        The caller holds the lock."""
+        shown = self._show_droplet(droplet)
+        address = next((n["ip_address"] for n in shown["networks"]["v4"] if n["type"] == "public"), None)
+        self._forget_droplet(droplet["id"])
+        if self._pending_reads:
+            self._vanishing[droplet["id"]] = [{**shown, "status": "off"}, self._pending_reads]
+        return droplet["name"], address
+
+    def _deleted(self, gone: list[tuple[str, str | None]]) -> None:
         """Tell the hook (outside the lock, as on_create) which droplets are gone."""
         if self._on_delete:
-            for name in names:
-                self._on_delete(name)
+            for name, address in gone:
+                self._on_delete(name, address)
 
     def _delete_droplets_by_tag(self, request: _Request) -> tuple[int, Any]:
         tag = request.query.get("tag_name")
         if not tag:
             raise _HTTPError(422, "tag_name is required to delete droplets by tag.")
         with self._lock:
-            tagged = [d for d in self._droplets.values() if tag in d["tags"]]
-            for droplet in tagged:
-                self._forget_droplet(droplet["id"])
-        self._deleted([d["name"] for d in tagged])
+            gone = [self._delete(d) for d in [d for d in self._droplets.values() if tag in d["tags"]]]
+        self._deleted(gone)
         return 204, None
 
     def _forget_droplet(self, droplet_id: int) -> None:
