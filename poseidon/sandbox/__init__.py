@@ -158,8 +158,9 @@ class Sandbox:
         self._named[address] = name
         return address
 
-    # A kept sandbox remembers its droplets (name, id, address, tags) and its
-    # domains, so that the emulator shows the same account at the next start.
+    # A kept sandbox remembers its droplets (name, id, address, tags, size,
+    # region, image) and its domains and records, so that the emulator shows
+    # the same account at the next start.
 
     def _load_droplets(self) -> list[dict[str, Any]]:
         path = self.root / "droplets.json"
@@ -225,20 +226,11 @@ class Sandbox:
         """Stop the droplet ``name`` as a power cut would: its SSH port refuses
         connections, its connections drop, its processes end (those steps left
         running too). Its files stay."""
-        with self._lock:
-            farm = self._running
-            address = self.address(name)
-            farm.off.add(address)
-            farm.reload()
-            _cut(address, farm.port, self.home(name), set(farm.pids))
+        self._power_off(self.address(name))
 
     def power_on(self, name: str) -> None:
         """Start the droplet ``name`` again: its SSH port answers."""
-        with self._lock:
-            if self.farm is None or not self._started:
-                return  # stopped while a reboot was under way
-            self.farm.off.discard(self.address(name))
-            self.farm.reload()
+        self._power_on(self.address(name))
 
     def is_on(self, name: str) -> bool:
         """Whether the droplet ``name`` is on: its SSH port answers."""
@@ -246,22 +238,42 @@ class Sandbox:
 
     def reboot(self, name: str, downtime: float = 1.0) -> None:
         """Power the droplet ``name`` off now and on again ``downtime`` seconds later."""
-        self.power_off(name)
-        boot = threading.Timer(downtime, self.power_on, [name])
+        self._reboot(self.address(name), downtime)
+
+    # The API acts on droplets by id, and names may repeat: inside, a droplet is its address.
+
+    def _power_off(self, address: str) -> None:
+        with self._lock:
+            farm = self._running
+            farm.off.add(address)
+            farm.reload()
+            _cut(address, farm.port, farm.hosts / address, set(farm.pids))
+
+    def _power_on(self, address: str) -> None:
+        with self._lock:
+            if self.farm is None or not self._started:
+                return  # stopped while a reboot was under way
+            self.farm.off.discard(address)
+            self.farm.reload()
+
+    def _reboot(self, address: str, downtime: float) -> None:
+        self._power_off(address)
+        boot = threading.Timer(downtime, self._power_on, [address])
         boot.daemon = True
         self._boots.append(boot)
         boot.start()
 
-    def _power_action(self, name: str, kind: str) -> None:
+    def _power_action(self, address: str | None, kind: str) -> None:
         """The emulator accepted a power action: do it to the droplet's SSH endpoint too."""
-        if name not in self.homes or not self._started:
+        if address not in self._named or not self._started:
             return  # a droplet the sandbox had no address for, or a sandbox stopping
+        assert address is not None
         if kind in ("power_off", "shutdown"):
-            self.power_off(name)
+            self._power_off(address)
         elif kind == "power_on":
-            self.power_on(name)
+            self._power_on(address)
         else:  # reboot, power_cycle
-            self.reboot(name, self.reboot_downtime)
+            self._reboot(address, self.reboot_downtime)
 
     def stop(self) -> None:
         """Stop sshd and the emulator; unless the sandbox is kept, end the droplets' processes and remove the files."""

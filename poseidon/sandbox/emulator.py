@@ -334,7 +334,7 @@ class Emulator:
 
     ``on_create(name)`` is called when the API creates a droplet; it returns
     the public IPv4 address the droplet gets, or None for the next address of
-    203.0.113.0/24 (a documentation range). ``on_power(name, type)`` is
+    203.0.113.0/24 (a documentation range). ``on_power(public IPv4, type)`` is
     called after a power action (``power_off``, ``shutdown``, ``power_on``,
     ``reboot``, ``power_cycle``) was accepted; ``on_delete(name, public
     IPv4)`` after a droplet was deleted; ``on_change()`` after any request
@@ -351,7 +351,7 @@ class Emulator:
         token: str,
         on_create: Callable[[str], str | None] | None = None,
         *,
-        on_power: Callable[[str, str], None] | None = None,
+        on_power: Callable[[str | None, str], None] | None = None,
         on_delete: Callable[[str, str | None], None] | None = None,
         on_change: Callable[[], None] | None = None,
         pending_reads: int = 1,
@@ -891,7 +891,7 @@ class Emulator:
         """Forget the droplet, still showing it by id for a few reads; its name and public IPv4.
         The caller holds the lock."""
         shown = self._show_droplet(droplet)
-        address = next((n["ip_address"] for n in shown["networks"]["v4"] if n["type"] == "public"), None)
+        address = _public_ipv4(shown)
         self._forget_droplet(droplet["id"])
         if self._pending_reads:
             self._vanishing[droplet["id"]] = [{**shown, "status": "off"}, self._pending_reads]
@@ -1008,9 +1008,9 @@ class Emulator:
             droplet = self._droplet(request)
             self._apply(droplet, kind, body)
             action = copy.deepcopy(self._new_action(droplet, kind))
-            name = droplet["name"]
+            address = _public_ipv4(droplet)  # a droplet still being created takes no action
         if kind in _POWER_ACTIONS and self._on_power:
-            self._on_power(name, kind)  # outside the lock, as on_create
+            self._on_power(address, kind)  # outside the lock, as on_create
         return 201, {"action": action}
 
     def _apply(self, droplet: dict[str, Any], kind: str, body: dict[str, Any]) -> None:
@@ -1535,6 +1535,10 @@ def _check_tag(name: Any) -> str:
     if not isinstance(name, str) or not _TAG_NAME.fullmatch(name):
         raise _HTTPError(422, "Tag names use letters, digits, colons, dashes and underscores (at most 255).")
     return name
+
+
+def _public_ipv4(droplet: dict[str, Any]) -> str | None:
+    return next((n["ip_address"] for n in droplet["networks"]["v4"] if n["type"] == "public"), None)
 
 
 def _int_or_404(text: str) -> int:
