@@ -37,7 +37,7 @@ from types import TracebackType
 from typing import Any
 
 from poseidon.errors import SandboxError
-from poseidon.sandbox.emulator import Emulator
+from poseidon.sandbox.emulator import Emulator, public_ipv4
 from poseidon.sandbox.repos import build_bare_repo, github_redirect
 from poseidon.sandbox.sshd import SSHFarm
 
@@ -93,13 +93,12 @@ class Sandbox:
         self._next_host = _FIRST_HOST
         # Reentrant: a hook that holds it saves the account, which takes it too.
         self._lock = threading.RLock()
-        self.homes: dict[str, Path] = {}
         self.api_url = ""
         self._started = False
         #: Seconds a droplet rebooted through the API stays unreachable.
         self.reboot_downtime = 1.0
         self._boots: list[threading.Timer] = []
-        #: Each droplet's name by its address: names may repeat, addresses do not.
+        #: Each droplet's name by its address, in the order they were made: names may repeat, addresses do not.
         self._named: dict[str, str] = {}
 
     # -- life cycle ----------------------------------------------------------
@@ -139,12 +138,12 @@ class Sandbox:
         for spec in known + [d for d in self._droplets if d["name"] not in {k["name"] for k in known}]:
             address = self._add_home(spec["name"], host=spec.get("host"))
             kind = {k: spec[k] for k in ("region", "size", "image") if spec.get(k)}
-            added = self.emulator.add_droplet(
+            self.emulator.add_droplet(
                 spec["name"], address, tags=tuple(spec.get("tags", ())), droplet_id=spec.get("id"), **kind
             )
-            self._record_droplet(_host(address), _kept(added))
         farm.start()
         self._started = True
+        self._save_account()
 
     def _add_home(self, name: str, host: int | None = None) -> str:
         """Give the droplet ``name`` its loopback address (``.host``, else the next one) and a home; return the address."""
@@ -154,9 +153,13 @@ class Sandbox:
         address = f"{self.network}.{host}"
         home = self.farm.add_host(address)
         (home / ".gitconfig").write_text(self._gitconfig)
-        self.homes[name] = home  # a second droplet of that name (as the API allows) takes the name
         self._named[address] = name
         return address
+
+    @property
+    def homes(self) -> dict[str, Path]:
+        """Each droplet's home by its name; of two droplets of one name (the API allows it), the later one's."""
+        return {name: self.root / "hosts" / address for address, name in self._named.items()}
 
     # A kept sandbox remembers its droplets (name, id, address, tags, size,
     # region, image) and its domains and records, so that the emulator shows
@@ -168,27 +171,22 @@ class Sandbox:
             return []
         return list(_read_kept(path))
 
-    def _record_droplet(self, host: int, entry: dict[str, Any]) -> None:
-        with self._lock:
-            self._save_droplets([k for k in self._load_droplets() if k.get("host") != host] + [{**entry, "host": host}])
-
     def _save_droplets(self, known: list[dict[str, Any]]) -> None:
         if self.keep:
             (self.root / "droplets.json").write_text(json.dumps(known, indent=1))
 
     def _save_account(self) -> None:
-        """Keep what the API has changed, at once (a command killed mid-run loses nothing):
-        droplets' ids, tags and sizes by their address, domains, records."""
+        """Write down the account as the API has it now, after every change (a command killed
+        mid-run loses nothing): the droplets the sandbox serves, by address; domains; records."""
         if not self.keep:
             return
         with self._lock:
-            current = {_public_address(d): d for d in self.emulator.droplets()}
-            known = []
-            for entry in self._load_droplets():
-                # A droplet the API is still creating is not listed yet: its entry stays as it is.
-                droplet = current.get(f"{self.network}.{entry.get('host')}")
-                known.append({**entry, **_kept(droplet)} if droplet else entry)
-            self._save_droplets(known)
+            droplets = [
+                {**_kept(droplet), "host": _host(address)}
+                for droplet in self.emulator.droplets()
+                if (address := public_ipv4(droplet)) in self._named
+            ]
+            self._save_droplets(droplets)
             (self.root / "account.json").write_text(json.dumps(self.emulator.account_state(), indent=1))
 
     def _droplet_created(self, name: str) -> str | None:
@@ -197,28 +195,17 @@ class Sandbox:
             if self.farm is None or not self._started or self._next_host > _LAST_HOST:
                 return None  # the emulator then gives it a documentation address, unreachable
             address = self._add_home(name)
-            self._record_droplet(_host(address), {"name": name})
             self.farm.reload()
-            return address
+            return address  # the account is saved once the emulator has the droplet (on_change)
 
     def _droplet_deleted(self, name: str, address: str | None) -> None:
         """The API deleted a droplet: it stops for good, its files go, the sandbox forgets it."""
         with self._lock:
             if address not in self._named or self.farm is None or not self._started:
                 return  # a droplet the sandbox had no address for
-            home = self.farm.hosts / address
+            self._power_off(address)
             del self._named[address]
-            self.farm.off.add(address)
-            self.farm.reload()
-            _cut(address, self.farm.port, home, set(self.farm.pids))
-            shutil.rmtree(home, ignore_errors=True)
-            if self.homes.get(name) == home:  # the name goes to another droplet of that name, if one is left
-                others = [a for a, n in self._named.items() if n == name]
-                if others:
-                    self.homes[name] = self.farm.hosts / others[-1]
-                else:
-                    del self.homes[name]
-            self._save_droplets([k for k in self._load_droplets() if k.get("host") != _host(address)])
+            shutil.rmtree(self.farm.hosts / address, ignore_errors=True)
 
     # -- power -------------------------------------------------------------------
 
@@ -368,10 +355,6 @@ class Sandbox:
 def _host(address: str) -> int:
     """The last byte of a sandbox address: what a kept sandbox records it by."""
     return int(address.rsplit(".", 1)[1])
-
-
-def _public_address(droplet: dict[str, Any]) -> str | None:
-    return next((n["ip_address"] for n in droplet["networks"]["v4"] if n["type"] == "public"), None)
 
 
 def _kept(droplet: dict[str, Any]) -> dict[str, Any]:

@@ -65,7 +65,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
-__all__ = ["Emulator"]
+__all__ = ["Emulator", "public_ipv4"]
 
 # Real ids are large integers; starting near today's values keeps code that
 # assumes small ids (or fits them in a column) honest.
@@ -891,7 +891,7 @@ class Emulator:
         """Forget the droplet, still showing it by id for a few reads; its name and public IPv4.
         The caller holds the lock."""
         shown = self._show_droplet(droplet)
-        address = _public_ipv4(shown)
+        address = public_ipv4(shown)
         self._forget_droplet(droplet["id"])
         if self._pending_reads:
             self._vanishing[droplet["id"]] = [{**shown, "status": "off"}, self._pending_reads]
@@ -1008,7 +1008,7 @@ class Emulator:
             droplet = self._droplet(request)
             self._apply(droplet, kind, body)
             action = copy.deepcopy(self._new_action(droplet, kind))
-            address = _public_ipv4(droplet)  # a droplet still being created takes no action
+            address = public_ipv4(droplet)  # a droplet still being created takes no action
         if kind in _POWER_ACTIONS and self._on_power:
             self._on_power(address, kind)  # outside the lock, as on_create
         return 201, {"action": action}
@@ -1537,7 +1537,8 @@ def _check_tag(name: Any) -> str:
     return name
 
 
-def _public_ipv4(droplet: dict[str, Any]) -> str | None:
+def public_ipv4(droplet: dict[str, Any]) -> str | None:
+    """A droplet document's public IPv4 address, if it has one yet."""
     return next((n["ip_address"] for n in droplet["networks"]["v4"] if n["type"] == "public"), None)
 
 
