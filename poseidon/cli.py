@@ -265,7 +265,7 @@ def _destroy(args: argparse.Namespace) -> int:
         if not args.yes and not _confirmed(f"delete {_what(found)}? [y/N] "):
             raise errors.UsageError("nothing deleted: not confirmed (--yes deletes without asking)")
         started = time.monotonic()
-        teardown.destroy(found, client, said=lambda line: reporter.message(line))
+        teardown.destroy(found, client, said=reporter.message)
         reporter.message(f"deleted {_what(found)} in {time.monotonic() - started:.1f}s", "bold green")
     if args.json:
         print(json.dumps({**found.to_dict(), "deleted": True}, indent=2))

@@ -2,7 +2,7 @@
 
 ``sync`` makes each record point at its droplet's public IPv4 (``plan``
 only says what it would do); ``records_of`` finds a name's A records, for
-``destroy``.
+``destroy``; ``domain_names`` lists the account's domains once for either.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from poseidon.errors import APIConnectionError, APIError
 from poseidon.results import DNSResult
 from poseidon.spec import DNSRecord
 
-__all__ = ["records_of", "sync"]
+__all__ = ["domain_names", "records_of", "sync"]
 
 
 def sync(
@@ -32,7 +32,7 @@ def sync(
     for name, record, address in wanted:
         try:
             if domains is None:
-                domains = {d["name"] for d in client.domains.list()}
+                domains = domain_names(client)
             results[name] = _sync_one(record, address, client, domains, apply)
         except (APIError, APIConnectionError) as exc:
             results[name] = DNSResult(record.fqdn, address, "failed", str(exc))
@@ -71,6 +71,11 @@ def _sync_one(record: DNSRecord, address: str | None, client: api.Client, domain
     if apply:
         records.update(int(current["id"]), type="A", data=address, ttl=record.ttl)
     return DNSResult(record.fqdn, address, change, was)
+
+
+def domain_names(client: api.Client) -> set[str]:
+    """The account's domains (one listing: look them up once per command)."""
+    return {d["name"] for d in client.domains.list()}
 
 
 def records_of(record: DNSRecord, client: api.Client, domains: set[str]) -> list[dict[str, Any]]:

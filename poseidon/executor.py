@@ -137,7 +137,7 @@ def resolve(playbook: spec.Playbook, client: api.Client) -> list[Target]:
     """
     targets: dict[int | str, Target] = {}
     problems: list[str] = []
-    find = _finder(playbook, client)
+    found_by_name = client.droplets.find_many(ref.name for ref in playbook.droplets if isinstance(ref, spec.NamedDroplet))
     for ref in playbook.droplets:
         try:
             if isinstance(ref, spec.TaggedDroplets):
@@ -145,7 +145,7 @@ def resolve(playbook: spec.Playbook, client: api.Client) -> list[Target]:
                 if not found:
                     raise ResolveError(f"no droplet carries the tag {ref.tag!r}")
             else:
-                found = find(ref.name)
+                found = found_by_name[ref.name]
                 if len(found) != 1 and not (not found and ref.create):
                     client.droplets.by_name(ref.name)  # raises the detailed "none" or "several" error
                 if not found:
@@ -163,22 +163,6 @@ def resolve(playbook: spec.Playbook, client: api.Client) -> list[Target]:
     if problems:
         raise ResolveError("; ".join(problems))
     return list(targets.values())
-
-
-def _finder(playbook: spec.Playbook, client: api.Client) -> Callable[[str], list[Droplet]]:
-    """How to find droplets by name: one listing of the account for several names, a query for one.
-
-    The API's name filter takes one name a request (two: droplets and GPU
-    droplets), and the requests go one after another; a fleet of ten names
-    would wait for twenty round trips where one listing takes two.
-    """
-    names = [ref.name for ref in playbook.droplets if isinstance(ref, spec.NamedDroplet)]
-    if len(names) < 2:
-        return client.droplets.find
-    index: dict[str, list[Droplet]] = {}
-    for droplet in client.droplets.list():
-        index.setdefault(droplet.name, []).append(droplet)
-    return lambda name: index.get(name, [])
 
 
 def create_missing(

@@ -198,17 +198,14 @@ class Reporter:
         for droplet in found.droplets:
             address = droplet.ip_address or "no address"
             self.console.print(f"  {verb}: droplet {droplet.name} (id {droplet.id}, {address})", markup=False)
-        from poseidon.teardown import record_name
-
-        for domain, record in found.records:
-            self.console.print(f"  {verb}: dns {record_name(domain, record)} A {record.get('data')}", markup=False)
+        for record in found.records:
+            self.console.print(f"  {verb}: {record}", markup=False)
         for refusal in found.refused:
             self.console.print(f"  refused: {refusal.name} (id {refusal.id}): {refusal.reason}", style="bold red", markup=False)
         for name in found.kept:
             self.console.print(f"  kept: {name} (no create: in the playbook)", style="dim", markup=False)
-        for domain, record in found.left:
-            where = f"dns {record_name(domain, record)} A {record.get('data')}"
-            self.console.print(f"  left: {where} (it points at no droplet deleted here)", style="yellow", markup=False)
+        for record in found.left:
+            self.console.print(f"  left: {record} (it points at no droplet deleted here)", style="yellow", markup=False)
         if found.empty:
             self.console.print("  nothing to delete", markup=False)
 

@@ -10,16 +10,15 @@ Droplets the playbook only names (no ``create:``) are never touched.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from poseidon import api, dns, spec
 from poseidon.droplet import Droplet
-from poseidon.errors import NotFoundError, UsageError, WaitTimeoutError
+from poseidon.errors import NotFoundError, UsageError
 
-__all__ = ["Refusal", "Teardown", "destroy", "record_name", "survey"]
+__all__ = ["Record", "Refusal", "Teardown", "destroy", "survey"]
 
 
 @dataclass(frozen=True)
@@ -31,20 +30,35 @@ class Refusal:
     reason: str
 
 
+@dataclass(frozen=True)
+class Record:
+    """An A record answering for one of the playbook's ``dns:`` names."""
+
+    dns: spec.DNSRecord
+    id: int
+    data: str
+
+    def __str__(self) -> str:
+        return f"dns {self.dns.fqdn} A {self.data}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"record": self.dns.fqdn, "type": "A", "data": self.data, "id": self.id}
+
+
 @dataclass
 class Teardown:
     """What ``destroy`` deletes for a playbook, what it refuses, and what it leaves."""
 
     tag: str
     droplets: list[Droplet] = field(default_factory=list)
-    #: ``(domain, record)``: the A records that point at the droplets deleted.
-    records: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    #: The A records that point at the droplets deleted.
+    records: list[Record] = field(default_factory=list)
     refused: list[Refusal] = field(default_factory=list)
     #: Droplets the playbook names without ``create:``: never deleted.
     kept: list[str] = field(default_factory=list)
-    #: ``(domain, record)``: A records of the playbook's ``dns:`` names that point at no droplet
-    #: deleted here (a droplet gone already, moved, or not the playbook's): left, and listed.
-    left: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    #: A records of the playbook's ``dns:`` names that point at no droplet deleted here
+    #: (a droplet gone already, moved, or not the playbook's): left, and listed.
+    left: list[Record] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -54,16 +68,10 @@ class Teardown:
         return {
             "tag": self.tag,
             "droplets": [{"name": d.name, "id": d.id, "ip_address": d.ip_address} for d in self.droplets],
-            "records": [
-                {"record": record_name(domain, record), "type": "A", "data": record.get("data"), "id": record.get("id")}
-                for domain, record in self.records
-            ],
+            "records": [r.to_dict() for r in self.records],
             "refused": [{"name": r.name, "id": r.id, "reason": r.reason} for r in self.refused],
             "kept": self.kept,
-            "left": [
-                {"record": record_name(domain, record), "type": "A", "data": record.get("data"), "id": record.get("id")}
-                for domain, record in self.left
-            ],
+            "left": [r.to_dict() for r in self.left],
         }
 
 
@@ -79,15 +87,15 @@ def survey(playbook: spec.Playbook, path: str, client: api.Client) -> Teardown:
             " which other playbooks may share): add name: to it"
         )
     teardown = Teardown(playbook.owner_tag(path))
-    domains: set[str] | None = None
-    for ref in playbook.droplets:
-        if not isinstance(ref, spec.NamedDroplet):
-            continue  # a tag selects droplets the playbook did not create
+    named = [ref for ref in playbook.droplets if isinstance(ref, spec.NamedDroplet)]  # a tag selects others' droplets
+    found = client.droplets.find_many(ref.name for ref in named if ref.create is not None)
+    domains = dns.domain_names(client) if any(ref.dns for ref in named) else set()
+    for ref in named:
         ours = []
         if ref.create is None:
             teardown.kept.append(ref.name)
         else:
-            for droplet in client.droplets.find(ref.name):
+            for droplet in found[ref.name]:
                 if teardown.tag in droplet.tags:
                     ours.append(droplet)
                     continue
@@ -95,12 +103,10 @@ def survey(playbook: spec.Playbook, path: str, client: api.Client) -> Teardown:
                 teardown.refused.append(Refusal(droplet.name, droplet.id, reason))
             teardown.droplets += ours
         if ref.dns is not None:
-            if domains is None:
-                domains = {d["name"] for d in client.domains.list()}
             addresses = {d.ip_address for d in ours}
-            for record in dns.records_of(ref.dns, client, domains):
-                pointing = record.get("data") in addresses
-                (teardown.records if pointing else teardown.left).append((ref.dns.domain, record))
+            for found_record in dns.records_of(ref.dns, client, domains):
+                record = Record(ref.dns, int(found_record["id"]), str(found_record.get("data")))
+                (teardown.records if record.data in addresses else teardown.left).append(record)
     return teardown
 
 
@@ -116,42 +122,19 @@ def destroy(
     ``said`` hears one line per thing deleted. Raises ``WaitTimeoutError``
     naming the droplets still there after ``timeout`` seconds.
     """
-    for domain, record in teardown.records:
+    for record in teardown.records:
         try:
-            client.domains.records(domain).delete(int(record["id"]))
+            client.domains.records(record.dns.domain).delete(record.id)
         except NotFoundError:
             pass  # gone already: what was asked for
         if said:
-            said(f"deleted dns {record_name(domain, record)} A {record.get('data')}")
+            said(f"deleted {record}")
     for droplet in teardown.droplets:
         try:
             client.droplets.delete(droplet.id)
         except NotFoundError:
             pass
-    _wait_until_gone(teardown.droplets, client, timeout)
+    client.droplets.wait_deleted([d.id for d in teardown.droplets], timeout=timeout)
     if said:
         for droplet in teardown.droplets:
             said(f"deleted droplet {droplet.name} (id {droplet.id}, {droplet.ip_address or 'no address'})")
-
-
-def _wait_until_gone(droplets: list[Droplet], client: api.Client, timeout: float) -> None:
-    deadline = client.clock() + timeout
-    waiting = {d.id: d.name for d in droplets}
-    while waiting:
-        for droplet_id in list(waiting):
-            try:
-                client.droplets.get(droplet_id)
-            except NotFoundError:
-                del waiting[droplet_id]
-        if not waiting:
-            return
-        if client.clock() > deadline:
-            names = ", ".join(f"{name} (id {i})" for i, name in waiting.items())
-            raise WaitTimeoutError(f"still there after {timeout:g} s: {names}")
-        client.sleep(client.poll_interval)
-
-
-def record_name(domain: str, record: dict[str, Any]) -> str:
-    """The name a record of ``domain`` answers for: ``www.example.com``, the domain for ``@``."""
-    name = str(record.get("name", "@"))
-    return domain if name == "@" else f"{name}.{domain}"

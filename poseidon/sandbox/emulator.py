@@ -511,15 +511,11 @@ class Emulator:
             v4.insert(0, _v4_network(private_ip_address, "private"))
             features.append("private_networking")
         with self._lock:
-            if droplet_id is not None:
-                if droplet_id in self._droplets:
-                    raise ValueError(f"droplet id {droplet_id} is taken")
-                self._next_droplet_id, later = droplet_id, max(self._next_droplet_id, droplet_id + 1)
-            else:
-                later = None
-            droplet = self._new_droplet(name, region, size, _IMAGES[image][0], list(tags), features, status)
-            if later is not None:
-                self._next_droplet_id = later
+            if droplet_id in self._droplets:
+                raise ValueError(f"droplet id {droplet_id} is taken")
+            droplet = self._new_droplet(
+                name, region, size, _IMAGES[image][0], list(tags), features, status, droplet_id=droplet_id
+            )
             droplet["networks"]["v4"] = v4
             return copy.deepcopy(droplet)
 
@@ -718,11 +714,13 @@ class Emulator:
         features: list[str],
         status: str,
         vpc_uuid: str | None = None,
+        droplet_id: int | None = None,
     ) -> dict[str, Any]:
-        """Store a droplet without addresses; the caller holds the lock."""
+        """Store a droplet without addresses, with the next id unless given one; the caller holds the lock."""
         memory, vcpus, disk, _, _, _ = _SIZES[size]
-        droplet_id = self._next_droplet_id
-        self._next_droplet_id += 1
+        if droplet_id is None:
+            droplet_id = self._next_droplet_id
+        self._next_droplet_id = max(self._next_droplet_id, droplet_id + 1)
         droplet: dict[str, Any] = {
             "id": droplet_id,
             "name": name,
