@@ -581,3 +581,17 @@ def test_a_record_the_api_refuses_raises_validation_error(client: po.Client) -> 
 def test_records_of_a_missing_domain_raise_not_found(client: po.Client) -> None:
     with pytest.raises(NotFoundError):
         client.domains.records("example.net").list()
+
+
+def test_find_many_lists_the_account_once_for_several_names_and_asks_by_name_for_one(
+    client: po.Client, emulator: Emulator
+) -> None:
+    for name in ("a", "b", "b", "c"):
+        emulator.add_droplet(name, "203.0.113.20")
+    found = client.droplets.find_many(["a", "b", "missing", "a"])
+    assert {name: len(droplets) for name, droplets in found.items()} == {"a": 1, "b": 2, "missing": 0}
+    assert len(requests_to(emulator, "GET", "/v2/droplets")) == 2  # droplets and GPU droplets, one page each
+    assert client.droplets.find_many(["c"])["c"][0].name == "c"
+    assert [t for t in requests_to(emulator, "GET", "/v2/droplets")[2:] if "name=c" in t] != []
+    assert client.droplets.find_many([]) == {}
+    assert len(requests_to(emulator, "GET", "/v2/droplets")) == 4  # no name: no request
