@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -23,3 +27,31 @@ def process_running(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"  # the name, in parentheses, may hold spaces
+
+
+@contextmanager
+def command_lines_seen() -> Iterator[set[bytes]]:
+    """Every process's argv (``/proc/*/cmdline``, NUL-separated) seen while the block runs.
+
+    A sandbox droplet is this machine: this is what ``ps -Aww -o args`` on it
+    would have shown at some moment of the block.
+    """
+    seen: set[bytes] = set()
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+                try:
+                    seen.add(cmdline.read_bytes())
+                except OSError:
+                    continue
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        watcher.join()

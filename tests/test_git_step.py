@@ -6,8 +6,6 @@ import json
 import os
 import subprocess
 import textwrap
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ from poseidon.cli import main
 from poseidon.sandbox import Sandbox
 from poseidon.sandbox.repos import build_bare_repo
 from gitserver import private_git_server
+from sandboxes import command_lines_seen
 
 IDENTITY = {
     "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
@@ -165,29 +164,11 @@ def test_the_token_is_in_no_command_line_on_the_droplet_while_the_clone_runs(
     tmp_path: Path, sandbox_env: Sandbox, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     token = "ghp_" + "w4tch3d" * 5
-    seen_commands: list[bytes] = []
-    stop = threading.Event()
-
-    def watch() -> None:
-        # The droplet is this machine: every process's argv, as `ps -Aww -o args` would show it.
-        while not stop.is_set():
-            for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-                try:
-                    seen_commands.append(cmdline.read_bytes())
-                except OSError:
-                    continue
-            time.sleep(0.02)
-
     with private_git_server(_served(tmp_path), token, delay=0.2) as (url, _):
         playbook = _private_playbook(tmp_path, url, "slow")
         monkeypatch.setenv("DEPLOY_TOKEN", token)
-        watcher = threading.Thread(target=watch)
-        watcher.start()
-        try:
+        with command_lines_seen() as seen_commands:
             assert main(["apply", str(playbook)]) == 0
-        finally:
-            stop.set()
-            watcher.join()
     capsys.readouterr()
-    assert any(b"git" in c and b"slow" in c for c in seen_commands)  # the clone was seen running
+    assert any(f"{url}/private.git".encode() in c for c in seen_commands)  # the clone was seen running
     assert not [c for c in seen_commands if token.encode() in c]

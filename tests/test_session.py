@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
@@ -11,6 +10,7 @@ import poseidon.api as po
 from poseidon.errors import SSHError
 from poseidon.sandbox import Sandbox
 from poseidon.ssh import SSHClient
+from sandboxes import command_lines_seen
 
 
 @pytest.fixture
@@ -21,13 +21,14 @@ def ssh(sandbox_env: Sandbox) -> SSHClient:
 
 
 def test_each_command_gets_its_own_exit_status_stdout_and_stderr(ssh: SSHClient) -> None:
+    shell = ssh.wait("echo $$")
     first = ssh.run("echo out; echo err >&2; exit 3")
     second = ssh.run("printf 'no newline'")
     third = ssh.run("printf 'two\\n\\n'")
     assert (first.exited, first.stdout, first.stderr) == (3, "out\n", "err\n")
     assert (second.exited, second.stdout, second.stderr) == (0, "no newline", "")
     assert third.stdout == "two\n\n"
-    assert ssh._session is not None  # one session served all three
+    assert ssh.wait("echo $$") == shell  # one shell served all three
 
 
 def test_exit_cd_and_a_syntax_error_leave_the_session_as_it_was(ssh: SSHClient) -> None:
@@ -48,24 +49,11 @@ def test_a_command_cannot_read_the_sessions_input(ssh: SSHClient) -> None:
 
 def test_stdin_reaches_the_command_and_no_process_list_or_file(ssh: SSHClient, sandbox_env: Sandbox) -> None:
     secret = "s3cret-" + "x" * 20
-    seen: list[str] = []
-
-    def watch() -> None:
-        other = po.connect().droplets.by_name("test").connect()
-        try:
-            for _ in range(20):
-                seen.append(other.wait("ps -Aww -o args"))
-                time.sleep(0.05)
-        finally:
-            other.close()
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    result = ssh.run("read -r value; sleep 1; printf '%s' \"$value\" | wc -c", stdin=secret + "\n")
-    watcher.join()
+    with command_lines_seen() as seen:
+        result = ssh.run("read -r value; sleep 0.7; printf '%s' \"$value\" | wc -c", stdin=secret + "\n")
     assert result.stdout.strip() == str(len(secret))
-    assert any("sleep 1" in listing for listing in seen)  # the watcher saw the command running
-    assert not any(secret in listing for listing in seen)
+    assert b"sleep\x000.7\x00" in seen  # the watcher saw the command running
+    assert not any(secret.encode() in argv for argv in seen)
     found = ssh.run(f"grep -rl {secret} . 2>/dev/null").stdout
     assert found == ""
 
@@ -100,9 +88,17 @@ def test_the_lock_ends_with_the_connection_even_when_a_command_left_a_process_ru
         answer = second.lock("second").splitlines()
         assert answer == [steps.BUSY, "first"]
         first.close()
-        third = droplet.connect()
-        assert third.lock("third").strip() == steps.LOCKED
-        third.close()
+        # The droplet's shell ends a moment after the connection: try again for a while, not
+        # for the 30 s the left process runs (a lock it had inherited would outlive them all).
+        deadline = time.monotonic() + 10
+        while True:
+            third = droplet.connect()
+            answer = third.lock("third").strip()
+            third.close()
+            if answer == steps.LOCKED or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert answer == steps.LOCKED
     finally:
         second.close()
         first.close()
@@ -115,9 +111,17 @@ def test_commands_sent_together_come_back_in_order(ssh: SSHClient) -> None:
     assert list(frames[0].columns)[-1] == "CMD" and list(frames[1].columns) == ["PID", "COMMAND"]
 
 
-def test_output_a_left_process_writes_later_is_not_the_next_commands(ssh: SSHClient) -> None:
-    ssh.run("(sleep 0.3; echo stray; echo stray-err >&2) &")
-    time.sleep(0.6)
+def test_output_a_left_process_writes_later_is_not_the_next_commands(ssh: SSHClient, sandbox_env: Sandbox) -> None:
+    home = sandbox_env.home("test")
+    for name in ("go", "done"):
+        (home / name).unlink(missing_ok=True)
+    # The left process writes when told, between two commands, and says when it has.
+    ssh.run("(while [ ! -e go ]; do sleep 0.02; done; echo stray; echo stray-err >&2; touch done) &")
+    (home / "go").touch()
+    deadline = time.monotonic() + 10
+    while not (home / "done").exists():
+        assert time.monotonic() < deadline, "the left process never wrote"
+        time.sleep(0.02)
     later = ssh.run("echo next; echo next-err >&2")
     assert (later.stdout, later.stderr) == ("next\n", "next-err\n")
 
