@@ -7,10 +7,18 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from poseidon.sandbox import Sandbox
+
+
+@contextmanager
+def pointed(droplets: list[Any], monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:
+    """A sandbox of these droplets for this test alone, with :func:`point_at` done."""
+    with Sandbox(droplets) as sandbox:
+        yield point_at(sandbox, monkeypatch)
 
 
 def point_at(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Sandbox:

@@ -10,14 +10,13 @@ import pytest
 import poseidon.api as po
 from poseidon.cli import main
 from poseidon.sandbox import Sandbox
-from sandboxes import point_at
+from sandboxes import pointed
 
 
 @pytest.fixture
 def sandbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:
     # A sandbox of its own: the faults staged here must not meet other tests' requests.
-    with Sandbox(["api-a", "api-b"]) as started:
-        point_at(started, monkeypatch)
+    with pointed(["api-a", "api-b"], monkeypatch) as started:
         yield started
 
 

@@ -12,7 +12,7 @@ import pytest
 import poseidon.api as po
 from poseidon.cli import main
 from poseidon.sandbox import Sandbox
-from sandboxes import point_at
+from sandboxes import pointed
 
 PLAYBOOK = """
     version: 1
@@ -28,8 +28,7 @@ PLAYBOOK = """
 
 @pytest.fixture
 def sandbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:
-    with Sandbox(["existing"]) as sandbox:
-        point_at(sandbox, monkeypatch)
+    with pointed(["existing"], monkeypatch) as sandbox:
         yield sandbox
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from poseidon.cli import main
 from poseidon.sandbox import Sandbox
-from sandboxes import point_at
+from sandboxes import point_at, pointed
 
 NAMES = ["d1", "d2", "d3", "d4", "d5"]
 
@@ -230,8 +230,7 @@ def test_status_masks_secrets_in_log_tails(tmp_path: Path, env: Sandbox, capsys:
 def test_droplets_sharing_a_name_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     import poseidon.api as po
 
-    with Sandbox([{"name": "twin", "tags": ["pair"]}]) as sandbox:
-        point_at(sandbox, monkeypatch)
+    with pointed([{"name": "twin", "tags": ["pair"]}], monkeypatch) as sandbox:
         po.connect().droplets.create("twin", region="nyc3", size="s-1vcpu-1gb", image="ubuntu-24-04-x64", tags=["pair"], wait=True, timeout=30)
         path = tmp_path / "site.yaml"
         path.write_text("version: 1\ndroplets: [{tag: pair}]\nsteps: [{run: touch twin-ran}]\n")

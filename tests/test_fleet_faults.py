@@ -16,7 +16,7 @@ from poseidon.cli import main
 from poseidon.errors import SSHConnectError
 from poseidon.sandbox import Sandbox
 from poseidon.ssh import SSHClient
-from sandboxes import point_at, process_running
+from sandboxes import pointed, process_running
 
 NAMES = [f"n{i}" for i in range(1, 9)]
 
@@ -42,8 +42,7 @@ report: {{ps: true, top: false}}
 
 @pytest.fixture
 def fleet(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:
-    with Sandbox(NAMES) as sandbox:
-        point_at(sandbox, monkeypatch)
+    with pointed(NAMES, monkeypatch) as sandbox:
         yield sandbox
 
 

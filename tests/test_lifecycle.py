@@ -14,7 +14,7 @@ import pytest
 import poseidon.api as po
 from poseidon.cli import main
 from poseidon.sandbox import Sandbox
-from sandboxes import point_at, process_running
+from sandboxes import pointed, process_running
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -114,8 +114,7 @@ OWNED = """
 @pytest.fixture
 def account(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:
     # "shared" exists already, made by someone else: no tag of this playbook.
-    with Sandbox(["shared", "existing"]) as sandbox:
-        point_at(sandbox, monkeypatch)
+    with pointed(["shared", "existing"], monkeypatch) as sandbox:
         yield sandbox
 
 
@@ -162,8 +161,7 @@ def test_the_record_follows_a_droplet_whose_address_changed(
 ) -> None:
     playbook = tmp_path / "following.yaml"
     playbook.write_text(textwrap.dedent(FOLLOWING))
-    with Sandbox([]) as sandbox:  # an account with no droplet yet
-        point_at(sandbox, monkeypatch)
+    with pointed([], monkeypatch):  # an account with no droplet yet
         code, first = run(capsys, "apply", str(playbook))
         old = droplet(first, "moving")["ip_address"]
         assert code == 0 and droplet(first, "moving")["dns"]["status"] == "changed"
@@ -205,8 +203,7 @@ def test_destroy_deletes_its_own_droplet_and_not_a_stranger_s_of_the_same_name(
           - run: touch mine
         report: {ps: false, top: false}
     """))
-    with Sandbox([]) as sandbox:
-        point_at(sandbox, monkeypatch)
+    with pointed([], monkeypatch) as sandbox:
         code, applied = run(capsys, "apply", str(playbook))
         ours = droplet(applied, "web")
         assert code == 0 and ours["created"]
@@ -264,8 +261,7 @@ def test_the_plan_prices_every_droplet_to_create_from_the_sizes_and_totals_them(
 ) -> None:
     playbook = tmp_path / "priced.yaml"
     playbook.write_text(textwrap.dedent(PRICED))
-    with Sandbox(["existing"]) as sandbox:
-        point_at(sandbox, monkeypatch)
+    with pointed(["existing"], monkeypatch):
         sizes = {s["slug"]: s for s in po.connect().sizes.list()}
         code, plan = run(capsys, "plan", str(playbook))
         assert code == 0

@@ -5,13 +5,11 @@ from __future__ import annotations
 import pytest
 
 import poseidon.api as po
-from poseidon.sandbox import Sandbox
-from sandboxes import point_at
+from sandboxes import pointed
 
 
 def test_a_droplet_created_through_the_api_answers_over_ssh(monkeypatch: pytest.MonkeyPatch) -> None:
-    with Sandbox(["first"]) as sandbox:
-        point_at(sandbox, monkeypatch)
+    with pointed(["first"], monkeypatch) as sandbox:
         client = po.connect()
         created = client.droplets.create("second", region="nyc3", size="s-1vcpu-1gb", image="ubuntu-24-04-x64", wait=True, timeout=30)
         assert created.status == "active"
@@ -27,8 +25,7 @@ def test_a_farm_larger_than_one_sshd_serves_every_droplet(monkeypatch: pytest.Mo
     from poseidon.sandbox.sshd import ADDRESSES_PER_SSHD
 
     names = [f"d{i}" for i in range(ADDRESSES_PER_SSHD)]
-    with Sandbox(names) as sandbox:
-        point_at(sandbox, monkeypatch)
+    with pointed(names, monkeypatch) as sandbox:
         client = po.connect()
         # The first sshd is full: the next droplet needs a second one, on the same port.
         client.droplets.create("one-more", region="nyc3", size="s-1vcpu-1gb", image="ubuntu-24-04-x64", wait=True, timeout=30)

@@ -10,7 +10,7 @@ import pytest
 import poseidon.api as po
 from poseidon.errors import SSHError
 from poseidon.sandbox import Sandbox
-from sandboxes import point_at, process_running
+from sandboxes import pointed, process_running
 
 DETACHED_SLEEP = "nohup setsid sleep 600 > /dev/null 2>&1 < /dev/null & echo $!"
 
@@ -26,8 +26,7 @@ def _refuses(sandbox: Sandbox, name: str) -> bool:
 def test_power_off_drops_the_connection_ends_the_processes_keeps_the_files_and_power_on_brings_it_back(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    with Sandbox(["web", "db"]) as sandbox:
-        point_at(sandbox, monkeypatch)
+    with pointed(["web", "db"], monkeypatch) as sandbox:
         client = po.connect()
         web, db = client.droplets.by_name("web"), client.droplets.by_name("db")
         with web.connect() as ssh, db.connect() as other:
@@ -48,8 +47,7 @@ def test_power_off_drops_the_connection_ends_the_processes_keeps_the_files_and_p
 
 
 def test_a_reboot_through_the_api_comes_back_by_itself(monkeypatch: pytest.MonkeyPatch) -> None:
-    with Sandbox(["alone"]) as sandbox:  # its sshd has no other droplet to listen for meanwhile
-        point_at(sandbox, monkeypatch)
+    with pointed(["alone"], monkeypatch) as sandbox:  # its sshd has no other droplet to listen for meanwhile
         sandbox.reboot_downtime = 3.0  # long enough to see it refuse on a busy machine
         droplet = po.connect().droplets.by_name("alone")
         with droplet.connect() as ssh:
@@ -69,8 +67,7 @@ def test_a_group_of_droplets_all_off_stops_its_sshd_and_the_others_go_on(monkeyp
     from poseidon.sandbox.sshd import ADDRESSES_PER_SSHD
 
     names = [f"d{i}" for i in range(ADDRESSES_PER_SSHD + 1)]  # the last one has an sshd of its own
-    with Sandbox(names) as sandbox:
-        point_at(sandbox, monkeypatch)
+    with pointed(names, monkeypatch) as sandbox:
         assert sandbox.farm is not None and len(sandbox.farm.pids) == 2
         sandbox.power_off(names[-1])
         assert len(sandbox.farm.pids) == 1 and _refuses(sandbox, names[-1])

@@ -10,7 +10,7 @@ import pytest
 
 from poseidon.cli import main
 from poseidon.sandbox import Sandbox
-from sandboxes import point_at
+from sandboxes import pointed
 
 
 def _apply(tmp_path: Path, steps: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, object]]:
@@ -46,8 +46,7 @@ def test_a_sudo_that_refuses_fails_the_step_and_says_what_to_do(
     refusal: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     shim, advice = SUDO_REFUSALS[refusal]
-    with Sandbox(["test"]) as sandbox:
-        point_at(sandbox, monkeypatch)
+    with pointed(["test"], monkeypatch) as sandbox:
         assert sandbox.farm is not None
         # This droplet's sudo refuses as the real one (or a droplet without one) does.
         (sandbox.farm.shims / "sudo").write_text(f"#!/bin/sh\n{shim}\n")
