@@ -227,6 +227,28 @@ class Sandbox:
         """Power the droplet ``name`` off now and on again ``downtime`` seconds later."""
         self._reboot(self.address(name), downtime)
 
+    def freeze(self, name: str) -> set[int]:
+        """Make the droplet ``name`` stop answering on its open SSH connections, as a hung
+        machine would: the sshd processes serving them are stopped (SIGSTOP), so the client's
+        bytes are taken by the kernel and nothing comes back. Returns them, for :meth:`thaw`."""
+        farm = self._running
+        address = self.address(name)
+        frozen = _holding(_sockets_to(address, farm.port)) - set(farm.pids)
+        if not frozen:
+            raise SandboxError(f"no SSH connection to {name} to freeze")
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        return frozen
+
+    @staticmethod
+    def thaw(frozen: set[int]) -> None:
+        """Let the processes :meth:`freeze` stopped run again."""
+        for pid in frozen:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except OSError:
+                pass
+
     # The API acts on droplets by id, and names may repeat: inside, a droplet is its address.
 
     def _power_off(self, address: str) -> None:
@@ -413,8 +435,9 @@ def _pids_with_home(match: Callable[[bytes], bool]) -> set[int]:
 def _cut(address: str, port: int, home: Path, listeners: set[int], passes: int = 50) -> None:
     """End the connections to ``address`` and every process of the droplet whose home is ``home``.
 
-    The connections go first, so that no output of a process dying after them
-    reaches a client; again, while a process forked in between is left.
+    The connections stop first, so that no output of a process dying after them
+    reaches a client; every one is stopped before any is killed; again, while a
+    process forked in between is left.
     """
     wanted = str(home).encode()
     for _ in range(passes):
@@ -422,8 +445,7 @@ def _cut(address: str, port: int, home: Path, listeners: set[int], passes: int =
         connections = _holding(_sockets_to(address, port)) - listeners
         if not processes and not connections:
             return
-        _kill(connections)
-        _kill(processes)
+        _kill([*connections, *processes])
         time.sleep(0.02)
     raise SandboxError(f"the processes of the droplet at {address} did not end")
 
@@ -460,12 +482,16 @@ def _holding(inodes: set[str]) -> set[int]:
     return found
 
 
-def _kill(pids: set[int]) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
+def _kill(pids: Iterable[int]) -> None:
+    """SIGKILL ``pids`` as a power cut would: all stopped first, so none runs on while the others die
+    (a shell whose ``sleep`` was killed first would run the next command of its script)."""
+    pids = list(pids)
+    for sig in (signal.SIGSTOP, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
 
 
 def _pids() -> list[int]:
