@@ -42,6 +42,21 @@ def ssh_port_from_environment() -> int:
     raise UsageError(f"POSEIDON_SSH_PORT must be a port number from 1 to 65535, not {text!r}")
 
 
+def ssh_keepalive_from_environment() -> float | None:
+    """``POSEIDON_SSH_KEEPALIVE`` seconds (``0``: never ask), else 15: how long a silent droplet
+    goes before it is asked whether it still answers (and as long again before it is given up)."""
+    text = os.environ.get("POSEIDON_SSH_KEEPALIVE", "").strip()
+    if not text:
+        return 15.0
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not (0 <= seconds < 86400):
+        raise UsageError(f"POSEIDON_SSH_KEEPALIVE must be a number of seconds (0 turns keepalives off), not {text!r}")
+    return seconds or None
+
+
 class Droplet:
     """One droplet as the API describes it.
 
@@ -216,7 +231,9 @@ class Droplet:
         ``user``, ``port``, ``key_filename`` and ``known_hosts`` default to
         ``POSEIDON_SSH_USER`` (else ``root``), ``POSEIDON_SSH_PORT`` (else 22),
         ``POSEIDON_SSH_KEY`` (else ssh-agent and ``~/.ssh``) and
-        ``POSEIDON_KNOWN_HOSTS`` (else ``~/.ssh/known_hosts``).
+        ``POSEIDON_KNOWN_HOSTS`` (else ``~/.ssh/known_hosts``). A droplet silent
+        for ``POSEIDON_SSH_KEEPALIVE`` seconds (else 15) during a command is asked
+        whether it still answers, and given up as long again later.
         """
         from poseidon.ssh import SSHClient
 
@@ -233,6 +250,7 @@ class Droplet:
             connect_timeout=connect_timeout,
             label=self.name,
             droplet_id=self.id,
+            keepalive=ssh_keepalive_from_environment(),
         )
 
     def __repr__(self) -> str:

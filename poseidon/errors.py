@@ -46,6 +46,7 @@ __all__ = [
     "ResolveError",
     "SSHConnectError",
     "SSHError",
+    "SSHUnresponsiveError",
     "SandboxError",
     "ServerError",
     "SpecError",
@@ -172,6 +173,11 @@ class SSHError(PoseidonError):
 
 class SSHConnectError(SSHError):
     """Raised when a droplet's SSH port does not answer: refused, timed out, no banner (still booting?)."""
+
+
+class SSHUnresponsiveError(SSHError):
+    """Raised when a droplet stops answering during a command (a frozen machine or sshd): its
+    keepalives go unanswered, or a step runs on past its timeout. The connection is closed."""
 
 
 class HostKeyChangedError(SSHError):

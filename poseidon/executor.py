@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from poseidon import api, dns, hostkeys, spec, steps
-from poseidon.droplet import Droplet, ssh_port_from_environment
+from poseidon.droplet import Droplet, ssh_keepalive_from_environment, ssh_port_from_environment
 from poseidon.errors import (
     APIConnectionError,
     APIError,
@@ -36,6 +36,7 @@ from poseidon.errors import (
     ResolveError,
     SSHConnectError,
     SSHError,
+    SSHUnresponsiveError,
     UsageError,
 )
 from poseidon.results import DropletRun, ProcessStatus, RunResult, StepResult
@@ -144,6 +145,9 @@ def resolve(playbook: spec.Playbook, client: api.Client) -> list[Target]:
                 found = client.droplets.list(tag=ref.tag)
                 if not found:
                     raise ResolveError(f"no droplet carries the tag {ref.tag!r}")
+                refused = [f"{problem} (droplet {d.id}, tag {ref.tag!r})" for d in found if (problem := spec.droplet_name_problem(d.name))]
+                if refused:
+                    raise ResolveError("; ".join(refused))
             else:
                 found = found_by_name[ref.name]
                 if len(found) != 1 and not (not found and ref.create):
@@ -449,12 +453,13 @@ def _before_the_start(step: spec.Step, resuming: bool) -> spec.Step | None:
     ``chdir`` runs: it changes nothing, and later paths depend on it. On
     --resume, a ``nohup`` runs as one that does not restart: the process it
     started may have died since (the droplet rebooted) and starts again; a
-    running one is left alone.
+    running one is left alone unless what it runs changed (``restart: always``
+    counts as ``on-change`` there).
     """
     if step.kind == "chdir":
         return step
     if resuming and isinstance(step, spec.NohupStep):
-        return step.model_copy(update={"restart": False})
+        return step.model_copy(update={"restart": "on-change"}) if step.restart == "always" else step
     return None
 
 
@@ -467,6 +472,7 @@ def _run_steps(ssh: SSHClient, run: DropletRun, values: dict[str, str], ctx: _Co
             return True  # _finish says why
         kept = _before_the_start(raw, ctx.options.resume is not None) if index < first else raw
         if kept is None:
+            ssh.pass_step(spec.expand(raw, values))  # a later nohup still sees what it changed
             reason = RESUMED if ctx.options.resume is not None else "before --start-at"
             skipped = StepResult(index, raw.kind, steps.describe(raw), "skipped", reason=reason)
             run.steps.append(skipped)
@@ -475,11 +481,14 @@ def _run_steps(ssh: SSHClient, run: DropletRun, values: dict[str, str], ctx: _Co
             continue
         step = spec.expand(kept, values)
         try:
-            outcome = ssh.run_step(step, mode=ctx.mode, secrets=ctx.secrets)
+            outcome = ssh.run_step(step, mode=ctx.mode, secrets=ctx.secrets, values=values)
         except SSHError as exc:
-            # The connection dropped during the step (a reboot, a network cut): the step failed.
+            # The connection dropped (a reboot, a network cut) or the droplet froze during the
+            # step: the step failed. A frozen droplet is unreachable for the rest of the run.
             lost = StepResult(index, step.kind, steps.describe(raw), "failed", stderr=mask(str(exc)), exited=-1)
             run.steps.append(lost)
+            if isinstance(exc, SSHUnresponsiveError):
+                run.error, run.unreachable = mask(str(exc)), True
             ctx.report(run.name, lost)
             return False
         result = StepResult(
@@ -493,6 +502,9 @@ def _run_steps(ssh: SSHClient, run: DropletRun, values: dict[str, str], ctx: _Co
             exited=outcome.exited,
             reason=mask(outcome.reason),
         )
+        if ctx.mode == "check" and result.status == "ok" and _restarts_after(step, run):
+            # Its process runs as it should now, but an earlier step will change what it runs.
+            result.status, result.reason = "would-change", "would restart: an earlier step would change first"
         if ctx.mode == "check" and result.status == "failed" and _would_change_before(run):
             # The droplet is not yet as this step expects (its directory, its
             # venv…): an earlier step would make it so. Say that, and stop predicting.
@@ -510,6 +522,11 @@ def _run_steps(ssh: SSHClient, run: DropletRun, values: dict[str, str], ctx: _Co
 
 def _would_change_before(run: DropletRun) -> bool:
     return any(s.status == "would-change" for s in run.steps)
+
+
+def _restarts_after(step: spec.Step, run: DropletRun) -> bool:
+    """Whether ``step`` is a nohup that an earlier step's coming change would restart."""
+    return isinstance(step, spec.NohupStep) and step.restart == "on-change" and _would_change_before(run)
 
 
 def _predict_rest(run: DropletRun, playbook: spec.Playbook) -> None:
@@ -558,6 +575,7 @@ def apply(
     environ = _environment(playbook)
     secrets = _secrets(playbook)
     ssh_port_from_environment()  # a bad POSEIDON_SSH_PORT is refused before any change
+    ssh_keepalive_from_environment()
     client = client or api.connect(token=token, api_url=api_url)
     targets = _shard(_limit(resolve(playbook, client), options.limit), options.shard)
     if options.expect is not None:
@@ -786,13 +804,14 @@ def _droplet_status(
 def _process_status(ssh: SSHClient, droplet: str, step: spec.NohupStep) -> ProcessStatus:
     result = ssh.run(steps.nohup_status(step), title=f"status {step.process_name()}")
     first, _, tail = result.stdout.partition("\n")
-    state, pid, uptime = (first.split("\t") + ["", "", ""])[:3]
+    state, pid, uptime, leftover = (first.split("\t") + ["", "", "", ""])[:4]
     return ProcessStatus(
         droplet,
         step.process_name(),
         state or "unknown",
-        int(pid) if pid.isdigit() else None,
+        int(pid) if pid.isdigit() and state == "alive" else None,
         "" if uptime == "-" else uptime,
         tail.rstrip("\n"),
         ssh.cwd or "~",
+        [int(p) for p in leftover.split() if p.isdigit()],
     )

@@ -157,7 +157,8 @@ class Reporter:
         for column in ("droplet", "process", "state", "pid", "uptime", "directory", "log"):
             table.add_column(column, overflow="fold")
         for p in found:
-            state = Text(p.state, style="green" if p.state == "alive" else "bold red")
+            shown = f"{p.state}, {len(p.leftover)} left running" if p.leftover else p.state
+            state = Text(shown, style="green" if p.state == "alive" else "bold red")
             last = p.log_tail.strip().splitlines()[-1:] or [""]
             table.add_row(p.droplet, p.name, state, str(p.pid or "-"), p.uptime or "-", p.directory, last[0])
         self.console.print(table)

@@ -179,6 +179,8 @@ class ProcessStatus:
     uptime: str = ""
     log_tail: str = ""
     directory: str = ""
+    #: Processes of a dead one that still run (it was killed alone): the next apply stops them.
+    leftover: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -186,6 +188,7 @@ class ProcessStatus:
             "name": self.name,
             "state": self.state,
             "pid": self.pid,
+            "leftover_pids": self.leftover,
             "uptime": self.uptime,
             "directory": self.directory,
             "log_tail": self.log_tail,

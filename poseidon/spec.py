@@ -31,7 +31,7 @@ import os
 import posixpath
 import re
 import shlex
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, NamedTuple, NoReturn, TypeVar
 
@@ -53,6 +53,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from poseidon import shell
 from poseidon.errors import Problem, SpecError
 
 __all__ = [
@@ -70,16 +71,19 @@ __all__ = [
     "PipRStep",
     "PipStep",
     "Playbook",
+    "ReadyCheck",
     "Report",
     "RunStep",
     "Source",
     "Step",
     "StepBase",
     "TaggedDroplets",
+    "droplet_name_problem",
     "expand",
     "json_schema",
     "load",
     "loads",
+    "parts",
     "references",
     "substitutions",
 ]
@@ -135,6 +139,32 @@ def _rewrite(text: str, reference: Callable[[str], str]) -> str:
     return "".join(parts)
 
 
+def parts(text: str) -> list[str | shell.Reference]:
+    """``text`` as literal pieces and the references between them (``$${`` is a literal ``${``).
+
+    Raises ``ValueError`` for a malformed reference such as ``${a b}``.
+    """
+    pieces: list[str | shell.Reference] = []
+    literal = ""
+    position = 0
+    for token in _tokens(text):
+        literal += text[position : token.start]
+        position = token.end
+        if token.kind == "malformed":
+            raise ValueError(f"malformed reference {token.text!r}: {_MALFORMED}")
+        if token.kind == "literal":
+            literal += token.text
+            continue
+        if literal:
+            pieces.append(literal)
+        pieces.append(shell.Reference(token.text))
+        literal = ""
+    literal += text[position:]
+    if literal:
+        pieces.append(literal)
+    return pieces
+
+
 def references(text: str) -> list[str]:
     """The names ``text`` refers to, in order, each once: ``app``, ``env:HOME``, ``droplet.name``.
 
@@ -168,6 +198,74 @@ def _reference_errors(text: str, var_names: set[str]) -> list[str]:
     return errors
 
 
+def _shell_errors(text: str) -> list[str]:
+    """Why a reference in shell the user wrote could never arrive as data (a quoted here-document)."""
+    try:
+        return shell.check(parts(text))
+    except ValueError:
+        return []  # malformed: _reference_errors says so
+
+
+def _step_text_errors(
+    kind: str, loc: tuple[str | int, ...], text: str, var_names: set[str]
+) -> list[str]:
+    """The reference problems of one string of a step; ``loc`` is its place, from ``("steps", i, kind)``."""
+    errors = _reference_errors(text, var_names)
+    model = STEP_MODELS.get(kind)
+    field = ".".join(str(part) for part in loc[3:])
+    if model is not None and field in model.shell_fields:
+        errors += _shell_errors(text)
+    return errors
+
+
+def _var_references(value: object) -> list[str]:
+    """The variables a ``vars:`` value refers to (not ``env:`` or ``droplet.``)."""
+    if not isinstance(value, str):
+        return []
+    return [
+        t.text for t in _tokens(value) if t.kind == "reference" and ":" not in t.text and "." not in t.text
+    ]
+
+
+def _var_problems(variables: Mapping[Any, Any]) -> Iterator[tuple[tuple[str | int, ...], str]]:
+    """``(("vars", name), message)`` for each value referring to what does not exist, or to itself."""
+    names = {name for name in variables if isinstance(name, str)}
+    for name, value in variables.items():
+        if isinstance(value, str):
+            for message in _reference_errors(value, names):
+                yield ("vars", name), message
+    uses = {name: [n for n in _var_references(value) if n in names] for name, value in variables.items()}
+    reported: set[str] = set()
+    for name in uses:
+        cycle = _cycle_from(name, uses)
+        if cycle and not reported & set(cycle):
+            reported.update(cycle)
+            chain = " -> ".join(f"${{{n}}}" for n in [*cycle, cycle[0]])
+            yield ("vars", name), f"the variables refer to each other in a cycle: {chain}"
+
+
+def _cycle_from(start: str, uses: Mapping[str, list[str]]) -> list[str] | None:
+    """The variables of a cycle through ``start``, in order from it, or ``None``."""
+    path: list[str] = []
+    seen: set[str] = set()
+
+    def visit(name: str) -> list[str] | None:
+        if name == start and path:
+            return list(path)
+        if name in seen:
+            return None
+        seen.add(name)
+        path.append(name)
+        for used in uses.get(name, []):
+            found = visit(used)
+            if found:
+                return found
+        path.pop()
+        return None
+
+    return visit(start)
+
+
 def _to_text(value: object) -> str:
     if value is None:
         return ""
@@ -178,13 +276,16 @@ def _to_text(value: object) -> str:
     return str(value)
 
 
-def _substitute(value: object, values: Mapping[str, str]) -> object:
+def _substitute(value: object, values: Mapping[str, str], keep: frozenset[str] = frozenset(), at: str = "") -> object:
+    """``value`` with its references replaced, except in the fields named in ``keep`` (dotted paths)."""
     if isinstance(value, str):
-        return _rewrite(value, lambda name: _to_text(values[name]))
+        return value if at in keep else _rewrite(value, lambda name: _to_text(values[name]))
     if isinstance(value, list):
-        return [_substitute(item, values) for item in value]
+        return [_substitute(item, values, keep, at) for item in value]
     if isinstance(value, dict):
-        return {key: _substitute(item, values) for key, item in value.items()}
+        return {
+            key: _substitute(item, values, keep, f"{at}.{key}" if at else str(key)) for key, item in value.items()
+        }
     return value
 
 
@@ -282,6 +383,8 @@ _TAG_RE = re.compile(r"[A-Za-z0-9_:][A-Za-z0-9_:-]*")
 _DNS_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?"
 _DOMAIN_RE = re.compile(rf"(?=.{{1,253}}$)(?:{_DNS_LABEL}\.)+[a-z][a-z0-9-]{{0,61}}[a-z0-9]")
 _RECORD_NAME_RE = re.compile(rf"@|\*|(?:\*\.)?{_DNS_LABEL}(?:\.{_DNS_LABEL})*")
+_HOST_RE = re.compile(r"[A-Za-z0-9_.:-]+|\[[0-9A-Fa-f:.]+\]")
+_HTTP_URL_RE = re.compile(r"https?://[A-Za-z0-9\[][A-Za-z0-9._:\[\]-]*(?:/[A-Za-z0-9._~:/?#@!$&'()*+,;=%-]*)?")
 _SHORTHAND_RE = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
 _URL_RE = re.compile(
     r"(?:https?|ssh)://(?:[A-Za-z0-9._~%+-]+(?::[A-Za-z0-9._~%+-]*)?@)?"
@@ -503,6 +606,15 @@ class TaggedDroplets(_Model):
     port: _Port = None
 
 
+def droplet_name_problem(name: str) -> str | None:
+    """Why ``name`` is no droplet name poseidon accepts (as a playbook may write one), or ``None``.
+
+    Names the API gives for droplets found by tag are held to the same rule."""
+    if _CONTROL_RE.search(name) or not _DROPLET_NAME_RE.fullmatch(name):
+        return f"{name!r} is not a droplet name (letters, digits, . and -)"
+    return None
+
+
 def _droplet_member(value: Any) -> str | None:
     if isinstance(value, (str, NamedDroplet)):
         return "NamedDroplet"
@@ -583,6 +695,8 @@ class StepBase(_Model):
 
     primary: ClassVar[str]
     """The field a short form (``kind: value``) fills."""
+    shell_fields: ClassVar[frozenset[str]] = frozenset()
+    """The fields (dotted paths) that hold shell the user wrote: their references are bound, not pasted."""
 
     name: _Line | None = Field(default=None, description="A label for the step, shown in reports.")
     sudo: bool = Field(default=False, description="Run the step with `sudo -n`.")
@@ -724,8 +838,47 @@ class PipRStep(_PythonTarget):
     requirements: _Path = Field(description="The requirements file on the droplet.")
 
 
+class ReadyCheck(_Model):
+    """When a started process counts as ready: exactly one of ``port``, ``http`` or ``cmd``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"port": 5000}, {"http": "http://127.0.0.1:5000/health"}, {"cmd": "test -S app.sock"}]}
+    )
+
+    port: int | None = Field(default=None, ge=1, le=65535, description="Ready when this TCP port accepts a connection.")
+    host: Annotated[str, AfterValidator(_matching(_HOST_RE, "a host name or an IP address"))] | None = Field(
+        default=None, description="Where `port` is tried; default: the droplet's own address."
+    )
+    http: Annotated[str, AfterValidator(_matching(_HTTP_URL_RE, "an http:// or https:// URL"))] | None = Field(
+        default=None, description="Ready when this URL answers with a 2xx status."
+    )
+    cmd: _Command | None = Field(default=None, description="Ready when this shell command exits 0.")
+    timeout: float = Field(
+        default=30, gt=0, allow_inf_nan=False, description="Seconds to wait for readiness before the step fails."
+    )
+
+    @model_validator(mode="after")
+    def _one_check(self) -> ReadyCheck:
+        given = [name for name in ("port", "http", "cmd") if getattr(self, name) is not None]
+        if len(given) != 1:
+            _fail(f"ready takes exactly one of port:, http: or cmd: (found {', '.join(given) or 'none'})")
+        if self.host is not None and self.port is None:
+            _fail("ready: host: goes with port:")
+        return self
+
+
+def _restart_mode(value: Any) -> Any:
+    # Before restart: took a mode, true meant "always" and false what is now "on-change".
+    if value is True:
+        return "always"
+    if value is False:
+        return "on-change"
+    return value
+
+
 class NohupStep(StepBase):
-    """Start a detached process that outlives the session, with a log file and a pid file."""
+    """Start a detached process that outlives the session, supervised: its own session and
+    process group, an identity file, restarts when its inputs change, a readiness check."""
 
     model_config = _examples(
         {"kind": "nohup", "cmd": "python app.py"},
@@ -734,22 +887,36 @@ class NohupStep(StepBase):
             "cmd": ".venv/bin/python app.py",
             "name": "web",
             "log": "web.log",
-            "restart": True,
+            "restart": "on-change",
+            "ready": {"port": 5000},
         },
     )
     primary: ClassVar[str] = "cmd"
+    shell_fields: ClassVar[frozenset[str]] = frozenset({"cmd", "ready.cmd"})
 
     kind: Literal["nohup"] = Field(default="nohup", description="The step's kind.")
     cmd: _Command = Field(description="The shell command to start.")
     log: _Path | None = Field(default=None, description="Log file; default: <process name>.log.")
-    restart: bool = Field(
-        default=False, description="Restart the process even when it still runs (not idempotent)."
+    restart: Annotated[
+        Literal["on-change", "always", "never"],
+        BeforeValidator(_restart_mode),
+        WithJsonSchema({"anyOf": [{"enum": ["on-change", "always", "never"]}, {"type": "boolean"}]}),
+    ] = Field(
+        default="on-change",
+        description=(
+            "on-change: restart when the command, env, user or directory changed, or an earlier step on the"
+            " droplet changed (a new commit, new requirements); always: on every apply; never: only start it"
+            " when it is not running. (true and false are the older spellings of always and on-change.)"
+        ),
+    )
+    ready: ReadyCheck | None = Field(
+        default=None, description="Wait until the process is ready (a port, a URL, a command), or fail with its log."
     )
     grace: float = Field(
         default=1.0,
         ge=0,
         allow_inf_nan=False,
-        description="Seconds to wait after starting before checking it still runs.",
+        description="Without ready: seconds to wait after starting before checking it still runs.",
     )
 
     @field_validator("name")
@@ -762,38 +929,76 @@ class NohupStep(StepBase):
 
     def process_name(self) -> str:
         """``name``, or the command's program and a stable hash of it: ``python-1a2b3c4d``."""
-        if self.name:
-            return self.name
-        try:
-            words = shlex.split(self.cmd)
-        except ValueError:
-            words = self.cmd.split()
-        # Leading VAR=value assignments say nothing about what runs.
-        words = [w for w in words if not re.fullmatch(rf"{_IDENT}=.*", w, re.DOTALL)]
-        program = posixpath.basename(words[0].rstrip("/")) if words else ""
-        slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", program).strip("-.")[:32] or "process"
-        digest = hashlib.sha256(self.cmd.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-        return f"{slug}-{digest}"
+        return self.name or _derived_process_name(self.cmd)
 
     def log_path(self) -> str:
         """``log``, or ``<process_name>.log``."""
         return self.log or f"{self.process_name()}.log"
 
 
+def _derived_process_name(cmd: str) -> str:
+    try:
+        words = shlex.split(cmd)
+    except ValueError:
+        words = cmd.split()
+    # Leading VAR=value assignments say nothing about what runs.
+    words = [w for w in words if not re.fullmatch(rf"{_IDENT}=.*", w, re.DOTALL)]
+    program = posixpath.basename(words[0].rstrip("/")) if words else ""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", program).strip("-.")[:32] or "process"
+    digest = hashlib.sha256(cmd.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{slug}-{digest}"
+
+
+def _nohup_name(body: object) -> str | None:
+    """The process name of a ``nohup`` step as written (a command, or a mapping), when it has one."""
+    if isinstance(body, str):
+        return _derived_process_name(body)
+    if isinstance(body, dict):
+        name, cmd = body.get("name"), body.get("cmd")
+        if isinstance(name, str):
+            return name
+        if isinstance(cmd, str):
+            return _derived_process_name(cmd)
+    return None
+
+
+def _duplicate_processes(named: Iterable[tuple[int, str]]) -> Iterator[tuple[tuple[str | int, ...], str]]:
+    """``(("steps", i), message)`` for each nohup step that names an earlier one's process."""
+    first: dict[str, int] = {}
+    for index, name in named:
+        if name in first:
+            yield (
+                ("steps", index),
+                f"process {name!r} is already started by steps[{first[name]}]: two nohup steps would fight"
+                " over it; give one another name:",
+            )
+        else:
+            first[name] = index
+
+
 class RunStep(StepBase):
-    """Run a shell command; ``creates`` and ``unless`` make it skip, as in Ansible."""
+    """Run a shell command; ``creates`` and ``unless`` make it skip, as in Ansible; ``changes: false``
+    makes it a check."""
 
     model_config = _examples(
-        {"kind": "run", "cmd": "curl -fsS localhost:5000/"},
+        {"kind": "run", "cmd": "curl -fsS localhost:5000/", "changes": False},
         {"kind": "run", "cmd": "make install", "creates": "/usr/local/bin/app"},
     )
     primary: ClassVar[str] = "cmd"
+    shell_fields: ClassVar[frozenset[str]] = frozenset({"cmd", "unless"})
 
     kind: Literal["run"] = Field(default="run", description="The step's kind.")
     cmd: _Command = Field(description="The shell command.")
     creates: _Text | None = Field(default=None, description="Skip the step when this path exists.")
     unless: _Text | None = Field(
         default=None, description="Skip the step when this shell command exits 0."
+    )
+    changes: bool = Field(
+        default=True,
+        description=(
+            "false: the command only checks (a smoke test): ok when it exits 0, failed otherwise, never"
+            " changed; plan runs it too."
+        ),
     )
 
 
@@ -959,10 +1164,12 @@ class Playbook(_Model):
 
     def _reference_errors(self) -> Iterator[tuple[tuple[str | int, ...], str]]:
         names = set(self.vars)
+        yield from _var_problems(self.vars)
         for index, step in enumerate(self.steps):
             for loc, text in _strings(step.model_dump(), ("steps", index, step.kind)):
-                for message in _reference_errors(text, names):
+                for message in _step_text_errors(step.kind, loc, text, names):
                     yield loc, message
+        yield from _duplicate_processes((index, step.process_name()) for index, step in enumerate(self.steps) if isinstance(step, NohupStep))
 
     def var_values(self, environ: Mapping[str, str] | None = None) -> dict[str, str]:
         """``vars`` as text, the way they are substituted (booleans as ``true``/``false``).
@@ -993,13 +1200,16 @@ class Playbook(_Model):
         return [name for name, value in self.vars.items() if isinstance(value, SecretVar)]
 
     def env_names(self) -> list[str]:
-        """The environment variables the steps refer to with ``${env:NAME}``, in order."""
-        names: list[str] = []
-        for index, step in enumerate(self.steps):
-            for _, text in _strings(step.model_dump(), ("steps", index)):
-                for token in _tokens(text):
-                    if token.kind == "reference" and token.text.startswith("env:"):
-                        names.append(token.text.removeprefix("env:"))
+        """The environment variables the steps and vars refer to with ``${env:NAME}``, and the
+        secrets read from the environment, in order."""
+        texts = [text for index, step in enumerate(self.steps) for _, text in _strings(step.model_dump(), ("steps", index))]
+        texts += [value for value in self.vars.values() if isinstance(value, str)]
+        names = [
+            token.text.removeprefix("env:")
+            for text in texts
+            for token in _tokens(text)
+            if token.kind == "reference" and token.text.startswith("env:")
+        ]
         names += [v.env for v in self.vars.values() if isinstance(v, SecretVar) and v.env]
         return list(dict.fromkeys(names))
 
@@ -1018,13 +1228,16 @@ def substitutions(
 ) -> dict[str, str]:
     """The values ``expand()`` takes: vars, ``env:NAME`` and ``droplet.attribute`` keys.
 
-    ``droplet`` is a mapping or an object with the attributes of
+    A variable's value may use the others, ``${env:NAME}`` and
+    ``${droplet.attribute}``: it is resolved here (validation refused
+    cycles). ``droplet`` is a mapping or an object with the attributes of
     ``DROPLET_ATTRIBUTES``; lists (tags) are joined with commas, a missing
-    address is empty. ``environ`` defaults to ``os.environ``.
+    address is empty. ``environ`` defaults to ``os.environ``. A reference
+    whose value is missing (an unset environment variable) leaves its
+    variable out, so that using it raises ``KeyError`` naming it.
     """
     environment = os.environ if environ is None else environ
-    values = playbook.var_values(environment)
-    values.update({f"env:{name}": value for name, value in environment.items()})
+    values: dict[str, str] = {f"env:{name}": value for name, value in environment.items()}
     if droplet is not None:
         for attribute in DROPLET_ATTRIBUTES:
             if isinstance(droplet, Mapping):
@@ -1032,11 +1245,32 @@ def substitutions(
             else:
                 raw = getattr(droplet, attribute, None)
             values[f"droplet.{attribute}"] = _to_text(raw)
+    raw_vars = playbook.var_values(environment)
+    resolving: set[str] = set()
+
+    def resolve(name: str) -> str:
+        if name in values:
+            return values[name]
+        if name not in raw_vars or name in resolving:
+            raise KeyError(name)
+        resolving.add(name)
+        text = _rewrite(raw_vars[name], resolve) if name not in playbook.secret_names() else raw_vars[name]
+        resolving.discard(name)
+        values[name] = text
+        return text
+
+    for name in raw_vars:
+        try:
+            resolve(name)
+        except KeyError:
+            continue  # unresolvable (an unset environment variable): absent, so a use names it
     return values
 
 
 def expand(step: _StepT, values: Mapping[str, str]) -> _StepT:
-    """A copy of ``step`` with every ``${...}`` in its strings replaced from ``values``.
+    """A copy of ``step`` with every ``${...}`` in its strings replaced from ``values``,
+    except in the shell the user wrote (``shell_fields``): :mod:`poseidon.steps` binds
+    those references as shell variables, so that a value never becomes syntax.
 
     Keys are ``app``, ``env:HOME``, ``droplet.name``; a missing one raises
     ``KeyError`` naming it. The result is validated again, now with the real
@@ -1044,7 +1278,7 @@ def expand(step: _StepT, values: Mapping[str, str]) -> _StepT:
     raises ``SpecError`` located where the step was written. Expand a step
     once: ``$${`` has become a plain ``${`` in the copy.
     """
-    data = _substitute(step.model_dump(), values)
+    data = _substitute(step.model_dump(), values, step.shell_fields)
     try:
         expanded = type(step).model_validate(data, context={"expanded": True})
     except ValidationError as exc:
@@ -1316,12 +1550,21 @@ class _Tree:
             if not isinstance(body, dict):
                 loc = (*loc, model.primary)
             for where, text in _strings(body, loc):
-                for message in _reference_errors(text, names):
-                    mark = self.locate(where).start_mark
-                    problems.append(
-                        Problem(self.file, mark.line + 1, mark.column + 1, _render(where), message)
-                    )
+                for message in _step_text_errors(kind, where, text, names):
+                    problems.append(self._at(where, message))
+        if isinstance(variables, dict):
+            problems += [self._at(where, message) for where, message in _var_problems(variables)]
+        processes = [
+            (index, name)
+            for index, item in enumerate(steps if isinstance(steps, list) else [])
+            if isinstance(item, dict) and len(item) == 1 and (name := _nohup_name(item.get("nohup")))
+        ]
+        problems += [self._at(where, message) for where, message in _duplicate_processes(processes)]
         return problems
+
+    def _at(self, where: tuple[str | int, ...], message: str) -> Problem:
+        mark = self.locate(where).start_mark
+        return Problem(self.file, mark.line + 1, mark.column + 1, _render(where), message)
 
     def set_sources(self, playbook: Playbook) -> None:
         for index, step in enumerate(playbook.steps):

@@ -23,7 +23,7 @@ import os
 import shlex
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +31,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from poseidon import hostkeys, steps
-from poseidon.errors import CommandError, SSHConnectError, SSHError
+from poseidon.errors import CommandError, SSHConnectError, SSHError, SSHUnresponsiveError
+from poseidon.shell import BindError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -124,6 +125,37 @@ def _preferring(types: list[str]) -> Callable[..., Any]:
     return transport
 
 
+class _Unanswered(Exception):
+    """The droplet stopped answering: a keepalive went unanswered, or a step outlived its timeout."""
+
+
+class _Keepalive:
+    """One ``keepalive@openssh.com`` request, answered (either way) or not yet.
+
+    paramiko's own keepalive sends requests that want no answer, so a server
+    whose sshd froze goes unnoticed; this one waits for the answer on a
+    thread of its own, which ends when the answer comes or the connection closes.
+    """
+
+    def __init__(self, transport: Any) -> None:
+        import threading
+
+        self.started = time.monotonic()
+        self._thread = threading.Thread(target=self._ask, args=(transport,), daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _ask(transport: Any) -> None:
+        try:
+            transport.global_request("keepalive@openssh.com", wait=True)
+        except Exception:  # noqa: BLE001 - the connection ended: the session notices
+            pass
+
+    @property
+    def answered(self) -> bool:
+        return not self._thread.is_alive()
+
+
 class _Session:
     """One shell on one channel that runs commands one after another: one round trip each.
 
@@ -133,24 +165,29 @@ class _Session:
     and ends its stdout and stderr with a token no command prints.
     """
 
-    def __init__(self, transport: Any) -> None:
+    def __init__(self, transport: Any, keepalive: float | None = None) -> None:
         import secrets
 
         self.token = f"::poseidon-end-{secrets.token_hex(8)}"
+        self.transport = transport
+        #: Seconds of silence after which the droplet is asked whether it still answers;
+        #: as long again without an answer and it is taken for frozen.
+        self.keepalive = keepalive
         self.channel = transport.open_session()
         self.channel.exec_command(steps.SESSION_SHELL)
         self._out, self._err = bytearray(), bytearray()
 
-    def run(self, command: str, stdin: str | None = None) -> tuple[int, str, str]:
-        """Run ``command``; return its exit status, stdout and stderr. Raises ``EOFError`` when the shell ended."""
+    def run(self, command: str, stdin: str | None = None, limit: float | None = None) -> tuple[int, str, str]:
+        """Run ``command``; return its exit status, stdout and stderr. Raises ``EOFError`` when the shell ended,
+        :class:`_Unanswered` when the droplet stops answering or ``limit`` seconds pass."""
         self.send(steps.session_command(command, self.token, stdin=stdin))
-        return self.receive()
+        return self.receive(limit)
 
     def send(self, text: str) -> None:
         """Send shell text that ends with :func:`poseidon.steps.session_command`'s end lines; several may wait."""
         self.channel.sendall(text.encode())
 
-    def receive(self) -> tuple[int, str, str]:
+    def receive(self, limit: float | None = None) -> tuple[int, str, str]:
         """The next command's exit status, stdout and stderr, in the order they were sent."""
         import select
 
@@ -158,17 +195,32 @@ class _Session:
         out = _Framed(self._out, token + b"<\n", b"\n" + token + b" ")
         err = _Framed(self._err, token + b"<\n", b"\n" + token + b"\n")
         channel = self.channel
+        heard = time.monotonic()
+        end = heard + limit if limit else None
+        probe: _Keepalive | None = None
         while not (out.done() and err.done()):
             if channel.recv_ready():
                 self._out += channel.recv(65536)
+                heard, probe = time.monotonic(), None
                 continue
             if channel.recv_stderr_ready():
                 self._err += channel.recv_stderr(65536)
+                heard, probe = time.monotonic(), None
                 continue
             if channel.closed or channel.eof_received:
                 raise EOFError("the session's shell ended")
+            now = time.monotonic()
+            if end is not None and now > end:
+                raise _Unanswered(f"the step was still running {limit:g} s after it started, past its timeout")
+            if self.keepalive and now - heard > self.keepalive:
+                if probe is None:
+                    probe = _Keepalive(self.transport)
+                elif probe.answered:
+                    heard, probe = now, None
+                elif now - probe.started > self.keepalive:
+                    raise _Unanswered(f"it has not answered for {now - heard:.0f} s (keepalives unanswered)")
             # The channel's fileno is readable while either stream has data.
-            select.select([channel], [], [], 1.0)
+            select.select([channel], [], [], min(1.0, self.keepalive or 1.0))
         status_end = self._out.index(b"\n", out.end + len(out.end_marker))
         status = bytes(self._out[out.end + len(out.end_marker) : status_end])
         stdout, stderr = self._out[out.start : out.end], self._err[err.start : err.end]
@@ -232,6 +284,10 @@ def _sudo_hint(stderr: str, exited: int, user: str, label: str) -> str | None:
 class SSHClient:
     """One SSH connection to one droplet, reused for every command."""
 
+    #: Seconds a step with a ``timeout`` may run past it (and past ``timeout``'s own kill) before the
+    #: droplet is taken for frozen.
+    TIMEOUT_MARGIN = 5.0
+
     def __init__(
         self,
         host: str,
@@ -245,6 +301,7 @@ class SSHClient:
         label: str | None = None,
         droplet_id: int | None = None,
         on_notice: Callable[[str], None] | None = None,
+        keepalive: float | None = 15.0,
     ) -> None:
         self.host = host
         self.user = user
@@ -259,12 +316,17 @@ class SSHClient:
         #: Told of a first contact and of a new droplet on a reused address; ``None`` logs them
         #: (logger ``poseidon.hostkeys``). May be set after construction, before the connection opens.
         self.on_notice = on_notice
+        #: Seconds of silence during a command after which the droplet is asked whether it still
+        #: answers; unanswered as long again, the connection is closed (``None``: never ask).
+        self.keepalive = keepalive
         #: The remote working directory set by :meth:`chdir` (absolute), or ``None`` for the login's.
         self.cwd: str | None = None
         self._connection: Connection | None = None
         self._session: _Session | None = None
         #: Whether this client's session took the droplet's apply lock (:meth:`lock`).
         self._locked = False
+        #: The change marks of the steps run so far (:func:`poseidon.steps.change_mark`).
+        self._marks: list[str] = []
 
     # -- the connection -------------------------------------------------------
 
@@ -349,7 +411,13 @@ class SSHClient:
         return client.exec_command(self._in_cwd(cmd))  # type: ignore[no-any-return]
 
     def run(
-        self, cmd: str, *, stdin: str | None = None, timeout: float | None = None, title: str | None = None
+        self,
+        cmd: str,
+        *,
+        stdin: str | None = None,
+        timeout: float | None = None,
+        title: str | None = None,
+        deadline: float | None = None,
     ) -> Any:
         """Run ``cmd`` in the working directory; return Fabric's ``Result`` (never raises on exit status).
 
@@ -359,6 +427,10 @@ class SSHClient:
         expires. With ``interactive=True`` the command (or ``title``, for the long
         scripts of steps) and its output are printed, and a pseudo-terminal
         lets a sudo password prompt reach the user.
+
+        A droplet that stops answering (its keepalives go unanswered), or a
+        command still running ``deadline`` seconds after it started, raises
+        :class:`SSHError` and closes the connection.
         """
         import paramiko
 
@@ -366,7 +438,7 @@ class SSHClient:
         if not interactive and timeout is None:
             command = self._in_cwd(cmd)
             with self._session_in_use() as session:
-                return self._result(command, session.run(command, stdin=stdin))
+                return self._result(command, session.run(command, stdin=stdin, limit=deadline))
         try:
             result = self._run_channel(cmd, stdin=stdin, timeout=timeout, title=title, interactive=interactive)
         except (OSError, EOFError, paramiko.SSHException) as exc:
@@ -389,9 +461,13 @@ class SSHClient:
             transport = self.connection.client.get_transport()
             if transport is None or not transport.is_active():
                 raise self._lost(EOFError("the connection is closed"))
-            self._session = _Session(transport)
+            self._session = _Session(transport, self.keepalive)
         try:
             yield self._session
+        except _Unanswered as exc:
+            # Its output may never come: this connection can carry nothing more.
+            self.close()
+            raise SSHUnresponsiveError(f"{self.label} stopped answering: {exc}; the connection was closed") from exc
         except (OSError, EOFError, paramiko.SSHException) as exc:
             self._drop_session()
             raise self._lost(exc) from exc
@@ -488,11 +564,28 @@ class SSHClient:
         *,
         mode: steps.Mode = "apply",
         secrets: dict[str, str] | None = None,
+        values: Mapping[str, str] | None = None,
     ) -> StepOutcome:
-        """Check and (in ``apply`` mode) apply one playbook step in one round trip."""
-        ctx = steps.StepContext(user=self.user)
-        script = steps.script_for(step, ctx, secrets=secrets)
-        command = steps.render(
+        """Check and (in ``apply`` mode) apply one playbook step in one round trip.
+
+        ``values`` are those of the ``${…}`` references in the shell the user
+        wrote (``run``, ``nohup``…): bound as data, never pasted into the
+        text. Without them, that shell is taken as it is written.
+
+        A ``nohup`` step restarts when a step run before it on this client
+        (or passed over with :meth:`pass_step`) changed the droplet since the
+        process started.
+        """
+        mark = None if step.kind == "chdir" or getattr(step, "changes", True) is False else steps.change_mark(step, self.user)
+        ctx = steps.StepContext(
+            user=self.user, values=values, address=self.host, mark=mark, inputs=tuple(sorted(set(self._marks) - {mark}))
+        )
+        started = time.monotonic()
+        try:
+            script = steps.script_for(step, ctx, secrets=secrets)
+        except BindError as exc:
+            return StepOutcome("failed", "", f"poseidon: {exc}", 2, 0.0)
+        rendered = steps.render(
             script,
             ctx,
             mode=mode,
@@ -501,26 +594,34 @@ class SSHClient:
             timeout=step.timeout,
             interactive=self.interactive,
         )
-        started = time.monotonic()
+        deadline = step.timeout + steps.KILL_AFTER + self.TIMEOUT_MARGIN if step.timeout else None
         try:
-            result = self.run(command, stdin=script.stdin, title=steps.describe(step))
+            result = self.run(rendered.command, stdin=rendered.stdin, title=steps.describe(step), deadline=deadline)
             exited, stdout, stderr = result.exited, result.stdout, result.stderr
         except CommandError as exc:
             exited, stdout, stderr = exc.exited, exc.stdout, exc.stderr
         duration = time.monotonic() - started
-        status, output = steps.parse_status(stdout)
+        status, why, output = steps.parse_status(stdout)
         if exited == 124 and step.timeout:
             stderr = (stderr + f"\nposeidon: timed out after {step.timeout:g} s").lstrip("\n")
         refused = exited != 0 and steps.uses_sudo(script, ctx, step.sudo)
         hint = _sudo_hint(stderr, exited, self.user, self.label) if refused else None
         if hint:
             stderr += f"\nposeidon: {hint}"
+        if mark is not None:
+            self._marks.append(mark)
         if exited != 0 or status is None:
             return StepOutcome("failed", output, stderr, exited or 1, duration)
         if step.kind == "chdir":
             self.cwd = output.strip().splitlines()[-1]
-        reason = script.ok_reason if status == "ok" else ""
+        reason = script.ok_reason if status == "ok" else why
         return StepOutcome(status, output, stderr, exited, duration, reason)
+
+    def pass_step(self, step: Any) -> None:
+        """Count ``step`` as run before the next ones without running it (``--start-at``, ``--resume``):
+        a later ``nohup`` still restarts when it changed the droplet since the process started."""
+        if step.kind != "chdir" and getattr(step, "changes", True) is not False:
+            self._marks.append(steps.change_mark(step, self.user))
 
     def _step(
         self, kind: str, raise_on_error: bool, *, secrets: dict[str, str] | None = None, **fields: Any

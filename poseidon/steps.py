@@ -6,21 +6,30 @@ check itself failed, and an *apply* that does the work. :func:`render` joins
 them, with the working directory, environment, ``sudo`` and ``timeout``, into
 one remote command, so one round trip both decides and acts.
 
-This module is the one place that builds remote shell text. Every value a
-user gave reaches it through :func:`quote` or :func:`quote_path`; commands
-the user wrote as shell (``run``, ``nohup``, ``unless``) travel as a single
-quoted argument of ``sh -c``.
+This module and :mod:`poseidon.shell` are the one place that builds remote
+shell text. Every value poseidon places reaches it through :func:`quote` or
+:func:`quote_path`; a command the user wrote as shell (``run``, ``nohup``,
+``unless``, ``ready.cmd``) runs through ``eval`` of its quoted text, its
+``${…}`` references bound as shell variables (:func:`poseidon.shell.bind`),
+so that no value becomes syntax.
+
+A rendered step travels to the droplet's shell as the *input* of
+``sh -c 'eval "$(cat)"'``, not as its arguments: ``env:`` values, bound
+values and tokens never show in ``/proc/*/cmdline``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import shlex
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+import json
+import math
+import secrets as _random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from poseidon import spec
+from poseidon import shell, spec
+from poseidon.shell import quote, quote_all, quote_path
 from poseidon.spec import (
     AptStep,
     ChdirStep,
@@ -37,9 +46,11 @@ __all__ = [
     "MARKER",
     "PIDS",
     "Mode",
+    "Rendered",
     "Script",
     "StepContext",
     "build",
+    "change_mark",
     "describe",
     "nohup_status",
     "parse_status",
@@ -56,18 +67,27 @@ __all__ = [
 
 Mode = Literal["apply", "check"]
 
-#: Printed by a rendered step as its last line of stdout: ``::poseidon:ok`` etc.
+#: Printed by a rendered step as its last line of stdout: ``::poseidon:ok`` etc., then a reason.
 MARKER = "::poseidon:"
 
 # The step's timeout gives the command this long to end after SIGTERM before SIGKILL.
-_KILL_AFTER = 5
+KILL_AFTER = 5
 
 
 @dataclass(frozen=True)
 class StepContext:
-    """Who a step runs as on the droplet (the working directory is SSHClient's: it prefixes every command)."""
+    """Where and how a step runs on the droplet (the working directory is SSHClient's: it prefixes every command)."""
 
     user: str = "root"
+    #: Values of the references in shell the user wrote (``app``, ``env:HOME``, ``droplet.name``);
+    #: ``None``: the text is plain shell, ``${HOME}`` the shell's own (the seed API's commands).
+    values: Mapping[str, str] | None = None
+    #: The droplet's address: where ``ready: {port: N}`` knocks by default.
+    address: str = "127.0.0.1"
+    #: This step's change mark (:func:`change_mark`), rewritten each time the step changes the droplet.
+    mark: str | None = None
+    #: The change marks of the steps before this one: a ``nohup`` restarts when one of them changed.
+    inputs: tuple[str, ...] = ()
 
     @property
     def is_root(self) -> bool:
@@ -79,44 +99,81 @@ class Script:
     """Shell text for one step: how to check it and how to apply it."""
 
     apply: str
-    #: Run once before the check, at the script's top level (variables, secrets read from stdin).
+    #: Run once before the check, at the script's top level (functions, variables, secrets).
     setup: str = ""
     #: Exits 0: nothing to do; 1: work to do; else the check failed. ``None``: always work to do.
+    #: It may set ``_why`` to say why there is work to do.
     check: str | None = None
     ok_reason: str = ""
     #: Whether running the step twice is safe and reports ``ok`` the second time.
     idempotent: bool = True
     #: Whether the step needs root (then ``sudo -n`` when the user is not root).
     needs_root: bool = False
-    #: A secret sent on the command's stdin (never in its argv).
-    stdin: str | None = None
+    #: The check is the whole step (``run`` with ``changes: false``): exit 0 is ok, anything else failed.
+    check_only: bool = False
+    #: Whether the script holds a secret (a token): it must never be sent as a command line.
+    secret: bool = False
 
 
-# -- quoting: the one place values meet shell text ---------------------------
+@dataclass(frozen=True)
+class Rendered:
+    """A step ready to send: the command line, and the script it reads on its standard input."""
+
+    command: str
+    #: The step's whole text, fed to ``command`` (``None``: the command line holds it, interactive only).
+    stdin: str | None
 
 
-def quote(value: object) -> str:
-    """One shell word for ``value``, whatever it contains."""
-    return shlex.quote(str(value))
+# -- shell the user wrote ----------------------------------------------------
 
 
-def quote_all(values: Iterable[object]) -> str:
-    return " ".join(quote(v) for v in values)
+def _bound(text: str, ctx: StepContext) -> shell.Bound:
+    if ctx.values is None:
+        return shell.Bound(text)
+    return shell.bind(spec.parts(text), ctx.values)
 
 
-def quote_path(path: str) -> str:
-    """Quote a path, leaving a leading ``~`` or ``~/`` outside the quotes so the shell expands it."""
-    if path == "~":
-        return "~"
-    if path.startswith("~/"):
-        rest = path[2:]
-        return "~/" + quote(rest) if rest else "~/"
-    return quote(path)
+def _user_shell(text: str, ctx: StepContext) -> str:
+    """A command the user wrote, run in a subshell: its values assigned to variables, then its text ``eval``'d."""
+    bound = _bound(text, ctx)
+    return f"( {bound.assignments()}eval {quote(bound.text)} )"
 
 
-def _sh(command: str) -> str:
-    """A command the user wrote as shell, run by ``sh -c`` as one quoted argument."""
-    return f"sh -c {quote(command)}"
+def _digest(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def change_mark(step: spec.Step, user: str) -> str:
+    """The name of the file a step rewrites on the droplet each time it changes something.
+
+    It depends on what the step does, not on its label or timeout: the same
+    step shares its mark across playbooks and the seed API. (A ``nohup``
+    step's name is what it does.) Two identical steps in two directories
+    share one too: a change of either restarts what follows both, never less.
+    """
+    ignored = ("timeout",) if step.kind == "nohup" else ("name", "timeout")
+    fields = {key: value for key, value in step.model_dump().items() if key not in ignored}
+    return _digest(user, fields)[:24]
+
+
+# The login user's ~/.poseidon/changes, also under sudo (whose HOME is root's).
+_MARKS_DIR = (
+    '_pm=$HOME\n'
+    'if [ -n "${SUDO_USER-}" ] && [ "$(id -u)" -eq 0 ]; then'
+    ' _pm=$(getent passwd "$SUDO_USER" | cut -d: -f6) && [ -n "$_pm" ] || _pm=$HOME; fi\n'
+    "_pm=$_pm/.poseidon/changes"
+)
+
+
+def _write_mark(mark: str) -> str:
+    """Rewrites the step's change mark with a new random value; under sudo it stays the login user's."""
+    name = quote(mark)
+    return (
+        f'mkdir -p "$_pm" && printf \'%s\\n\' {_random.token_hex(8)} > "$_pm/.{mark}.$$"'
+        f' && mv -f "$_pm/.{mark}.$$" "$_pm/"{name}'
+        ' && { [ -z "${SUDO_UID-}" ] || chown "$SUDO_UID:${SUDO_GID:-$SUDO_UID}" "${_pm%/*}" "$_pm" "$_pm/"'
+        f"{name} 2>/dev/null || true; }}"
+    )
 
 
 # -- one function per step kind ----------------------------------------------
@@ -167,9 +224,9 @@ _PICK_REF = (
 )
 
 _ASKPASS = (
-    # The token arrives on stdin and reaches git through GIT_ASKPASS: never argv,
-    # never the droplet's .git/config. It is read once, before the check.
-    "IFS= read -r POSEIDON_GIT_TOKEN || true; export POSEIDON_GIT_TOKEN\n"
+    # The token is in the script, which the shell reads on its input; it reaches
+    # git through GIT_ASKPASS: never argv, never the droplet's .git/config.
+    "export POSEIDON_GIT_TOKEN\n"
     "askpass=$(mktemp) || exit 2; trap 'rm -f \"$askpass\"' EXIT\n"
     "printf '%s\\n' '#!/bin/sh' "
     "'case \"$1\" in Username*) echo x-access-token ;; *) printf \"%s\\n\" \"$POSEIDON_GIT_TOKEN\" ;; esac'"
@@ -183,7 +240,7 @@ def git(step: GitStep, ctx: StepContext, token: str | None = None) -> Script:
     setup = (
         # GIT_OPTIONAL_LOCKS=0: `git status` in the check must not rewrite the index (plan changes nothing).
         f"export GIT_TERMINAL_PROMPT=0 GIT_OPTIONAL_LOCKS=0\nref={quote(step.ref or 'HEAD')}\nwant= kind=\n"
-        + (_ASKPASS if token else "")
+        + (f"POSEIDON_GIT_TOKEN={quote(token)}\n{_ASKPASS}" if token else "")
     )
     # What the remote has under the ref; a remote that cannot be read fails the check.
     resolve = (
@@ -219,7 +276,7 @@ def git(step: GitStep, ctx: StepContext, token: str | None = None) -> Script:
         check=check,
         apply=apply,
         ok_reason=f"{step.target()} is at {step.ref or 'the remote HEAD'}",
-        stdin=token + "\n" if token else None,
+        secret=bool(token),
     )
 
 
@@ -300,62 +357,164 @@ def pip_r(step: PipRStep, ctx: StepContext) -> Script:
     )
 
 
-# A zombie answers `kill -0` but runs no more (an init that reaps slowly keeps it).
-_ALIVE = '_alive() { s=$(ps -o stat= -p "$1" 2>/dev/null) || return 1; case "$s" in Z*|"") return 1 ;; esac; }'
+# -- nohup: a supervised process ---------------------------------------------------
+#
+# .poseidon/NAME.pid holds the process's pid, .poseidon/NAME.state its identity
+# (start time in clock ticks since boot, boot id, a random token exported to the
+# process and its children as POSEIDON_PROCESS) and what it was started from
+# (a digest of its definition, and one of the change marks of the steps before it).
+# "Running" means that identity is alive: a reused pid is never taken for it.
+
+_PROCESS = r"""_boot=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)
+_field() { sed -n "s/^$1=//p" "$_state" 2>/dev/null | head -n 1; }
+_procstat() { _s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1; _s=${_s##*) }; set -- $_s; _pstate=$1 _pgrp=$3 _pstart=${20}; }
+_running() {
+  _pid=$(cat "$_pidfile" 2>/dev/null); case "$_pid" in ''|*[!0-9]*) _pid=; return 1 ;; esac
+  _procstat "$_pid" || return 1
+  case "$_pstate" in Z|X|x) return 1 ;; esac
+  [ "$_pstart" = "$(_field start)" ] && [ -n "$_boot" ] && [ "$_boot" = "$(_field boot)" ]
+}
+_members() { _t=$(_field token); case "$_t" in ''|*[!0-9a-f]*) return 0 ;; esac
+  [ "$_boot" = "$(_field boot)" ] || return 0
+  grep -lsaF -e "POSEIDON_PROCESS=$_t" /proc/[0-9]*/environ 2>/dev/null | sed -n 's|^/proc/\([0-9]*\)/environ$|\1|p'; }
+_legacy() {  # a process started by poseidon before identities: a pid file, a .cmd file, `sh -c` leading its group
+  [ -f "${_pidfile%.pid}.cmd" ] && [ ! -f "$_state" ] || return 1
+  _pid=$(cat "$_pidfile" 2>/dev/null); case "$_pid" in ''|*[!0-9]*) return 1 ;; esac
+  _procstat "$_pid" && [ "$_pgrp" = "$_pid" ] && [ "$(tr '\0' ' ' < "/proc/$_pid/cmdline" 2>/dev/null | cut -c1-6)" = "sh -c " ]
+}
+_stop() {
+  _group=; if _running || _legacy; then _group=$_pid; fi
+  rm -f "${_pidfile%.pid}.cmd"
+  _left=$(_members)
+  [ -n "$_group$_left" ] || return 0
+  [ -z "$_group" ] || kill -TERM "-$_group" 2>/dev/null || kill -TERM "$_group" 2>/dev/null
+  [ -z "$_left" ] || kill -TERM $_left 2>/dev/null
+  _n=0; while [ $_n -lt 100 ] && { { [ -n "$_group" ] && _running; } || [ -n "$(_members)" ]; }; do sleep 0.1; _n=$((_n+1)); done
+  [ -z "$_group" ] || kill -KILL "-$_group" 2>/dev/null
+  _left=$(_members); [ -z "$_left" ] || kill -KILL $_left 2>/dev/null
+  return 0
+}
+_inputs() { for _k in "$@"; do printf '%s=' "$_k"; cat "$_pm/$_k" 2>/dev/null || echo; done | sha256sum | cut -c1-64; }"""
+
+# The process runs under `sh -c 'eval "$(cat)"' poseidon:NAME`, reading this on its input:
+# it leads its own session and process group (setsid), and a TERM (a user's `kill PID`,
+# or poseidon's stop) ends the whole group.
+_WRAPPER = (
+    "exec </dev/null\n"
+    "_poseidon_stop() { trap '' TERM INT HUP; kill -TERM 0 2>/dev/null; wait; exit 143; }\n"
+    "trap _poseidon_stop TERM INT HUP\n"
+    "{command} &\n"
+    "wait $!\n"
+)
+
+_PORT_OPEN = (
+    "import socket, sys\n"
+    "try:\n socket.create_connection((sys.argv[1], int(sys.argv[2])), 1).close()\n"
+    "except OSError:\n sys.exit(1)\n"
+)
+_HTTP_OK = (
+    "import sys, urllib.request as r\n"
+    "try:\n a = r.build_opener(r.ProxyHandler({})).open(sys.argv[1], timeout=2)\n"
+    "except Exception:\n sys.exit(1)\n"
+    "sys.exit(0 if 200 <= a.status < 300 else 1)\n"
+)
+
+
+def _ready_probe(ready: spec.ReadyCheck, ctx: StepContext) -> tuple[str, str]:
+    """``(shell that exits 0 when ready, what it waits for)``."""
+    if ready.port is not None:
+        host = ready.host or ctx.address
+        return f"python3 -c {quote(_PORT_OPEN)} {quote(host)} {ready.port}", f"port {ready.port} on {host}"
+    if ready.http is not None:
+        return f"python3 -c {quote(_HTTP_OK)} {quote(ready.http)}", f"a 2xx answer from {ready.http}"
+    assert ready.cmd is not None
+    return f"{_user_shell(ready.cmd, ctx)} >/dev/null 2>&1", "its ready command to succeed"
+
+
+def _log_tail(log: str, message: str) -> str:
+    return f"{{ echo {quote(message)}; tail -n 20 {log}; }} >&2"
 
 
 def nohup(step: NohupStep, ctx: StepContext) -> Script:
     name = step.process_name()
-    pidfile = f".poseidon/{quote(name + '.pid')}"
-    cmdfile = f".poseidon/{quote(name + '.cmd')}"
     log = quote_path(step.log_path())
-    # The command's hash is kept beside the pid: a changed command restarts the process.
-    digest = hashlib.sha256(step.cmd.encode()).hexdigest()
-    running = f'[ -f {pidfile} ] && _alive "$(cat {pidfile})"'
-    current = f'{running} && [ "$(cat {cmdfile} 2>/dev/null)" = {digest} ]'
-    # The process leads its own process group (setsid): TERM the group, then KILL
-    # what is left after five seconds. (dash's kill takes `--` only without a signal.)
-    stop = (
-        f'if {running}; then pid=$(cat {pidfile}); kill -- "-$pid" 2>/dev/null || kill "$pid";'
-        ' n=0; while _alive "$pid" && [ $n -lt 50 ]; do sleep 0.1; n=$((n+1)); done;'
-        ' kill -9 "-$pid" 2>/dev/null; fi'
+    bound = _bound(step.cmd, ctx)
+    command = f"( {bound.assignments()}eval {quote(bound.text)} )"
+    wrapper = _WRAPPER.replace("{command}", command)
+    # What it runs: a change to any of these restarts it (on-change). The directory is added there.
+    definition = _digest(bound.text, bound.bindings, step.env, ctx.user)
+    setup = (
+        f"{_PROCESS}\n"
+        f"_pidfile=.poseidon/{quote(name + '.pid')} _state=.poseidon/{quote(name + '.state')}\n"
+        f"_def=$(printf '%s\\n' {definition} \"$PWD\" | sha256sum | cut -c1-64)\n"
+        f"_in=$(_inputs {quote_all(ctx.inputs)})\n_why="
     )
-    # setsid gives the process a session of its own, so it outlives the SSH
-    # session; all three streams are redirected so the channel can close.
-    start = (
-        f"mkdir -p .poseidon || exit 2\n"
-        f"nohup setsid {_sh(step.cmd)} > {log} 2>&1 < /dev/null &\n"
-        f"echo $! > {pidfile} && echo {digest} > {cmdfile}\n"
-        + (  # grace: 0 starts it and does not wait to see it live
-            f"sleep {step.grace:g}\n"
-            f'if ! _alive "$(cat {pidfile})"; then\n'
-            f"  echo {quote(f'poseidon: {name} exited within {step.grace:g} s; the end of its log:')} >&2\n"
-            f"  tail -n 20 {log} >&2; exit 1\n"
-            f"fi\n"
-            if step.grace > 0
-            else ""
+    probe, awaited = _ready_probe(step.ready, ctx) if step.ready else ("", "")
+    needs_python = step.ready is not None and step.ready.cmd is None
+    if needs_python:
+        setup += (
+            "\ncommand -v python3 >/dev/null 2>&1 ||"
+            f" {{ echo {quote(f'poseidon: ready: {awaited} is checked with python3, which the droplet lacks')} >&2; exit 2; }}"
         )
-        + f"echo {quote(f'{name} started')}, pid \"$(cat {pidfile})\""
+    check = [f'[ {quote(step.restart)} != always ] || {{ _why="restart: always"; return 1; }}']
+    check.append('_running || { _why="not running"; return 1; }')
+    if step.restart == "on-change":
+        check.append('[ "$(_field definition)" = "$_def" ] || { _why="its command, env, user or directory changed"; return 1; }')
+        check.append('[ "$(_field inputs)" = "$_in" ] || { _why="an earlier step changed since it started"; return 1; }')
+    if probe and step.restart != "never":
+        check.append(f'{probe} || {{ _why={quote(f"it runs but is not ready ({awaited})")}; return 1; }}')
+    token = _random.token_hex(8)
+    start = (
+        "_stop\n"
+        "mkdir -p .poseidon || exit 2\n"
+        f"printf '%s' {quote(wrapper)} | POSEIDON_PROCESS={token} nohup setsid sh -c 'eval \"$(cat)\"'"
+        f" {quote('poseidon:' + name)} > {log} 2>&1 &\n"
+        "_pid=$!\n"
+        '_procstat "$_pid" || _pstart=gone\n'
+        'printf \'%s\\n\' "$_pid" > "$_pidfile.new" && mv -f "$_pidfile.new" "$_pidfile" || exit 2\n'
+        f"printf 'start=%s\\nboot=%s\\ntoken=%s\\ndefinition=%s\\ninputs=%s\\n' \"$_pstart\" \"$_boot\" {token}"
+        ' "$_def" "$_in" > "$_state.new" && mv -f "$_state.new" "$_state" || exit 2\n'
     )
+    if step.ready:
+        wait = (
+            f"_end=$(( $(date +%s) + {math.ceil(step.ready.timeout)} ))\n"
+            "while :; do\n"
+            f"  _running || {{ {_log_tail(log, f'poseidon: {name} exited before it was ready; the end of its log:')}; exit 1; }}\n"
+            f"  {probe} && break\n"
+            f"  [ \"$(date +%s)\" -lt \"$_end\" ] || {{ {_log_tail(log, f'poseidon: {name} is not ready after {step.ready.timeout:g} s (waited for {awaited}); the end of its log:')}; exit 1; }}\n"
+            "  sleep 0.2\n"
+            "done\n"
+        )
+    elif step.grace > 0:  # grace: 0 starts it and does not wait to see it live
+        wait = (
+            f"sleep {step.grace:g}\n"
+            f"_running || {{ {_log_tail(log, f'poseidon: {name} exited within {step.grace:g} s; the end of its log:')}; exit 1; }}\n"
+        )
+    else:
+        wait = ""
+    started = f'echo {quote(name)} "started${{_why:+ ($_why)}}, pid $_pid"'
     return Script(
-        setup=_ALIVE,
-        check="return 1" if step.restart else current,
-        apply=stop + "\n" + start,
+        setup=setup,
+        check="\n".join(check),
+        apply=start + wait + started,
         ok_reason=f"{name} is running",
-        idempotent=not step.restart,
+        idempotent=step.restart != "always",
     )
 
 
 def run(step: RunStep, ctx: StepContext) -> Script:
+    command = _user_shell(step.cmd, ctx)
+    if not step.changes:
+        return Script(check=command, apply=":", ok_reason="the check passed", check_only=True)
     guards = []
     if step.creates:
         guards.append(f"[ -e {quote_path(step.creates)} ] && return 0")
     if step.unless:
-        guards.append(f"{_sh(step.unless)} >/dev/null 2>&1 && return 0")
+        guards.append(f"{_user_shell(step.unless, ctx)} >/dev/null 2>&1 && return 0")
     reason = f"{step.creates} exists" if step.creates else "the unless command succeeded"
     return Script(
         check="\n".join([*guards, "return 1"]) if guards else None,
-        apply=_sh(step.cmd),
+        apply=command,
         ok_reason=reason if guards else "",
         idempotent=bool(guards),
     )
@@ -373,7 +532,10 @@ _BUILDERS: dict[str, Callable[..., Script]] = {
 
 
 def script_for(step: spec.Step, ctx: StepContext, *, secrets: Mapping[str, str] | None = None) -> Script:
-    """The :class:`Script` of ``step``; ``secrets`` holds the git tokens by variable name."""
+    """The :class:`Script` of ``step``; ``secrets`` holds the git tokens by variable name.
+
+    Raises :class:`poseidon.shell.BindError` when a value cannot reach its place in a command as data.
+    """
     if isinstance(step, GitStep):
         token = (secrets or {}).get(step.token_env) or None
         return git(step, ctx, token)
@@ -454,15 +616,19 @@ PIDS = "cd /proc && echo [0-9]*"
 
 
 def nohup_status(step: NohupStep, lines: int = 5) -> str:
-    """A nohup step's process, read-only: 'STATE<TAB>PID<TAB>UPTIME' then the end of its log."""
+    """A nohup step's process, read-only: 'STATE<TAB>PID<TAB>UPTIME<TAB>LEFTOVER PIDS' then the end of its log.
+
+    STATE is ``alive`` when the recorded identity runs (the pid is the group's
+    leader: killing it ends the app); LEFTOVER PIDS are processes of a dead
+    one that still run (they may hold its port).
+    """
     name = step.process_name()
-    pidfile = f".poseidon/{quote(name + '.pid')}"
     script = (
-        f"{_ALIVE}\n"
-        f"pid=$(cat {pidfile} 2>/dev/null)\n"
-        'if [ -n "$pid" ] && _alive "$pid"; then state=alive; up=$(ps -o etime= -p "$pid" | tr -d " ");'
-        ' else state=dead; up=-; fi\n'
-        "printf '%s\\t%s\\t%s\\n' \"$state\" \"${pid:--}\" \"$up\"\n"
+        f"{_PROCESS}\n"
+        f"_pidfile=.poseidon/{quote(name + '.pid')} _state=.poseidon/{quote(name + '.state')}\n"
+        'if _running; then state=alive; up=$(ps -o etime= -p "$_pid" | tr -d " "); left=;'
+        ' else state=dead; up=-; left=$(_members | tr "\\n" " "); fi\n'
+        "printf '%s\\t%s\\t%s\\t%s\\n' \"$state\" \"${_pid:--}\" \"$up\" \"${left% }\"\n"
         f"tail -n {int(lines)} {quote_path(step.log_path())} 2>/dev/null; exit 0"
     )
     return f"sh -c {quote(script)}"
@@ -545,36 +711,50 @@ def render(
     env: Mapping[str, str] | None = None,
     timeout: float | None = None,
     interactive: bool = False,
-) -> str:
+) -> Rendered:
     """The single remote command that checks, then (in ``apply`` mode) applies.
 
     Its last line of stdout is ``::poseidon:ok``, ``::poseidon:changed`` or
-    ``::poseidon:would-change``; any other ending is a failure, told by the
-    exit status.
+    ``::poseidon:would-change``, then a space and why when the check said;
+    any other ending is a failure, told by the exit status.
+
+    The step's text is the command's input (``sh -c 'eval "$(cat)"'``), so
+    ``env:`` values and secrets stay out of every command line. Only an
+    ``interactive`` step (a terminal may have to answer sudo's password
+    prompt) without secrets or ``env:`` carries its text as an argument.
     """
-    lines = []
-    for key, value in (env or {}).items():
-        lines.append(f"export {key}={quote(value)}")
+    lines = [f"export {key}={quote(value)}" for key, value in (env or {}).items()]
+    if ctx.mark or ctx.inputs:
+        lines.append(_MARKS_DIR)
     if script.setup:
         lines.append(script.setup)
-    check = script.check or "return 1"
-    lines.append(f"_check() {{\n{check}\n}}")
-    lines.append(
-        f"_check; rc=$?\n"
-        f"if [ $rc -eq 0 ]; then printf '\\n{MARKER}ok\\n'; exit 0; fi\n"
-        f'if [ $rc -ne 1 ]; then echo "poseidon: the check failed (exit $rc)" >&2; exit $rc; fi'
-    )
-    if mode == "check":
-        lines.append(f"printf '\\n{MARKER}would-change\\n'; exit 0")
+    lines.append(f"_check() {{\n{script.check or 'return 1'}\n}}")
+    if script.check_only:
+        lines.append(
+            f"_check; rc=$?\n"
+            f"if [ $rc -eq 0 ]; then printf '\\n{MARKER}ok\\n'; exit 0; fi\n"
+            f'echo "poseidon: the check failed (exit $rc)" >&2; exit $rc'
+        )
     else:
-        lines.append(f"_apply() {{\n{script.apply}\n}}")
-        lines.append(f"_apply || exit $?\nprintf '\\n{MARKER}changed\\n'")
-    command = f"sh -c {quote(chr(10).join(lines))}"
+        lines.append(
+            f"_why=\n_check; rc=$?\n"
+            f"if [ $rc -eq 0 ]; then printf '\\n{MARKER}ok\\n'; exit 0; fi\n"
+            f'if [ $rc -ne 1 ]; then echo "poseidon: the check failed (exit $rc)" >&2; exit $rc; fi'
+        )
+        if mode == "check":
+            lines.append(f"printf '\\n{MARKER}would-change %s\\n' \"$_why\"; exit 0")
+        else:
+            lines.append(f"_apply() {{\n{script.apply}\n}}")
+            lines.append("_apply || exit $?" + (f"\n{_write_mark(ctx.mark)}" if ctx.mark else ""))
+            lines.append(f"printf '\\n{MARKER}changed %s\\n' \"$_why\"")
+    text = "\n".join(lines)
+    argv = interactive and not script.secret and not env
+    command = f"sh -c {quote(text)}" if argv else "sh -c 'eval \"$(cat)\"'"
     if uses_sudo(script, ctx, sudo):
-        command = f"sudo {'' if interactive else '-n '}-- {command}"
+        command = f"sudo {'' if argv else '-n '}-- {command}"
     if timeout:
-        command = f"timeout -k {_KILL_AFTER} {timeout:g} {command}"
-    return command
+        command = f"timeout -k {KILL_AFTER} {timeout:g} {command}"
+    return Rendered(command, None if argv else text)
 
 
 def uses_sudo(script: Script, ctx: StepContext, sudo: bool = False) -> bool:
@@ -582,10 +762,11 @@ def uses_sudo(script: Script, ctx: StepContext, sudo: bool = False) -> bool:
     return sudo or (script.needs_root and not ctx.is_root)
 
 
-def parse_status(stdout: str) -> tuple[str | None, str]:
-    """Split a rendered step's stdout into its status marker and the step's own output."""
+def parse_status(stdout: str) -> tuple[str | None, str, str]:
+    """Split a rendered step's stdout into its status marker, why (may be empty) and the step's own output."""
     text = stdout.rstrip("\n")
     head, _, last = text.rpartition("\n")
     if last.startswith(MARKER):
-        return last[len(MARKER):], head.rstrip("\n")
-    return None, stdout
+        status, _, why = last[len(MARKER) :].partition(" ")
+        return status, why.strip(), head.rstrip("\n")
+    return None, "", stdout

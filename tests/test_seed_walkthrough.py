@@ -128,16 +128,24 @@ def test_interactive_prints_each_command_and_its_output(
     assert "[test] $ apt git" in out
 
 
-def test_sudo_is_non_interactive_unless_asked(sandbox_env: Sandbox) -> None:
+def test_sudo_is_non_interactive_unless_asked_and_a_secret_never_rides_the_command_line(sandbox_env: Sandbox) -> None:
     from poseidon import steps
 
     script = steps.Script(apply="true", needs_root=True)
     quiet = steps.render(script, steps.StepContext(user="deploy"))
     asking = steps.render(script, steps.StepContext(user="deploy"), interactive=True)
     as_root = steps.render(script, steps.StepContext(user="root"))
-    assert quiet.startswith("sudo -n -- sh -c ")
-    assert asking.startswith("sudo -- sh -c ")
-    assert as_root.startswith("sh -c ")
+    assert quiet.command == "sudo -n -- sh -c 'eval \"$(cat)\"'" and quiet.stdin and "true" in quiet.stdin
+    assert asking.command.startswith("sudo -- sh -c ") and "true" in asking.command and asking.stdin is None
+    assert as_root.command == "sh -c 'eval \"$(cat)\"'"
+    # A terminal may have to answer sudo, but a token or an env: value still travels as input.
+    secret = steps.Script(apply="true", needs_root=True, secret=True)
+    for rendered in (
+        steps.render(secret, steps.StepContext(user="deploy"), interactive=True),
+        steps.render(script, steps.StepContext(user="deploy"), interactive=True, env={"PASSWORD": "hunter2"}),
+    ):
+        assert rendered.command == "sudo -n -- sh -c 'eval \"$(cat)\"'"
+        assert "hunter2" not in rendered.command
 
 
 def test_apt_checks_versions_and_reports_missing_packages(sandbox_env: Sandbox) -> None:
@@ -164,7 +172,8 @@ def test_nohup_restarts_the_process_when_its_command_changes(sandbox_env: Sandbo
         second = ssh.wait("cat .poseidon/edited.pid").strip()
         assert first != second
         assert ssh.wait(f"ps -o stat= -g {first} | grep -v '^Z' || true") == ""
-        assert ssh.wait(f"ps -o args= -p {second}") == "sh -c sleep 302\n"
+        assert ssh.wait(f"ps -o args= -p {second}") == 'sh -c eval "$(cat)" poseidon:edited\n'
+        assert "sleep 302" in ssh.wait(f"ps -o args= -g {second}").splitlines()
 
 
 def test_pip_into_the_system_python_is_an_explicit_opt_in(sandbox_env: Sandbox) -> None:

@@ -1,0 +1,384 @@
+"""Green means current and alive: nohup processes that poseidon really supervises.
+
+Each test runs the command line against a sandbox of its own, over real
+OpenSSH: a new commit or a changed ``env:`` restarts the app and the new one
+answers; the pid ``status`` shows is the one to kill; a crash before the app
+is ready fails the step; a reused pid is never taken for the app nor
+signalled; a frozen droplet ends the run instead of hanging it; secrets
+passed through ``env:`` are in no command line another user can read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from poseidon.cli import main
+from poseidon.sandbox import Sandbox
+from sandboxes import pointed, process_running
+
+PORT = 5311
+
+APP = """\
+import http.server, os, sys
+host, port = sys.argv[1], int(sys.argv[2])
+body = (open("version.txt").read().strip() + " " + os.environ.get("GREETING", "")).encode()
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer((host, port), Handler).serve_forever()
+"""
+
+PLAYBOOK = """\
+version: 1
+name: supervised
+droplets: [web]
+vars: {{port: {port}}}
+steps:
+  - git: {{repo: "{repo}", dest: app}}
+  - chdir: app
+  - nohup:
+      cmd: python3 app.py ${{droplet.ip_address}} ${{port}}
+      name: web
+      env: {{GREETING: "${{env:GREETING}}"}}
+      ready: {{port: {port}, timeout: 10}}
+  - run: {{cmd: "curl -fsS http://${{droplet.ip_address}}:${{port}}/", changes: false}}
+report: {{ps: false, top: false}}
+"""
+
+
+def _git(repo: Path, *args: str) -> None:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t", "GIT_CONFIG_GLOBAL": os.devnull}
+    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, env=env)
+
+
+def _commit(repo: Path, version: str) -> None:
+    (repo / "version.txt").write_text(version + "\n")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", version)
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Sandbox, Path, Path]]:
+    """A sandbox with droplet 'web', a repository holding the app at v1, and the playbook that serves it."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
+    (repo / "app.py").write_text(APP)
+    _commit(repo, "v1")
+    playbook = tmp_path / "site.yaml"
+    playbook.write_text(PLAYBOOK.format(repo=repo.as_uri(), port=PORT))
+    monkeypatch.setenv("GREETING", "hello")
+    monkeypatch.chdir(tmp_path)
+    with pointed(["web"], monkeypatch) as sandbox:
+        yield sandbox, repo, playbook
+
+
+def _cli(*args: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict]:
+    code = main([*args, "--json"])
+    out = capsys.readouterr().out
+    return code, json.loads(out)
+
+
+def _nohup(report: dict) -> dict:
+    return next(s for s in report["droplets"][0]["steps"] if s["kind"] == "nohup")
+
+
+def _answer(sandbox: Sandbox) -> str:
+    with urllib.request.urlopen(f"http://{sandbox.address('web')}:{PORT}/", timeout=5) as answer:
+        return answer.read().decode()
+
+
+def _port_open(sandbox: Sandbox) -> bool:
+    import socket
+
+    try:
+        socket.create_connection((sandbox.address("web"), PORT), 0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def _until(condition: object, timeout: float = 15.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():  # type: ignore[operator]
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_a_new_commit_and_a_changed_env_each_restart_the_app_and_the_new_one_answers(
+    site: tuple[Sandbox, Path, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sandbox, repo, playbook = site
+    code, report = _cli("apply", str(playbook), capsys=capsys)
+    assert code == 0
+    assert _answer(sandbox) == "v1 hello"
+    smoke = report["droplets"][0]["steps"][-1]
+    assert (smoke["status"], smoke["stdout_tail"]) == ("ok", "v1 hello"), "a check is ok, never changed"
+
+    code, report = _cli("apply", str(playbook), capsys=capsys)
+    assert (code, _nohup(report)["status"]) == (0, "ok")
+
+    _commit(repo, "v2")
+    code, report = _cli("plan", str(playbook), capsys=capsys)
+    assert (_nohup(report)["status"], _nohup(report)["reason"]) == (
+        "would-change",
+        "would restart: an earlier step would change first",
+    )
+    code, report = _cli("apply", str(playbook), capsys=capsys)
+    assert code == 0
+    assert (_nohup(report)["status"], _nohup(report)["reason"]) == ("changed", "an earlier step changed since it started")
+    assert _answer(sandbox) == "v2 hello"
+
+    monkeypatch.setenv("GREETING", "bonjour")
+    code, report = _cli("plan", str(playbook), capsys=capsys)
+    assert (_nohup(report)["status"], _nohup(report)["reason"]) == (
+        "would-change",
+        "its command, env, user or directory changed",
+    )
+    code, report = _cli("apply", str(playbook), capsys=capsys)
+    assert code == 0 and _nohup(report)["status"] == "changed"
+    assert _answer(sandbox) == "v2 bonjour"
+
+
+def test_a_change_a_failed_run_left_behind_still_restarts_the_app(
+    site: tuple[Sandbox, Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The new commit lands, then the run fails before the nohup step: the next run still restarts."""
+    sandbox, repo, playbook = site
+    assert _cli("apply", str(playbook), capsys=capsys)[0] == 0
+    text = playbook.read_text()
+    playbook.write_text(text.replace("  - chdir: app\n", "  - chdir: app\n  - run: test -f go\n"))
+    _commit(repo, "v2")
+    code, report = _cli("apply", str(playbook), capsys=capsys)
+    assert code == 1 and _answer(sandbox) == "v1 hello"  # the git step pulled v2, the run stopped
+    (sandbox.home("web") / "app" / "go").touch()
+    code, report = _cli("apply", str(playbook), capsys=capsys)
+    assert code == 0 and _nohup(report)["reason"] == "an earlier step changed since it started"
+    assert _answer(sandbox) == "v2 hello"
+
+
+def test_killing_the_pid_status_shows_ends_the_app_and_the_next_apply_brings_it_back(
+    site: tuple[Sandbox, Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    sandbox, _, playbook = site
+    assert _cli("apply", str(playbook), capsys=capsys)[0] == 0
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        code, found = _cli("status", str(playbook), capsys=capsys)
+        assert (code, found[0]["state"]) == (0, "alive")
+        os.kill(found[0]["pid"], sig)
+        if sig == signal.SIGTERM:
+            # The whole app ends with the process a user would kill: the port is free.
+            assert _until(lambda: not _port_open(sandbox)), "the app outlived the pid status showed"
+        else:
+            # KILL cannot be passed on: status names what was left, and the next apply stops it.
+            code, found = _cli("status", str(playbook), capsys=capsys)
+            assert found[0]["state"] == "dead" and found[0]["leftover_pids"]
+            assert _port_open(sandbox)
+        code, report = _cli("apply", str(playbook), capsys=capsys)
+        assert code == 0, report
+        assert (_nohup(report)["status"], _nohup(report)["reason"]) == ("changed", "not running")
+        assert _answer(sandbox) == "v1 hello"
+        code, found = _cli("status", str(playbook), capsys=capsys)
+        assert (found[0]["state"], found[0]["leftover_pids"]) == ("alive", [])
+
+
+def test_a_reused_pid_is_neither_taken_for_the_app_nor_signalled(
+    site: tuple[Sandbox, Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    sandbox, _, playbook = site
+    assert _cli("apply", str(playbook), capsys=capsys)[0] == 0
+    code, found = _cli("status", str(playbook), capsys=capsys)
+    os.kill(found[0]["pid"], signal.SIGTERM)
+    assert _until(lambda: not _port_open(sandbox))
+    # As after a reboot: the recorded pid now belongs to an unrelated process group.
+    stranger = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        pidfile = sandbox.home("web") / "app" / ".poseidon" / "web.pid"
+        pidfile.write_text(f"{stranger.pid}\n")
+        code, found = _cli("status", str(playbook), capsys=capsys)
+        assert found[0]["state"] == "dead"
+        code, report = _cli("apply", str(playbook), capsys=capsys)
+        assert code == 0
+        assert (_nohup(report)["status"], _nohup(report)["reason"]) == ("changed", "not running")
+        assert stranger.poll() is None and process_running(stranger.pid), "poseidon signalled a stranger"
+        assert _answer(sandbox) == "v1 hello"
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_a_process_that_dies_before_it_is_ready_or_never_gets_ready_fails_with_its_log(
+    shared_sandbox: Sandbox, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sandboxes import point_at
+
+    point_at(shared_sandbox, monkeypatch)
+    cases = {
+        'cmd: "echo starting; sleep 1.5; echo boom >&2; exit 3", name: late-crash, ready: {port: 5399}':
+            "late-crash exited before it was ready; the end of its log:\nstarting\nboom",
+        'cmd: "echo up; exec sleep 60", name: never-ready, ready: {http: "http://127.0.0.1:5398/", timeout: 1.5}':
+            "never-ready is not ready after 1.5 s (waited for a 2xx answer from http://127.0.0.1:5398/);"
+            " the end of its log:\nup",
+    }
+    for step, told in cases.items():
+        playbook = tmp_path / "site.yaml"
+        playbook.write_text(f"version: 1\ndroplets: [test]\nsteps: [{{nohup: {{{step}}}}}]\nreport: {{ps: false, top: false}}\n")
+        assert main(["apply", str(playbook), "--json"]) == 1
+        result = json.loads(capsys.readouterr().out)["droplets"][0]["steps"][0]
+        assert result["status"] == "failed"
+        assert told in result["stderr_tail"]
+
+
+def test_a_frozen_droplet_ends_the_run_at_its_timeout_or_its_keepalives_and_the_others_finish(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    playbook = tmp_path / "site.yaml"
+    playbook.write_text(
+        "version: 1\ndroplets: [hung, fine]\nsteps:\n"
+        "  - run: {cmd: 'touch started; sleep 4', timeout: 8}\n"
+        "report: {ps: false, top: false}\n"
+    )
+    with pointed(["hung", "fine"], monkeypatch) as sandbox:
+        for keepalive, why in (("1", "keepalives unanswered"), ("0", "past its timeout")):
+            (sandbox.home("hung") / "started").unlink(missing_ok=True)
+            env = {**os.environ, "POSEIDON_SSH_KEEPALIVE": keepalive}
+            run = subprocess.Popen(
+                [sys.executable, "-m", "poseidon.cli", "apply", str(playbook), "--json"],
+                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+            )
+            frozen: set[int] = set()
+            try:
+                assert _until(lambda: (sandbox.home("hung") / "started").exists(), 30)
+                frozen = sandbox.freeze("hung")
+                out, err = run.communicate(timeout=60)  # it ends: that is the point
+            finally:
+                sandbox.thaw(frozen)
+                run.kill()
+            assert run.returncode == 3, err
+            report = {d["name"]: d for d in json.loads(out)["droplets"]}
+            assert report["fine"]["steps"][0]["status"] == "changed"
+            assert report["hung"]["unreachable"] and "hung stopped answering" in report["hung"]["error"]
+            assert why in report["hung"]["error"]
+
+
+def test_an_env_secret_is_in_no_command_line_another_user_can_read(
+    shared_sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    python = "/usr/bin/python3"  # one that another user may run (a virtualenv under /root is not)
+    if os.geteuid() != 0 or not os.access(python, os.X_OK):
+        pytest.skip("reading /proc as another user needs root to become that user, and the system's python3")
+    from sandboxes import point_at
+
+    point_at(shared_sandbox, monkeypatch)
+    monkeypatch.setenv("DB_PASSWORD", "s3cret-in-env-4711")
+    playbook = tmp_path / "site.yaml"
+    playbook.write_text(
+        textwrap.dedent(
+            """\
+            version: 1
+            droplets: [test]
+            vars: {password: {secret: true, env: DB_PASSWORD}}
+            steps:
+              - run: {cmd: 'sleep 1.4711; test -n "$PASSWORD"', env: {PASSWORD: "${password}"}}
+              - nohup: {cmd: "exec sleep 2.4711", name: secret-env, env: {PASSWORD: "${password}"}, grace: 0.5}
+            report: {ps: false, top: false}
+            """
+        )
+    )
+    watch = (
+        "import glob, sys, time\n"
+        "seen = set()\n"
+        "end = time.time() + float(sys.argv[1])\n"
+        "while time.time() < end:\n"
+        "    for path in glob.glob('/proc/[0-9]*/cmdline'):\n"
+        "        try:\n            seen.add(open(path, 'rb').read())\n"
+        "        except OSError:\n            pass\n"
+        "for line in seen:\n    print(line.replace(b'\\0', b' ').decode(errors='replace'))\n"
+    )
+    watcher = subprocess.Popen([python, "-c", watch, "5"], user="nobody", cwd="/", stdout=subprocess.PIPE, text=True)
+    thread = threading.Thread(target=lambda: main(["apply", str(playbook)]))
+    thread.start()
+    seen, _ = watcher.communicate(timeout=60)
+    thread.join()
+    capsys.readouterr()
+    assert watcher.returncode == 0
+    assert "sleep 1.4711" in seen and "sleep 2.4711" in seen, "the watcher missed the steps"
+    assert "s3cret-in-env-4711" not in seen
+
+
+def test_a_running_process_that_is_not_ready_is_restarted_and_a_check_that_fails_fails(
+    shared_sandbox: Sandbox, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sandboxes import point_at
+
+    point_at(shared_sandbox, monkeypatch)
+    playbook = tmp_path / "site.yaml"
+    playbook.write_text(
+        textwrap.dedent(
+            """\
+            version: 1
+            droplets: [test]
+            steps:
+              - nohup: {cmd: "rm -f broken; exec sleep 120", name: repairs, ready: {cmd: "test ! -f broken", timeout: 5}}
+              - run: {cmd: "echo checked; exit ${env:CHECK_EXIT}", changes: false}
+            report: {ps: false, top: false}
+            """
+        )
+    )
+    monkeypatch.setenv("CHECK_EXIT", "0")
+    assert main(["apply", str(playbook), "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)["droplets"][0]["steps"]
+    assert [s["status"] for s in first] == ["changed", "ok"]
+    pid = (shared_sandbox.home("test") / ".poseidon" / "repairs.pid").read_text()
+    monkeypatch.setenv("CHECK_EXIT", "4")
+    assert main(["plan", str(playbook), "--json"]) == 1
+    planned = json.loads(capsys.readouterr().out)["droplets"][0]["steps"]
+    assert [(s["status"], s["exited"]) for s in planned] == [("ok", 0), ("failed", 4)], "plan runs a check too"
+    (shared_sandbox.home("test") / "broken").touch()
+    assert main(["plan", str(playbook), "--json"]) == 0
+    planned = json.loads(capsys.readouterr().out)["droplets"][0]["steps"]
+    assert (planned[0]["status"], planned[0]["reason"]) == (
+        "would-change",
+        "it runs but is not ready (its ready command to succeed)",
+    )
+    assert main(["apply", str(playbook), "--json"]) == 1
+    second = json.loads(capsys.readouterr().out)["droplets"][0]["steps"]
+    assert (second[0]["status"], second[0]["reason"]) == ("changed", "it runs but is not ready (its ready command to succeed)")
+    assert (shared_sandbox.home("test") / ".poseidon" / "repairs.pid").read_text() != pid
+    assert (second[1]["status"], second[1]["exited"], second[1]["stdout_tail"]) == ("failed", 4, "checked")
+    assert "the check failed (exit 4)" in second[1]["stderr_tail"]
+
+
+def test_a_process_an_older_poseidon_started_is_stopped_before_the_new_one_starts(sandbox_env: Sandbox) -> None:
+    import poseidon.api as po
+
+    with po.connect().droplets.by_name("test").connect() as ssh:
+        # What poseidon wrote before processes had identities: `sh -c CMD` leading its group, a .cmd file.
+        ssh.wait(
+            "mkdir -p .poseidon && { nohup setsid sh -c 'sleep 301; true' > old.log 2>&1 < /dev/null & }"
+            " && echo $! > .poseidon/upgraded.pid && echo 0123 > .poseidon/upgraded.cmd"
+        )
+        old = int(ssh.wait("cat .poseidon/upgraded.pid"))
+        assert _until(lambda: "sleep 301" in ssh.wait(f"ps -o args= -g {old} || true"))
+        assert ssh.nohup("exec sleep 302", name="upgraded", grace=0.2).changed
+        assert _until(lambda: ssh.wait(f"ps -o stat= -g {old} | grep -v '^Z' || true") == ""), "the old group runs on"
+        assert ssh.wait("ls .poseidon/upgraded.cmd 2>/dev/null || true") == ""

@@ -1,0 +1,229 @@
+"""Values are data: a ``${…}`` in shell the user wrote never becomes syntax, and arrives byte for byte.
+
+Every source of values (a playbook variable, ``${env:…}``, the droplet's
+name, tags and private address as the API gave them) goes into every field
+that takes shell (``run``'s command and ``unless``, ``nohup``'s command and
+``ready.cmd``), unquoted, in double quotes and in single quotes, on a real
+sandbox droplet. A payload that ran would leave its marker file; the value
+that arrived is compared with the one sent.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import poseidon.api as po
+from poseidon import shell, spec, steps
+from poseidon.errors import SpecError
+from poseidon.sandbox import Sandbox
+from sandboxes import point_at
+
+ROOT = Path(__file__).parent.parent
+
+#: One value that would run three commands if it were pasted into shell, and keeps every quote.
+PAYLOAD = "main$(touch {m}-1)`touch {m}-2`'; touch {m}-3; '\"; touch {m}-4; \"\n;touch {m}-5 # $HOME \\ *"
+
+SOURCES = ["app", "env:BRANCH", "droplet.name", "droplet.tags", "droplet.private_ip_address"]
+
+#: How the user wrote the reference, and what the shell prints for it (``{v}`` the value).
+FORMS = {
+    "unquoted": ("${REF}", "{v}"),
+    "double quotes": ('"b=${REF}"', "b={v}"),
+    "single quotes": ("'s=${REF}'", "s={v}"),
+    "here-document": ("\"$(cat <<EOF\nh=${REF}\nEOF\n)\"", "h={v}"),
+}
+
+_counter = itertools.count()
+
+
+def _values(markers: Path) -> dict[str, str]:
+    """Every source's value: the payload, each with a marker of its own."""
+    playbook = spec.loads(
+        "version: 1\ndroplets: [x]\nvars: {app: '${env:APP}'}\nsteps: [{run: 'true'}]\n", "site.yaml"
+    )
+    payload = {source: PAYLOAD.format(m=markers / source.replace(":", "-").replace(".", "-")) for source in SOURCES}
+    droplet = {
+        "name": payload["droplet.name"],
+        "tags": [payload["droplet.tags"]],
+        "private_ip_address": payload["droplet.private_ip_address"],
+    }
+    environ = {"APP": payload["app"], "BRANCH": payload["env:BRANCH"]}
+    return spec.substitutions(playbook, droplet=droplet, environ=environ)
+
+
+def _printing(reference: str, form: str, out: str) -> str:
+    """A command that writes what the shell made of the reference, as the user would write it, to ``out``."""
+    written = FORMS[form][0].replace("REF", reference)
+    return f"printf '%s' {written} > {out}"
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+@pytest.mark.parametrize("field", ["run.cmd", "run.unless", "nohup.cmd", "nohup.ready.cmd"])
+def test_no_value_from_any_source_runs_and_each_arrives_verbatim(field: str, form: str, sandbox_env: Sandbox) -> None:
+    home = sandbox_env.home("other")
+    markers = home / f"markers-{next(_counter)}"
+    markers.mkdir()
+    values = _values(markers)
+    with po.connect().droplets.by_name("other").connect() as ssh:
+        for source in SOURCES:
+            out = f"arrived-{next(_counter)}"
+            command = _printing(source, form, out)
+            if field == "run.cmd":
+                step = steps.build("run", cmd=command)
+            elif field == "run.unless":
+                step = steps.build("run", cmd="true", unless=f"{command}; false")
+            elif field == "nohup.cmd":
+                step = steps.build("nohup", cmd=f"{command}; exec sleep 30", name=out, grace=0.3)
+            else:
+                step = steps.build("nohup", cmd="exec sleep 30", name=out, ready={"cmd": command, "timeout": 5})
+            outcome = ssh.run_step(spec.expand(step, values), values=values)
+            assert outcome.status == "changed", (source, outcome)
+            expected = FORMS[form][1].format(v=values[source])
+            assert (home / out).read_bytes() == expected.encode(), (source, form)
+            ssh.wait(f"kill $(cat .poseidon/{out}.pid) 2>/dev/null || true")
+    assert list(markers.iterdir()) == [], "a value ran as a command"
+
+
+def test_a_value_in_arithmetic_must_be_a_number_and_one_in_a_quoted_here_document_is_refused(
+    sandbox_env: Sandbox,
+) -> None:
+    with po.connect().droplets.by_name("other").connect() as ssh:
+        number = ssh.run_step(steps.build("run", cmd="echo $(( ${n} + 1 ))"), values={"n": "41"})
+        assert (number.status, number.stdout) == ("changed", "42")
+        hostile = ssh.run_step(steps.build("run", cmd="echo $(( ${n} + 1 ))"), values={"n": "a[$(touch x)]"})
+        assert hostile.status == "failed"
+        assert "must be a whole number" in hostile.stderr
+    problems = _problems("steps:\n  - run: |\n      cat <<'EOF'\n      ${app}\n      EOF\n")
+    assert problems == ["site.yaml:6:10: steps[0].run.cmd: " + shell.check([
+        "cat <<'EOF'\n", shell.Reference("app"), "\nEOF\n"])[0]]
+
+
+def test_an_environment_value_in_a_run_command_prints_verbatim_through_the_command(
+    tmp_path: Path, shared_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The issue's first case, as a user runs it: a branch name that would have run `touch`."""
+    marker = shared_sandbox.home("test") / "branch-ran"
+    playbook = tmp_path / "site.yaml"
+    playbook.write_text(
+        'version: 1\ndroplets: [test]\nsteps:\n  - run: echo "deploying branch ${env:BRANCH}"\n'
+        "report: {ps: false, top: false}\n"
+    )
+    branch = f"main$(touch {marker})`touch {marker}`"
+    point_at(shared_sandbox, monkeypatch)
+    done = subprocess.run(
+        [sys.executable, "-m", "poseidon.cli", "apply", str(playbook), "--json"],
+        env={**os.environ, "BRANCH": branch},
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f'"stdout_tail": "deploying branch {branch}"' in done.stdout
+    assert not marker.exists()
+
+
+# -- variables that use variables ------------------------------------------------------
+
+HEAD = "version: 1\nname: site\ndroplets: [test]\n"
+
+
+def _problems(body: str) -> list[str]:
+    with pytest.raises(SpecError) as caught:
+        spec.loads(HEAD + "vars: {app: a}\n" + body, "site.yaml")
+    return [str(p) for p in caught.value.problems]
+
+
+def test_variables_resolve_through_each_other_in_any_order() -> None:
+    playbook = spec.loads(
+        HEAD
+        + "vars:\n  url: 'http://${droplet.ip_address}:${port}${path}'\n  port: 5100\n"
+        + "  path: '/${env:PREFIX}/x'\nsteps: [{run: 'echo ${url}'}]\n"
+    )
+    values = spec.substitutions(playbook, droplet={"ip_address": "10.1.2.3"}, environ={"PREFIX": "api"})
+    assert values["url"] == "http://10.1.2.3:5100/api/x"
+    assert playbook.env_names() == ["PREFIX"]
+
+
+def test_a_cycle_an_unknown_name_and_a_bad_reference_in_vars_are_refused_where_written() -> None:
+    with pytest.raises(SpecError) as caught:
+        spec.loads(
+            HEAD + "vars:\n  a: '${b}'\n  b: 'x${c}'\n  c: '${a}'\n  d: '${nope}'\n  e: '${droplet.nope}'\n"
+            "steps: [{run: 'true'}]\n",
+            "site.yaml",
+        )
+    assert [str(p) for p in caught.value.problems] == [
+        "site.yaml:5:6: vars.a: the variables refer to each other in a cycle: ${a} -> ${b} -> ${c} -> ${a}",
+        "site.yaml:8:6: vars.d: undefined variable 'nope'",
+        "site.yaml:9:6: vars.e: unknown droplet attribute 'nope' (known: name, id, ip_address, "
+        "private_ip_address, region, tags)",
+    ]
+
+
+def test_every_missing_environment_variable_is_listed_at_once(
+    tmp_path: Path, shared_sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from poseidon.cli import main
+
+    playbook = tmp_path / "site.yaml"
+    playbook.write_text(
+        HEAD + "vars: {url: 'http://${env:HOST_A}/', token: {secret: true, env: TOKEN_B}}\n"
+        "steps: [{run: 'echo ${url} ${env:PLAIN_C}'}]\n"
+    )
+    saved = dict(os.environ)
+    os.environ.update(shared_sandbox.environ)
+    try:
+        assert main(["apply", str(playbook)]) == 2
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    err = capsys.readouterr().err
+    assert "PLAIN_C, HOST_A, TOKEN_B" in err
+
+
+def test_two_nohup_steps_with_one_process_name_are_refused() -> None:
+    assert _problems(
+        "steps:\n  - nohup: {cmd: 'sleep 1', name: web}\n  - run: 'true'\n  - nohup: {cmd: 'sleep 2', name: web}\n"
+        "  - nohup: 'sleep 3'\n  - nohup: 'sleep 3'\n"
+    ) == [
+        "site.yaml:8:5: steps[2]: process 'web' is already started by steps[0]: two nohup steps would fight"
+        " over it; give one another name:",
+        "site.yaml:10:5: steps[4]: process 'sleep-" + spec.NohupStep(cmd="sleep 3").process_name()[6:]
+        + "' is already started by steps[3]: two nohup steps would fight over it; give one another name:",
+    ]
+
+
+def test_the_library_keeps_plain_shell_when_no_values_are_given(sandbox_env: Sandbox) -> None:
+    """The seed API's commands are shell as written: ``${HOME}`` is the shell's own."""
+    with po.connect().droplets.by_name("other").connect() as ssh:
+        outcome = ssh.run_step(steps.build("run", cmd="echo ${HOME}"))
+        assert outcome.stdout == str(sandbox_env.home("other"))
+
+
+def test_a_droplet_found_by_tag_with_a_name_poseidon_would_refuse_stops_the_run_before_any_connection() -> None:
+    """A hostile API (or a console typo) names a tagged droplet as no playbook may: refused, escaped."""
+    from poseidon import executor
+    from poseidon.droplet import Droplet
+    from poseidon.errors import ResolveError
+
+    class Droplets:
+        def find_many(self, names: object) -> dict[str, list[Droplet]]:
+            return {}
+
+        def list(self, tag: str | None = None) -> list[Droplet]:
+            return [Droplet({"id": 7, "name": "web-1"}), Droplet({"id": 8, "name": "web-$(touch x)\n\x1b[2J"})]
+
+    class Client:
+        droplets = Droplets()
+
+    playbook = spec.loads("version: 1\ndroplets: [{tag: web}]\nsteps: [{run: 'true'}]\n")
+    with pytest.raises(ResolveError) as caught:
+        executor.resolve(playbook, Client())  # type: ignore[arg-type]
+    assert str(caught.value) == (
+        "'web-$(touch x)\\n\\x1b[2J' is not a droplet name (letters, digits, . and -) (droplet 8, tag 'web')"
+    )
