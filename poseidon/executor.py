@@ -423,6 +423,11 @@ def _run_droplet(target: Target, ctx: _Context) -> DropletRun:
     run = DropletRun(droplet.name, droplet.id, droplet.ip_address, created=target.create is not None)
     try:
         values = spec.substitutions(playbook, droplet=droplet, environ=ctx.environ)
+        conflicts = spec.process_conflicts(
+            (i, spec.expand(s, values)) for i, s in enumerate(playbook.steps) if isinstance(s, spec.NohupStep)
+        )
+        if conflicts:  # names made of values: the same on this droplet
+            raise UsageError("; ".join(conflicts))
         with _connect(target, ctx.settings, ctx.notice) as ssh:
             if ctx.mode == "apply":
                 _lock(ssh, run, ctx.notice)  # held until the connection closes

@@ -1,4 +1,4 @@
-"""Shell words and values bound into shell the user wrote.
+r"""Shell words and values bound into shell the user wrote.
 
 Two ways a value reaches the droplet's shell, and neither lets it become syntax:
 
@@ -14,14 +14,19 @@ Two ways a value reaches the droplet's shell, and neither lets it become syntax:
   ======================================  ==================================
   unquoted (also in ``$( )``, backquotes)  ``"${_poseidon_1}"``: one word
   in double quotes, an unquoted here-doc   ``${_poseidon_1}``
-  in single quotes                         ``'"${_poseidon_1}"'``
   in ``$(( ))``                            ``${_poseidon_1}``, a whole number
+  in single quotes                         refused (see below)
   in a quoted here-document (``<<'EOF'``)  refused: nothing expands there
+  after a backslash (``\${app}``)          refused: the backslash would
+                                           quote the first character
   ======================================  ==================================
 
   The shell expands a variable's value after it has parsed the command, so
   the value is never parsed: ``$(…)``, backquotes, quotes, ``;`` and newlines
   in it stay text, and inside double quotes the value arrives byte for byte.
+  Single quotes are refused because the shell takes their text literally:
+  the value could only be pasted there, into text that is often code for
+  another interpreter (``sh -c '…'``, ``awk '…'``, ``python3 -c '…'``).
 
 This module knows shell text only; which names a text refers to is the
 caller's business (:mod:`poseidon.spec` finds them).
@@ -80,7 +85,7 @@ class Bound:
         return "".join(f"{name}={quote(value)}\n" for name, value in self.bindings.items())
 
 
-_NUMBER_RE = re.compile(r"-?[0-9]+")
+_NUMBER_RE = re.compile(r"-?(?:0|[1-9][0-9]*)")
 
 
 class BindError(ValueError):
@@ -90,9 +95,9 @@ class BindError(ValueError):
 def bind(parts: Parts, values: Mapping[str, str], *, prefix: str = "_poseidon_") -> Bound:
     """The command ``parts`` spell, each :class:`Reference` replaced by a variable holding its value.
 
-    Raises :class:`BindError` for a reference the shell could not receive as data:
-    inside a quoted here-document, or inside ``$(( ))`` with a value that is
-    not a whole number.
+    Raises :class:`BindError` for a reference the shell could not receive as
+    data (see :func:`check`), or inside ``$(( ))`` with a value that is not a
+    whole number.
     """
     names: dict[str, str] = {}
     bindings: dict[str, str] = {}
@@ -101,6 +106,8 @@ def bind(parts: Parts, values: Mapping[str, str], *, prefix: str = "_poseidon_")
         if isinstance(piece, str):
             pieces.append(piece)
             continue
+        if context in _REFUSED:
+            raise BindError(_REFUSED[context].format(name=piece.name))
         value = values[piece.name]
         if piece.name not in names:
             names[piece.name] = f"{prefix}{len(names) + 1}"
@@ -108,50 +115,59 @@ def bind(parts: Parts, values: Mapping[str, str], *, prefix: str = "_poseidon_")
         variable = names[piece.name]
         if context == _ARITHMETIC and not _NUMBER_RE.fullmatch(value.strip()):
             raise BindError(f"${{{piece.name}}} is inside $(( )), so its value must be a whole number, not {value!r}")
-        pieces.append(_reference(variable, context, piece.name))
+        bare = context in (_DOUBLE, _BRACE_DOUBLE, _HEREDOC, _ARITHMETIC, _COMMENT)
+        pieces.append(f"${{{variable}}}" if bare else f'"${{{variable}}}"')
     return Bound("".join(pieces), bindings)
 
 
 def check(parts: Parts) -> list[str]:
     """Why some references in ``parts`` could never be bound, whatever their values: one line each."""
-    problems = []
-    for piece, context in _contexts(parts):
-        if isinstance(piece, Reference) and context == _QUOTED_HEREDOC:
-            problems.append(_QUOTED_HEREDOC_PROBLEM.format(name=piece.name))
-    return problems
+    return [
+        _REFUSED[context].format(name=piece.name)
+        for piece, context in _contexts(parts)
+        if isinstance(piece, Reference) and context in _REFUSED
+    ]
 
 
-_QUOTED_HEREDOC_PROBLEM = (
-    "${{{name}}} is inside a quoted here-document (<<'EOF'), where the shell expands nothing:"
-    " write the delimiter unquoted (<<EOF) to use a value there"
-)
-
-
-def _reference(variable: str, context: str, name: str) -> str:
-    if context == _QUOTED_HEREDOC:
-        raise BindError(_QUOTED_HEREDOC_PROBLEM.format(name=name))
-    if context == _SINGLE:
-        return f"'\"${{{variable}}}\"'"
-    if context in (_DOUBLE, _HEREDOC, _ARITHMETIC, _COMMENT):
-        return f"${{{variable}}}"
-    return f'"${{{variable}}}"'
+def contexts(parts: Parts) -> list[tuple[str, str]]:
+    """``(reference name, context)`` for each reference, as the lexer saw it."""
+    return [(piece.name, context) for piece, context in _contexts(parts) if isinstance(piece, Reference)]
 
 
 # -- the lexer: just enough of POSIX sh to know the quoting at each reference ----------
 
-_PLAIN = "plain"  # unquoted: top level, $( ), ${ } outside double quotes
+_PLAIN = "plain"  # unquoted: top level, ${ } outside double quotes
 _SINGLE = "single"
 _DOUBLE = "double"
 _BACKQUOTE = "backquote"
 _PAREN = "paren"  # inside $( ): unquoted, ends at its )
 _BRACE_PLAIN = "brace"  # ${ ... } outside double quotes
-_BRACE_DOUBLE = "brace-double"  # ${ ... } inside double quotes
+_BRACE_DOUBLE = "brace-double"  # ${ ... } inside double quotes or a here-document
 _ARITHMETIC = "arithmetic"
 _COMMENT = "comment"
 _HEREDOC = "heredoc"
 _QUOTED_HEREDOC = "quoted-heredoc"
+_ESCAPED = "escaped"  # right after a backslash
+
+_REFUSED = {
+    _SINGLE: (
+        "${{{name}}} is inside single quotes, where the shell takes text literally: the value could only be"
+        " pasted into text that may be code for another program (sh -c '...', awk '...'); write \"${{{name}}}\""
+        " in double quotes, or pass it through env: and use \"$NAME\" in the quoted code"
+    ),
+    _QUOTED_HEREDOC: (
+        "${{{name}}} is inside a quoted here-document (<<'EOF'), where the shell expands nothing:"
+        " write the delimiter unquoted (<<EOF) to use a value there"
+    ),
+    _ESCAPED: (
+        "${{{name}}} follows a backslash, which would quote the value's first character; remove the"
+        " backslash (write $${{ for a literal ${{)"
+    ),
+}
 
 _HEREDOC_RE = re.compile(r"<<(-?)[ \t]*((?:'[^']*'|\"[^\"]*\"|\\.|[^\s;&|<>()])+)")
+_WORD_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_UNQUOTED = (_PLAIN, _PAREN, _BACKQUOTE)
 
 
 @dataclass
@@ -161,98 +177,133 @@ class _Heredoc:
     strip_tabs: bool
 
 
+@dataclass
+class _Level:
+    """One open context, and what it needs to find its end."""
+
+    kind: str
+    parens: int = 0  # ( open inside a $( ) or $(( ))
+    cases: int = 0  # case statements open inside it, whose patterns end with a bare )
+    heredoc: _Heredoc | None = None
+
+
 class _Lexer:
     """Walks literal shell text, keeping the stack of quoting contexts across the pieces."""
 
     def __init__(self) -> None:
-        self.stack: list[str] = [_PLAIN]
-        self.depth: list[int] = []  # parentheses open inside each $( ) or $(( ))
+        self.stack: list[_Level] = [_Level(_PLAIN)]
         self.pending: list[_Heredoc] = []  # here-documents whose bodies start at the next newline
-        self.body: list[_Heredoc] = []  # the here-document being read, and the ones after it
         self.line = ""  # the here-document line read so far
         self.word_start = True
+        self.escaped = False  # the last piece ended with a backslash
+
+    @property
+    def top(self) -> _Level:
+        return self.stack[-1]
 
     @property
     def context(self) -> str:
-        if self.body:
-            return _QUOTED_HEREDOC if self.body[0].quoted else _HEREDOC
-        return self.stack[-1]
+        return _ESCAPED if self.escaped else self.top.kind
 
     def feed(self, text: str) -> None:
         i = 0
         while i < len(text):
             i = self._step(text, i)
+        if i > len(text):  # a backslash ended the piece: it escapes what follows
+            self.escaped = True
+
+    def mark_reference(self) -> None:
+        """A reference stands here: text, as far as word starts and here-document ends are concerned."""
+        self.escaped = False
+        self.word_start = False
+        self.line += "\0"
+
+    def _push(self, kind: str) -> None:
+        self.stack.append(_Level(kind))
+        self.line += "\0"
 
     def _step(self, text: str, i: int) -> int:
-        if self.body:
+        self.escaped = False
+        kind, char = self.top.kind, text[i]
+        if kind == _QUOTED_HEREDOC:
             return self._heredoc_char(text, i)
-        top = self.stack[-1]
-        char = text[i]
-        if top == _COMMENT:
+        if kind == _COMMENT:
             if char == "\n":
                 self.stack.pop()
                 return self._newline(i)
             return i + 1
-        if top == _SINGLE:
+        if kind == _SINGLE:
             if char == "'":
                 self.stack.pop()
             return i + 1
         if char == "\\":
+            if kind == _HEREDOC:
+                self.line += text[i : i + 2]
             return i + 2
         if char == "$" and text.startswith("$((", i):
-            self.stack.append(_ARITHMETIC)
-            self.depth.append(0)
+            self._push(_ARITHMETIC)
             return i + 3
         if char == "$" and text.startswith("$(", i):
-            self.stack.append(_PAREN)
-            self.depth.append(0)
+            self._push(_PAREN)
             self.word_start = True
             return i + 2
         if char == "$" and text.startswith("${", i):
-            self.stack.append(_BRACE_DOUBLE if top == _DOUBLE else _BRACE_PLAIN)
+            self._push(_BRACE_DOUBLE if kind in (_DOUBLE, _HEREDOC, _BRACE_DOUBLE) else _BRACE_PLAIN)
+            self.word_start = False
             return i + 2
         if char == "`":
-            if top == _BACKQUOTE:
+            if kind == _BACKQUOTE:
                 self.stack.pop()
             else:
-                self.stack.append(_BACKQUOTE)
+                self._push(_BACKQUOTE)
                 self.word_start = True
             return i + 1
-        if top == _ARITHMETIC:
+        if kind == _HEREDOC:
+            return self._heredoc_char(text, i)
+        if kind == _ARITHMETIC:
             return self._arithmetic_char(text, i)
-        if top == _DOUBLE:
+        if kind == _DOUBLE:
             if char == '"':
                 self.stack.pop()
             return i + 1
-        if char == '"':
-            self.stack.append(_DOUBLE)
-            self.word_start = False
-            return i + 1
-        if char == "}" and top in (_BRACE_PLAIN, _BRACE_DOUBLE):
+        if char == "}" and kind in (_BRACE_PLAIN, _BRACE_DOUBLE):
             self.stack.pop()
             return i + 1
-        if top == _BRACE_DOUBLE:
+        if char == '"':
+            self.stack.append(_Level(_DOUBLE))
+            self.word_start = False
+            return i + 1
+        if kind == _BRACE_DOUBLE:
             return i + 1
         return self._unquoted_char(text, i)
 
     def _unquoted_char(self, text: str, i: int) -> int:
-        char, top = text[i], self.stack[-1]
+        level, char = self.top, text[i]
         if char == "'":
-            self.stack.append(_SINGLE)
+            self.stack.append(_Level(_SINGLE))
             self.word_start = False
             return i + 1
-        if char == "#" and self.word_start:
-            self.stack.append(_COMMENT)
+        if char == "#" and self.word_start and level.kind in _UNQUOTED:
+            self.stack.append(_Level(_COMMENT))
             return i + 1
-        if top == _PAREN and char == "(":
-            self.depth[-1] += 1
-        elif top == _PAREN and char == ")":
-            if self.depth[-1] == 0:
+        if self.word_start and level.kind in _UNQUOTED:
+            keyword = _WORD_RE.match(text, i)
+            if keyword and (keyword.end() == len(text) or text[keyword.end()] in " \t\n;&|()<>"):
+                if keyword.group() == "case":
+                    level.cases += 1
+                elif keyword.group() == "esac" and level.cases:
+                    level.cases -= 1
+                self.word_start = False
+                return keyword.end()
+        if level.kind == _PAREN and char == "(":
+            level.parens += 1
+        elif level.kind == _PAREN and char == ")":
+            if level.parens:
+                level.parens -= 1
+            elif not level.cases:  # a case pattern's ) does not end the $( )
                 self.stack.pop()
-                self.depth.pop()
                 self.word_start = False
                 return i + 1
-            self.depth[-1] -= 1
         if char == "<":
             match = _HEREDOC_RE.match(text, i)
             if match:
@@ -268,45 +319,43 @@ class _Lexer:
         return i + 1
 
     def _arithmetic_char(self, text: str, i: int) -> int:
-        char = text[i]
+        level, char = self.top, text[i]
         if char == "(":
-            self.depth[-1] += 1
+            level.parens += 1
         elif char == ")":
-            if self.depth[-1] == 0 and text.startswith("))", i):
+            if level.parens == 0 and text.startswith("))", i):
                 self.stack.pop()
-                self.depth.pop()
                 return i + 2
-            self.depth[-1] = max(0, self.depth[-1] - 1)
+            level.parens = max(0, level.parens - 1)
         return i + 1
 
     def _newline(self, i: int) -> int:
         self.word_start = True
         if self.pending:
-            self.body, self.pending = self.pending, []
-            self.line = ""
+            self._next_heredoc()
         return i + 1
 
+    def _next_heredoc(self) -> None:
+        doc = self.pending.pop(0)
+        self.stack.append(_Level(_QUOTED_HEREDOC if doc.quoted else _HEREDOC, heredoc=doc))
+        self.line = ""
+
     def _heredoc_char(self, text: str, i: int) -> int:
-        doc = self.body[0]
         char = text[i]
-        if not doc.quoted and char == "\\":
-            self.line += text[i : i + 2]
-            return i + 2
         if char != "\n":
             self.line += char
             return i + 1
+        doc = self.top.heredoc
+        assert doc is not None
         line = self.line.lstrip("\t") if doc.strip_tabs else self.line
         self.line = ""
         if line == doc.delimiter:
-            self.body.pop(0)
+            self.stack.pop()
+            if self.pending:
+                self._next_heredoc()
+            else:
+                self.word_start = True
         return i + 1
-
-    def mark_reference(self) -> None:
-        """A reference stands here: text, as far as the here-document's end line is concerned."""
-        if self.body:
-            self.line += "\0"
-        else:
-            self.word_start = False
 
 
 def _contexts(parts: Parts) -> Iterator[tuple[str | Reference, str]]:
@@ -318,9 +367,3 @@ def _contexts(parts: Parts) -> Iterator[tuple[str | Reference, str]]:
             lexer.feed(piece)
         else:
             lexer.mark_reference()
-
-
-def contexts(parts: Parts) -> list[tuple[str, str]]:
-    """``(reference name, context)`` for each reference: for tests and error messages."""
-    return [(piece.name, context) for piece, context in _contexts(parts) if isinstance(piece, Reference)]
-

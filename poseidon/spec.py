@@ -84,6 +84,7 @@ __all__ = [
     "load",
     "loads",
     "parts",
+    "process_conflicts",
     "references",
     "substitutions",
 ]
@@ -960,6 +961,13 @@ def _nohup_name(body: object) -> str | None:
         if isinstance(cmd, str):
             return _derived_process_name(cmd)
     return None
+
+
+def process_conflicts(steps: Iterable[tuple[int, NohupStep]]) -> list[str]:
+    """``steps[i]: …`` for each ``(index, nohup step)`` whose process an earlier one manages: for
+    names made of values (``name: "${app}"``), once they are substituted."""
+    named = [(index, step.process_name()) for index, step in steps]
+    return [f"{_render(where)}: {message}" for where, message in _duplicate_processes(named)]
 
 
 def _duplicate_processes(named: Iterable[tuple[int, str]]) -> Iterator[tuple[tuple[str | int, ...], str]]:

@@ -185,7 +185,8 @@ class _Session:
 
     def send(self, text: str) -> None:
         """Send shell text that ends with :func:`poseidon.steps.session_command`'s end lines; several may wait."""
-        self.channel.sendall(text.encode())
+        # A value read from this machine's environment may hold bytes that are not UTF-8: they go as they are.
+        self.channel.sendall(text.encode("utf-8", "surrogateescape"))
 
     def receive(self, limit: float | None = None) -> tuple[int, str, str]:
         """The next command's exit status, stdout and stderr, in the order they were sent."""
@@ -199,6 +200,8 @@ class _Session:
         end = heard + limit if limit else None
         probe: _Keepalive | None = None
         while not (out.done() and err.done()):
+            if end is not None and time.monotonic() > end:
+                raise _Unanswered(f"the step was still running {limit:g} s after it started, past its timeout")
             if channel.recv_ready():
                 self._out += channel.recv(65536)
                 heard, probe = time.monotonic(), None
@@ -210,8 +213,6 @@ class _Session:
             if channel.closed or channel.eof_received:
                 raise EOFError("the session's shell ended")
             now = time.monotonic()
-            if end is not None and now > end:
-                raise _Unanswered(f"the step was still running {limit:g} s after it started, past its timeout")
             if self.keepalive and now - heard > self.keepalive:
                 if probe is None:
                     probe = _Keepalive(self.transport)

@@ -366,34 +366,49 @@ def pip_r(step: PipRStep, ctx: StepContext) -> Script:
 # "Running" means that identity is alive: a reused pid is never taken for it.
 
 _PROCESS = r"""_boot=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)
-_field() { sed -n "s/^$1=//p" "$_state" 2>/dev/null | head -n 1; }
-_procstat() { _s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1; _s=${_s##*) }; set -- $_s; _pstate=$1 _pgrp=$3 _pstart=${20}; }
-_running() {
-  _pid=$(cat "$_pidfile" 2>/dev/null); case "$_pid" in ''|*[!0-9]*) _pid=; return 1 ;; esac
-  _procstat "$_pid" || return 1
-  case "$_pstate" in Z|X|x) return 1 ;; esac
-  [ "$_pstart" = "$(_field start)" ] && [ -n "$_boot" ] && [ "$_boot" = "$(_field boot)" ]
+_field() { [ ! -L "$_state" ] && sed -n "s/^$1=//p" "$_state" 2>/dev/null | head -n 1; }
+_procstat() { _s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1; _s=${_s##*) }; set -- $_s
+  _pstate=$1 _pgrp=$3 _psid=$4 _pstart=${20}; case "$_pstate" in Z|X|x) return 1 ;; esac; }
+_carries() {  # the process's environment holds the token (when it can be read: another user's cannot)
+  [ -r "/proc/$1/environ" ] || return 0
+  grep -qaF -e "POSEIDON_PROCESS=$2" "/proc/$1/environ" 2>/dev/null; }
+_running() {  # the recorded identity runs: same pid, start time, boot, session, token
+  _pid=$(cat "$_pidfile" 2>/dev/null); case "$_pid" in ''|*[!0-9]*|0|1) _pid=; return 1 ;; esac
+  [ ! -L "$_pidfile" ] && _procstat "$_pid" || return 1
+  [ "$_pstart" = "$(_field start)" ] && [ -n "$_boot" ] && [ "$_boot" = "$(_field boot)" ] &&
+    [ "$_psid" = "$_pid" ] && _t=$(_field token) && [ -n "$_t" ] && _carries "$_pid" "$_t"
 }
 _members() { _t=$(_field token); case "$_t" in ''|*[!0-9a-f]*) return 0 ;; esac
   [ "$_boot" = "$(_field boot)" ] || return 0
   grep -lsaF -e "POSEIDON_PROCESS=$_t" /proc/[0-9]*/environ 2>/dev/null | sed -n 's|^/proc/\([0-9]*\)/environ$|\1|p'; }
-_legacy() {  # a process started by poseidon before identities: a pid file, a .cmd file, `sh -c` leading its group
+_legacy() {  # started by poseidon before identities: a .cmd file, and `sh -c` leading its group here
   [ -f "${_pidfile%.pid}.cmd" ] && [ ! -f "$_state" ] || return 1
-  _pid=$(cat "$_pidfile" 2>/dev/null); case "$_pid" in ''|*[!0-9]*) return 1 ;; esac
-  _procstat "$_pid" && [ "$_pgrp" = "$_pid" ] && [ "$(tr '\0' ' ' < "/proc/$_pid/cmdline" 2>/dev/null | cut -c1-6)" = "sh -c " ]
+  _pid=$(cat "$_pidfile" 2>/dev/null); case "$_pid" in ''|*[!0-9]*|0|1) return 1 ;; esac
+  _procstat "$_pid" && [ "$_pgrp" = "$_pid" ] && [ "$(readlink "/proc/$_pid/cwd")" = "$(pwd -P)" ] &&
+    [ "$(tr '\0' ' ' < "/proc/$_pid/cmdline" 2>/dev/null | cut -c1-6)" = "sh -c " ]
 }
-_stop() {
-  _group=; if _running || _legacy; then _group=$_pid; fi
+_stop() {  # TERM the group and every process carrying the token; KILL what is left after 10 s
+  _group=; if _running || _legacy; then _group=$_pid _gstart=$_pstart; fi
   rm -f "${_pidfile%.pid}.cmd"
   _left=$(_members)
   [ -n "$_group$_left" ] || return 0
   [ -z "$_group" ] || kill -TERM "-$_group" 2>/dev/null || kill -TERM "$_group" 2>/dev/null
   [ -z "$_left" ] || kill -TERM $_left 2>/dev/null
-  _n=0; while [ $_n -lt 100 ] && { { [ -n "$_group" ] && _running; } || [ -n "$(_members)" ]; }; do sleep 0.1; _n=$((_n+1)); done
-  [ -z "$_group" ] || kill -KILL "-$_group" 2>/dev/null
+  _n=0
+  while [ $_n -lt 100 ] && { { [ -n "$_group" ] && _procstat "$_group" && [ "$_pstart" = "$_gstart" ]; } || [ -n "$(_members)" ]; }; do
+    sleep 0.1; _n=$((_n+1))
+  done
+  if [ -n "$_group" ] && _procstat "$_group" && [ "$_pstart" = "$_gstart" ]; then kill -KILL "-$_group" 2>/dev/null; fi
   _left=$(_members); [ -z "$_left" ] || kill -KILL $_left 2>/dev/null
   return 0
 }
+_others() {  # the other processes recorded in this .poseidon that still run: name (pid)
+  for _f in .poseidon/*.pid; do [ -f "$_f" ] && [ "$_f" != "$_pidfile" ] || continue
+    _o=$(cat "$_f" 2>/dev/null); case "$_o" in ''|*[!0-9]*) continue ;; esac
+    _procstat "$_o" && { _n=${_f#.poseidon/}; printf '%s (pid %s) ' "${_n%.pid}" "$_o"; }
+  done; }
+_write() {  # _write FILE: standard input into FILE, through a new file of our own (never through a link)
+  _tmp=$(mktemp "$1.XXXXXX") && cat > "$_tmp" && mv -f "$_tmp" "$1"; }
 _inputs() { for _k in "$@"; do printf '%s=' "$_k"; cat "$_pm/$_k" 2>/dev/null || echo; done | sha256sum | cut -c1-64; }"""
 
 # The process runs under `sh -c 'eval "$(cat)"' poseidon:NAME`, reading this on its input:
@@ -408,31 +423,35 @@ _WRAPPER = (
 )
 
 _PORT_OPEN = (
-    "import socket, sys\n"
-    "try:\n socket.create_connection((sys.argv[1], int(sys.argv[2])), 1).close()\n"
+    "import os, socket, sys\n"
+    "try:\n socket.create_connection((os.environ['POSEIDON_READY_HOST'], int(os.environ['POSEIDON_READY_PORT'])), 1).close()\n"
     "except OSError:\n sys.exit(1)\n"
 )
 _HTTP_OK = (
-    "import sys, urllib.request as r\n"
-    "try:\n a = r.build_opener(r.ProxyHandler({})).open(sys.argv[1], timeout=2)\n"
+    "import os, sys, urllib.request as r\n"
+    "try:\n a = r.build_opener(r.ProxyHandler({})).open(os.environ['POSEIDON_READY_URL'], timeout=2)\n"
     "except Exception:\n sys.exit(1)\n"
     "sys.exit(0 if 200 <= a.status < 300 else 1)\n"
 )
 
 
 def _ready_probe(ready: spec.ReadyCheck, ctx: StepContext) -> tuple[str, str]:
-    """``(shell that exits 0 when ready, what it waits for)``."""
+    """``(shell that exits 0 when ready, what it waits for)``. Values travel in the environment, not argv."""
     if ready.port is not None:
         host = ready.host or ctx.address
-        return f"python3 -c {quote(_PORT_OPEN)} {quote(host)} {ready.port}", f"port {ready.port} on {host}"
+        return (
+            f"POSEIDON_READY_HOST={quote(host)} POSEIDON_READY_PORT={ready.port} python3 -c {quote(_PORT_OPEN)}",
+            f"port {ready.port} on {host}",
+        )
     if ready.http is not None:
-        return f"python3 -c {quote(_HTTP_OK)} {quote(ready.http)}", f"a 2xx answer from {ready.http}"
+        return f"POSEIDON_READY_URL={quote(ready.http)} python3 -c {quote(_HTTP_OK)}", f"a 2xx answer from {ready.http}"
     assert ready.cmd is not None
     return f"{_user_shell(ready.cmd, ctx)} >/dev/null 2>&1", "its ready command to succeed"
 
 
-def _log_tail(log: str, message: str) -> str:
-    return f"{{ echo {quote(message)}; tail -n 20 {log}; }} >&2"
+def _fail_with_log(log: str, message: str) -> str:
+    """Shell that says ``message``, shows the end of the log, ends what the process left and fails the step."""
+    return f"{{ {{ echo {quote(message)}; tail -n 20 {log}; }} >&2; _running || _stop; exit 1; }}"
 
 
 def nohup(step: NohupStep, ctx: StepContext) -> Script:
@@ -450,8 +469,7 @@ def nohup(step: NohupStep, ctx: StepContext) -> Script:
         f"_in=$(_inputs {quote_all(ctx.inputs)})\n_why="
     )
     probe, awaited = _ready_probe(step.ready, ctx) if step.ready else ("", "")
-    needs_python = step.ready is not None and step.ready.cmd is None
-    if needs_python:
+    if step.ready is not None and step.ready.cmd is None:
         setup += (
             "\ncommand -v python3 >/dev/null 2>&1 ||"
             f" {{ echo {quote(f'poseidon: ready: {awaited} is checked with python3, which the droplet lacks')} >&2; exit 2; }}"
@@ -466,29 +484,42 @@ def nohup(step: NohupStep, ctx: StepContext) -> Script:
     token = _random.token_hex(8)
     start = (
         "_stop\n"
+        "if [ -L .poseidon ]; then echo 'poseidon: .poseidon is a symbolic link: poseidon does not write through links' >&2; exit 2; fi\n"
         "mkdir -p .poseidon || exit 2\n"
-        f"printf '%s' {quote(wrapper)} | POSEIDON_PROCESS={token} nohup setsid sh -c 'eval \"$(cat)\"'"
-        f" {quote('poseidon:' + name)} > {log} 2>&1 &\n"
+        # A log that exists is replaced by a new file of ours: set -C never opens one a link points to.
+        f"rm -f -- {log} || exit 2\n"
+    )
+    if step.ready is not None and step.ready.cmd is None:
+        # What answers now cannot be the process about to start: the check could not tell them apart.
+        start += (
+            f"if {probe}; then _o=$(_others); {{ echo {quote(f'poseidon: {awaited} answers before {name} starts: another process holds it')}"
+            '"${_o:+ (still running here: ${_o% })}; stop it, or name the step as before (name:)"; } >&2; exit 1; fi\n'
+        )
+    start += (
+        f"printf '%s' {quote(wrapper)} | ( set -C; POSEIDON_PROCESS={token} exec nohup setsid sh -c 'eval \"$(cat)\"'"
+        f" {quote('poseidon:' + name)} > {log} 2>&1 ) &\n"
         "_pid=$!\n"
         '_procstat "$_pid" || _pstart=gone\n'
-        'printf \'%s\\n\' "$_pid" > "$_pidfile.new" && mv -f "$_pidfile.new" "$_pidfile" || exit 2\n'
+        'printf \'%s\\n\' "$_pid" | _write "$_pidfile" || exit 2\n'
         f"printf 'start=%s\\nboot=%s\\ntoken=%s\\ndefinition=%s\\ninputs=%s\\n' \"$_pstart\" \"$_boot\" {token}"
-        ' "$_def" "$_in" > "$_state.new" && mv -f "$_state.new" "$_state" || exit 2\n'
+        ' "$_def" "$_in" | _write "$_state" || exit 2\n'
     )
     if step.ready:
+        not_ready = f"poseidon: {name} is not ready after {step.ready.timeout:g} s (waited for {awaited}); the end of its log:"
         wait = (
             f"_end=$(( $(date +%s) + {math.ceil(step.ready.timeout)} ))\n"
             "while :; do\n"
-            f"  _running || {{ {_log_tail(log, f'poseidon: {name} exited before it was ready; the end of its log:')}; exit 1; }}\n"
+            f"  _running || {_fail_with_log(log, f'poseidon: {name} exited before it was ready; the end of its log:')}\n"
             f"  {probe} && break\n"
-            f"  [ \"$(date +%s)\" -lt \"$_end\" ] || {{ {_log_tail(log, f'poseidon: {name} is not ready after {step.ready.timeout:g} s (waited for {awaited}); the end of its log:')}; exit 1; }}\n"
+            f"  [ \"$(date +%s)\" -lt \"$_end\" ] || {_fail_with_log(log, not_ready)}\n"
             "  sleep 0.2\n"
             "done\n"
+            f"_running || {_fail_with_log(log, f'poseidon: {name} exited as it became ready; the end of its log:')}\n"
         )
     elif step.grace > 0:  # grace: 0 starts it and does not wait to see it live
         wait = (
             f"sleep {step.grace:g}\n"
-            f"_running || {{ {_log_tail(log, f'poseidon: {name} exited within {step.grace:g} s; the end of its log:')}; exit 1; }}\n"
+            f"_running || {_fail_with_log(log, f'poseidon: {name} exited within {step.grace:g} s; the end of its log:')}\n"
         )
     else:
         wait = ""

@@ -358,7 +358,7 @@ def test_secret_values_are_masked_in_progress_reports_and_snapshots(
           plain: visible-value
         steps:
           - run: echo "pw=${password} key=${api_key} plain=${plain}"
-          - nohup: {cmd: "sh -c 'sleep 600' 'holds ${api_key}'", name: secret-sleeper, grace: 0.1}
+          - nohup: {cmd: "sh -c 'sleep 600' \\"holds ${api_key}\\"", name: secret-sleeper, grace: 0.1}
           - run: echo "${password}" >&2; exit 3
         report: {ps: true, top: false}
         """,

@@ -774,6 +774,7 @@ def test_the_public_names_are_pinned() -> None:
             "load",
             "loads",
             "parts",
+            "process_conflicts",
             "references",
             "substitutions",
         ]

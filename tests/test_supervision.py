@@ -382,3 +382,56 @@ def test_a_process_an_older_poseidon_started_is_stopped_before_the_new_one_start
         assert ssh.nohup("exec sleep 302", name="upgraded", grace=0.2).changed
         assert _until(lambda: ssh.wait(f"ps -o stat= -g {old} | grep -v '^Z' || true") == ""), "the old group runs on"
         assert ssh.wait("ls .poseidon/upgraded.cmd 2>/dev/null || true") == ""
+
+
+def test_a_forged_identity_a_planted_link_and_a_taken_port_are_refused_not_obeyed(
+    sandbox_env: Sandbox, tmp_path: Path
+) -> None:
+    """What someone who may write the working directory (but is not the app) could plant there."""
+    import poseidon.api as po
+    from poseidon import steps
+
+    home = sandbox_env.home("test")
+    stranger = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    try:
+        with po.connect().droplets.by_name("test").connect() as ssh:
+            ssh.wait("mkdir -p forged && cd forged && mkdir -p .poseidon")
+            ssh.chdir("forged")
+            # The stranger's real start time and boot id, all world-readable: only the token is missing.
+            start = Path(f"/proc/{stranger.pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+            boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+            dot = home / "forged" / ".poseidon"
+            for pid, token in ((stranger.pid, "0123456789abcdef"), (1, "0123456789abcdef")):
+                (dot / "forged.pid").write_text(f"{pid}\n")
+                (dot / "forged.state").write_text(f"start={start}\nboot={boot}\ntoken={token}\n")
+                outcome = ssh.nohup("exec sleep 303", name="forged", grace=0.2, restart="always")
+                assert outcome.changed, outcome
+                assert stranger.poll() is None and process_running(stranger.pid), "a forged identity was obeyed"
+            (home / "forged" / "linked.log").symlink_to(victim)
+            assert ssh.nohup("echo app output; exec sleep 304", name="linked", log="linked.log", grace=0.3).changed
+            assert victim.read_text() == "precious\n", "the log was written through a planted link"
+            assert (home / "forged" / "linked.log").read_text() == "app output\n"
+            # A port that answers before the process starts: another holds it, and ready cannot tell them apart.
+            holder = ssh.nohup(f"exec python3 -m http.server --bind {sandbox_env.address('test')} 5377", name="holder",
+                               ready={"port": 5377, "timeout": 10})
+            assert holder.changed, holder
+            taken = ssh.run_step(steps.build("nohup", cmd="exec sleep 305", name="latecomer", ready={"port": 5377}))
+            assert taken.status == "failed"
+            assert f"port 5377 on {sandbox_env.address('test')} answers before latecomer starts: another process holds it" in taken.stderr
+            assert "still running here: " in taken.stderr and "holder (pid" in taken.stderr
+            ssh.wait("for f in .poseidon/*.pid; do kill $(cat $f) 2>/dev/null; done; true")
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_a_command_that_daemonizes_and_exits_fails_and_leaves_nothing_running(sandbox_env: Sandbox) -> None:
+    import poseidon.api as po
+
+    with po.connect().droplets.by_name("test").connect() as ssh:
+        outcome = ssh.nohup("setsid sleep 306 & exit 0", False, name="daemonizes", ready={"cmd": "false", "timeout": 3})
+        assert outcome.status == "failed"
+        assert "daemonizes exited before it was ready" in outcome.stderr
+        assert _until(lambda: ssh.wait("pgrep -fx 'sleep 306' || true") == ""), "the daemon it left runs on"

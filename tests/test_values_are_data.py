@@ -11,6 +11,7 @@ that arrived is compared with the one sent.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -35,8 +36,11 @@ SOURCES = ["app", "env:BRANCH", "droplet.name", "droplet.tags", "droplet.private
 FORMS = {
     "unquoted": ("${REF}", "{v}"),
     "double quotes": ('"b=${REF}"', "b={v}"),
-    "single quotes": ("'s=${REF}'", "s={v}"),
     "here-document": ("\"$(cat <<EOF\nh=${REF}\nEOF\n)\"", "h={v}"),
+    "command in a here-document": ("\"$(cat <<EOF\nc=$(printf %s ${REF})\nEOF\n)\"", "c={v}"),
+    "case pattern in $( )": ("\"$(case x in x) printf %s ${REF};; esac)\"", "{v}"),
+    "shell default": ("\"$${UNSET_HERE:-${REF}}\"", "{v}"),
+    "after ${#VAR}": ("\"$${#HOME}\" ${REF}", "{n}{v}"),
 }
 
 _counter = itertools.count()
@@ -84,7 +88,7 @@ def test_no_value_from_any_source_runs_and_each_arrives_verbatim(field: str, for
                 step = steps.build("nohup", cmd="exec sleep 30", name=out, ready={"cmd": command, "timeout": 5})
             outcome = ssh.run_step(spec.expand(step, values), values=values)
             assert outcome.status == "changed", (source, outcome)
-            expected = FORMS[form][1].format(v=values[source])
+            expected = FORMS[form][1].format(v=values[source], n=len(str(sandbox_env.home("other"))))
             assert (home / out).read_bytes() == expected.encode(), (source, form)
             ssh.wait(f"kill $(cat .poseidon/{out}.pid) 2>/dev/null || true")
     assert list(markers.iterdir()) == [], "a value ran as a command"
@@ -102,6 +106,21 @@ def test_a_value_in_arithmetic_must_be_a_number_and_one_in_a_quoted_here_documen
     problems = _problems("steps:\n  - run: |\n      cat <<'EOF'\n      ${app}\n      EOF\n")
     assert problems == ["site.yaml:6:10: steps[0].run.cmd: " + shell.check([
         "cat <<'EOF'\n", shell.Reference("app"), "\nEOF\n"])[0]]
+
+
+@pytest.mark.parametrize(
+    ("command", "why"),
+    [
+        ("echo 's=${app}'", "is inside single quotes"),
+        ("sh -c 'cd ${app} && make'", "is inside single quotes"),
+        ("echo \"$(echo '${app}')\"", "is inside single quotes"),
+        ("echo a\\${app}", "follows a backslash"),
+        ("cat <<'EOF'\n${app}\nEOF", "quoted here-document"),
+    ],
+)
+def test_a_reference_where_the_shell_could_only_paste_it_is_refused_by_validate(command: str, why: str) -> None:
+    problems = _problems(f"steps:\n  - run: {json.dumps(command)}\n")
+    assert len(problems) == 1 and why in problems[0], problems
 
 
 def test_an_environment_value_in_a_run_command_prints_verbatim_through_the_command(
@@ -227,3 +246,36 @@ def test_a_droplet_found_by_tag_with_a_name_poseidon_would_refuse_stops_the_run_
     assert str(caught.value) == (
         "'web-$(touch x)\\n\\x1b[2J' is not a droplet name (letters, digits, . and -) (droplet 8, tag 'web')"
     )
+
+
+def test_code_for_another_shell_gets_a_value_through_env_as_the_readme_says(sandbox_env: Sandbox) -> None:
+    home = sandbox_env.home("other")
+    values = _values(home / "env-markers")
+    (home / "env-markers").mkdir(exist_ok=True)
+    step = steps.build("run", cmd="""sh -c 'printf %s "$DIR"' > via-env""", env={"DIR": "${app}"})
+    with po.connect().droplets.by_name("other").connect() as ssh:
+        assert ssh.run_step(spec.expand(step, values), values=values).status == "changed"
+    assert (home / "via-env").read_text() == values["app"]
+    assert list((home / "env-markers").iterdir()) == []
+
+
+def test_two_nohup_steps_whose_names_become_one_on_a_droplet_stop_it_before_any_step(
+    tmp_path: Path, shared_sandbox: Sandbox, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from poseidon.cli import main
+
+    point_at(shared_sandbox, monkeypatch)
+    playbook = tmp_path / "site.yaml"
+    playbook.write_text(
+        "version: 1\ndroplets: [test]\nvars: {a: web, b: '${env:OTHER}'}\nsteps:\n"
+        "  - run: touch must-not-run\n  - nohup: {cmd: sleep 1, name: '${a}'}\n  - nohup: {cmd: sleep 2, name: '${b}'}\n"
+        "report: {ps: false, top: false}\n"
+    )
+    monkeypatch.setenv("OTHER", "web")
+    assert main(["apply", str(playbook), "--json"]) == 1
+    droplet = json.loads(capsys.readouterr().out)["droplets"][0]
+    assert droplet["error"] == (
+        "steps[2]: process 'web' is already started by steps[1]: two nohup steps would fight over it;"
+        " give one another name:"
+    )
+    assert not (shared_sandbox.home("test") / "must-not-run").exists()
