@@ -12,8 +12,12 @@ $(BIN)/python:
 install: $(BIN)/python
 	$(BIN)/python -m pip install -q -e .
 
+# The demo app's dependencies, fetched once so that the tests run offline (tests/README.md).
+WHEELHOUSE := tests/.wheelhouse
+
 install-test: $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip download -q -d $(WHEELHOUSE) -r examples/apps/hello/requirements.txt
 
 demo: install
 	$(BIN)/poseidon apply examples/site.yaml --sandbox

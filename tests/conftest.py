@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +23,31 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith(("DIGITALOCEAN_", "POSEIDON_")) or name == "GITHUB_TOKEN":
             monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="session")
+def demo_wheels() -> Path:
+    """The demo app's dependencies as wheels (``make install-test`` fetches them), so it installs offline."""
+    folder = TESTS / ".wheelhouse"
+    requirements = ROOT / "examples" / "apps" / "hello" / "requirements.txt"
+    if not list(folder.glob("flask-*.whl")):
+        fetched = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "-d", str(folder), "-r", str(requirements)],
+            capture_output=True,
+            text=True,
+        )
+        if fetched.returncode != 0:
+            pytest.skip(f"the demo app's wheels are not in {folder}: run `make install-test` once online")
+    return folder
+
+
+@pytest.fixture
+def offline_pip(demo_wheels: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """pip settings, in this process's environment, that sandboxes pass to their droplets: no index, the wheels."""
+    settings = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(demo_wheels)}
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    return settings
 
 
 @pytest.fixture(scope="session")

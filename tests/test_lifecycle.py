@@ -30,8 +30,9 @@ def droplet(report: dict, name: str) -> dict:  # type: ignore[type-arg]
 
 
 @pytest.fixture
-def demo(tmp_path: Path) -> Iterator[Path]:
-    """examples/demo-lifecycle.yaml and its app, copied; the sandbox it keeps is removed at the end."""
+def demo(tmp_path: Path, offline_pip: dict[str, str]) -> Iterator[Path]:
+    """examples/demo-lifecycle.yaml and its app, copied; the sandbox it keeps is removed at the end.
+    Flask comes from tests/.wheelhouse (``offline_pip``), not from PyPI."""
     shutil.copy(EXAMPLES / "demo-lifecycle.yaml", tmp_path)
     shutil.copytree(EXAMPLES / "apps", tmp_path / "apps")
     yield tmp_path / "demo-lifecycle.yaml"

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import shlex
 import shutil
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from poseidon.errors import SandboxError
@@ -37,6 +39,8 @@ export HOME="$home" SHELL=/bin/bash
 export PATH={shims}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 # Droplets share one pip download cache so that rebuilding a sandbox is quick.
 export PIP_CACHE_DIR={pip_cache} PIP_DISABLE_PIP_VERSION_CHECK=1
+# pip as it is set up where the sandbox started (index, proxy, find-links): it works there, so it works here.
+{pip_settings}
 cd "$home" || exit 255
 if [ -n "${{SSH_ORIGINAL_COMMAND-}}" ]; then
     exec /bin/bash -c "$SSH_ORIGINAL_COMMAND"
@@ -66,6 +70,13 @@ while [ $# -gt 0 ]; do
 done
 exec "$@"
 """
+
+
+def _pip_settings(environ: Mapping[str, str]) -> str:
+    """``export PIP_…=…`` lines for the pip settings in ``environ`` (the cache is the sandbox's own)."""
+    own = ("PIP_CACHE_DIR", "PIP_DISABLE_PIP_VERSION_CHECK")
+    names = sorted(n for n in environ if n.startswith("PIP_") and n not in own and re.fullmatch(r"PIP_[A-Z0-9_]+", n))
+    return "".join(f"export {name}={shlex.quote(environ[name])}\n" for name in names)
 
 
 def _free_port(address: str) -> int:
@@ -146,8 +157,9 @@ class SSHFarm:
                 hosts=shlex.quote(str(self.hosts)),
                 shims=shlex.quote(str(self.shims)),
                 pip_cache=shlex.quote(str(pip_cache)),
+                pip_settings=_pip_settings(os.environ),
             ),
-            0o755,
+            0o700,  # an index URL may hold a password
         )
         # sshd runs the forced command with the user's shell: quote the path for it.
         command = shlex.quote(str(wrapper)).replace('"', '\\"')
