@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import secrets
 import socket
 import threading
 import time
@@ -668,7 +669,13 @@ def _shard(targets: list[Target], shard: tuple[int, int] | None) -> list[Target]
 
 
 class RunLog:
-    """``.poseidon/runs/<time>.jsonl``: one JSON line per step as it ends, so a crash loses nothing done."""
+    """``.poseidon/runs/<time>-<pid>-<random>.jsonl``: one JSON line per step as it ends, so a crash loses nothing done.
+
+    The name starts with the run's start time to the microsecond (names sort by
+    start time) and is unique: runs started in one second, in one process or
+    not, never share a log. Which run is the latest is read from the header's
+    ``started``, not from the name (:func:`resume_points`).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -686,8 +693,7 @@ class RunLog:
         so that resuming this one never goes back before it."""
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(result.started))
-            log = cls(folder / f"{stamp}-{os.getpid()}.jsonl")
+            log = cls(_new_log_file(folder, result.started))
         except OSError as exc:
             raise UsageError(f"cannot write the run log in {folder}: {exc.strerror}") from exc
         playbook = os.path.abspath(result.playbook)
@@ -718,21 +724,63 @@ class RunLog:
             self.error = self.error or f"{exc.strerror or exc} (at the end)"
 
 
+def _new_log_file(folder: Path, started: float) -> Path:
+    """Create a new, empty log file in ``folder`` named after ``started`` (UTC, to the microsecond).
+
+    A pid and a random part follow the time, and the file is created only if
+    no file has its name (``O_EXCL``): no two runs ever write to one log.
+    """
+    seconds = int(started)
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(seconds)) + f".{int((started - seconds) * 1e6):06d}"
+    while True:
+        path = folder / f"{stamp}-{os.getpid()}-{secrets.token_hex(4)}.jsonl"
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue  # the same microsecond, pid and random part: another name
+        return path
+
+
 def resume_points(folder: Path, playbook: spec.Playbook, path: str) -> dict[str, int]:
-    """Per droplet, the first step not done in the latest applied run of the playbook at ``path``."""
-    logs = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
-    for log in reversed(logs):
-        header, done = _read_log(log)
-        if header.get("mode") != "apply" or header.get("playbook") != os.path.abspath(path):
-            continue
-        # A run that resumed another is done up to where it resumed, for every droplet of that one.
-        resumed = {str(name): int(point) for name, point in (header.get("resumed") or {}).items()}
-        points = {}
-        for droplet in dict.fromkeys([*resumed, *header.get("droplets", [])]):
-            succeeded = done.get(droplet, set()) | set(range(resumed.get(droplet, 0)))
-            points[droplet] = next((i for i in range(len(playbook.steps)) if i not in succeeded), len(playbook.steps))
-        return points
-    raise UsageError(f"--resume: no run of this playbook is logged in {folder}")
+    """Per droplet, the first step not done in the latest applied run of the playbook at ``path``.
+
+    The latest is the one whose header records the latest ``started``, whatever the files are called.
+    """
+    playbook_path = os.path.abspath(path)
+    runs: list[tuple[float, str]] = []
+    for log in folder.glob("*.jsonl") if folder.is_dir() else []:
+        header = _read_header(log)
+        if header.get("mode") == "apply" and header.get("playbook") == playbook_path:
+            runs.append((_start_time(header), log.name))  # the name only breaks a tie
+    if not runs:
+        raise UsageError(f"--resume: no run of this playbook is logged in {folder}")
+    header, done = _read_log(folder / max(runs)[1])
+    # A run that resumed another is done up to where it resumed, for every droplet of that one.
+    resumed = {str(name): int(point) for name, point in (header.get("resumed") or {}).items()}
+    points = {}
+    for droplet in dict.fromkeys([*resumed, *header.get("droplets", [])]):
+        succeeded = done.get(droplet, set()) | set(range(resumed.get(droplet, 0)))
+        points[droplet] = next((i for i in range(len(playbook.steps)) if i not in succeeded), len(playbook.steps))
+    return points
+
+
+def _read_header(path: Path) -> dict[str, Any]:
+    """A log's header (its first line), or ``{}`` when it has none that can be read."""
+    try:
+        with path.open(encoding="utf-8", errors="replace") as file:
+            record = json.loads(file.readline())
+    except (OSError, ValueError):
+        return {}
+    header = record.get("run") if isinstance(record, dict) else None
+    return header if isinstance(header, dict) else {}
+
+
+def _start_time(header: dict[str, Any]) -> float:
+    """When the run of this header started (seconds since the epoch); a header without a time, never."""
+    try:
+        return float(header["started"])
+    except (KeyError, TypeError, ValueError):
+        return float("-inf")
 
 
 def _read_log(path: Path) -> tuple[dict[str, Any], dict[str, set[int]]]:

@@ -375,7 +375,15 @@ class SSHClient:
                 raise
         except paramiko.AuthenticationException as exc:
             raise SSHError(f"{where}: the login was refused ({exc}); check the key (POSEIDON_SSH_KEY)") from exc
-        except (paramiko.SSHException, socket.error, EOFError) as exc:
+        except paramiko.SSHException as exc:
+            if "No authentication methods available" not in str(exc):
+                raise SSHConnectError(f"{where}: cannot connect: {exc or type(exc).__name__}") from exc
+            # Nothing to offer: waiting for the droplet to boot would not help.
+            raise SSHError(
+                f"{where}: no key to log in with: set POSEIDON_SSH_KEY to a private key file,"
+                " add one to ssh-agent, or put one in ~/.ssh"
+            ) from exc
+        except (socket.error, EOFError) as exc:
             raise SSHConnectError(f"{where}: cannot connect: {exc or type(exc).__name__}") from exc
         return connection
 

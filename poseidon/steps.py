@@ -596,13 +596,13 @@ def build(kind: str, **fields: Any) -> spec.Step:
 #: How long the readiness gate waits for cloud-init and for the dpkg lock, each.
 READY_WAIT = 600
 
-# Holds and releases the dpkg locks as apt does (fcntl, not flock), so it
-# returns once no apt or dpkg run holds them.
+# Holds and releases the dpkg locks (in the folder argv[2]) as apt does (fcntl, not
+# flock), so it returns once no apt or dpkg run holds them.
 _DPKG_LOCK_FREE = (
     "import fcntl, os, sys, time\n"
     "deadline = time.time() + float(sys.argv[1])\n"
     "told = False\n"
-    "for path in ('/var/lib/dpkg/lock-frontend', '/var/lib/dpkg/lock'):\n"
+    "for path in (os.path.join(sys.argv[2], 'lock-frontend'), os.path.join(sys.argv[2], 'lock')):\n"
     " try:\n  fd = os.open(path, os.O_RDWR)\n"
     " except OSError:\n  continue\n"
     " while True:\n"
@@ -629,14 +629,18 @@ def readiness(*, dpkg: bool, wait: int = READY_WAIT) -> str:
         "fi",
     ]
     if dpkg:
-        # Python waits for the lock as apt takes it (fcntl); it starts only when
+        # Python waits for the lock as apt takes it (fcntl); it starts only when the
+        # lock can be taken here (the file is writable: root's, on a droplet) and
         # /proc/locks shows a lock on one of the files' inodes (or cannot tell).
+        # The locks are in /var/lib/dpkg; a sandbox droplet has its own (POSEIDON_DPKG_DIR).
         lines += [
-            "_held() { [ -r /proc/locks ] || return 0; i=$(stat -c %i \"$1\" 2>/dev/null) || return 1;"
-            ' grep -q ":$i " /proc/locks; }',
-            'if [ "$(id -u)" -eq 0 ] && command -v python3 >/dev/null 2>&1 &&'
-            " { _held /var/lib/dpkg/lock-frontend || _held /var/lib/dpkg/lock; }; then",
-            f"  python3 -c {quote(_DPKG_LOCK_FREE)} {wait} || exit 1",
+            '_dpkg="${POSEIDON_DPKG_DIR:-/var/lib/dpkg}"',
+            (
+                '_held() { [ -w "$1" ] || return 1; [ -r /proc/locks ] || return 0;'
+                ' i=$(stat -c %i "$1" 2>/dev/null) || return 1; grep -q ":$i " /proc/locks; }'
+            ),
+            'if command -v python3 >/dev/null 2>&1 && { _held "$_dpkg/lock-frontend" || _held "$_dpkg/lock"; }; then',
+            f'  python3 -c {quote(_DPKG_LOCK_FREE)} {wait} "$_dpkg" || exit 1',
             "fi",
         ]
     return f"sh -c {quote(chr(10).join(lines))}"

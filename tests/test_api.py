@@ -12,9 +12,11 @@ faults and the request budget in ``test_api_faults.py``.
 from __future__ import annotations
 
 import base64
+import http.server
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -452,15 +454,45 @@ def test_an_unreachable_api_raises_api_connection_error_after_retries(clock: Fak
 
 
 def test_a_post_that_never_reached_the_api_is_sent_again(clock: FakeClock) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    client = fake_timed(clock, f"http://127.0.0.1:{port}", timeout=2)
+    received: list[tuple[str, str, Any]] = []
 
-    with pytest.raises(APIConnectionError):
-        client.post("/v2/droplets/1/actions", json={"type": "reboot"})
+    class Listener(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.command, self.path, json.loads(body)))
+            answer = json.dumps({"action": {"id": 9, "type": "reboot", "status": "in-progress"}}).encode()
+            self.send_response(201)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
 
-    # Connection refused: nothing was sent, so repeating cannot act twice.
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    # Bound but not listening: a connection is refused, so nothing is sent; after two refusals it listens.
+    server = http.server.HTTPServer(("127.0.0.1", 0), Listener, bind_and_activate=False)
+    server.server_bind()
+    listening = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def sleep(seconds: float) -> None:
+        clock.sleep(seconds)
+        if len(clock.sleeps) == 2:
+            server.server_activate()
+            listening.start()
+
+    port = server.server_address[1]
+    client = po.Client(TOKEN, api_url=f"http://127.0.0.1:{port}", sleep=sleep, clock=clock.time, timeout=2)
+    try:
+        answer = client.post("/v2/droplets/1/actions", json={"type": "reboot"})
+    finally:
+        if listening.is_alive():
+            server.shutdown()
+        server.server_close()
+
+    # Connection refused twice: nothing was sent, so repeating cannot act twice. The third try arrives, once.
+    assert answer["action"]["id"] == 9
+    assert received == [("POST", "/v2/droplets/1/actions", {"type": "reboot"})]
     assert len(clock.sleeps) == 2
 
 

@@ -40,6 +40,22 @@ def emulator() -> Iterator[Emulator]:
         yield emulator
 
 
+#: The longest a held answer waits: reached only when a test failed before letting it go.
+HOLD_AT_MOST = 60.0
+
+
+@pytest.fixture()
+def gave_up(emulator: Emulator) -> Iterator[threading.Event]:
+    """Set once the test has the client's outcome: the client has given up on every held answer.
+
+    ``emulator.slow(HOLD_AT_MOST, until=gave_up)`` holds answers until then, so
+    the client's timeout is the only clock that runs out; none races a delay.
+    """
+    event = threading.Event()
+    yield event
+    event.set()  # lets go of what is still held, whatever the test did
+
+
 @pytest.fixture()
 def client(emulator: Emulator, clock: FakeClock) -> Iterator[po.Client]:
     with po.Client(TOKEN, api_url=emulator.url, sleep=clock.sleep, clock=clock.time, timeout=5) as client:
@@ -110,27 +126,33 @@ def now_stamp(clock: FakeClock) -> str:
 # -- reads under faults ------------------------------------------------------------------------
 
 
-def test_a_read_that_times_out_is_sent_again_and_succeeds(emulator: Emulator, clock: FakeClock) -> None:
+def test_a_read_that_times_out_is_sent_again_and_succeeds(
+    emulator: Emulator, clock: FakeClock, gave_up: threading.Event
+) -> None:
     emulator.add_droplet("web-1", "127.0.0.2")
-    emulator.slow(1.0, 1)
+    emulator.slow(HOLD_AT_MOST, 1, until=gave_up)
     client = po.Client(TOKEN, api_url=emulator.url, sleep=clock.sleep, clock=clock.time, timeout=0.2)
 
     assert client.droplets.by_name("web-1").ip_address == "127.0.0.2"
-    assert sent(emulator, "GET", "/v2/droplets") == 3  # the slow one, its repeat, the GPU listing
+    gave_up.set()
+    assert sent(emulator, "GET", "/v2/droplets") == 3  # the held one, its repeat, the GPU listing
     assert len(clock.sleeps) == 1
 
 
 def test_a_read_that_keeps_timing_out_raises_api_connection_error_naming_the_timeout(
-    emulator: Emulator, clock: FakeClock
+    emulator: Emulator, clock: FakeClock, gave_up: threading.Event
 ) -> None:
-    emulator.slow(1.0, 3)
+    emulator.slow(HOLD_AT_MOST, 4, until=gave_up)  # one more than the client's attempts
     client = po.Client(TOKEN, api_url=emulator.url, sleep=clock.sleep, clock=clock.time, timeout=0.2)
 
     with pytest.raises(APIConnectionError, match="ReadTimeout") as raised:
         client.account()
+    gave_up.set()
 
     assert isinstance(raised.value.__cause__, requests.Timeout)
     assert TOKEN not in str(raised.value)
+    assert sent(emulator, "GET", "/v2/account") == 3  # every attempt timed out, none was answered
+    assert len(clock.sleeps) == 2
 
 
 def test_a_dropped_connection_on_a_read_is_sent_again(client: po.Client, emulator: Emulator, clock: FakeClock) -> None:
@@ -194,19 +216,20 @@ def test_a_delete_of_something_that_never_existed_still_raises_not_found(client:
 @pytest.mark.parametrize(
     "fault",
     [
-        pytest.param(lambda e: e.inject(500, method="POST", processed=True), id="500 after creating"),
-        pytest.param(lambda e: e.inject(503, method="POST", processed=True), id="503 after creating"),
-        pytest.param(lambda e: e.drop(method="POST", processed=True), id="connection dropped after creating"),
-        pytest.param(lambda e: e.slow(1.0, method="POST"), id="answer later than the timeout"),
+        pytest.param(lambda e, _: e.inject(500, method="POST", processed=True), id="500 after creating"),
+        pytest.param(lambda e, _: e.inject(503, method="POST", processed=True), id="503 after creating"),
+        pytest.param(lambda e, _: e.drop(method="POST", processed=True), id="connection dropped after creating"),
+        pytest.param(lambda e, until: e.slow(HOLD_AT_MOST, method="POST", until=until), id="answer later than the timeout"),
     ],
 )
 def test_a_droplet_create_that_failed_after_creating_returns_the_droplet_instead_of_a_second(
-    emulator: Emulator, clock: FakeClock, fault: Callable[[Emulator], None]
+    emulator: Emulator, clock: FakeClock, gave_up: threading.Event, fault: Callable[[Emulator, threading.Event], None]
 ) -> None:
     client = po.Client(TOKEN, api_url=emulator.url, sleep=clock.sleep, clock=clock.time, timeout=0.3)
-    fault(emulator)
+    fault(emulator, gave_up)
 
     droplet = client.droplets.create("web-1", region="nyc3", size=SIZE, image=IMAGE)
+    gave_up.set()
 
     assert (droplet.name, droplet.status) == ("web-1", "active")
     assert sent(emulator, "POST", "/v2/droplets") == 1

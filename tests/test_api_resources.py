@@ -251,29 +251,77 @@ def test_actions_lists_the_creation_and_every_later_action(client: po.Client, we
 # -- droplet actions --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("action", "effect"),
-    [
-        ("reboot", lambda d: d.status == "active"),
-        ("power_cycle", lambda d: d.status == "active"),
-        ("shutdown", lambda d: d.status == "off"),
-        ("power_off", lambda d: d.status == "off"),
-        ("power_on", lambda d: d.status == "active"),
-        ("password_reset", lambda d: d.status == "active"),
-        ("enable_ipv6", lambda d: "ipv6" in d.features and d.ipv6_address),
-        ("enable_backups", lambda d: "backups" in d.features and d.next_backup_window),
-        ("disable_backups", lambda d: "backups" not in d.features and d.next_backup_window is None),
-    ],
-)
-def test_each_plain_action_waits_for_completion_and_takes_effect(
-    client: po.Client, emulator: Emulator, web: Droplet, action: str, effect: Callable[[Droplet], Any]
+def _active(droplet: Droplet) -> bool:
+    return droplet.status == "active"
+
+
+def _off(droplet: Droplet) -> bool:
+    return droplet.status == "off"
+
+
+STATE_CHANGES: list[tuple[str, str | None, Callable[[Droplet], Any]]] = [
+    ("power_cycle", "power_off", _active),  # like booting from scratch: an off droplet comes back on
+    ("shutdown", None, _off),
+    ("power_off", None, _off),
+    ("power_on", "power_off", _active),
+    ("enable_ipv6", None, lambda d: "ipv6" in d.features and d.ipv6_address),
+    ("enable_backups", None, lambda d: "backups" in d.features and d.next_backup_window),
+    ("disable_backups", "enable_backups", lambda d: "backups" not in d.features and d.next_backup_window is None),
+]
+
+
+@pytest.mark.parametrize(("action", "first", "effect"), STATE_CHANGES, ids=[action for action, _, _ in STATE_CHANGES])
+def test_each_plain_action_waits_for_completion_and_changes_the_droplets_state(
+    client: po.Client,
+    emulator: Emulator,
+    web: Droplet,
+    action: str,
+    first: str | None,
+    effect: Callable[[Droplet], Any],
 ) -> None:
+    if first is not None:
+        getattr(web, first)()
+    assert not effect(web.refresh())  # the state the action makes does not hold yet
+
     result = getattr(web, action)()
 
     assert (result["type"], result["status"], result["resource_id"]) == (action, "completed", web.id)
     assert result["completed_at"] is not None
     assert effect(web.refresh())
     assert requests_to(emulator, "GET", f"/v2/actions/{result['id']}")  # it was polled
+
+
+@pytest.mark.parametrize("action", ["reboot", "power_cycle"])
+def test_reboot_and_power_cycle_restart_the_machine_and_leave_the_droplet_active(
+    clock: FakeClock, action: str
+) -> None:
+    restarted: list[tuple[str | None, str]] = []  # what the sandbox does to the droplet's SSH endpoint
+    with (
+        Emulator(TOKEN, on_power=lambda address, kind: restarted.append((address, kind))) as emulator,
+        po.Client(TOKEN, api_url=emulator.url, sleep=clock.sleep, clock=clock.time) as client,
+    ):
+        web = client.droplets.create("web-1", region="nyc3", size=SIZE, image=IMAGE)
+
+        result = getattr(web, action)()
+
+        assert (result["type"], result["status"], result["resource_id"]) == (action, "completed", web.id)
+        assert restarted == [(web.ip_address, action)]
+        assert web.refresh().status == "active"
+
+
+def test_password_reset_mails_the_account_a_new_root_password(
+    client: po.Client, emulator: Emulator, web: Droplet
+) -> None:
+    assert emulator.mail == []
+
+    result = web.password_reset()
+    web.password_reset()
+
+    assert (result["type"], result["status"], result["resource_id"]) == ("password_reset", "completed", web.id)
+    first, second = emulator.mail
+    assert first["to"] == second["to"] == client.account()["email"]
+    assert first["droplet_id"] == second["droplet_id"] == web.id
+    assert first["root_password"] and first["root_password"] != second["root_password"]
 
 
 def test_enable_private_networking_gives_an_old_droplet_a_private_address(

@@ -36,8 +36,9 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_the_demo_deploys_the_app_and_a_second_run_changes_nothing(tmp_path: Path) -> None:
-    """What `make demo` runs (PyPI serves Flask), twice: the kept sandbox meets the first run's work."""
+def test_the_demo_deploys_the_app_and_a_second_run_changes_nothing(tmp_path: Path, offline_pip: dict[str, str]) -> None:
+    """What `make demo` runs, twice: the kept sandbox meets the first run's work. Flask comes from
+    tests/.wheelhouse, through the pip settings a sandbox passes on to its droplets."""
     shutil.copytree(ROOT / "examples", tmp_path / "examples")
     first = cli("apply", "examples/site.yaml", "--sandbox", "--report", "first.json", cwd=tmp_path)
     try:
@@ -207,6 +208,17 @@ def test_validate_and_schema_need_no_network(tmp_path: Path, capsys: pytest.Capt
     assert schema == json.loads((ROOT / "schemas" / "playbook.schema.json").read_text())
 
 
+def command_lines(pids: set[int]) -> list[str]:
+    """The command lines of those of ``pids`` that still run (a zombie's is empty)."""
+    found = []
+    for pid in pids:
+        try:
+            found.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:
+            continue  # it ended
+    return found
+
+
 def _apply_on(sandbox: Sandbox, args: list[str], command: str = "apply") -> int:
     """Run the CLI against an already running sandbox, as `poseidon sandbox up` users do."""
     saved = dict(os.environ)
@@ -235,8 +247,8 @@ def test_a_step_that_hangs_is_stopped_at_its_timeout_with_its_processes(tmp_path
     assert step["status"] == "failed"
     assert step["exited"] == 124
     assert "timed out after 1 s" in step["stderr_tail"]
-    commands = [row["CMD"] for row in report["droplets"][0]["ps"]]
-    assert not [c for c in commands if "sleep 313" in c]
+    # None of the droplet's processes is the step's (its own: a sandbox droplet's ps lists the whole machine).
+    assert not [c for c in command_lines(shared_sandbox.pids("test")) if "sleep 313" in c]
 
 
 def test_start_at_skips_earlier_steps_but_keeps_their_directory(tmp_path: Path, shared_sandbox: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
@@ -283,10 +295,12 @@ def test_nohup_restart_replaces_the_running_process(shared_sandbox: Sandbox) -> 
     saved = dict(os.environ)
     os.environ.update(shared_sandbox.environ)
     try:
+        # Ready once its sleep runs in its group: the step ends on that, not on some time passing.
+        ready = {"cmd": "ps -o args= -g $(cat .poseidon/stubborn.pid) | grep -qx 'sleep 300'"}
         with po.connect().droplets.by_name("test").connect() as ssh:
-            ssh.nohup("trap '' TERM; sleep 300", name="stubborn", grace=0.1)
+            ssh.nohup("trap '' TERM; sleep 300", name="stubborn", ready=ready)
             first = ssh.wait("cat .poseidon/stubborn.pid").strip()
-            again = ssh.nohup("trap '' TERM; sleep 300", name="stubborn", grace=0.1, restart=True)
+            again = ssh.nohup("trap '' TERM; sleep 300", name="stubborn", ready=ready, restart=True)
             second = ssh.wait("cat .poseidon/stubborn.pid").strip()
             assert again.changed
             assert first != second

@@ -8,9 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 import poseidon.api as po
+from poseidon import hostkeys
 from poseidon.cli import main
+from poseidon.hostkeys import HostKey
 from poseidon.sandbox import Sandbox
 from sandboxes import pointed
 
@@ -89,9 +92,15 @@ def test_a_created_droplets_host_key_is_pinned_at_birth_and_checked_on_first_con
     assert code == 3
     fresh = next(d for d in report["droplets"] if d["name"] == "fresh")
     assert fresh["created"] and fresh["unreachable"]
-    assert f"droplet fresh (id {fresh['id']})" in fresh["error"] and "changed" in fresh["error"]
+    user_data = sandbox.emulator.user_data(fresh["id"])
+    assert user_data is not None and user_data.startswith("#cloud-config\n")
+    sent = HostKey.parse(yaml.safe_load(user_data)["ssh_keys"]["ed25519_public"])
+    # The key recorded under the droplet's id is the one sent in its user data, and the refusal names it.
     known = Path(sandbox.known_hosts).read_text()
-    assert f"poseidon-droplet-{fresh['id']} ssh-ed25519 " in known
+    recorded = [e.key for e in hostkeys.parse(known) if e.matches(hostkeys.alias(fresh["id"]))]
+    assert recorded == [sent]
+    assert f"droplet fresh (id {fresh['id']})" in fresh["error"]
+    assert f"changed: was ssh-ed25519 {sent.fingerprint}, now" in fresh["error"]
     assert "PRIVATE KEY" not in known + json.dumps(report)
     existing = next(d for d in report["droplets"] if d["name"] == "existing")
     assert [s["status"] for s in existing["steps"]] == ["changed"]  # the others go on

@@ -9,16 +9,22 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+import types
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from poseidon import executor
 from poseidon.cli import main
 from poseidon.sandbox import Sandbox
-from sandboxes import point_at, pointed
+from fakeclock import FakeClock
+from sandboxes import point_at, pointed, process_running
 
 NAMES = ["d1", "d2", "d3", "d4", "d5"]
+
+#: How long a test waits for an event before it fails: a safety net, never a pace.
+PATIENCE = 60.0
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +49,28 @@ def statuses(report: dict) -> dict[str, list[str]]:  # type: ignore[type-arg]
     return {d["name"]: [s["status"] for s in d["steps"]] for d in report["droplets"]}
 
 
+def wait_for(what: str, event: Callable[[], bool]) -> None:
+    """Return once ``event()`` is true; fail the test if it is not within :data:`PATIENCE`."""
+    deadline = time.monotonic() + PATIENCE
+    while not event():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {PATIENCE:g} s")
+        time.sleep(0.02)
+
+
 def test_fail_fast_starts_no_new_step_after_the_first_failure(tmp_path: Path, env: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
-    path = playbook(tmp_path, """\
-        - run: 'if [ "${droplet.name}" = d1 ]; then sleep 1; exit 9; fi; sleep 3'
+    # d1 fails once every other droplet runs its first step; those end once d1's connection has
+    # closed (its apply lock is free), which poseidon does after it counted d1's failure.
+    others = " && ".join(f"[ -e {tmp_path}/started-{name} ]" for name in NAMES[1:])
+    d1_lock = env.home("d1") / ".poseidon" / "apply.lock"
+    path = playbook(tmp_path, f"""\
+        - run:
+            cmd: >-
+              if [ "${{droplet.name}}" = d1 ]; then
+              until {others}; do sleep 0.05; done; touch {tmp_path}/failed-d1; exit 9; fi;
+              touch {tmp_path}/started-${{droplet.name}};
+              until [ -e {tmp_path}/failed-d1 ] && flock -n {d1_lock} true; do sleep 0.05; done
+            timeout: {PATIENCE:g}
         - run: echo second
         """)
     assert main(["apply", str(path), "--json", "--fail-fast"]) == 1
@@ -105,6 +130,50 @@ def test_the_run_log_records_every_step_and_resume_starts_where_each_droplet_sto
     assert "no run of this playbook is logged" in capsys.readouterr().err
 
 
+def test_two_runs_in_one_second_get_a_log_each_and_resume_takes_the_later(
+    tmp_path: Path, env: Sandbox, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock()  # when runs start; their waits are real
+    monkeypatch.setattr(
+        executor,
+        "time",
+        types.SimpleNamespace(
+            time=clock.time, monotonic=time.monotonic, sleep=time.sleep, strftime=time.strftime, gmtime=time.gmtime
+        ),
+    )
+    one_second = float(int(clock.now))
+    path = playbook(tmp_path, f"""\
+        - run: echo one
+        - run: '[ "${{droplet.name}}" != d2 ] || [ -e {tmp_path}/second-may-pass ]'
+        - run: '[ "${{droplet.name}}" != d2 ] || [ -e {tmp_path}/third-may-pass ]'
+        """, droplets=["d1", "d2"])
+    clock.now = one_second + 0.25
+    assert main(["apply", str(path), "--json"]) == 1  # d2 stops at the second step
+    assert statuses(json.loads(capsys.readouterr().out))["d2"] == ["changed", "failed", "skipped"]
+    (tmp_path / "second-may-pass").touch()
+    clock.now = one_second + 0.75
+    assert main(["apply", str(path), "--json"]) == 1  # the same second, the same process: d2 stops at the third
+    assert statuses(json.loads(capsys.readouterr().out))["d2"] == ["changed", "changed", "failed"]
+
+    logs = sorted((tmp_path / ".poseidon" / "runs").glob("*.jsonl"))
+    headers = [json.loads(log.read_text().splitlines()[0])["run"] for log in logs]
+    assert [h["started"] for h in headers] == [one_second + 0.25, one_second + 0.75]  # a log each, by start time
+    # Each has its own run's steps only: d2's last never ran in the first, every step ended in the second.
+    assert [len(log.read_text().splitlines()) for log in logs] == [1 + 5, 1 + 6]
+    # The names do not decide which run is the later: swapped, --resume still takes the later one.
+    earlier, later = logs
+    later.rename(tmp_path / "swapping")
+    earlier.rename(later)
+    (tmp_path / "swapping").rename(earlier)
+
+    (tmp_path / "third-may-pass").touch()
+    clock.now = one_second + 0.9
+    assert main(["apply", str(path), "--json", "--resume"]) == 0
+    resumed = statuses(json.loads(capsys.readouterr().out))
+    assert resumed["d2"] == ["skipped", "skipped", "changed"]  # from the later run's stop, not the earlier's
+    assert resumed["d1"] == ["skipped", "skipped", "skipped"]
+
+
 def test_quiet_prints_only_the_summary_and_report_dir_writes_csvs(tmp_path: Path, env: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "site.yaml"
     path.write_text("version: 1\ndroplets: [d1, d2]\nsteps: [{run: echo hi}]\n")
@@ -117,22 +186,53 @@ def test_quiet_prints_only_the_summary_and_report_dir_writes_csvs(tmp_path: Path
     assert (tmp_path / "out" / "d1-ps.csv").read_text().startswith("UID,PID,PPID,C,STIME,TTY,TIME,CMD\n")
 
 
+# `poseidon apply` (argv[2:]) that touches the file argv[1] once Ctrl-C has stopped the run: when
+# the executor, no longer launching steps, waits for the running ones to end.
+INTERRUPTIBLE_APPLY = """\
+import sys
+from concurrent.futures import wait as real_wait
+from pathlib import Path
+
+from poseidon import executor
+from poseidon.cli import main
+
+
+def wait(futures, timeout=None, **options):
+    if timeout is None:
+        Path(sys.argv[1]).touch()
+    return real_wait(futures, timeout, **options)
+
+
+executor.wait = wait
+sys.exit(main(sys.argv[2:]))
+"""
+
+
 def test_ctrl_c_lets_running_steps_end_prints_the_report_and_exits_130(tmp_path: Path, env: Sandbox) -> None:
-    path = playbook(tmp_path, """\
-        - run: sleep 2; echo slept > interrupted-first
+    stopped = tmp_path / "stopped"
+    # Each first step runs until the run has been stopped: it ends after Ctrl-C, never before.
+    path = playbook(tmp_path, f"""\
+        - run:
+            cmd: touch {tmp_path}/running-${{droplet.name}}; until [ -e {stopped} ]; do sleep 0.05; done; echo slept > interrupted-first
+            timeout: {PATIENCE:g}
         - run: echo never > interrupted-second
         """, droplets=["d4", "d5"])
     process = subprocess.Popen(
-        [sys.executable, "-m", "poseidon.cli", "apply", str(path)],
+        [sys.executable, "-c", INTERRUPTIBLE_APPLY, str(stopped), "apply", str(path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=dict(os.environ),
     )
-    time.sleep(1.2)
-    process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=60)
+    try:
+        wait_for("both first steps run", lambda: all((tmp_path / f"running-{n}").exists() for n in ("d4", "d5")))
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=2 * PATIENCE)
+    finally:
+        process.kill()
+        process.wait()
     assert process.returncode == 130, out + err
+    assert stopped.exists()
     assert "interrupted" in out
     assert "Traceback" not in out + err
     for name in ("d4", "d5"):
@@ -163,14 +263,25 @@ def test_a_second_apply_on_a_busy_droplet_refuses_and_says_who_holds_it(
 
 
 def test_the_report_shows_the_processes_the_run_started(tmp_path: Path, env: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+    # Ready once its sleep runs (not when some time has passed); the rows that count are d2's own
+    # processes: a sandbox droplet's ps lists the whole machine.
+    ready = "ps -o args= -g $(cat .poseidon/started.pid) | grep -qx 'sleep 777'"
     path = tmp_path / "site.yaml"
-    path.write_text("version: 1\ndroplets: [d2]\nsteps: [{nohup: {cmd: 'sleep 777', name: started, grace: 0.1}}]\nreport: {ps: true, top: false}\n")
+    path.write_text(
+        "version: 1\ndroplets: [d2]\n"
+        f"steps: [{{nohup: {{cmd: 'sleep 777', name: started, ready: {{cmd: {json.dumps(ready)}}}}}}}]\n"
+        "report: {ps: true, top: false}\n"
+    )
     assert main(["apply", str(path), "--json"]) == 0
     started = json.loads(capsys.readouterr().out)["droplets"][0]["started_processes"]
-    assert [row["CMD"] for row in started if "sleep 777" in row["CMD"]]
+    mine = env.pids("d2")
+    sleepers = [row["PID"] for row in started if row["PID"] in mine and row["CMD"] == "sleep 777"]
+    assert len(sleepers) == 1
     assert main(["apply", str(path), "--json"]) == 0
-    again = json.loads(capsys.readouterr().out)["droplets"][0]["started_processes"]
-    assert not [row["CMD"] for row in again if "sleep 777" in row["CMD"]]
+    again = json.loads(capsys.readouterr().out)["droplets"][0]
+    mine = env.pids("d2")
+    assert sleepers[0] in mine and sleepers[0] in [row["PID"] for row in again["ps"]]  # it still runs
+    assert not [row for row in again["started_processes"] if row["PID"] in mine and "sleep 777" in row["CMD"]]
 
 
 def test_status_lists_each_managed_process_alive_or_dead_with_its_log(
@@ -184,9 +295,8 @@ def test_status_lists_each_managed_process_alive_or_dead_with_its_log(
         """, droplets=["d3"])
     assert main(["apply", str(path), "--quiet"]) == 0
     capsys.readouterr()
-    import time as clock
-
-    clock.sleep(0.3)  # 'short' has ended by now
+    short = int((env.home("d3") / "status-app" / ".poseidon" / "short.pid").read_text())
+    wait_for("'short' ends", lambda: not process_running(short))
     assert main(["status", str(path), "--json"]) == 1  # one process is dead
     found = {p["name"]: p for p in json.loads(capsys.readouterr().out)}
     assert found["server"]["state"] == "alive" and found["server"]["pid"] > 0

@@ -206,19 +206,45 @@ def test_a_resume_limited_to_some_droplets_keeps_the_others_where_they_were(
             assert (fleet.home(name) / f"count-{step}").read_text().count("\n") == 1, (name, step)
 
 
-def test_a_droplet_a_resume_could_not_reach_resumes_next_time_where_it_was(tmp_path: Path) -> None:
+def test_a_droplet_a_resume_could_not_reach_resumes_next_time_where_it_was(
+    tmp_path: Path, fleet: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
     from poseidon import executor, spec
 
+    path = tmp_path / "site.yaml"
+    path.write_text(RESUME_PLAYBOOK)
     playbook = spec.loads(RESUME_PLAYBOOK)
-    runs = tmp_path / "runs"
-    runs.mkdir()
-    path = str(tmp_path / "site.yaml")
-    header = {"playbook": path, "mode": "apply", "started": 0, "droplets": ["n1", "n2", "n3"]}
-    # The resumed run reached n1 only: n2 was unreachable, n3 was not in it (--limit).
-    (runs / "20261130T000000-1.jsonl").write_text(
-        json.dumps({"run": {**header, "droplets": ["n1", "n2"], "resumed": {"n1": 1, "n2": 1, "n3": 2}}}) + "\n"
-        + json.dumps({"droplet": "n1", "index": 0, "status": "skipped", "reason": executor.RESUMED}) + "\n"
-        + json.dumps({"droplet": "n1", "index": 1, "status": "changed"}) + "\n"
-        + json.dumps({"droplet": "n1", "index": 2, "status": "failed"}) + "\n"
+    runs = tmp_path / ".poseidon" / "runs"  # where `apply` logs this playbook's runs
+    assert main(["apply", str(path), "--json"]) == 1  # step 2 fails everywhere
+    capsys.readouterr()
+    for name in ("n1", "n2", "n3"):
+        (fleet.home(name) / "may-pass").touch()
+
+    # A resume of n1 and n2 (n3 left out with --limit) while n2 is powered off. As `apply --resume`
+    # does, but with no wait for a droplet whose SSH port refuses: poseidon's own is a minute.
+    fleet.power_off("n2")
+    resumed = executor.apply(
+        playbook,
+        path=str(path),
+        ssh=executor.SSHSettings(ready_timeout=0.0),
+        options=executor.RunOptions(
+            limit=("n1", "n2"), resume=executor.resume_points(runs, playbook, str(path)), run_log=runs
+        ),
     )
-    assert executor.resume_points(runs, playbook, path) == {"n1": 2, "n2": 1, "n3": 2}
+    reached = {d.name: d for d in resumed.droplets}
+    assert reached["n2"].unreachable and reached["n2"].error, "n2 was reached"
+    assert [s.status for s in reached["n1"].steps] == ["skipped", "changed", "changed"]
+    assert not (fleet.home("n2") / "count-2").exists()
+    assert executor.resume_points(runs, playbook, str(path)) == {"n1": 3, "n2": 1, "n3": 1}
+
+    fleet.power_on("n2")
+    assert main(["apply", str(path), "--json", "--resume"]) == 0
+    statuses = {d["name"]: [s["status"] for s in d["steps"]] for d in json.loads(capsys.readouterr().out)["droplets"]}
+    assert statuses == {
+        "n1": ["skipped", "skipped", "skipped"],
+        "n2": ["skipped", "changed", "changed"],  # where it was before the resume that could not reach it
+        "n3": ["skipped", "changed", "changed"],
+    }
+    for name in ("n1", "n2", "n3"):
+        for step in (1, 2, 3):
+            assert (fleet.home(name) / f"count-{step}").read_text().count("\n") == 1, (name, step)

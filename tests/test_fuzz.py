@@ -45,14 +45,14 @@ playbooks = st.fixed_dictionaries(
 )
 
 
-def _validate(text: str | bytes, tmp: Path) -> tuple[int, str]:
-    """``poseidon validate`` on a file holding ``text``: its exit status and everything it printed."""
+def _validate(text: str | bytes, tmp: Path) -> tuple[int, str, str, Path]:
+    """``poseidon validate`` on a file holding ``text``: its exit status, what it printed (out, err), the file."""
     path = tmp / "fuzz.yaml"
     path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass"))
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = cli.main(["validate", str(path)])
-    return code, out.getvalue() + err.getvalue()
+    return code, out.getvalue(), err.getvalue(), path
 
 
 @FUZZ
@@ -67,12 +67,21 @@ def test_any_yaml_document_is_a_playbook_or_a_located_refusal(document: object) 
 
 @FUZZ
 @given(data=st.binary(max_size=300) | st.text(max_size=300).map(lambda t: t.encode("utf-8", "surrogatepass")))
-def test_any_bytes_end_in_exit_0_or_2_with_a_message_and_never_a_traceback(data: bytes, tmp_path_factory: pytest.TempPathFactory) -> None:
-    code, printed = _validate(data, tmp_path_factory.mktemp("fuzz"))
-    assert code in (0, 2)
-    assert "Traceback" not in printed
-    if code == 2:
-        assert "fuzz.yaml" in printed
+def test_any_bytes_end_valid_or_in_exit_2_with_located_messages_and_never_a_traceback(
+    data: bytes, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    code, out, err, path = _validate(data, tmp_path_factory.mktemp("fuzz"))
+    assert "Traceback" not in out + err
+    if code == 0:
+        assert re.fullmatch(rf"{re.escape(str(path))}: valid \(\d+ droplet entries, \d+ steps\)\n", out), out
+        assert err == ""
+        return
+    assert code == 2, (code, out, err)
+    # One refusal a line, each FILE:LINE:COLUMN: and something said; a line break inside one is escaped.
+    refusals = err.removesuffix("\n").split("\n")
+    located = re.compile(rf"{re.escape(str(path))}:[1-9]\d*:[1-9]\d*: \S.*")
+    assert err.endswith("\n") and all(located.fullmatch(line) for line in refusals), err
+    assert out == ""
 
 
 @FUZZ

@@ -137,8 +137,14 @@ def test_a_private_repository_is_cloned_with_a_token_that_leaves_no_trace(
     for path in home.rglob("*"):
         if path.is_file():
             assert token.encode() not in path.read_bytes(), path
-    leftovers = [p for p in Path("/tmp").glob("tmp.*") if p.is_file() and b"POSEIDON_GIT_TOKEN" in p.read_bytes()]
-    assert leftovers == []  # the askpass helper is removed when the step ends
+    # The askpass helper is a mktemp file of the droplet's (its TMPDIR, a folder of its own), removed when the step ends.
+    tmp = sandbox_env.tmpdir("test")
+    with po.connect().droplets.by_name("test").connect() as ssh:
+        made = Path(ssh.wait("mktemp").strip())
+    assert made.parent == tmp
+    made.unlink()
+    leftovers = [p for p in tmp.rglob("*") if p.is_file() and b"POSEIDON_GIT_TOKEN" in p.read_bytes()]
+    assert leftovers == []
 
 
 def test_a_refused_token_fails_the_step_with_git_s_reason_and_the_token_in_no_record(

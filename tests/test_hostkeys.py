@@ -19,9 +19,12 @@ import poseidon.api as po
 from poseidon import hostkeys
 from poseidon.droplet import Droplet
 from poseidon.errors import HostKeyChangedError, UsageError
+from poseidon.executor import Target, create_missing
 from poseidon.hostkeys import HostKey, address_name, alias
 from poseidon.sandbox import Sandbox
+from poseidon.spec import CreateDroplet
 from poseidon.ssh import SSHClient
+from sandboxes import pointed
 
 
 def new_key() -> str:
@@ -140,16 +143,42 @@ def test_a_new_droplet_on_a_reused_address_is_accepted_with_a_notice_and_replace
     ]
 
 
+def boot_with_the_keys_it_was_sent(sandbox: Sandbox, name: str) -> dict[str, str]:
+    """Cloud-init's part, which the sandbox does not play: the droplet ``name`` (the sandbox's only one,
+    so its sshd is the droplet's alone) is booted with the host key of the user data it was created with.
+    Returns that user data's ``ssh_keys``."""
+    droplet_id = po.connect().droplets.by_name(name).id
+    user_data = sandbox.emulator.user_data(droplet_id)
+    assert user_data is not None, "the droplet was created without user data"
+    keys: dict[str, str] = cloud_config(user_data)["ssh_keys"]
+    sandbox.power_off(name)  # its sshd stops: the next one reads the key
+    private = sandbox.root / "etc" / "ssh_host_ed25519_key"
+    private.write_text(keys["ed25519_private"])
+    private.chmod(0o600)
+    private.with_suffix(".pub").write_text(keys["ed25519_public"] + "\n")
+    sandbox.power_on(name)
+    return keys
+
+
 def test_a_key_pinned_at_birth_is_verified_on_the_first_connection(
-    sandbox_env: Sandbox, droplet: Droplet, known_hosts: Path
+    known_hosts: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    hostkeys.record(known_hosts, [alias(droplet.id)], host_key(sandbox_env))
-    notices: list[str] = []
-    with connect(droplet, known_hosts, notices) as ssh:
-        assert ssh.wait("echo pinned") == "pinned\n"
+    with pointed([], monkeypatch) as sandbox:
+        create = CreateDroplet(region="nyc3", size="s-1vcpu-1gb", image="ubuntu-24-04-x64")
+        (born,) = create_missing([Target("born", None, create=create)], po.connect(), known_hosts=str(known_hosts))
+        assert born.droplet is not None
+        droplet = born.droplet
+        sent = HostKey.parse(boot_with_the_keys_it_was_sent(sandbox, "born")["ed25519_public"])
+        # Recorded before the droplet was ever reached: the key sent in its user data, under its id.
+        assert lines(known_hosts) == [f"poseidon-droplet-{droplet.id} {sent}"]
+
+        notices: list[str] = []
+        with connect(droplet, known_hosts, notices) as ssh:
+            assert ssh.wait("echo pinned") == "pinned\n"
+        address = address_of(sandbox, "born")
     assert notices == [], "no first contact: the key was known before"
-    key = HostKey.parse(host_key(sandbox_env))
-    assert hostkeys.decide(hostkeys.load(known_hosts), key, address=address_of(sandbox_env)).verdict == "known"
+    assert lines(known_hosts) == [f"poseidon-droplet-{droplet.id} {sent}", f"{address} {sent}"]  # and its address
+    assert hostkeys.decide(hostkeys.load(known_hosts), sent, address=address).verdict == "known"
 
 
 def test_a_wrong_pinned_key_is_refused_on_the_first_connection(
@@ -358,10 +387,21 @@ def test_fingerprints_read_as_openssh_prints_them(tmp_path: Path) -> None:
     assert printed.split()[1] == HostKey.parse(public.read_text()).fingerprint
 
 
-@pytest.mark.parametrize("line", ["", "ssh-ed25519", "ssh-ed25519 not-base64!", f"ssh-rsa {A.base64}"])
-def test_record_refuses_what_is_not_a_public_key_line(tmp_path: Path, line: str) -> None:
-    with pytest.raises(ValueError):
-        hostkeys.record(tmp_path / "known_hosts", ["poseidon-droplet-1"], line)
+@pytest.mark.parametrize(
+    ("line", "why"),
+    [
+        ("", r"not a public key line: ''"),
+        ("ssh-ed25519", r"not a public key line: 'ssh-ed25519'"),
+        ("ssh-ed25519 not-base64!", r"not a public key line \(bad base64\)"),
+        (f"ssh-rsa {A.base64}", r"not a public key line \(the key is not ssh-rsa\)"),
+    ],
+    ids=["empty", "no-key", "bad-base64", "type-mismatch"],
+)
+def test_record_refuses_what_is_not_a_public_key_line(tmp_path: Path, line: str, why: str) -> None:
+    known_hosts = tmp_path / "known_hosts"
+    with pytest.raises(ValueError, match=why):
+        hostkeys.record(known_hosts, ["poseidon-droplet-1"], line)
+    assert not known_hosts.exists()  # nothing was recorded
 
 
 # -- pinning at birth -------------------------------------------------------------------

@@ -17,8 +17,14 @@ SCHEMA = json.loads((Path(__file__).parent.parent / "schemas" / "report.schema.j
 
 def test_the_schema_itself_is_valid_and_rejects_a_report_missing_a_field() -> None:
     jsonschema.Draft202012Validator.check_schema(SCHEMA)
-    with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate({"playbook": "x", "droplets": []}, SCHEMA)
+    partial = {"playbook": "x", "droplets": []}
+    with pytest.raises(jsonschema.ValidationError, match="is a required property") as caught:
+        jsonschema.validate(partial, SCHEMA)
+    assert caught.value.validator == "required"
+    errors = list(jsonschema.Draft202012Validator(SCHEMA).iter_errors(partial))
+    assert {e.validator for e in errors} == {"required"}  # nothing but the missing fields is wrong with it
+    missing = sorted(e.message.removesuffix(" is a required property").strip("'") for e in errors)
+    assert missing == ["duration", "failed", "interrupted", "mode", "name", "prices", "started"]
 
 
 @pytest.mark.parametrize("command", ["apply", "plan"])

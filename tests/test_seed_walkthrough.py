@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -11,6 +13,7 @@ import pytest
 import poseidon.api as po
 from poseidon.errors import CommandError
 from poseidon.sandbox import Sandbox
+from sandboxes import command_lines_seen, process_running
 from wheels import build_wheel, offline_pip_env
 
 
@@ -105,14 +108,39 @@ def test_nohup_fails_with_the_log_when_the_process_dies_at_once(sandbox_env: San
         assert "cannot start" in outcome.stderr
 
 
+def _wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Poll ``condition`` until it holds; the bound is a safety net, not a guess at how long it takes."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"still waiting after {timeout:g} s for {what}"
+        time.sleep(0.05)
+
+
 def test_a_nohup_process_outlives_the_ssh_session(sandbox_env: Sandbox) -> None:
     droplet = po.connect().droplets.by_name("test")
+    home = sandbox_env.home("test")
+    go, log = home / "survivor.go", home / "survivor.log"
+    go.unlink(missing_ok=True)
+    # It says "outlived" only once told to, which happens after the session that started it has ended.
+    command = "until [ -e survivor.go ]; do sleep 0.05; done; echo outlived; exec sleep 120"
     with droplet.connect() as ssh:
-        ssh.nohup("sleep 120", name="survivor", grace=0.1)
-        pid = ssh.wait("cat .poseidon/survivor.pid").strip()
-    time.sleep(0.2)
+        assert ssh.nohup(command, name="survivor", grace=0.1).changed
+        pid = int(ssh.wait("cat .poseidon/survivor.pid"))
+        session = int(ssh.wait("echo $PPID"))  # the sshd process serving this connection
+        assert Path(f"/proc/{session}/cmdline").read_bytes().startswith(b"sshd"), "not the session's sshd"
+    # The session is over on the droplet's side too: whatever its end would do to its processes is done.
+    _wait_until(lambda: not process_running(session), "the session's sshd to exit")
+
     with droplet.connect() as ssh:
+        ssh.wait("touch survivor.go")
+
+        def answered() -> bool:
+            return log.exists() and "outlived" in log.read_text().splitlines()
+
+        _wait_until(lambda: answered() or not process_running(pid), "the process to answer or end")
+        assert answered(), f"the process ended with the session; its log: {log.read_text() if log.exists() else None!r}"
         assert ssh.wait(f"kill -0 {pid} && echo alive") == "alive\n"
+        ssh.wait(f"kill -TERM {pid}")  # its wrapper ends the group; the next test starts clean
 
 
 def test_interactive_prints_each_command_and_its_output(
@@ -128,7 +156,7 @@ def test_interactive_prints_each_command_and_its_output(
     assert "[test] $ apt git" in out
 
 
-def test_sudo_is_non_interactive_unless_asked_and_a_secret_never_rides_the_command_line(sandbox_env: Sandbox) -> None:
+def test_a_step_asks_sudo_for_a_password_only_in_an_interactive_session_without_secrets() -> None:
     from poseidon import steps
 
     script = steps.Script(apply="true", needs_root=True)
@@ -139,13 +167,33 @@ def test_sudo_is_non_interactive_unless_asked_and_a_secret_never_rides_the_comma
     assert asking.command.startswith("sudo -- sh -c ") and "true" in asking.command and asking.stdin is None
     assert as_root.command == "sh -c 'eval \"$(cat)\"'"
     # A terminal may have to answer sudo, but a token or an env: value still travels as input.
-    secret = steps.Script(apply="true", needs_root=True, secret=True)
+    secret = steps.Script(apply="git clone https://x-access-token:hunter2@example.com/r", needs_root=True, secret=True)
     for rendered in (
         steps.render(secret, steps.StepContext(user="deploy"), interactive=True),
         steps.render(script, steps.StepContext(user="deploy"), interactive=True, env={"PASSWORD": "hunter2"}),
     ):
         assert rendered.command == "sudo -n -- sh -c 'eval \"$(cat)\"'"
-        assert "hunter2" not in rendered.command
+        assert rendered.stdin is not None and "hunter2" in rendered.stdin
+
+
+def test_an_interactive_session_sends_an_env_value_as_input_never_on_a_command_line(
+    sandbox_env: Sandbox, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from poseidon import steps
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # what the user would type: nothing
+    secret = "hunter2-" + "v4lue" * 4
+    home = sandbox_env.home("test")
+    (home / "env-value").unlink(missing_ok=True)
+    # It runs a moment, so that the watcher sees its processes; the assertions below check that it did.
+    step = steps.build("run", cmd='printf %s "$PASSWORD" > env-value; sleep 0.7', env={"PASSWORD": secret})
+    with po.connect().droplets.by_name("test").connect(interactive=True) as ssh, command_lines_seen() as seen:
+        outcome = ssh.run_step(step)
+    capsys.readouterr()
+    assert outcome.status == "changed", outcome.stderr
+    assert (home / "env-value").read_text() == secret  # the value arrived
+    assert b"sleep\x000.7\x00" in seen  # the watcher saw the step running
+    assert not [argv for argv in seen if secret.encode() in argv]
 
 
 def test_apt_checks_versions_and_reports_missing_packages(sandbox_env: Sandbox) -> None:
@@ -179,14 +227,25 @@ def test_nohup_restarts_the_process_when_its_command_changes(sandbox_env: Sandbo
 def test_pip_into_the_system_python_is_an_explicit_opt_in(sandbox_env: Sandbox) -> None:
     home = sandbox_env.home("test")
     wheels = build_wheel(home / "sys-wheels", name="tinysys").parent
-    # PIP_TARGET keeps the test off this machine's real system Python, which the sandbox droplet shares.
-    env = {**offline_pip_env(wheels), "PIP_TARGET": str(home / "sys-target"), "PYTHONPATH": str(home / "sys-target")}
+    offline = offline_pip_env(wheels)
+    # Each install is fenced off this machine's real system Python, which the sandbox droplet shares:
+    # without system: true, pip is told to refuse any Python but a virtualenv's;
+    # with it, PIP_TARGET sends the package to a folder of the droplet's home.
+    venv_only = {**offline, "PIP_REQUIRE_VIRTUALENV": "1"}
+    target = {**offline, "PIP_TARGET": str(home / "sys-target"), "PYTHONPATH": str(home / "sys-target")}
     with po.connect().droplets.by_name("test").connect() as ssh:
-        first = ssh.pip("tinysys", system=True, env=env)
-        second = ssh.pip("tinysys", system=True, env=env)
-    assert (first.status, second.status) == ("changed", "ok")
+        ssh.wait("rm -rf opt-in system && mkdir opt-in system")
+        ssh.chdir("opt-in")
+        default = ssh.pip("tinysys", env=venv_only, raise_on_error=False)
+        ssh.chdir("../system")
+        first = ssh.pip("tinysys", system=True, env=target)
+        second = ssh.pip("tinysys", system=True, env=target)
+    assert default.status == "changed", default.stderr
+    (in_venv,) = (home / "opt-in" / ".venv").glob("lib/python*/site-packages/tinysys")  # the default: a virtualenv
+    assert (first.status, second.status) == ("changed", "ok"), first.stderr
     assert (home / "sys-target" / "tinysys" / "__init__.py").exists()
-    assert not list(home.glob("**/site-packages/tinysys"))  # no virtualenv was used
+    assert not (home / "system" / ".venv").exists()
+    assert list(home.glob("**/site-packages/tinysys")) == [in_venv]  # no virtualenv was used for the system one
 
 
 def test_a_system_pip_passes_break_system_packages_only_where_pip_knows_it() -> None:

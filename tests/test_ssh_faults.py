@@ -114,3 +114,22 @@ def test_a_port_variable_that_is_no_port_is_exit_2_naming_it_before_any_change(
     assert main(["apply", str(path)]) == 2
     assert f"POSEIDON_SSH_PORT must be a port number from 1 to 65535, not {value!r}" in capsys.readouterr().err
     assert not (sandbox_env.home("test") / "never").exists()
+
+
+def test_no_key_anywhere_is_exit_3_at_once_and_says_where_keys_come_from(
+    tmp_path: Path, sandbox_env: Sandbox, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    monkeypatch.delenv("POSEIDON_SSH_KEY")
+    monkeypatch.setenv("POSEIDON_KNOWN_HOSTS", sandbox_env.known_hosts)
+    code, report = _apply(tmp_path, "  - run: touch never\n", capsys)
+    droplet = report["droplets"][0]  # type: ignore[index]
+    assert code == 3
+    assert droplet["error"].endswith(
+        "no key to log in with: set POSEIDON_SSH_KEY to a private key file, add one to ssh-agent, or put one in ~/.ssh"
+    )
+    assert "waiting for SSH" not in capsys.readouterr().err, "a missing key is no droplet still booting"
+    assert not (sandbox_env.home("test") / "never").exists()

@@ -20,6 +20,7 @@ The sandbox imports nothing from poseidon's core but its errors.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -79,7 +80,10 @@ class Sandbox:
         self._given_root = Path(root).resolve() if root else None
         self.keep = keep
         self.root = Path()
-        self.network = _network(self._given_root)
+        #: The first three bytes of the droplets' addresses (``127.A.B``): chosen at start, this sandbox's alone.
+        self.network = ""
+        #: The descriptor whose lock holds ``network`` while the sandbox runs (:func:`_claim_network`).
+        self._block_lock: int | None = None
         self.token = "sandbox-" + secrets.token_hex(16)
         self.emulator = Emulator(
             self.token,
@@ -118,6 +122,7 @@ class Sandbox:
             self.root = self._given_root
             self.root.mkdir(parents=True, exist_ok=True)
             self.root.chmod(0o700)
+        self.network, self._block_lock = _claim_network(self._given_root, self.root / "hosts")
         farm = self.farm = SSHFarm(self.root)
         pip_cache = _pip_cache()
         pip_cache.mkdir(parents=True, exist_ok=True)
@@ -206,6 +211,7 @@ class Sandbox:
             self._power_off(address)
             del self._named[address]
             shutil.rmtree(self.farm.hosts / address, ignore_errors=True)
+            shutil.rmtree(self.farm.system / address, ignore_errors=True)
 
     # -- power -------------------------------------------------------------------
 
@@ -305,6 +311,12 @@ class Sandbox:
                     shutil.rmtree(self.root, ignore_errors=True)
         self.farm = None
         self._started = False
+        if self._block_lock is not None:
+            # The block is free for another sandbox (a kept one's processes still guard it). The file goes
+            # while the lock is held: whoever opened it before takes a lock on a file that is gone, and lets it go.
+            _block_file(self.network).unlink(missing_ok=True)
+            os.close(self._block_lock)
+            self._block_lock = None
 
     @staticmethod
     def wipe(root: str | os.PathLike[str]) -> bool:
@@ -373,6 +385,22 @@ class Sandbox:
         """The loopback address of the droplet called ``name`` (its home is named after it)."""
         return self.homes[name].name
 
+    def tmpdir(self, name: str) -> Path:
+        """The droplet ``name``'s temporary folder (its ``TMPDIR``, where ``mktemp`` creates files): its /tmp."""
+        return self.root / "system" / self.address(name) / "tmp"
+
+    def dpkg_dir(self, name: str) -> Path:
+        """The folder of the droplet ``name``'s dpkg locks (``lock-frontend``, ``lock``): its /var/lib/dpkg.
+
+        The readiness gate waits while a process holds one (fcntl, as apt takes them).
+        """
+        return self.root / "system" / self.address(name) / "dpkg"
+
+    def pids(self, name: str) -> set[int]:
+        """The processes of the droplet ``name`` now: those whose HOME is its home (every login's are)."""
+        wanted = str(self.home(name)).encode()
+        return _pids_with_home(lambda value: value == wanted)
+
 
 def _host(address: str) -> int:
     """The last byte of a sandbox address: what a kept sandbox records it by."""
@@ -398,19 +426,94 @@ def _read_kept(path: Path) -> Any:
         raise SandboxError(f"{path} is damaged ({exc}): 'poseidon sandbox reset' starts afresh") from None
 
 
-def _network(root: Path | None) -> str:
-    """The first three bytes of this sandbox's loopback addresses.
+#: Random blocks tried before a sandbox gives up finding a free one.
+_BLOCK_TRIES = 64
 
-    All of 127.0.0.0/8 is this machine. A kept sandbox's processes outlive the
-    command, so each sandbox takes a block of its own: derived from its folder
-    when it has one (the same addresses at every run), random otherwise.
+
+def _random_block() -> tuple[int, int]:
+    """``(A, B)`` of a block ``127.A.B`` chosen at random."""
+    return secrets.randbelow(254) + 1, secrets.randbelow(254) + 1
+
+
+def _claim_network(root: Path | None, hosts: Path) -> tuple[str, int]:
+    """The first three bytes of this sandbox's loopback addresses, and the descriptor that holds them.
+
+    All of 127.0.0.0/8 is this machine, so each sandbox takes a block of its
+    own. A block is taken while a sandbox holds its lock (``flock`` on
+    ``poseidon-sandbox-127.A.B.lock`` in the temporary folder, one file per
+    block, for every user; the lock ends with the sandbox or its process) and
+    while any TCP socket is bound in it (a kept sandbox that is not running
+    leaves its droplets' processes listening there). A kept sandbox keeps the
+    block its droplets' homes are on, and tries first the one derived from its
+    folder; a sandbox without a folder tries blocks at random.
     """
-    if root is None:
-        a, b = secrets.randbelow(254) + 1, secrets.randbelow(254) + 1
-    else:
+    existing = sorted(path.name for path in hosts.iterdir()) if root is not None and hosts.is_dir() else []
+    if existing:
+        network = existing[0].rsplit(".", 1)[0]
+        lock = _lock_block(network)
+        if lock is None:
+            raise SandboxError(
+                f"another sandbox runs on {network}.*, the addresses of the droplets kept in {root}: stop it first"
+            )
+        return network, lock
+    candidates: list[tuple[int, int]] = []
+    if root is not None:
         digest = hashlib.sha256(str(root).encode()).digest()
-        a, b = digest[0] % 254 + 1, digest[1] % 254 + 1
-    return f"127.{a}.{b}"
+        candidates.append((digest[0] % 254 + 1, digest[1] % 254 + 1))
+    candidates += [_random_block() for _ in range(_BLOCK_TRIES)]
+    for a, b in candidates:
+        network = f"127.{a}.{b}"
+        if _bound_in(network):
+            continue
+        lock = _lock_block(network)
+        if lock is None:
+            continue
+        if _bound_in(network):  # something bound there between the two looks
+            os.close(lock)
+            continue
+        return network, lock
+    raise SandboxError(f"no free block of 127.0.0.0/8 for a sandbox after {len(candidates)} tries")
+
+
+def _block_file(network: str) -> Path:
+    """The lock file of the block ``network``, shared by every sandbox on this machine."""
+    return Path(tempfile.gettempdir()) / f"poseidon-sandbox-{network}.lock"
+
+
+def _lock_block(network: str) -> int | None:
+    """Take the lock of the block ``network`` without waiting; ``None`` when another sandbox holds it."""
+    path = _block_file(network)
+    try:
+        # Read-only is enough for flock, so another user's lock file serves as well as one's own.
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError:
+        return None  # a file we may not open (a link, another user's in a protected folder): taken
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held = os.fstat(fd)
+        now = os.stat(path, follow_symlinks=False)
+    except OSError:  # held by another, or removed by the sandbox that just let it go
+        os.close(fd)
+        return None
+    if (held.st_dev, held.st_ino) != (now.st_dev, now.st_ino):  # removed and made anew meanwhile
+        os.close(fd)
+        return None
+    return fd
+
+
+def _bound_in(network: str) -> bool:
+    """Whether a TCP socket (listening or connected) has a local address in ``network``.* (/proc/net/tcp)."""
+    try:
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    prefix = network + "."
+    for line in lines:
+        local = line.split()[1].split(":")[0]
+        # The kernel prints the address as the hex of its 32 bits read in this machine's byte order.
+        if socket.inet_ntoa(struct.pack("=I", int(local, 16))).startswith(prefix):
+            return True
+    return False
 
 
 def _kill_droplet_processes(hosts: Path) -> None:

@@ -54,6 +54,7 @@ import ipaddress
 import json
 import math
 import re
+import secrets
 import sys
 import threading
 import time
@@ -164,6 +165,7 @@ _NAMESERVERS = ("ns1.digitalocean.com", "ns2.digitalocean.com", "ns3.digitalocea
 _REGION_FEATURES = ["backups", "ipv6", "metadata", "install_agent", "storage", "image_transfer"]
 
 _NAMESPACE = uuid.UUID("6f1c1d2e-52a4-4b55-9a51-3d1e5c0b9a77")
+_ACCOUNT_EMAIL = "sandbox@example.com"
 
 _DROPLET_NAME = re.compile(r"[a-zA-Z0-9]?[a-z0-9A-Z.\-]*[a-z0-9A-Z]")
 _TAG_NAME = re.compile(r"[a-zA-Z0-9_\-:]{1,255}")
@@ -294,6 +296,7 @@ class _Fault:
     status: int | None = None  # answer with this error status
     retry_after: float | None = None
     delay: float = 0.0  # answer this late
+    until: threading.Event | None = None  # answer once this is set (``delay`` at most)
     drop: bool = False  # close the connection without answering
     processed: bool = False  # let the request take effect first
     method: str | None = None
@@ -309,6 +312,7 @@ class _Answer:
     headers: dict[str, str]
     body: Any = None  # None: no body (204)
     delay: float = 0.0
+    until: threading.Event | None = None
     drop: bool = False
 
 
@@ -394,6 +398,8 @@ class Emulator:
         self._hour: collections.deque[float] = collections.deque()
         self._minute: collections.deque[float] = collections.deque()
         self._requests: list[tuple[str, str]] = []
+        self._mail: list[dict[str, Any]] = []  # what DigitalOcean would have emailed the account
+        self._user_data: dict[int, str] = {}  # what each droplet's metadata service serves as its user data
         self._server: http.server.ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._account_uuid = str(uuid.uuid5(_NAMESPACE, "account"))
@@ -597,9 +603,21 @@ class Emulator:
             count, _Fault(status=status, retry_after=retry_after, processed=processed, method=method, path=path)
         )
 
-    def slow(self, seconds: float, count: int = 1, *, method: str | None = None, path: str | None = None) -> None:
-        """Answer the next ``count`` matching requests ``seconds`` late; they take effect at once."""
-        self._stage(count, _Fault(delay=seconds, processed=True, method=method, path=path))
+    def slow(
+        self,
+        seconds: float,
+        count: int = 1,
+        *,
+        method: str | None = None,
+        path: str | None = None,
+        until: threading.Event | None = None,
+    ) -> None:
+        """Answer the next ``count`` matching requests ``seconds`` late; they take effect at once.
+
+        With ``until``, each answer waits for that event instead, ``seconds`` at
+        most: a test sets it once the client has given up, so that no timeout races a delay.
+        """
+        self._stage(count, _Fault(delay=seconds, until=until, processed=True, method=method, path=path))
 
     def drop(
         self, count: int = 1, *, method: str | None = None, path: str | None = None, processed: bool = False
@@ -610,6 +628,21 @@ class Emulator:
     def _stage(self, count: int, fault: _Fault) -> None:
         with self._lock:
             self._faults.extend(copy.copy(fault) for _ in range(count))
+
+    def user_data(self, droplet_id: int) -> str | None:
+        """The user data the droplet was created with, as its metadata service serves it to cloud-init
+        (the API never shows it); None without any. ``KeyError`` for a droplet it does not know."""
+        with self._lock:
+            if droplet_id not in self._droplets:
+                raise KeyError(droplet_id)
+            return self._user_data.get(droplet_id)
+
+    @property
+    def mail(self) -> list[dict[str, Any]]:
+        """The emails the account was sent, oldest first (copies): a ``password_reset`` sends the
+        droplet's new root password, as DigitalOcean does, as ``{"to", "droplet_id", "root_password"}``."""
+        with self._lock:
+            return copy.deepcopy(self._mail)
 
     @property
     def request_log(self) -> list[tuple[str, str]]:
@@ -647,7 +680,7 @@ class Emulator:
             self._on_change()
         if fault is not None:
             if fault.delay or not (fault.drop or fault.status):
-                return _Answer(status, headers, answer, delay=fault.delay)
+                return _Answer(status, headers, answer, delay=fault.delay, until=fault.until)
             return self._fault_answer(fault, headers, now)
         return _Answer(status, headers, answer)
 
@@ -856,6 +889,8 @@ class Emulator:
                 if flags["backups"]:
                     droplet["next_backup_window"] = _backup_window()
                 self._pending[("droplet", droplet["id"])] = self._pending_reads
+                if user_data is not None:
+                    self._user_data[droplet["id"]] = user_data
                 self._addresses[droplet["id"]] = self._networks_for(droplet, address, flags["ipv6"])
                 action = self._new_action(droplet, "create")
                 created.append(copy.deepcopy(droplet))
@@ -913,6 +948,7 @@ class Emulator:
     def _forget_droplet(self, droplet_id: int) -> None:
         del self._droplets[droplet_id]
         self._pending.pop(("droplet", droplet_id), None)
+        self._user_data.pop(droplet_id, None)
         self._addresses.pop(droplet_id, None)
         # Backups go with their droplet; snapshots stay, as on the real API.
         for image_id, owner in list(self._image_droplet.items()):
@@ -1020,6 +1056,9 @@ class Emulator:
             droplet["status"] = "off"
         elif kind in ("power_on", "reboot", "power_cycle"):
             droplet["status"] = "active"
+        elif kind == "password_reset":
+            password = secrets.token_urlsafe(12)
+            self._mail.append({"to": _ACCOUNT_EMAIL, "droplet_id": droplet["id"], "root_password": password})
         elif kind == "rename":
             name = body.get("name")
             if not isinstance(name, str) or not _DROPLET_NAME.fullmatch(name):
@@ -1194,7 +1233,7 @@ class Emulator:
             "account": {
                 "droplet_limit": max(25, droplets),
                 "floating_ip_limit": 3,
-                "email": "sandbox@example.com",
+                "email": _ACCOUNT_EMAIL,
                 "name": "Sandbox",
                 "uuid": self._account_uuid,
                 "email_verified": True,
@@ -1608,7 +1647,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 answer = self.server.emulator._handle(self.command, self.path, self.headers.get("Authorization"), body)
             except Exception as exc:  # a bug in the emulator shows up as a 500 the test can read
                 answer = _Answer(500, {}, {"id": "server_error", "message": f"emulator: {exc!r}"})
-        if answer.delay:
+        if answer.until is not None:
+            answer.until.wait(answer.delay)
+        elif answer.delay:
             time.sleep(answer.delay)
         if answer.drop:
             # No status line at all: the client sees the connection close mid-request.

@@ -5,7 +5,7 @@
 larger farm runs one per 16, all on the same port and with the same keys.
 Every login runs a forced command that picks the droplet from the address
 the client connected to (``$SSH_CONNECTION``), gives it its own home
-directory and a ``PATH`` whose shims keep the host safe (``apt-get`` only
+directory, temporary folder and dpkg locks, and a ``PATH`` whose shims keep the host safe (``apt-get`` only
 simulates, ``sudo`` runs as the sandbox's user), then runs the requested
 command with a non-login ``bash -c``.
 """
@@ -33,9 +33,12 @@ _FORCED_COMMAND = """#!/bin/sh
 # The address the client connected to names the droplet: $SSH_CONNECTION is
 # "client_ip client_port server_ip server_port".
 set -- $SSH_CONNECTION
-home={hosts}/"$3"
+home={hosts}/"$3" system={system}/"$3"
 [ -d "$home" ] || {{ echo "sandbox: no droplet listens on $3" >&2; exit 255; }}
 export HOME="$home" SHELL=/bin/bash
+# Its own /tmp and dpkg lock folder (steps.readiness reads POSEIDON_DPKG_DIR): what a step
+# leaves in a temporary file, or a lock it waits for, is this droplet's, never this machine's.
+export TMPDIR="$system/tmp" POSEIDON_DPKG_DIR="$system/dpkg"
 export PATH={shims}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 # Droplets share one pip download cache so that rebuilding a sandbox is quick.
 export PIP_CACHE_DIR={pip_cache} PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -128,6 +131,8 @@ class SSHFarm:
         self.root = root
         self.etc = root / "etc"
         self.hosts = root / "hosts"
+        #: Per droplet address, its stand-ins for system folders: ``tmp`` (its TMPDIR) and ``dpkg`` (its dpkg locks).
+        self.system = root / "system"
         self.shims = root / "shims"
         # The account sshd will log in, whatever $USER says.
         self.user = pwd.getpwuid(os.geteuid()).pw_name
@@ -146,7 +151,7 @@ class SSHFarm:
     # -- preparation ---------------------------------------------------------
 
     def prepare(self, pip_cache: Path) -> None:
-        for folder in (self.etc, self.hosts, self.shims):
+        for folder in (self.etc, self.hosts, self.system, self.shims):
             folder.mkdir(parents=True, exist_ok=True)
         self._host_key_line = _keygen(self.etc / "ssh_host_ed25519_key", "poseidon-sandbox-host")
         client_key = _keygen(self.key_filename, "poseidon-sandbox-client")
@@ -155,6 +160,7 @@ class SSHFarm:
             wrapper,
             _FORCED_COMMAND.format(
                 hosts=shlex.quote(str(self.hosts)),
+                system=shlex.quote(str(self.system)),
                 shims=shlex.quote(str(self.shims)),
                 pip_cache=shlex.quote(str(pip_cache)),
                 pip_settings=_pip_settings(os.environ),
@@ -172,6 +178,11 @@ class SSHFarm:
         """Give the droplet at ``address`` a home; return it."""
         home = self.hosts / address
         home.mkdir(parents=True, exist_ok=True)
+        system = self.system / address
+        (system / "tmp").mkdir(parents=True, exist_ok=True)
+        (system / "dpkg").mkdir(parents=True, exist_ok=True)
+        for lock in ("lock-frontend", "lock"):  # as dpkg has them: empty files that apt and dpkg lock (fcntl)
+            (system / "dpkg" / lock).touch()
         self.addresses.append(address)
         return home
 
