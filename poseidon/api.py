@@ -348,8 +348,14 @@ class Client:
             # requests would echo the header value in its error message; refuse first.
             raise AuthenticationError("the DigitalOcean API token contains spaces, control or non-ASCII characters")
         base = urlsplit(api_url)
+        if base.username is not None or base.password is not None:
+            # requests would send them as Basic auth in place of the token, and print them in errors.
+            shown = base._replace(netloc="***@" + base.netloc.rpartition("@")[2]).geturl()
+            raise UsageError(
+                f"the API URL must not hold a user or password ({shown}): the token is the credential"
+            )
         if base.scheme not in ("http", "https") or not base.netloc:
-            raise APIConnectionError(f"the API URL must look like https://host, not {api_url!r}")
+            raise UsageError(f"the API URL must look like https://host, not {api_url!r}")
         self._token = token
         self.api_url = f"{base.scheme}://{base.netloc}{base.path.rstrip('/')}"
         self._base_path = base.path.rstrip("/")

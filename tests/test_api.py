@@ -37,6 +37,7 @@ from poseidon.errors import (
     RateLimitError,
     ResolveError,
     ServerError,
+    UsageError,
     ValidationError,
 )
 from poseidon.sandbox.emulator import Emulator
@@ -636,8 +637,29 @@ def test_connect_defaults_to_the_public_api(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_a_malformed_api_url_is_refused() -> None:
-    with pytest.raises(APIConnectionError, match="must look like https://host"):
+    with pytest.raises(UsageError, match="must look like https://host"):
         po.connect(token=TOKEN, api_url="api.digitalocean.com")
+
+
+@pytest.mark.parametrize("url", ["http://user:hunter2@127.0.0.1:9/", "https://hunter2@api.example.com", "https://:hunter2@h/v2"])
+def test_an_api_url_with_credentials_is_refused_without_showing_them(url: str) -> None:
+    """requests would send them as Basic auth in place of the token, and print them in errors."""
+    with pytest.raises(UsageError, match=r"must not hold a user or password \(https?://\*\*\*@") as caught:
+        po.connect(token=TOKEN, api_url=url)
+    assert "hunter2" not in str(caught.value) and "user" not in str(caught.value).split("(")[1]
+
+
+def test_poseidon_with_credentials_in_its_api_url_is_exit_2_before_any_request(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from poseidon.cli import main
+
+    monkeypatch.setenv("DIGITALOCEAN_TOKEN", TOKEN)
+    monkeypatch.setenv("POSEIDON_API_URL", "http://user:hunter2@127.0.0.1:9/")
+    assert main(["droplets"]) == 2
+    captured = capsys.readouterr()
+    assert "must not hold a user or password" in captured.err
+    assert "hunter2" not in captured.out + captured.err
 
 
 def test_the_public_names_of_the_module_are_pinned() -> None:
