@@ -744,7 +744,8 @@ def _new_log_file(folder: Path, started: float) -> Path:
 def resume_points(folder: Path, playbook: spec.Playbook, path: str) -> dict[str, int]:
     """Per droplet, the first step not done in the latest applied run of the playbook at ``path``.
 
-    The latest is the one whose header records the latest ``started``, whatever the files are called.
+    The latest is the one whose header records the latest ``started``, whatever the files are
+    called, among those that ran a step (or resumed another).
     """
     playbook_path = os.path.abspath(path)
     runs: list[tuple[float, str]] = []
@@ -752,9 +753,14 @@ def resume_points(folder: Path, playbook: spec.Playbook, path: str) -> dict[str,
         header = _read_header(log)
         if header.get("mode") == "apply" and header.get("playbook") == playbook_path:
             runs.append((_start_time(header), log.name))  # the name only breaks a tie
-    if not runs:
+    # The latest run that ran something: one refused before any step (another apply held the
+    # droplets) says nothing of where they are.
+    for _, name in sorted(runs, reverse=True):
+        header, done, ran = _read_log(folder / name)
+        if ran or header.get("resumed"):
+            break
+    else:
         raise UsageError(f"--resume: no run of this playbook is logged in {folder}")
-    header, done = _read_log(folder / max(runs)[1])
     # A run that resumed another is done up to where it resumed, for every droplet of that one.
     resumed = {str(name): int(point) for name, point in (header.get("resumed") or {}).items()}
     points = {}
@@ -783,9 +789,11 @@ def _start_time(header: dict[str, Any]) -> float:
         return float("-inf")
 
 
-def _read_log(path: Path) -> tuple[dict[str, Any], dict[str, set[int]]]:
+def _read_log(path: Path) -> tuple[dict[str, Any], dict[str, set[int]], bool]:
+    """A log's header, the steps done per droplet, and whether any step record is in it."""
     header: dict[str, Any] = {}
     done: dict[str, set[int]] = {}
+    ran = False
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             record = json.loads(line)
@@ -793,9 +801,11 @@ def _read_log(path: Path) -> tuple[dict[str, Any], dict[str, set[int]]]:
             continue  # a line cut short by a crash
         if "run" in record:
             header = record["run"]
-        elif record.get("status") in ("ok", "changed") or record.get("reason") == RESUMED:
+            continue
+        ran = True
+        if record.get("status") in ("ok", "changed") or record.get("reason") == RESUMED:
             done.setdefault(record["droplet"], set()).add(int(record["index"]))
-    return header, done
+    return header, done, ran
 
 
 # -- status ---------------------------------------------------------------------

@@ -361,3 +361,25 @@ def test_a_run_that_cannot_write_its_log_creates_no_droplet(tmp_path: Path, env:
     assert main(["apply", str(path)]) == 2
     assert "cannot write the run log" in capsys.readouterr().err
     assert po.connect().droplets.find("never-made") == []
+
+
+def test_resume_passes_over_a_run_that_was_refused_before_any_step(
+    tmp_path: Path, env: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import poseidon.api as po
+    from poseidon import steps
+
+    path = playbook(tmp_path, "- run: echo one >> refused-count\n- run: test -e refused-may-pass\n", droplets=["d1"])
+    assert main(["apply", str(path), "--json"]) == 1  # the second step fails: resume from it
+    holder = po.connect().droplets.by_name("d1").connect()
+    assert holder.lock("the other run").strip() == steps.LOCKED
+    try:
+        assert main(["apply", str(path), "--json"]) == 1  # refused as busy: its log holds no step
+    finally:
+        holder.close()
+    capsys.readouterr()
+    assert len(list((tmp_path / ".poseidon" / "runs").glob("*.jsonl"))) == 2
+    (env.home("d1") / "refused-may-pass").touch()
+    assert main(["apply", str(path), "--resume", "--json"]) == 0
+    assert statuses(json.loads(capsys.readouterr().out))["d1"] == ["skipped", "changed"]
+    assert (env.home("d1") / "refused-count").read_text() == "one\n", "the first step ran again"
