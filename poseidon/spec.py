@@ -1198,10 +1198,16 @@ class Playbook(_Model):
 
     def owner_tag(self, path: str | os.PathLike[str]) -> str:
         """The tag on every droplet this playbook creates (``poseidon:hello-flask``): its ``name``,
-        else its file's name, as a tag may spell it. ``destroy`` deletes only droplets carrying it."""
+        else its file's name, as a tag may spell it. ``destroy`` deletes only droplets carrying it.
+
+        A name a tag cannot spell as it is (``web app``) is followed by a digest of
+        it (``poseidon:web-app-1a2b3c4d``), so two names never share a tag."""
         base = self.name or Path(path).stem
         slug = re.sub(r"[^A-Za-z0-9_-]+", "-", base).strip("-")[:200] or "playbook"
-        return f"poseidon:{slug}"
+        if slug == base:
+            return f"poseidon:{slug}"
+        # Spelled otherwise than written: a digest of the name keeps "web app" and "web/app!" apart.
+        return f"poseidon:{slug}-{hashlib.sha256(base.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
 
     def secret_names(self) -> list[str]:
         """The variables marked secret."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import random
 import textwrap
 from pathlib import Path
@@ -809,3 +810,15 @@ def test_every_example_playbook_validates_against_the_json_schema() -> None:
     for path in examples:
         jsonschema.validate(yaml.safe_load(path.read_text()), schema)
         spec.load(path)
+
+
+def test_owner_tags_are_the_name_when_a_tag_can_spell_it_and_never_shared_by_two_names() -> None:
+    def tag(name: str) -> str:
+        return spec.loads(f"version: 1\nname: {json.dumps(name)}\ndroplets: [a]\nsteps: [{{run: 'true'}}]\n").owner_tag("site.yaml")
+
+    assert tag("hello-demo") == "poseidon:hello-demo"
+    names = ["web app", "web/app!", "web-app", "web  app", "wëb app"]
+    tags = [tag(name) for name in names]
+    assert len(set(tags)) == len(names), tags
+    assert all(re.fullmatch(r"poseidon:[A-Za-z0-9_:-]{1,246}", t) for t in tags), tags
+    assert tag("web app").startswith("poseidon:web-app-")
