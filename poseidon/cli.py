@@ -168,6 +168,10 @@ def _apply(args: argparse.Namespace) -> int:
     if plan is not None:
         args.playbook = str(plan.playbook)
     playbook = _load(args.playbook)
+    if plan is not None and (changed := plan.environment_changes(os.environ)):
+        raise errors.UsageError(
+            f"{plan.path}: {', '.join(changed)} differ(s) from the value(s) this plan was made with: plan again"
+        )
     mode: Literal["apply", "check"] = "check" if args.command == "plan" or args.check else "apply"
     start_at = _step_index(playbook, args.start_at) if args.start_at else 0
     if args.report:
@@ -334,6 +338,12 @@ def _check_writable(path: str) -> None:
         raise errors.UsageError(f"--report {path}: {exc.strerror}") from exc
 
 
+def _environment_read(path: str) -> dict[str, str | None]:
+    """The environment variables the playbook at ``path`` reads with ``${env:…}``, and their values now."""
+    names = _load(path).env_names()
+    return {name: os.environ.get(name) for name in names}
+
+
 def _write_records(args: argparse.Namespace, result: Any, reporter: Reporter) -> bool:
     """The plan file, the report file and folder; say what could not be written (a full disk). True if any."""
     from poseidon import planfile
@@ -344,7 +354,11 @@ def _write_records(args: argparse.Namespace, result: Any, reporter: Reporter) ->
         reporter.error(f"the run log {result.run_log} is incomplete: {result.run_log_error}; the report above has every step")
         failed = True
     writes: list[tuple[str, str | None, Callable[[str], object]]] = [
-        ("--out", getattr(args, "out", None), lambda target: planfile.write(target, result, args.playbook)),
+        (
+            "--out",
+            getattr(args, "out", None),
+            lambda target: planfile.write(target, result, args.playbook, _environment_read(args.playbook)),
+        ),
         ("--report", args.report, lambda target: _write_atomically(Path(target), to_json(result) + "\n")),
         ("--report-dir", args.report_dir, lambda target: write_report_dir(result, target)),
     ]

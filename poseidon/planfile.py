@@ -1,18 +1,23 @@
 """Plan files: what ``poseidon plan --out`` saw, so that ``apply plan.json`` acts on exactly that.
 
 A plan records the playbook (its path relative to the plan file and a hash
-of its text), how every droplet name resolved (id and public IPv4) and what
-each step was predicted to do. Applying a plan refuses when the playbook
-changed since, or when a name now resolves differently: a droplet renamed,
-recreated, added or duplicated between plan and apply.
+of its text), how every droplet name resolved (id and public IPv4), a salted
+digest of each environment value the playbook reads (``${env:NAME}``) and
+what each step was predicted to do. Applying a plan refuses when the
+playbook changed since, when a name now resolves differently (a droplet
+renamed, recreated, added or duplicated between plan and apply), or when an
+environment value differs from the one planned with.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
-from dataclasses import dataclass
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +38,15 @@ class Plan:
     sha256: str
     #: name → (id, public IPv4) as resolved when planning.
     droplets: dict[str, tuple[int | None, str | None]]
+    #: The salt of the environment digests, and per variable its digest (``None``: it was unset).
+    salt: str = ""
+    environment: dict[str, str | None] = field(default_factory=dict)
+
+    def environment_changes(self, environ: Mapping[str, str]) -> list[str]:
+        """The variables whose value in ``environ`` is not the one planned with, by name."""
+        return [
+            name for name, digest in sorted(self.environment.items()) if _env_digest(self.salt, environ.get(name)) != digest
+        ]
 
 
 def _digest(path: Path) -> str:
@@ -44,14 +58,30 @@ def is_plan(path: str) -> bool:
     return path.endswith(".json")
 
 
-def write(out: str, result: RunResult, playbook: str) -> None:
-    """Record ``result`` (a plan's) for ``apply``; the playbook path is kept relative to the plan file."""
+def _env_digest(salt: str, value: str | None) -> str | None:
+    """A value's digest, keyed by the plan's salt (no table of common values serves two plans)."""
+    if value is None:
+        return None
+    return hmac.new(salt.encode(), value.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()
+
+
+def write(out: str, result: RunResult, playbook: str, environ: Mapping[str, str | None] | None = None) -> None:
+    """Record ``result`` (a plan's) for ``apply``; the playbook path is kept relative to the plan file.
+
+    ``environ`` holds the environment variables the playbook reads and their
+    values then (``None``: unset): the plan keeps a salted digest of each.
+    """
     target = Path(out)
+    salt = secrets.token_hex(16)
     document = {
         "poseidon_plan": FORMAT,
         "playbook": os.path.relpath(Path(playbook).resolve(), target.resolve().parent),
         "sha256": _digest(Path(playbook)),
         "droplets": {d.name: {"id": d.id, "ip_address": d.ip_address} for d in result.droplets},
+        "environment": {
+            "salt": salt,
+            "digests": {name: _env_digest(salt, value) for name, value in sorted((environ or {}).items())},
+        },
         "predicted": result.to_dict(),
     }
     try:
@@ -73,10 +103,13 @@ def read(path: str) -> Plan:
             for name, entry in document["droplets"].items()
         }
         recorded = str(document["sha256"])
+        environment = document.get("environment") or {"salt": "", "digests": {}}
+        salt = str(environment["salt"])
+        digests = {str(name): (None if d is None else str(d)) for name, d in environment["digests"].items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UsageError(f"{path}: cannot read this plan: {exc}") from exc
     if not playbook.is_file():
         raise UsageError(f"{path}: its playbook {playbook} is gone")
     if _digest(playbook) != recorded:
         raise UsageError(f"{path}: {playbook.name} changed since this plan was made: plan again")
-    return Plan(source, playbook, recorded, droplets)
+    return Plan(source, playbook, recorded, droplets, salt, digests)

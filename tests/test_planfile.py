@@ -73,3 +73,26 @@ def test_a_damaged_plan_file_is_refused_with_its_name(tmp_path: Path, capsys: py
     broken.write_text("{not json")
     assert main(["apply", str(broken)]) == 2
     assert f"{broken}: cannot read this plan" in capsys.readouterr().err
+
+
+def test_applying_a_plan_refuses_when_an_environment_value_it_read_differs(
+    tmp_path: Path, sandbox: Sandbox, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    playbook = tmp_path / "site.yaml"
+    playbook.write_text(
+        "version: 1\ndroplets: [alpha]\nsteps:\n  - run: echo ${env:BRANCH} > deployed-branch\n"
+        "report: {ps: false, top: false}\n"
+    )
+    monkeypatch.setenv("BRANCH", "main")
+    assert main(["plan", str(playbook), "--out", str(tmp_path / "plan.json")]) == 0
+    recorded = json.loads((tmp_path / "plan.json").read_text())["environment"]
+    assert set(recorded["digests"]) == {"BRANCH"} and "main" not in json.dumps(recorded)
+    monkeypatch.setenv("BRANCH", "feature")
+    assert main(["apply", str(tmp_path / "plan.json")]) == 2
+    assert "BRANCH differ(s) from the value(s) this plan was made with: plan again" in capsys.readouterr().err
+    assert not (sandbox.home("alpha") / "deployed-branch").exists()
+    monkeypatch.delenv("BRANCH")
+    assert main(["apply", str(tmp_path / "plan.json")]) == 2  # unset is not the value planned with either
+    monkeypatch.setenv("BRANCH", "main")
+    assert main(["apply", str(tmp_path / "plan.json")]) == 0
+    assert (sandbox.home("alpha") / "deployed-branch").read_text() == "main\n"
