@@ -755,18 +755,19 @@ def resume_points(folder: Path, playbook: spec.Playbook, path: str) -> dict[str,
             runs.append((_start_time(header), log.name))  # the name only breaks a tie
     # The latest run that ran something: one refused before any step (another apply held the
     # droplets) says nothing of where they are.
+    steps_count = len(playbook.steps)
     for _, name in sorted(runs, reverse=True):
-        header, done, ran = _read_log(folder / name)
+        header, done, ran = _read_log(folder / name, steps_count)
         if ran or header.get("resumed"):
             break
     else:
         raise UsageError(f"--resume: no run of this playbook is logged in {folder}")
     # A run that resumed another is done up to where it resumed, for every droplet of that one.
-    resumed = {str(name): int(point) for name, point in (header.get("resumed") or {}).items()}
+    resumed: dict[str, int] = header.get("resumed") or {}
     points = {}
     for droplet in dict.fromkeys([*resumed, *header.get("droplets", [])]):
         succeeded = done.get(droplet, set()) | set(range(resumed.get(droplet, 0)))
-        points[droplet] = next((i for i in range(len(playbook.steps)) if i not in succeeded), len(playbook.steps))
+        points[droplet] = next((i for i in range(steps_count) if i not in succeeded), steps_count)
     return points
 
 
@@ -789,23 +790,50 @@ def _start_time(header: dict[str, Any]) -> float:
         return float("-inf")
 
 
-def _read_log(path: Path) -> tuple[dict[str, Any], dict[str, set[int]], bool]:
-    """A log's header, the steps done per droplet, and whether any step record is in it."""
+def _read_log(path: Path, steps: int) -> tuple[dict[str, Any], dict[str, set[int]], bool]:
+    """A log's header, the steps done per droplet (below ``steps``), and whether any step record is in it.
+
+    A log is poseidon's, but a file on disk: what is not as poseidon writes it is
+    refused as ``FILE:LINE: what``, and step numbers are taken only below
+    ``steps`` (a resume point of 10**14 builds nothing that large).
+    """
     header: dict[str, Any] = {}
     done: dict[str, set[int]] = {}
     ran = False
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    for number, line in enumerate(lines, 1):
         try:
             record = json.loads(line)
         except ValueError:
-            continue  # a line cut short by a crash
+            if number == len(lines):
+                continue  # the last line, cut short by a crash
+            raise UsageError(f"{path}:{number}: --resume: not a JSON line: the run log is damaged") from None
+        if not isinstance(record, dict):
+            raise UsageError(f"{path}:{number}: --resume: a record is a JSON object, not {type(record).__name__}")
         if "run" in record:
-            header = record["run"]
+            header = _checked_header(path, number, record["run"], steps)
             continue
         ran = True
-        if record.get("status") in ("ok", "changed") or record.get("reason") == RESUMED:
-            done.setdefault(record["droplet"], set()).add(int(record["index"]))
+        droplet, index = record.get("droplet"), record.get("index")
+        if not isinstance(droplet, str) or type(index) is not int or index < 0:
+            raise UsageError(f"{path}:{number}: --resume: a step record needs a droplet name and a step number")
+        if index < steps and (record.get("status") in ("ok", "changed") or record.get("reason") == RESUMED):
+            done.setdefault(droplet, set()).add(index)
     return header, done, ran
+
+
+def _checked_header(path: Path, number: int, header: Any, steps: int) -> dict[str, Any]:
+    """The ``run`` record, its ``droplets`` names and its ``resumed`` points (each at most ``steps``)."""
+    where = f"{path}:{number}: --resume"
+    if not isinstance(header, dict):
+        raise UsageError(f"{where}: run: a JSON object")
+    droplets = header.get("droplets", [])
+    if not isinstance(droplets, list) or not all(isinstance(name, str) for name in droplets):
+        raise UsageError(f"{where}: run.droplets: a list of droplet names")
+    resumed = header.get("resumed") or {}
+    if not isinstance(resumed, dict) or not all(type(point) is int and point >= 0 for point in resumed.values()):
+        raise UsageError(f"{where}: run.resumed: droplet names and step numbers")
+    return {**header, "resumed": {str(name): min(point, steps) for name, point in resumed.items()}}
 
 
 # -- status ---------------------------------------------------------------------

@@ -383,3 +383,30 @@ def test_resume_passes_over_a_run_that_was_refused_before_any_step(
     assert main(["apply", str(path), "--resume", "--json"]) == 0
     assert statuses(json.loads(capsys.readouterr().out))["d1"] == ["skipped", "changed"]
     assert (env.home("d1") / "refused-count").read_text() == "one\n", "the first step ran again"
+
+
+def test_a_hand_edited_run_log_is_a_located_error_and_a_huge_resume_point_builds_nothing_huge(
+    tmp_path: Path, env: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from poseidon import executor, spec
+
+    path = playbook(tmp_path, "- run: echo one\n- run: echo two\n", droplets=["d1"])
+    runs = tmp_path / ".poseidon" / "runs"
+    runs.mkdir(parents=True)
+    header = {"run": {"playbook": str(path), "mode": "apply", "started": 1.0, "droplets": ["d1"]}}
+    log = runs / "edited.jsonl"
+
+    def write(*records: object, raw: str = "") -> None:
+        log.write_text("".join(json.dumps(r) + "\n" for r in records) + raw)
+
+    loaded = spec.load(path)
+    write({"run": {**header["run"], "resumed": {"d1": 99999999999999}}})
+    assert executor.resume_points(runs, loaded, str(path)) == {"d1": 2}  # the end, at once
+    write(header, raw='{"droplet": "d1", "index": "abc", "status": "ok"}\n')
+    assert main(["apply", str(path), "--resume"]) == 2
+    assert f"{log}:2: --resume: a step record needs a droplet name and a step number" in capsys.readouterr().err
+    write(header, raw='not json\n{"droplet": "d1", "index": 0, "status": "ok"}\n')
+    assert main(["apply", str(path), "--resume"]) == 2
+    assert f"{log}:2: --resume: not a JSON line: the run log is damaged" in capsys.readouterr().err
+    write(header, {"droplet": "d1", "index": 0, "status": "ok"}, raw='{"droplet": "d1", "ind')  # cut by a crash
+    assert executor.resume_points(runs, loaded, str(path)) == {"d1": 1}
