@@ -13,9 +13,13 @@ On every connection :func:`decide` compares the key presented with the file:
 - another key under the id → ``changed``: :class:`HostKeyChangedError`,
   nothing written, never a silent reconnection;
 - nothing under the id, the key under the address → ``known`` (the id is added);
-- nothing under the id, another key under the address → ``reused``: a new
-  droplet on a recycled address; its key replaces the address's old one, and
-  a notice says so;
+- nothing under the id, another key under the address that poseidon
+  recorded for another droplet id → ``reused``: a new droplet on a recycled
+  address; its key takes the address from poseidon's old lines, and a notice
+  says so;
+- nothing under the id, another key under the address known only as the
+  address's (OpenSSH wrote it, or a person) → ``changed``: nothing says the
+  address was reused, so it is refused as ssh would;
 - nothing at all → ``new``: first contact, both names recorded, a notice.
 
 Without a droplet id (an ``SSHClient`` made by hand) only the address counts,
@@ -30,7 +34,8 @@ Lines poseidon did not write stay as they were: comments, hashed names
 (``|1|…``, Debian's and Ubuntu's default), ``@cert-authority`` and
 ``@revoked`` lines (kept, not used). Writes are serialized within the process
 (the executor's workers share one file); a line is added by appending, and a
-rewrite (a reused address) goes through a temporary file and a rename, so no
+rewrite (a reused address) takes names only from lines poseidon wrote (those
+naming a droplet id) and goes through a temporary file and a rename, so no
 reader ever sees half a file.
 """
 
@@ -236,6 +241,8 @@ class Decision:
     was: tuple[HostKey, ...] = ()
     #: The droplets whose aliases shared the address's old lines (``reused``): the address's previous tenants.
     previous: tuple[int, ...] = ()
+    #: ``changed`` because of a key known for the address only, not under a droplet id (OpenSSH's, a person's).
+    address_only: bool = False
 
     @property
     def was_key(self) -> HostKey | None:
@@ -276,6 +283,10 @@ def decide(entries: Sequence[Entry], key: HostKey, *, address: str, droplet_id: 
             if n.startswith(ALIAS_PREFIX) and n.removeprefix(ALIAS_PREFIX).isdigit()
         }
     )
+    if not previous:
+        # Another key is known for the address, and not as another droplet's (OpenSSH or a person
+        # wrote it): nothing says this is a new droplet on a reused address. Refuse, as ssh would.
+        return Decision("changed", key, was=tuple(by_address), address_only=True)
     return Decision("reused", key, record=(address, name), was=tuple(by_address), previous=tuple(previous))
 
 
@@ -298,6 +309,12 @@ def _changed(decision: Decision, *, address: str, droplet_id: int | None, drople
             f" if the machine was rebuilt, remove the lines for {address} from {file}"
         )
     who = f"droplet {droplet_name} (id {droplet_id})" if droplet_name else f"droplet {droplet_id}"
+    if decision.address_only:
+        return (
+            f"the host key of {who} at {address} is not the one {file} holds for {address}: {change};"
+            f" that line was not written by poseidon for another droplet, so nothing says the address was"
+            f" reused: if this droplet is new, remove the lines for {address} from {file}"
+        )
     return (
         f"the host key of {who} at {address} changed: {change};"
         f" if you rebuilt it, remove the lines for {alias(droplet_id)} and {address} from {file}"
@@ -406,13 +423,19 @@ def _without(text: str, names: tuple[str, ...], keep: Callable[[Entry], bool]) -
     return lines, changed
 
 
+def _ours(entry: Entry) -> bool:
+    """Whether poseidon wrote the line: it names a droplet's alias."""
+    return any(name.startswith(ALIAS_PREFIX) for name in entry.names)
+
+
 def _point(path: Path, text: str, names: tuple[str, ...], key: HostKey) -> None:
     entries = parse(text)
     missing = tuple(n for n in names if key not in _keys(entries, n))
     if not missing:
         return
     added = f"{','.join(missing)} {key}"
-    lines, changed = _without(text, missing, keep=lambda entry: bool(entry.marker) or entry.key == key)
+    # Only lines poseidon wrote (they name a droplet id) give up a name: never OpenSSH's or a person's.
+    lines, changed = _without(text, missing, keep=lambda entry: bool(entry.marker) or entry.key == key or not _ours(entry))
     if changed:
         _rewrite(path, [*lines, added])
         return

@@ -237,7 +237,7 @@ def test_a_droplet_that_comes_back_with_a_new_host_key_is_stopped(tmp_path: Path
 
 # -- the decision, on its own --------------------------------------------------------
 
-A, B = HostKey.parse(new_key()), HostKey.parse(new_key())
+A, B, C = HostKey.parse(new_key()), HostKey.parse(new_key()), HostKey.parse(new_key())
 ADDRESS = "203.0.113.7"
 
 
@@ -256,6 +256,9 @@ ADDRESS = "203.0.113.7"
         pytest.param([f"{ADDRESS} {A}"], 7, A, "known", ("poseidon-droplet-7",), id="the address's key, id unknown"),
         pytest.param([f"{ADDRESS},poseidon-droplet-3 {A}"], 7, B, "reused", (ADDRESS, "poseidon-droplet-7"),
                      id="a new droplet on an old address"),
+        pytest.param([f"{ADDRESS} {A}"], 7, B, "changed", (), id="another key at the address, known only to OpenSSH"),
+        pytest.param([f"{ADDRESS} {A}", f"poseidon-droplet-3 {C}"], 7, B, "changed", (),
+                     id="another droplet's key elsewhere does not make the address reused"),
         pytest.param([f"{ADDRESS} {A}"], None, B, "changed", (), id="another key at the address, no id"),
         pytest.param([f"{ADDRESS} {A}"], None, A, "known", (), id="the address's key, no id"),
         pytest.param([f"[{ADDRESS}]:2222 {A}"], 7, B, "new", (ADDRESS, "poseidon-droplet-7"),
@@ -286,7 +289,7 @@ def hashed(name: str, salt: bytes = b"0123456789abcdefghij") -> str:
 def test_hashed_names_are_read_like_clear_ones() -> None:
     entries = hostkeys.parse(f"{hashed(ADDRESS)} {A}\n")
     assert hostkeys.decide(entries, A, address=ADDRESS, droplet_id=7).verdict == "known"
-    assert hostkeys.decide(entries, B, address=ADDRESS, droplet_id=7).verdict == "reused"
+    assert hostkeys.decide(entries, B, address=ADDRESS, droplet_id=7).verdict == "changed"
     assert hostkeys.decide(entries, A, address="203.0.113.8", droplet_id=7).verdict == "new"
 
 
@@ -304,19 +307,20 @@ def test_a_replacement_keeps_every_line_it_does_not_concern(tmp_path: Path) -> N
     notices: list[str] = []
     decision = hostkeys.verify(path, B, address=ADDRESS, droplet_id=9, on_notice=notices.append)
     assert decision.verdict == "reused"
-    assert lines(path) == [*kept, f"poseidon-droplet-3 {A} old", f"{ADDRESS},poseidon-droplet-9 {B}"]
+    # OpenSSH's own (hashed) line for the address stays: poseidon rewrites only lines it wrote.
+    assert lines(path) == [*kept, f"{hashed(ADDRESS)} {A}", f"poseidon-droplet-3 {A} old", f"{ADDRESS},poseidon-droplet-9 {B}"]
     assert len(notices) == 1
 
 
 def test_a_symlinked_known_hosts_stays_a_link(tmp_path: Path) -> None:
     real = tmp_path / "dotfiles" / "known_hosts"
     real.parent.mkdir()
-    real.write_text(f"{ADDRESS} {A}\n")
+    real.write_text(f"{ADDRESS},poseidon-droplet-3 {A}\n")
     link = tmp_path / "known_hosts"
     link.symlink_to(real)
     hostkeys.verify(link, B, address=ADDRESS, droplet_id=9, on_notice=lambda text: None)
     assert link.is_symlink()
-    assert lines(real) == [f"{ADDRESS},poseidon-droplet-9 {B}"]
+    assert lines(real) == [f"poseidon-droplet-3 {A}", f"{ADDRESS},poseidon-droplet-9 {B}"]
 
 
 def test_a_missing_newline_at_the_end_is_not_glued_to_the_new_line(tmp_path: Path) -> None:
@@ -328,7 +332,8 @@ def test_a_missing_newline_at_the_end_is_not_glued_to_the_new_line(tmp_path: Pat
 
 def test_workers_in_threads_record_every_droplet(tmp_path: Path) -> None:
     path = tmp_path / "known_hosts"
-    path.write_text("".join(f"10.0.0.{i} {A}\n" for i in range(40)))  # every address was another droplet's
+    # Every address was another droplet's, as poseidon recorded it.
+    path.write_text("".join(f"10.0.0.{i},poseidon-droplet-{1000 + i} {A}\n" for i in range(40)))
 
     def connect(i: int) -> None:
         hostkeys.verify(path, B, address=f"10.0.0.{i}", droplet_id=i, on_notice=lambda text: None)
@@ -340,7 +345,7 @@ def test_workers_in_threads_record_every_droplet(tmp_path: Path) -> None:
         thread.join()
     entries = hostkeys.load(path)
     assert all(hostkeys.decide(entries, B, address=f"10.0.0.{i}", droplet_id=i).verdict == "known" for i in range(40))
-    assert all(e.key == B for e in entries)
+    assert all(e.key == B for e in entries if any(n.startswith("10.0.0.") for n in e.names))
 
 
 def test_forget_removes_a_droplet_s_names_and_nothing_else(tmp_path: Path) -> None:
@@ -479,3 +484,22 @@ def test_making_a_pinned_key_writes_no_file(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setenv("HOME", str(tmp_path))
     hostkeys.pinned_user_data("#!/bin/sh\ntrue\n")
     assert list(tmp_path.rglob("*")) == []
+
+
+@pytest.mark.parametrize("written", ["clear", "hashed"])
+def test_another_key_that_only_openssh_knew_for_the_address_is_refused_and_its_line_kept(
+    written: str, sandbox_env: Sandbox, droplet: Droplet, known_hosts: Path
+) -> None:
+    address = address_of(sandbox_env)
+    old = HostKey.parse(new_key())
+    known_hosts.parent.mkdir()
+    name = address if written == "clear" else hashed(address)
+    known_hosts.write_text(f"{name} {old}\n")
+    before = known_hosts.read_bytes()
+    with pytest.raises(HostKeyChangedError) as caught, connect(droplet, known_hosts, []) as ssh:
+        ssh.wait("echo never")
+    now = HostKey.parse(host_key(sandbox_env))
+    message = str(caught.value)
+    assert f"was ssh-ed25519 {old.fingerprint}, now ssh-ed25519 {now.fingerprint}" in message
+    assert "not written by poseidon for another droplet" in message
+    assert known_hosts.read_bytes() == before, "a line OpenSSH wrote was changed"
