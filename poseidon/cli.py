@@ -161,7 +161,7 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _apply(args: argparse.Namespace) -> int:
-    from poseidon import executor, planfile, steps
+    from poseidon import executor, files, planfile, steps
     from poseidon.report import Reporter, to_json
 
     plan = planfile.read(args.playbook) if planfile.is_plan(args.playbook) else None
@@ -178,7 +178,7 @@ def _apply(args: argparse.Namespace) -> int:
         _check_writable(args.report)
     if args.report_dir:
         try:
-            Path(args.report_dir).mkdir(parents=True, exist_ok=True)
+            files.folder(args.report_dir)
         except OSError as exc:
             raise errors.UsageError(f"--report-dir {args.report_dir}: {exc.strerror}") from exc
     reporter = Reporter(sys.stderr if args.json else None)
@@ -330,12 +330,16 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def _check_writable(path: str) -> None:
-    """Fail before the run, not after it, when the report cannot be written (an existing one is kept)."""
-    try:
-        with open(path, "a"):
-            pass
-    except OSError as exc:
-        raise errors.UsageError(f"--report {path}: {exc.strerror}") from exc
+    """Fail before the run, not after it, when the report cannot be written. Nothing is created
+    or opened (a link at the name is not followed): its folder must exist and take new files."""
+    target = Path(path)
+    if target.is_dir():
+        raise errors.UsageError(f"--report {path}: Is a directory")
+    folder = target.parent
+    if not folder.is_dir():
+        raise errors.UsageError(f"--report {path}: No such file or directory (its folder {folder})")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise errors.UsageError(f"--report {path}: Permission denied (its folder {folder})")
 
 
 def _environment_read(path: str) -> dict[str, str | None]:
@@ -346,7 +350,7 @@ def _environment_read(path: str) -> dict[str, str | None]:
 
 def _write_records(args: argparse.Namespace, result: Any, reporter: Reporter) -> bool:
     """The plan file, the report file and folder; say what could not be written (a full disk). True if any."""
-    from poseidon import planfile
+    from poseidon import files, planfile
     from poseidon.report import to_json, write_report_dir
 
     failed = False
@@ -359,7 +363,7 @@ def _write_records(args: argparse.Namespace, result: Any, reporter: Reporter) ->
             getattr(args, "out", None),
             lambda target: planfile.write(target, result, args.playbook, _environment_read(args.playbook)),
         ),
-        ("--report", args.report, lambda target: _write_atomically(Path(target), to_json(result) + "\n")),
+        ("--report", args.report, lambda target: files.write(target, to_json(result) + "\n")),
         ("--report-dir", args.report_dir, lambda target: write_report_dir(result, target)),
     ]
     for option, target, write in writes:
@@ -371,21 +375,6 @@ def _write_records(args: argparse.Namespace, result: Any, reporter: Reporter) ->
             reporter.error(f"{option} {target}: could not be written ({exc.strerror or exc})")
             failed = True
     return failed
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Replace a regular file whole, or write into what is not one (a pipe, /dev/stdout)."""
-    if path.exists() and not path.is_file():
-        with open(path, "w") as target:
-            target.write(text)
-        return
-    partial = path.with_name(path.name + ".partial")
-    try:
-        partial.write_text(text)
-        partial.replace(path)
-    except OSError:
-        partial.unlink(missing_ok=True)
-        raise
 
 
 def _droplets(args: argparse.Namespace) -> int:

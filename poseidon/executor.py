@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from poseidon import api, dns, hostkeys, spec, steps
+from poseidon import api, dns, files, hostkeys, spec, steps
 from poseidon.droplet import Droplet, ssh_keepalive_from_environment, ssh_port_from_environment
 from poseidon.errors import (
     APIConnectionError,
@@ -677,12 +677,13 @@ class RunLog:
     ``started``, not from the name (:func:`resume_points`).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, descriptor: int | None = None) -> None:
         self.path = path
         #: Why the log is incomplete (the first write that failed), or ``None``.
         self.error: str | None = None
         self._lock = threading.Lock()
-        self._file = open(path, "a", encoding="utf-8")
+        # The descriptor of the file just created: never the name again, where a link could be by now.
+        self._file = os.fdopen(descriptor, "a", encoding="utf-8") if descriptor is not None else open(path, "a", encoding="utf-8")
 
     @classmethod
     def start(
@@ -692,8 +693,8 @@ class RunLog:
         records where each droplet resumed (every droplet of that run, not only this one's),
         so that resuming this one never goes back before it."""
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            log = cls(_new_log_file(folder, result.started))
+            files.folder(folder)
+            log = cls(*_new_log_file(folder, result.started))
         except OSError as exc:
             raise UsageError(f"cannot write the run log in {folder}: {exc.strerror}") from exc
         playbook = os.path.abspath(result.playbook)
@@ -724,8 +725,9 @@ class RunLog:
             self.error = self.error or f"{exc.strerror or exc} (at the end)"
 
 
-def _new_log_file(folder: Path, started: float) -> Path:
-    """Create a new, empty log file in ``folder`` named after ``started`` (UTC, to the microsecond).
+def _new_log_file(folder: Path, started: float) -> tuple[Path, int]:
+    """Create a new, empty log file (0600) in ``folder`` named after ``started`` (UTC, to the microsecond);
+    return it and a descriptor open on it.
 
     A pid and a random part follow the time, and the file is created only if
     no file has its name (``O_EXCL``): no two runs ever write to one log.
@@ -735,10 +737,9 @@ def _new_log_file(folder: Path, started: float) -> Path:
     while True:
         path = folder / f"{stamp}-{os.getpid()}-{secrets.token_hex(4)}.jsonl"
         try:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return path, files.create_new(path)
         except FileExistsError:
             continue  # the same microsecond, pid and random part: another name
-        return path
 
 
 def resume_points(folder: Path, playbook: spec.Playbook, path: str) -> dict[str, int]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from poseidon import files
 from poseidon.errors import UsageError
 from poseidon.results import RunResult
 
@@ -85,7 +86,7 @@ def write(out: str, result: RunResult, playbook: str, environ: Mapping[str, str 
         "predicted": result.to_dict(),
     }
     try:
-        target.write_text(json.dumps(document, indent=2, default=str) + "\n")
+        files.write(target, json.dumps(document, indent=2, default=str) + "\n")
     except OSError as exc:
         raise UsageError(f"--out {out}: {exc.strerror}") from exc
 

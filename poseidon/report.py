@@ -16,6 +16,7 @@ from pathlib import Path
 import threading
 from typing import IO, TYPE_CHECKING, Any
 
+from poseidon import files
 from poseidon.results import DropletRun, ProcessStatus, RunResult, StepResult
 
 if TYPE_CHECKING:
@@ -44,15 +45,14 @@ def to_json(result: RunResult) -> str:
 
 def write_report_dir(result: RunResult, folder: str) -> list[Path]:
     """``report.json`` plus one CSV per snapshot (``<droplet>-ps.csv``, ``<droplet>-top.csv``); returns the files."""
-    target = Path(folder)
-    target.mkdir(parents=True, exist_ok=True)
+    target = files.folder(folder)
     written = [target / "report.json"]
-    written[0].write_text(to_json(result) + "\n")
+    files.write(written[0], to_json(result) + "\n")
     for run in result.droplets:
         for kind, frame in (("ps", run.ps), ("top", run.top)):
             if frame is not None:
-                path = target / f"{run.name}-{kind}.csv"
-                frame.to_csv(path, index=False)
+                path = files.name_in(target, f"{run.name}-{kind}.csv")  # a name never leads out of the folder
+                files.write(path, frame.to_csv(index=False))
                 written.append(path)
     return written
 

@@ -51,7 +51,9 @@ def test_a_run_log_on_a_full_disk_lets_the_droplets_finish_and_says_so(
 ) -> None:
     opened = executor.RunLog.__init__
 
-    def on_a_full_disk(self: executor.RunLog, path: Path) -> None:
+    def on_a_full_disk(self: executor.RunLog, path: Path, descriptor: int | None = None) -> None:
+        if descriptor is not None:
+            os.close(descriptor)
         opened(self, FULL)  # every write fails as on a full disk; the path is the only fake
 
     monkeypatch.setattr(executor.RunLog, "__init__", on_a_full_disk)
