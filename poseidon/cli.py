@@ -121,19 +121,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(problem, file=sys.stderr)
         return EXIT_INVALID
     except (errors.UsageError, errors.ResolveError) as exc:
-        print(f"poseidon: {exc}", file=sys.stderr)
+        _say(exc)
         return EXIT_INVALID
     except (errors.APIError, errors.APIConnectionError, errors.PartlyCreatedError, errors.SSHError, errors.SandboxError) as exc:
-        print(f"poseidon: {exc}", file=sys.stderr)
+        _say(exc)  # an API's or a droplet's words, escaped
         return EXIT_UNREACHABLE
     except errors.PoseidonError as exc:
-        print(f"poseidon: {exc}", file=sys.stderr)
+        _say(exc)
         return EXIT_FAILED
     except Exception as exc:  # noqa: BLE001 - a bug still gets one line, not a traceback
         if os.environ.get("POSEIDON_DEBUG"):
             raise
-        print(f"poseidon: unexpected {type(exc).__name__}: {exc} (POSEIDON_DEBUG=1 shows where)", file=sys.stderr)
+        _say(f"unexpected {type(exc).__name__}: {exc} (POSEIDON_DEBUG=1 shows where)")
         return EXIT_FAILED
+
+
+def _say(message: object) -> None:
+    """One line on stderr, its control characters escaped: the text may be an API's or a droplet's."""
+    print(f"poseidon: {errors.printable(str(message))}", file=sys.stderr)
 
 
 # -- commands -------------------------------------------------------------------------
@@ -397,7 +402,7 @@ def _snapshot(args: argparse.Namespace) -> int:
     droplet = api.connect().droplets.by_name(args.name)
     with droplet.connect() as ssh:
         frame = ssh.ps() if args.command == "ps" else ssh.top()
-    print(frame.to_string(index=False))
+    print(errors.printable(frame.to_string(index=False), newlines=True))  # a droplet's process names
     return EXIT_OK
 
 

@@ -71,17 +71,21 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        where = f"{_printable(self.file)}:{self.line}:{self.column}"
-        path, message = _printable(self.path), _printable(self.message)
+        where = f"{printable(self.file)}:{self.line}:{self.column}"
+        path, message = printable(self.path), printable(self.message)
         return f"{where}: {path}: {message}" if path else f"{where}: {message}"
 
 
-def _printable(text: str) -> str:
-    """``text`` with control characters escaped (``\\x1b``): a playbook's keys and values reach the
-    terminal in messages, and must not move its cursor, colour it or split a message's line."""
-    if text.isprintable():
+def printable(text: str, *, newlines: bool = False) -> str:
+    """``text`` with control characters escaped (``\\x1b``), newlines kept when ``newlines``: what did
+    not come from poseidon (a playbook's values, a droplet's output, an API's answer) reaches the
+    terminal and must not move its cursor, colour it, retitle it or split a message's line."""
+    if text.isprintable() or (newlines and text.replace("\n", "").isprintable()):
         return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    return "".join(
+        c if c.isprintable() or (newlines and c == "\n") else c.encode("unicode_escape").decode("ascii") for c in text
+    )
+
 
 
 class SpecError(PoseidonError, ValueError):

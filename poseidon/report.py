@@ -17,6 +17,7 @@ import threading
 from typing import IO, TYPE_CHECKING, Any
 
 from poseidon import files
+from poseidon.errors import printable
 from poseidon.results import DropletRun, ProcessStatus, RunResult, StepResult
 
 if TYPE_CHECKING:
@@ -57,14 +58,37 @@ def write_report_dir(result: RunResult, folder: str) -> list[Path]:
     return written
 
 
+def _escaping_console(**options: Any) -> Console:
+    """A rich ``Console`` that prints every control character of the text it is given escaped (``\\x1b``).
+
+    Most of what poseidon prints did not come from poseidon: droplet names,
+    tags and addresses from the API, its error messages, a step's output, a
+    process's log. A step must not clear the screen, retitle the terminal or
+    print a fake "all droplets succeeded" over the real line, on a terminal or
+    off it. rich's own colours and cursor moves (the live panel) are added after,
+    as styles and control segments, and pass. ``--json`` keeps the raw text.
+    """
+    from rich.console import Console
+    from rich.segment import Segment
+
+    class EscapingConsole(Console):
+        def render(self, renderable: Any, options: Any = None) -> Any:
+            for segment in super().render(renderable, options):
+                text = segment.text
+                if segment.control or text.isprintable() or text == "\n":
+                    yield segment
+                else:
+                    yield Segment(printable(text, newlines=True), segment.style, segment.control)
+
+    return EscapingConsole(**options)
+
+
 class Reporter:
     """Prints progress as steps end, then the summary and the snapshots."""
 
     def __init__(self, file: IO[str] | None = None, *, width: int | None = None) -> None:
-        from rich.console import Console
-
         # emoji=False: no ":name:" codes to expand, and rich's table of them costs ~0.1 s to import.
-        self.console: Console = Console(file=file or sys.stdout, width=width, highlight=False, emoji=False)
+        self.console: Console = _escaping_console(file=file or sys.stdout, width=width, highlight=False, emoji=False)
         self._lock = threading.Lock()
         self._labels: list[str] = []
         #: droplet → (index of its current step, when it started), while a live panel shows.
