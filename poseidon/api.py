@@ -336,6 +336,7 @@ class Client:
         backoff: float = 0.5,
         max_wait: float = 60.0,
         per_page: int = 200,
+        max_pages: int = 500,
         poll_interval: float = 2.0,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
@@ -366,6 +367,9 @@ class Client:
         self.backoff = backoff
         self.max_wait = max_wait
         self.per_page = per_page
+        #: Pages followed at most for one listing (100,000 items at 200 a page): an API whose
+        #: ``next`` links never end is not followed forever.
+        self.max_pages = max_pages
         self.poll_interval = poll_interval
         self.sleep = sleep
         self.clock = clock
@@ -539,13 +543,19 @@ class Client:
         if not response.content:
             return None
         try:
-            return response.json()
+            body = response.json()
         except ValueError as exc:
             raise APIError(
                 f"the API answered {response.status_code} with a body that is not JSON",
                 status=response.status_code,
                 request_id=response.headers.get("x-request-id"),
             ) from exc
+        if not isinstance(body, dict):
+            raise APIError(
+                f"the API answered nonsense for {response.request.path_url}: a JSON object, not {type(body).__name__}",
+                status=response.status_code,
+            )
+        return _Answer(body)
 
     def _error(self, response: requests.Response) -> APIError:
         status = response.status_code
@@ -593,11 +603,24 @@ class Client:
         seen: set[str] = set()
         while True:
             body = self.get(target, query)
-            yield from body.get(key) or []
-            pages = (body.get("links") or {}).get("pages") or {}
+            items = body.get(key) if isinstance(body, dict) else None
+            if not isinstance(items, list) and not (isinstance(body, dict) and items is None):
+                raise APIError(f"the API answered nonsense for {target}: {key}: a list, not {type(items).__name__}")
+            yield from items or []
+            links = body.get("links") or {}
+            pages = links.get("pages") or {} if isinstance(links, dict) else None
+            if not isinstance(pages, dict):
+                raise APIError(f"the API answered nonsense for {target}: links.pages: an object")
             following = pages.get("next")
             if not following:
                 return
+            if not isinstance(following, str):
+                raise APIError(f"the API answered nonsense for {target}: links.pages.next: a URL, not {type(following).__name__}")
+            if len(seen) >= self.max_pages:
+                raise APIError(
+                    f"the API's pagination goes on past {self.max_pages} pages of {self.per_page} for {path}:"
+                    " poseidon stops there (an account that large, or an API that never ends)"
+                )
             # Only the path and query of the link are used: a link naming
             # another host must not receive the token.
             target = self._relative(following)
@@ -633,6 +656,13 @@ class Client:
                 if attempt >= self.max_attempts:
                     raise
                 self.sleep(self._backoff(attempt))
+
+
+class _Answer(dict):  # type: ignore[type-arg]
+    """An answer's top-level object: a field it lacks is the API's error (exit 3), not a KeyError."""
+
+    def __missing__(self, key: object) -> Any:
+        raise APIError(f"the API answered nonsense: its answer has no {key!r}")
 
 
 def _path(value: Any) -> str:

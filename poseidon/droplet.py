@@ -13,9 +13,9 @@ reloaded: ``refresh()`` does that.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from poseidon.errors import SSHError, UsageError
+from poseidon.errors import APIError, SSHError, UsageError, printable
 
 if TYPE_CHECKING:
     from poseidon.api import Client, Droplets
@@ -57,6 +57,44 @@ def ssh_keepalive_from_environment() -> float | None:
     return seconds or None
 
 
+def _check_shape(data: Any) -> None:
+    """Refuse droplet data that is not shaped as the API documents it, naming the field (``APIError``, exit 3).
+
+    What the API gives is used as data (names, tags, addresses): a field of the wrong kind
+    would otherwise surface later as an unexpected ``KeyError`` or ``AttributeError``."""
+
+    def refuse(field: str, problem: str) -> NoReturn:
+        name = data.get("name") if isinstance(data, dict) else None
+        who = f"droplet {printable(name)!r}" if isinstance(name, str) else "a droplet"
+        raise APIError(f"the API answered nonsense for {who}: {field}: {problem}")
+
+    if not isinstance(data, dict):
+        refuse("droplet", f"an object, not {type(data).__name__}")
+    if type(data.get("id")) is not int:
+        refuse("id", f"a number, not {printable(repr(data.get('id')))}")
+    if not isinstance(data.get("name"), str):
+        refuse("name", f"text, not {printable(repr(data.get('name')))}")
+    for field in ("status", "size_slug"):
+        if field in data and data[field] is not None and not isinstance(data[field], str):
+            refuse(field, "text")
+    if not isinstance(data.get("tags") or [], list) or not all(isinstance(t, str) for t in data.get("tags") or []):
+        refuse("tags", "a list of text")
+    if not isinstance(data.get("region") or {}, (dict, str)):
+        refuse("region", "an object")
+    networks = data.get("networks") or {}
+    if not isinstance(networks, dict):
+        refuse("networks", "an object")
+    for version in ("v4", "v6"):
+        entries = networks.get(version) or []
+        if not isinstance(entries, list):
+            refuse(f"networks.{version}", "a list")
+        for index, entry in enumerate(entries):
+            if not isinstance(entry, dict) or not all(
+                isinstance(entry.get(key), str) for key in ("ip_address", "type") if key in entry
+            ):
+                refuse(f"networks.{version}[{index}]", "an object with text ip_address and type")
+
+
 class Droplet:
     """One droplet as the API describes it.
 
@@ -67,6 +105,7 @@ class Droplet:
     """
 
     def __init__(self, data: dict[str, Any], client: Client | None = None) -> None:
+        _check_shape(data)
         self.data = data
         self.client = client
 

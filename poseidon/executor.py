@@ -623,9 +623,9 @@ def _prices(targets: list[Target], client: api.Client) -> dict[str, tuple[float,
         return {}
     try:
         listed = client.sizes.list()
-    except (APIError, APIConnectionError):
-        return {}  # the prices are information: the run does not fail for them
-    known = {s["slug"]: (float(s["price_monthly"]), float(s["price_hourly"])) for s in listed}
+        known = {str(s["slug"]): (float(s["price_monthly"]), float(s["price_hourly"])) for s in listed}
+    except (APIError, APIConnectionError, KeyError, TypeError, ValueError):
+        return {}  # the prices are information: the run does not fail for them, nor for nonsense in them
     return {name: known[size] for name, size in sizes.items() if size in known}
 
 

@@ -1,0 +1,86 @@
+"""An API that answers nonsense: exit 3 naming the field, never an unexpected error; pages followed are bounded."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import poseidon.api as po
+from poseidon.cli import main
+from poseidon.errors import APIError
+
+DROPLET = {"id": 1, "name": "web-1", "status": "active", "tags": [], "networks": {"v4": [{"ip_address": "203.0.113.1", "type": "public"}]}}
+
+
+class _Server(http.server.BaseHTTPRequestHandler):
+    answer: Any = None
+    requests = 0
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        type(self).requests += 1
+        answer = self.answer(self.path) if callable(self.answer) else self.answer
+        body = json.dumps(answer).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[_Server]]:
+    handler = type("Handler", (_Server,), {"answer": None, "requests": 0})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("DIGITALOCEAN_TOKEN", "t0ken")
+    monkeypatch.setenv("POSEIDON_API_URL", f"http://127.0.0.1:{server.server_address[1]}")
+    try:
+        yield handler
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("answer", "named"),
+    [
+        ({"droplets": [DROPLET], "links": {"pages": {"next": 7}}}, "links.pages.next: a URL, not int"),
+        ({"droplets": {"id": 1}}, "droplets: a list, not dict"),
+        ([DROPLET], "a JSON object, not list"),
+        ({"droplets": [{"name": "web-1"}]}, "id: a number, not None"),
+        ({"droplets": [{"id": "abc", "name": "web-1"}]}, "id: a number, not 'abc'"),
+        ({"droplets": [{"id": 1}]}, "name: text, not None"),
+        ({"droplets": [{**DROPLET, "networks": {"v4": "zzz"}}]}, "networks.v4: a list"),
+        ({"droplets": [{**DROPLET, "tags": "web"}]}, "tags: a list of text"),
+        ({"droplets": [{**DROPLET, "networks": "zzz"}]}, "networks: an object"),
+    ],
+    ids=["next-not-text", "object-for-list", "list-for-object", "no-id", "id-text", "no-name", "v4-text", "tags-text", "networks-text"],
+)
+def test_nonsense_from_the_api_is_exit_3_naming_the_field(
+    answer: Any, named: str, api: type[_Server], capsys: pytest.CaptureFixture[str]
+) -> None:
+    api.answer = answer
+    assert main(["droplets"]) == 3
+    err = capsys.readouterr().err
+    assert "the API answered nonsense" in err and named in err, err
+    assert "unexpected" not in err
+
+
+def test_pages_that_never_end_are_followed_to_a_bound(api: type[_Server]) -> None:
+    pages = iter(range(1, 10**6))
+    # Every answer names a next page no answer named before: no loop to notice, only a bound.
+    api.answer = staticmethod(lambda path: {"droplets": [], "links": {"pages": {"next": f"/v2/droplets?page={next(pages)}"}}})
+    client = po.connect()
+    client.max_pages = 25
+    with pytest.raises(APIError, match="pagination goes on past 25 pages"):
+        client.droplets.list(tag="x")
+    assert api.requests == 26
