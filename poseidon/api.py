@@ -592,6 +592,10 @@ class Client:
         )
 
     def _scrub(self, text: str) -> str:
+        return self.mask(text)
+
+    def mask(self, text: str) -> str:
+        """``text`` with the client's token replaced by ``***``: for whatever may hold it (a step's output)."""
         return text.replace(self._token, "***")
 
     # -- pagination and waiting ------------------------------------------------------

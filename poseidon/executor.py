@@ -355,16 +355,18 @@ def _snapshots(ssh: SSHClient, run: DropletRun, before: set[int] | None, playboo
 
 
 class Masker:
-    """Replaces every secret (secret vars, git tokens) with ``***`` in what a run reports."""
+    """Replaces every secret (secret vars, git tokens, the API token) with ``***`` in what a run reports."""
 
-    def __init__(self, secrets: Iterable[str]) -> None:
+    def __init__(self, secrets: Iterable[str], also: Callable[[str], str] | None = None) -> None:
         # Longest first, so a secret that contains another is masked whole.
         self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        #: Another mask after these: the API client's, for its token (which the client alone holds).
+        self.also = also
 
     def text(self, text: str) -> str:
         for secret in self.secrets:
             text = text.replace(secret, "***")
-        return text
+        return self.also(text) if self.also else text
 
     def frame(self, frame: Any) -> Any:
         if frame is None or not self.secrets:
@@ -587,7 +589,7 @@ def apply(
     if options.expect is not None:
         _check_expected(targets, options.expect)
     result = RunResult(playbook=path, name=playbook.name, mode=options.mode, started=started)
-    masker = _masker(playbook, environ, secrets)
+    masker = _masker(playbook, environ, secrets, client)
     # The log first: a run that cannot record itself must not create droplets.
     log = RunLog.start(options.run_log, result, [t.name for t in targets], options.resume) if options.run_log else None
     try:
@@ -629,9 +631,11 @@ def _prices(targets: list[Target], client: api.Client) -> dict[str, tuple[float,
     return {name: known[size] for name, size in sizes.items() if size in known}
 
 
-def _masker(playbook: spec.Playbook, environ: dict[str, str], secrets: dict[str, str]) -> Masker:
+def _masker(playbook: spec.Playbook, environ: dict[str, str], secrets: dict[str, str], client: api.Client) -> Masker:
     secret_values = [v for n, v in playbook.var_values(environ).items() if n in playbook.secret_names()]
-    return Masker([*secret_values, *secrets.values()])
+    # The API tokens of this machine's environment too: on a sandbox the client holds another one.
+    tokens = [os.environ.get(name, "").strip() for name in api.TOKEN_VARIABLES]
+    return Masker([*secret_values, *secrets.values(), *tokens], also=getattr(client, "mask", None))
 
 
 def _run_all(targets: list[Target], ctx: _Context, result: RunResult) -> list[DropletRun]:
@@ -856,8 +860,8 @@ def status(
     """
     settings = ssh or SSHSettings()
     environ = _environment(playbook)
-    masker = _masker(playbook, environ, _secrets(playbook))
     client = client or api.connect(token=token, api_url=api_url)
+    masker = _masker(playbook, environ, _secrets(playbook), client)
     targets = [t for t in resolve(playbook, client) if t.droplet is not None]
     if not targets:
         return []

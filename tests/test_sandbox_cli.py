@@ -33,7 +33,8 @@ def exports(text: str) -> dict[str, str]:
 def test_sandbox_up_prints_exports_that_reach_it_and_down_stops_it(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POSEIDON_", "DIGITALOCEAN_"))}
     env["XDG_STATE_HOME"] = str(tmp_path)
-    up = poseidon("sandbox", "up", "--droplet", "alpha", "--droplet", "beta", env=env)
+    # The operator's real token, in the shell that starts the sandbox: its daemon must not hold it.
+    up = poseidon("sandbox", "up", "--droplet", "alpha", "--droplet", "beta", env={**env, "DIGITALOCEAN_TOKEN": "dop_v1_real-4711"})
     assert up.returncode == 0, up.stderr
     variables = exports(up.stdout)
     assert set(variables) == {
@@ -41,6 +42,7 @@ def test_sandbox_up_prints_exports_that_reach_it_and_down_stops_it(tmp_path: Pat
         "POSEIDON_SSH_PORT", "POSEIDON_SSH_KEY", "POSEIDON_KNOWN_HOSTS", "POSEIDON_PIN_HOST_KEYS",
     }
     state = json.loads((tmp_path / "poseidon" / "sandbox" / "state.json").read_text())
+    assert b"dop_v1_real-4711" not in Path(f"/proc/{state['pid']}/environ").read_bytes()
     try:
         again = poseidon("sandbox", "up", env=env)
         assert again.returncode == 3

@@ -115,3 +115,25 @@ def test_an_api_s_error_message_is_shown_escaped(
     out, err = capsys.readouterr()
     assert_escaped(out + err, terminal=False)
     assert "1 droplet(s), 1 ok in 0.1s: all droplets succeeded" in err  # there, but as text on the error's line
+
+
+def test_the_api_tokens_are_masked_in_reports(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step that prints the tokens (it found them somewhere) shows ***: the sandbox's and the operator's."""
+    from sandboxes import pointed
+
+    real = "dop_v1_real-operator-token-4711"
+    monkeypatch.setenv("DIGITALOCEAN_ACCESS_TOKEN", real)  # the operator's, set when the sandbox starts
+    with pointed(["test"], monkeypatch) as sandbox:
+        sandbox_token = sandbox.environ["DIGITALOCEAN_TOKEN"]
+        playbook = tmp_path / "site.yaml"
+        playbook.write_text(
+            "version: 1\ndroplets: [test]\nsteps:\n"
+            "  - run: {cmd: 'echo \"$A $B\"', env: {A: '${env:DIGITALOCEAN_TOKEN}', B: '${env:DIGITALOCEAN_ACCESS_TOKEN}'}}\n"
+            "report: {ps: false, top: false}\n"
+        )
+        assert main(["apply", str(playbook), "--json"]) == 0
+        out, err = capsys.readouterr()
+        assert json.loads(out)["droplets"][0]["steps"][0]["stdout_tail"] == "*** ***"
+        assert sandbox_token not in out + err and real not in out + err

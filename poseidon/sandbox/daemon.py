@@ -53,12 +53,15 @@ def up(droplets: list[dict[str, Any]], repos: dict[str, Path]) -> dict[str, str]
     request = folder / "request.json"
     request.write_text(json.dumps({"droplets": droplets, "repos": {k: str(v) for k, v in repos.items()}}))
     log = open(folder / "daemon.log", "wb")
+    # The daemon serves the sandbox's own token: the operator's real ones stay out of its environment.
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("DIGITALOCEAN_")}
     process = subprocess.Popen(
         [sys.executable, "-m", "poseidon.sandbox.daemon", str(request)],
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=log,
         start_new_session=True,
+        env=environment,
     )
     log.close()
     deadline = time.monotonic() + _START_TIMEOUT
