@@ -54,10 +54,12 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from poseidon import shell
-from poseidon.errors import Problem, SpecError
+from poseidon.errors import Problem, SpecError, UsageError
 
 __all__ = [
     "DROPLET_ATTRIBUTES",
+    "MAX_PLAYBOOK_BYTES",
+    "MAX_VALUE_CHARS",
     "STEP_KINDS",
     "STEP_MODELS",
     "SecretVar",
@@ -126,15 +128,27 @@ def _tokens(text: str) -> Iterator[_Token]:
             yield _Token(match.start(), match.end(), "malformed", source)
 
 
+#: The longest playbook poseidon reads, in bytes.
+MAX_PLAYBOOK_BYTES = 1 << 20
+#: The longest value, in characters, a substitution may build (one variable used 250,000 times would
+#: otherwise build gigabytes from a playbook of one).
+MAX_VALUE_CHARS = 1 << 20
+
+
+class ValueTooLong(ValueError):
+    """A value that substitution would make longer than :data:`MAX_VALUE_CHARS`."""
+
+
 def _rewrite(text: str, reference: Callable[[str], str]) -> str:
     parts: list[str] = []
+    size = 0
     position = 0
     for token in _tokens(text):
         parts.append(text[position : token.start])
-        if token.kind == "reference":
-            parts.append(reference(token.text))
-        else:
-            parts.append(token.text)
+        parts.append(reference(token.text) if token.kind == "reference" else token.text)
+        size += len(parts[-2]) + len(parts[-1])
+        if size > MAX_VALUE_CHARS:
+            raise ValueTooLong(f"once its references are substituted it is over {MAX_VALUE_CHARS:,} characters")
         position = token.end
     parts.append(text[position:])
     return "".join(parts)
@@ -1278,6 +1292,8 @@ def substitutions(
             resolve(name)
         except KeyError:
             continue  # unresolvable (an unset environment variable): absent, so a use names it
+        except ValueTooLong as exc:
+            raise UsageError(f"vars.{name}: {exc}") from None
     return values
 
 
@@ -1292,11 +1308,14 @@ def expand(step: _StepT, values: Mapping[str, str]) -> _StepT:
     raises ``SpecError`` located where the step was written. Expand a step
     once: ``$${`` has become a plain ``${`` in the copy.
     """
-    data = _substitute(step.model_dump(), values, step.shell_fields)
+    source = step.source or Source("<step>", 0, 0, step.model_dump()["kind"])
+    try:
+        data = _substitute(step.model_dump(), values, step.shell_fields)
+    except ValueTooLong as exc:
+        raise SpecError([Problem(source.file, source.line, source.column, source.path, str(exc))]) from None
     try:
         expanded = type(step).model_validate(data, context={"expanded": True})
     except ValidationError as exc:
-        source = step.source or Source("<step>", 0, 0, step.model_dump()["kind"])
         problems = [
             Problem(
                 source.file,
@@ -1615,8 +1634,13 @@ def _yaml_error(filename: str, text: str, exc: yaml.YAMLError) -> Problem:
     return Problem(filename, 1, 1, "", str(exc))
 
 
+_TOO_BIG = f"the playbook is over {MAX_PLAYBOOK_BYTES:,} bytes, the most poseidon reads"
+
+
 def loads(text: str, filename: str = "<string>") -> Playbook:
     """Validate a playbook's text; raise ``SpecError`` listing every problem, located."""
+    if len(text) > MAX_PLAYBOOK_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_PLAYBOOK_BYTES:
+        raise SpecError([Problem(filename, 1, 1, "", _TOO_BIG)])
     try:
         loader = _Loader(text)  # the reader already refuses control characters here
         try:
@@ -1655,12 +1679,15 @@ def load(path: str | os.PathLike[str]) -> Playbook:
     """Read and validate a playbook file; every failure, even an unreadable file, is a SpecError."""
     filename = os.fspath(path)
     try:
-        raw = Path(filename).read_bytes()
+        with open(filename, "rb") as stream:
+            raw = stream.read(MAX_PLAYBOOK_BYTES + 1)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise SpecError(
             [Problem(filename, 1, 1, "", f"cannot read the playbook: {reason}")]
         ) from exc
+    if len(raw) > MAX_PLAYBOOK_BYTES:
+        raise SpecError([Problem(filename, 1, 1, "", _TOO_BIG)])
     body = raw.removeprefix(codecs.BOM_UTF8)  # as YAML does, columns do not count a BOM
     try:
         text = body.decode("utf-8")

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from poseidon import spec
-from poseidon.errors import SpecError
+from poseidon.errors import SpecError, UsageError
 from poseidon.spec import (
     AptStep,
     ChdirStep,
@@ -749,6 +749,8 @@ def test_the_public_names_are_pinned() -> None:
     assert sorted(spec.__all__) == sorted(
         [
             "DROPLET_ATTRIBUTES",
+            "MAX_PLAYBOOK_BYTES",
+            "MAX_VALUE_CHARS",
             "STEP_KINDS",
             "STEP_MODELS",
             "AptStep",
@@ -822,3 +824,30 @@ def test_owner_tags_are_the_name_when_a_tag_can_spell_it_and_never_shared_by_two
     assert len(set(tags)) == len(names), tags
     assert all(re.fullmatch(r"poseidon:[A-Za-z0-9_:-]{1,246}", t) for t in tags), tags
     assert tag("web app").startswith("poseidon:web-app-")
+
+
+def test_a_playbook_over_the_size_bound_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
+    big = tmp_path / "big.yaml"
+    big.write_text("version: 1\n# " + "x" * spec.MAX_PLAYBOOK_BYTES + "\n")
+    with pytest.raises(SpecError) as caught:
+        spec.load(big)
+    assert [str(p) for p in caught.value.problems] == [f"{big}:1:1: the playbook is over 1,048,576 bytes, the most poseidon reads"]
+    with pytest.raises(SpecError):
+        spec.loads(big.read_text(), "big.yaml")
+
+
+def test_substitution_never_builds_a_value_past_its_bound() -> None:
+    playbook = spec.loads(
+        "version: 1\ndroplets: [a]\nvars: {v: " + json.dumps("y" * 10_000) + "}\n"
+        "steps: [{run: {cmd: 'true', creates: '" + "${v}" * 200 + "'}}]\n",
+        "site.yaml",
+    )
+    with pytest.raises(SpecError, match="over 1,048,576 characters"):
+        spec.expand(playbook.steps[0], spec.substitutions(playbook, environ={}))
+    # Variables that double each other: 2**40 characters, refused at once instead of built.
+    doubling = {f"v{i}": f"${{v{i + 1}}}${{v{i + 1}}}" for i in range(40)} | {"v40": "y"}
+    chain = spec.loads(
+        "version: 1\ndroplets: [a]\nvars: " + json.dumps(doubling) + "\nsteps: [{run: 'echo ${v0}'}]\n", "site.yaml"
+    )
+    with pytest.raises(UsageError, match=r"vars\.v\d+: once its references are substituted it is over"):
+        spec.substitutions(chain, environ={})
