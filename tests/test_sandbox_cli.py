@@ -68,3 +68,28 @@ def test_sandbox_up_prints_exports_that_reach_it_and_down_stops_it(tmp_path: Pat
         os.kill(int(state["pid"]), 0)
     assert not Path(state["root"]).exists()
     assert "no sandbox is up" in poseidon("sandbox", "down", env=env).stdout
+
+
+def test_down_never_signals_a_process_that_is_not_the_sandbox_s_and_the_state_is_private(tmp_path: Path) -> None:
+    import stat
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("POSEIDON_", "DIGITALOCEAN_"))}
+    env["XDG_STATE_HOME"] = str(tmp_path)
+    up = poseidon("sandbox", "up", "--droplet", "alpha", env=env)
+    assert up.returncode == 0, up.stderr
+    folder = tmp_path / "poseidon" / "sandbox"
+    try:
+        assert stat.S_IMODE((folder / "state.json").stat().st_mode) == 0o600  # it holds the sandbox's token
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    finally:
+        assert poseidon("sandbox", "down", env=env).returncode == 0
+    stranger = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        # A state left behind, whose pid is now a stranger's (a reboot reused it).
+        (folder / "state.json").write_text(json.dumps({"pid": stranger.pid, "environ": {}, "root": str(tmp_path)}))
+        down = poseidon("sandbox", "down", env=env)
+        assert down.returncode == 0 and "no sandbox is up" in down.stdout
+        assert stranger.poll() is None, "down signalled a process that was not the sandbox's"
+    finally:
+        stranger.kill()
+        stranger.wait()

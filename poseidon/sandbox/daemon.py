@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -31,17 +32,27 @@ def state_dir() -> Path:
 
 
 def _read_state() -> dict[str, Any] | None:
+    """The running daemon's state, or ``None``: the pid it names must be that daemon's, not a reused pid."""
     path = state_dir() / "state.json"
     try:
         state: dict[str, Any] = json.loads(path.read_text())
-    except (OSError, ValueError):
+        pid = int(state["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    try:
-        os.kill(int(state["pid"]), 0)
-    except (OSError, KeyError, ValueError):
+    if not _is_daemon(pid):
         path.unlink(missing_ok=True)
         return None
     return state
+
+
+def _is_daemon(pid: int) -> bool:
+    """Whether ``pid`` runs this module as the sandbox's daemon, as this user (never signal anything else)."""
+    try:
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        owner = os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return False
+    return pid > 1 and owner == os.getuid() and b"poseidon.sandbox.daemon" in words[:4]
 
 
 def up(droplets: list[dict[str, Any]], repos: dict[str, Path]) -> dict[str, str]:
@@ -49,7 +60,7 @@ def up(droplets: list[dict[str, Any]], repos: dict[str, Path]) -> dict[str, str]
     if _read_state() is not None:
         raise SandboxError("a sandbox is already up: 'poseidon sandbox down' first, or 'poseidon sandbox reset'")
     folder = state_dir()
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     request = folder / "request.json"
     request.write_text(json.dumps({"droplets": droplets, "repos": {k: str(v) for k, v in repos.items()}}))
     log = open(folder / "daemon.log", "wb")
@@ -104,9 +115,11 @@ def _serve(request_path: str) -> None:
     with Sandbox(request["droplets"], repos=request["repos"]) as sandbox:
         state = {"pid": os.getpid(), "environ": sandbox.environ, "root": str(sandbox.root)}
         path = state_dir() / "state.json"
-        partial = path.with_suffix(".tmp")
-        partial.write_text(json.dumps(state))
-        partial.replace(path)
+        # It holds the sandbox's token: for this user only, written whole, never through a link.
+        descriptor, partial = tempfile.mkstemp(dir=path.parent, prefix=".state.", suffix=".tmp")
+        with os.fdopen(descriptor, "w") as stream:
+            stream.write(json.dumps(state))
+        os.replace(partial, path)
         while not stop.wait(1.0):
             pass
 

@@ -1636,17 +1636,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     server: _Server
 
     def _serve(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        try:
-            body = json.loads(raw) if raw.strip() else None
-        except ValueError:
-            answer = _Answer(400, {}, _error_body(400, "The request body is not valid JSON."))
-        else:
+        answer = self._refusal()
+        if answer is None:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            try:
+                body = json.loads(raw) if raw.strip() else None
+            except ValueError:
+                answer = _Answer(400, {}, _error_body(400, "The request body is not valid JSON."))
+        if answer is None:
             try:
                 answer = self.server.emulator._handle(self.command, self.path, self.headers.get("Authorization"), body)
             except Exception as exc:  # a bug in the emulator shows up as a 500 the test can read
                 answer = _Answer(500, {}, {"id": "server_error", "message": f"emulator: {exc!r}"})
+        assert answer is not None
         if answer.until is not None:
             answer.until.wait(answer.delay)
         elif answer.delay:
@@ -1666,6 +1669,22 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
+
+    #: The largest request body read (the API's own bodies are a few kilobytes).
+    MAX_BODY = 1 << 20
+
+    def _refusal(self) -> _Answer | None:
+        """An answer given before any body is read: no token (401), or a length that is no length (400).
+        The body of a request that is refused is never read, and never kept."""
+        authorization = self.headers.get("Authorization")
+        if not _authorized(authorization, self.server.emulator._token):
+            self.close_connection = True  # its body, unread, must not be taken for the next request
+            return self.server.emulator._handle(self.command, self.path, authorization, None)
+        text = self.headers.get("Content-Length") or "0"
+        if not text.isascii() or not text.isdigit() or int(text) > self.MAX_BODY:
+            self.close_connection = True
+            return _Answer(400, {}, _error_body(400, f"Content-Length must be a number of bytes up to {self.MAX_BODY}."))
+        return None
 
     def log_message(self, format: str, *args: Any) -> None:
         # Tests and the CLI own stderr; the emulator stays quiet.
