@@ -337,6 +337,8 @@ class Client:
         max_wait: float = 60.0,
         per_page: int = 200,
         max_pages: int = 500,
+        max_answer_bytes: int = 32 << 20,
+        deadline_factor: float = 4.0,
         poll_interval: float = 2.0,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
@@ -370,6 +372,10 @@ class Client:
         #: Pages followed at most for one listing (100,000 items at 200 a page): an API whose
         #: ``next`` links never end is not followed forever.
         self.max_pages = max_pages
+        #: The longest answer read, in bytes once decompressed (a page of 200 droplets is about 1 MB).
+        self.max_answer_bytes = max_answer_bytes
+        #: A whole answer must arrive within this many times ``timeout`` (which bounds each read only).
+        self.deadline_factor = deadline_factor
         self.poll_interval = poll_interval
         self.sleep = sleep
         self.clock = clock
@@ -467,6 +473,7 @@ class Client:
             last = attempt >= self.max_attempts
             ticket = self.budget.acquire()
             try:
+                started = time.monotonic()
                 response = self.session.request(
                     method,
                     url,
@@ -475,7 +482,9 @@ class Client:
                     headers=self._headers(),
                     timeout=self.timeout,
                     allow_redirects=False,
+                    stream=True,
                 )
+                self._read_whole(response, started)
             except requests.RequestException as exc:
                 unsent = _never_sent(exc)
                 if (repeatable or unsent) and not last:
@@ -500,6 +509,44 @@ class Client:
             if not 200 <= status < 300:
                 raise self._error(response)
             return self._decode(response)
+
+    def _read_whole(self, response: requests.Response, started: float) -> None:
+        """Read the answer's body, bounded: at most :attr:`max_answer_bytes` (once decompressed), and
+        all of it within :attr:`deadline_factor` times the timeout (which bounds each read only,
+        so an API trickling a byte at a time would otherwise hold a request open for ever)."""
+        deadline = started + self.timeout * self.deadline_factor
+        chunks: list[bytes] = []
+        size = 0
+        # read1 returns what has arrived (up to 64 KiB): a read of a whole chunk would wait for a
+        # trickle to fill it, past any deadline.
+        raw = response.raw
+        if raw is None or raw.closed:  # handed over whole, or read already (by a transport of the caller's)
+            if len(response.content) > self.max_answer_bytes:
+                raise APIError(f"the API's answer is over {self.max_answer_bytes:,} bytes: poseidon reads no more")
+            return
+        pieces = (
+            iter(lambda: b"" if raw.closed else raw.read1(65536, decode_content=True), b"")
+            if hasattr(raw, "read1")
+            else response.iter_content(65536)
+        )
+        try:
+            for chunk in pieces:
+                size += len(chunk)
+                if size > self.max_answer_bytes:
+                    raise APIError(
+                        f"the API's answer to {response.request.method} {response.request.path_url} is over"
+                        f" {self.max_answer_bytes:,} bytes: poseidon reads no more",
+                        status=response.status_code,
+                    )
+                if time.monotonic() > deadline:
+                    raise requests.Timeout(
+                        f"the answer took over {self.timeout * self.deadline_factor:g} s to arrive"
+                        f" ({self.deadline_factor:g} times POSEIDON_API_TIMEOUT)"
+                    )
+                chunks.append(chunk)
+        finally:
+            response.close()
+        response._content = b"".join(chunks)  # what .content and .json() read from now on
 
     def _unreachable(self, exc: requests.RequestException, attempts: int) -> APIConnectionError:
         reason = self._scrub(f"{type(exc).__name__}: {exc}")

@@ -84,3 +84,91 @@ def test_pages_that_never_end_are_followed_to_a_bound(api: type[_Server]) -> Non
     with pytest.raises(APIError, match="pagination goes on past 25 pages"):
         client.droplets.list(tag="x")
     assert api.requests == 26
+
+
+class _Trickle(http.server.BaseHTTPRequestHandler):
+    """Headers at once, then a byte of the body every 50 ms, for as long as the client listens."""
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(10**6))
+        self.end_headers()
+        try:
+            for _ in range(10**6):
+                self.wfile.write(b" ")
+                self.wfile.flush()
+                threading.Event().wait(0.05)
+        except OSError:
+            pass  # the client gave up: what this test waits for
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class _Huge(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        body = json.dumps({"droplets": [], "padding": "x" * (2 << 20)}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        try:
+            self.wfile.write(body)
+        except OSError:
+            pass
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def serve(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    servers = []
+
+    def start(handler: type[http.server.BaseHTTPRequestHandler]) -> str:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_answer_that_trickles_in_is_given_up_at_the_whole_answer_s_deadline(serve: Any) -> None:
+    from poseidon.errors import APIConnectionError
+
+    client = po.Client("t0ken", api_url=serve(_Trickle), timeout=0.5, max_attempts=1)
+    with pytest.raises(APIConnectionError, match=r"the answer took over 2 s to arrive \(4 times POSEIDON_API_TIMEOUT\)"):
+        client.droplets.list(tag="x")  # every read is within its 0.5 s: only the whole answer's deadline ends it
+
+
+def test_an_answer_over_the_size_bound_is_refused(serve: Any) -> None:
+    client = po.Client("t0ken", api_url=serve(_Huge), max_answer_bytes=1 << 20)
+    with pytest.raises(APIError, match=r"is over 1,048,576 bytes: poseidon reads no more"):
+        client.droplets.list(tag="x")
+
+
+def test_the_emulator_reads_no_body_before_the_token_and_answers_a_bad_length_with_400() -> None:
+    import socket
+
+    from poseidon.sandbox.emulator import Emulator
+
+    with Emulator("the-token") as emulator:
+        host, port = emulator.url.removeprefix("http://").split(":")
+
+        def exchange(request: bytes) -> bytes:
+            with socket.create_connection((host, int(port)), timeout=10) as sock:
+                sock.sendall(request)
+                sock.shutdown(socket.SHUT_WR)
+                return b"".join(iter(lambda: sock.recv(65536), b""))
+
+        # No token: refused before its (huge, never sent) body is waited for.
+        answer = exchange(b"POST /v2/droplets HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 401")
+        bad = exchange(b"POST /v2/droplets HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer the-token\r\nContent-Length: abc\r\n\r\n")
+        assert bad.startswith(b"HTTP/1.1 400") and b"Content-Length must be a number" in bad
