@@ -125,6 +125,12 @@ def _preferring(types: list[str]) -> Callable[..., Any]:
     return transport
 
 
+#: Of a command's output, the first and last this many bytes of each stream are kept (by default).
+OUTPUT_KEPT = 16 << 20
+#: What a step keeps of each stream: its head and its tail (the report shows the tail).
+STEP_OUTPUT_KEPT = 64 << 10
+
+
 class _Unanswered(Exception):
     """The droplet stopped answering: a keepalive went unanswered, or a step outlived its timeout."""
 
@@ -177,19 +183,25 @@ class _Session:
         self.channel.exec_command(steps.SESSION_SHELL)
         self._out, self._err = bytearray(), bytearray()
 
-    def run(self, command: str, stdin: str | None = None, limit: float | None = None) -> tuple[int, str, str]:
+    def run(
+        self, command: str, stdin: str | None = None, limit: float | None = None, keep: int = OUTPUT_KEPT
+    ) -> tuple[int, str, str]:
         """Run ``command``; return its exit status, stdout and stderr. Raises ``EOFError`` when the shell ended,
         :class:`_Unanswered` when the droplet stops answering or ``limit`` seconds pass."""
         self.send(steps.session_command(command, self.token, stdin=stdin))
-        return self.receive(limit)
+        return self.receive(limit, keep)
 
     def send(self, text: str) -> None:
         """Send shell text that ends with :func:`poseidon.steps.session_command`'s end lines; several may wait."""
         # A value read from this machine's environment may hold bytes that are not UTF-8: they go as they are.
         self.channel.sendall(text.encode("utf-8", "surrogateescape"))
 
-    def receive(self, limit: float | None = None) -> tuple[int, str, str]:
-        """The next command's exit status, stdout and stderr, in the order they were sent."""
+    def receive(self, limit: float | None = None, keep: int = OUTPUT_KEPT) -> tuple[int, str, str]:
+        """The next command's exit status, stdout and stderr, in the order they were sent.
+
+        Of an output longer than thrice ``keep`` bytes, the first and last ``keep`` are kept
+        and the rest streams away: a command printing gigabytes costs no more memory than that.
+        """
         import select
 
         token = self.token.encode()
@@ -204,10 +216,14 @@ class _Session:
                 raise _Unanswered(f"the step was still running {limit:g} s after it started, past its timeout")
             if channel.recv_ready():
                 self._out += channel.recv(65536)
+                out.done()
+                out.trim(keep)
                 heard, probe = time.monotonic(), None
                 continue
             if channel.recv_stderr_ready():
                 self._err += channel.recv_stderr(65536)
+                err.done()
+                err.trim(keep)
                 heard, probe = time.monotonic(), None
                 continue
             if channel.closed or channel.eof_received:
@@ -224,7 +240,7 @@ class _Session:
             select.select([channel], [], [], min(1.0, self.keepalive or 1.0))
         status_end = self._out.index(b"\n", out.end + len(out.end_marker))
         status = bytes(self._out[out.end + len(out.end_marker) : status_end])
-        stdout, stderr = self._out[out.start : out.end], self._err[err.start : err.end]
+        stdout, stderr = out.output(), err.output()
         # What follows belongs to the next command (or to a process this one left writing).
         del self._out[: status_end + 1]
         del self._err[: err.end + len(err.end_marker)]
@@ -246,6 +262,31 @@ class _Framed:
         self.buffer, self.begin, self.end_marker = buffer, begin, end_marker
         self.start = self.end = -1
         self._scanned = 0
+        #: Bytes of the output dropped from its middle (:meth:`trim`), after its first ``_head`` bytes.
+        self.dropped = 0
+        self._head = 0
+
+    def trim(self, keep: int) -> None:
+        """Drop the middle of an output longer than thrice ``keep``: its first and last ``keep`` bytes stay.
+
+        The end marker is searched for in what arrives after the kept head, so it is found
+        whatever was dropped before it.
+        """
+        if self.start < 0 or self.end >= 0 or len(self.buffer) - self.start <= 3 * keep:
+            return
+        head, tail = self.start + keep, len(self.buffer) - keep
+        del self.buffer[head:tail]
+        self.dropped += tail - head
+        self._head = keep
+        self._scanned = head
+
+    def output(self) -> bytes:
+        """The output between the markers; where its middle was dropped, a line says how much."""
+        data = bytes(self.buffer[self.start : self.end])
+        if not self.dropped:
+            return data
+        note = f"\n[poseidon: {self.dropped:,} bytes of output not kept here]\n".encode()
+        return data[: self._head] + note + data[self._head :]
 
     def done(self) -> bool:
         data = self.buffer
@@ -427,6 +468,7 @@ class SSHClient:
         timeout: float | None = None,
         title: str | None = None,
         deadline: float | None = None,
+        keep: int = OUTPUT_KEPT,
     ) -> Any:
         """Run ``cmd`` in the working directory; return Fabric's ``Result`` (never raises on exit status).
 
@@ -439,7 +481,8 @@ class SSHClient:
 
         A droplet that stops answering (its keepalives go unanswered), or a
         command still running ``deadline`` seconds after it started, raises
-        :class:`SSHError` and closes the connection.
+        :class:`SSHError` and closes the connection. Of each output stream, the
+        first and last ``keep`` bytes are kept; a line marks what was not.
         """
         import paramiko
 
@@ -447,7 +490,7 @@ class SSHClient:
         if not interactive and timeout is None:
             command = self._in_cwd(cmd)
             with self._session_in_use() as session:
-                return self._result(command, session.run(command, stdin=stdin, limit=deadline))
+                return self._result(command, session.run(command, stdin=stdin, limit=deadline, keep=keep))
         try:
             result = self._run_channel(cmd, stdin=stdin, timeout=timeout, title=title, interactive=interactive)
         except (OSError, EOFError, paramiko.SSHException) as exc:
@@ -605,7 +648,9 @@ class SSHClient:
         )
         deadline = step.timeout + steps.KILL_AFTER + self.TIMEOUT_MARGIN if step.timeout else None
         try:
-            result = self.run(rendered.command, stdin=rendered.stdin, title=steps.describe(step), deadline=deadline)
+            result = self.run(
+                rendered.command, stdin=rendered.stdin, title=steps.describe(step), deadline=deadline, keep=STEP_OUTPUT_KEPT
+            )
             exited, stdout, stderr = result.exited, result.stdout, result.stderr
         except CommandError as exc:
             exited, stdout, stderr = exc.exited, exc.stdout, exc.stderr

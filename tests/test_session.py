@@ -146,3 +146,22 @@ def test_when_the_shell_holding_the_lock_dies_no_command_runs_unlocked(ssh: SSHC
         ssh.run("kill -9 $$")
     with pytest.raises(SSHError, match="apply lock"):
         ssh.run("echo unlocked")
+
+
+def test_a_step_printing_megabytes_keeps_its_head_and_tail_and_says_what_it_dropped(sandbox_env: Sandbox) -> None:
+    """20 MB of output: the step's memory is its kept head and tail, the run log's its tail."""
+    import poseidon.api as po
+    from poseidon import steps
+    from poseidon.ssh import STEP_OUTPUT_KEPT
+
+    command = "echo first-line; head -c 20000000 /dev/zero | tr '\\\\0' x; echo; echo last-line >&2; echo last-line"
+    with po.connect().droplets.by_name("test").connect() as ssh:
+        outcome = ssh.run_step(steps.build("run", cmd=command))
+        assert outcome.status == "changed"
+        assert outcome.stdout.startswith("first-line\n") and outcome.stdout.endswith("last-line")
+        assert len(outcome.stdout) < 3 * STEP_OUTPUT_KEPT
+        dropped = 20_000_000 + 1 + len("first-line\nlast-line\n") - len(outcome.stdout.encode())
+        assert "[poseidon: " in outcome.stdout and "bytes of output not kept here]" in outcome.stdout
+        assert abs(int(outcome.stdout.split("[poseidon: ")[1].split(" ")[0].replace(",", "")) - dropped) < 200
+        assert outcome.stderr.strip() == "last-line"
+        assert ssh.wait("echo after") == "after\n", "the session goes on after a trimmed output"
