@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -111,6 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "top": _snapshot,
         "sandbox": _sandbox,
     }[args.command]
+    # A TERM (a CI job cancelled, `kill`) ends poseidon as Ctrl-C does: what it started (a
+    # sandbox's servers) is stopped on the way out instead of left listening.
+    previous = _on_terminate(_interrupt)
     try:
         return handler(args)
     except KeyboardInterrupt:
@@ -134,6 +139,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         _say(f"unexpected {type(exc).__name__}: {exc} (POSEIDON_DEBUG=1 shows where)")
         return EXIT_FAILED
+    finally:
+        _on_terminate(previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _on_terminate(handler: Any) -> Any:
+    """Handle SIGTERM with ``handler`` (where signals can be handled: the main thread); return the one before."""
+    if handler is None or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def _say(message: object) -> None:

@@ -93,3 +93,48 @@ def test_down_never_signals_a_process_that_is_not_the_sandbox_s_and_the_state_is
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def _servers_of(kept: Path) -> list[int]:
+    """Processes started with the kept sandbox's configuration (its sshds)."""
+    config = str(kept / "etc").encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if config in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.mark.parametrize("sig", ["TERM", "KILL"])
+def test_a_sandbox_apply_stopped_by_a_signal_leaves_no_server_behind_after_reset(sig: str, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    playbook = tmp_path / "site.yaml"
+    playbook.write_text("version: 1\ndroplets: [web]\nsteps:\n  - run: touch started; sleep 30\nreport: {ps: false, top: false}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("POSEIDON_", "DIGITALOCEAN_"))}
+    kept = tmp_path / ".poseidon" / "sandbox" / "site"
+    run = subprocess.Popen([sys.executable, "-m", "poseidon.cli", "apply", str(playbook), "--sandbox"], cwd=tmp_path, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(kept.glob("hosts/*/started")):
+            assert time.monotonic() < deadline and run.poll() is None, "the step never started"
+            time.sleep(0.05)
+        assert _servers_of(kept), "no sshd serves the sandbox while it runs"
+        run.send_signal(getattr(signal, f"SIG{sig}"))
+        run.communicate(timeout=60)
+    finally:
+        run.kill()
+        run.wait()
+    if sig == "TERM":
+        # Ended as Ctrl-C ends it: the running step ends, the sandbox's servers stop on the way out.
+        assert run.returncode == 130
+        assert _servers_of(kept) == []
+    reset = poseidon("sandbox", "reset", "--playbook", str(playbook), env=env)
+    assert reset.returncode == 0, reset.stderr
+    assert _servers_of(kept) == [], "reset left a server of the sandbox listening"

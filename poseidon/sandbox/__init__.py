@@ -325,6 +325,7 @@ class Sandbox:
         if not (folder / "hosts").is_dir():
             return False
         _kill_droplet_processes(folder / "hosts")
+        _kill(_servers_of(folder))  # an sshd left listening by a command that was killed
         shutil.rmtree(folder, ignore_errors=True)
         return True
 
@@ -514,6 +515,23 @@ def _bound_in(network: str) -> bool:
         if socket.inet_ntoa(struct.pack("=I", int(local, 16))).startswith(prefix):
             return True
     return False
+
+
+def _servers_of(folder: Path) -> set[int]:
+    """This user's sshds started with this sandbox's configuration (``-f <folder>/etc/sshd_config-N``)."""
+    config = b"-f\0" + str(folder / "etc").encode() + b"/sshd_config"
+    retitled = b" -f " + str(folder / "etc").encode() + b"/sshd_config"  # sshd rewrites its argv as one title
+    found = set()
+    for pid in _pids():
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if os.stat(f"/proc/{pid}").st_uid != os.getuid():
+                continue
+        except OSError:
+            continue
+        if b"sshd" in cmdline and (config in cmdline or retitled in cmdline):
+            found.add(pid)
+    return found
 
 
 def _kill_droplet_processes(hosts: Path) -> None:
