@@ -643,6 +643,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.repeat, args.scale = 1, []
+    # The tools run in folders of their own: a relative path (make passes one) must not move with them.
+    args.peers = args.peers.resolve()
     names = [t for t in args.tools.split(",") if t]
     available: dict[str, Callable[[], Tool]] = {
         "poseidon": lambda: Poseidon(args.poseidon),
