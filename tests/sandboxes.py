@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,20 @@ def point_at(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Sandbox:
     for key, value in sandbox.environ.items():
         monkeypatch.setenv(key, value)
     return sandbox
+
+
+#: How long a test waits for an event before it fails: a safety net, not a guess at how long it takes.
+PATIENCE = 60.0
+
+
+def wait_for(what: str, event: Callable[[], bool], timeout: float = PATIENCE) -> None:
+    """Return once ``event()`` holds (a marker file, a line printed, a process gone); fail the test
+    naming ``what`` if it does not within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not event():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout:g} s")
+        time.sleep(0.02)
 
 
 def process_running(pid: int) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.server
-import json
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -13,41 +12,29 @@ import pytest
 import poseidon.api as po
 from poseidon.cli import main
 from poseidon.errors import APIError
+from stubhttp import JSONHandler, serving
 
 DROPLET = {"id": 1, "name": "web-1", "status": "active", "tags": [], "networks": {"v4": [{"ip_address": "203.0.113.1", "type": "public"}]}}
 
 
-class _Server(http.server.BaseHTTPRequestHandler):
-    answer: Any = None
+class _Server(JSONHandler):
+    """What the test sets: a fixed answer, or a function of the path (``staticmethod``)."""
+
+    given: Any = None
     requests = 0
 
-    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+    def answer(self) -> Any:
         type(self).requests += 1
-        answer = self.answer(self.path) if callable(self.answer) else self.answer
-        body = json.dumps(answer).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+        return self.given(self.path) if callable(self.given) else self.given
 
 
 @pytest.fixture
 def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[_Server]]:
-    handler = type("Handler", (_Server,), {"answer": None, "requests": 0})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    monkeypatch.setenv("DIGITALOCEAN_TOKEN", "t0ken")
-    monkeypatch.setenv("POSEIDON_API_URL", f"http://127.0.0.1:{server.server_address[1]}")
-    try:
+    handler = type("Handler", (_Server,), {"given": None, "requests": 0})
+    with serving(handler) as url:
+        monkeypatch.setenv("DIGITALOCEAN_TOKEN", "t0ken")
+        monkeypatch.setenv("POSEIDON_API_URL", url)
         yield handler
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.mark.parametrize(
@@ -68,7 +55,7 @@ def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[_Server]]:
 def test_nonsense_from_the_api_is_exit_3_naming_the_field(
     answer: Any, named: str, api: type[_Server], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    api.answer = answer
+    api.given = answer
     assert main(["droplets"]) == 3
     err = capsys.readouterr().err
     assert "the API answered nonsense" in err and named in err, err
@@ -78,7 +65,7 @@ def test_nonsense_from_the_api_is_exit_3_naming_the_field(
 def test_pages_that_never_end_are_followed_to_a_bound(api: type[_Server]) -> None:
     pages = iter(range(1, 10**6))
     # Every answer names a next page no answer named before: no loop to notice, only a bound.
-    api.answer = staticmethod(lambda path: {"droplets": [], "links": {"pages": {"next": f"/v2/droplets?page={next(pages)}"}}})
+    api.given = staticmethod(lambda path: {"droplets": [], "links": {"pages": {"next": f"/v2/droplets?page={next(pages)}"}}})
     client = po.connect()
     client.max_pages = 25
     with pytest.raises(APIError, match="pagination goes on past 25 pages"):
@@ -106,51 +93,22 @@ class _Trickle(http.server.BaseHTTPRequestHandler):
         pass
 
 
-class _Huge(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - the http.server API
-        body = json.dumps({"droplets": [], "padding": "x" * (2 << 20)}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        try:
-            self.wfile.write(body)
-        except OSError:
-            pass
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+class _Huge(JSONHandler):
+    def answer(self) -> Any:
+        return {"droplets": [], "padding": "x" * (2 << 20)}
 
 
-@pytest.fixture
-def serve(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    servers = []
-
-    def start(handler: type[http.server.BaseHTTPRequestHandler]) -> str:
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}"
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
-
-
-def test_an_answer_that_trickles_in_is_given_up_at_the_whole_answer_s_deadline(serve: Any) -> None:
+def test_an_answer_that_trickles_in_is_given_up_at_the_whole_answer_s_deadline() -> None:
     from poseidon.errors import APIConnectionError
 
-    client = po.Client("t0ken", api_url=serve(_Trickle), timeout=0.5, max_attempts=1)
-    with pytest.raises(APIConnectionError, match=r"the answer took over 2 s to arrive \(4 times POSEIDON_API_TIMEOUT\)"):
-        client.droplets.list(tag="x")  # every read is within its 0.5 s: only the whole answer's deadline ends it
+    with serving(_Trickle) as url, pytest.raises(APIConnectionError, match=r"the answer took over 2 s to arrive \(4 times POSEIDON_API_TIMEOUT\)"):
+        # Every read is within its 0.5 s: only the whole answer's deadline ends it.
+        po.Client("t0ken", api_url=url, timeout=0.5, max_attempts=1).droplets.list(tag="x")
 
 
-def test_an_answer_over_the_size_bound_is_refused(serve: Any) -> None:
-    client = po.Client("t0ken", api_url=serve(_Huge), max_answer_bytes=1 << 20)
-    with pytest.raises(APIError, match=r"is over 1,048,576 bytes: poseidon reads no more"):
-        client.droplets.list(tag="x")
+def test_an_answer_over_the_size_bound_is_refused() -> None:
+    with serving(_Huge) as url, pytest.raises(APIError, match=r"is over 1,048,576 bytes: poseidon reads no more"):
+        po.Client("t0ken", api_url=url, max_answer_bytes=1 << 20).droplets.list(tag="x")
 
 
 def test_the_emulator_reads_no_body_before_the_token_and_answers_a_bad_length_with_400() -> None:

@@ -10,7 +10,7 @@ import sys
 import textwrap
 import time
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,12 +19,11 @@ from poseidon import executor
 from poseidon.cli import main
 from poseidon.sandbox import Sandbox
 from fakeclock import FakeClock
-from sandboxes import point_at, pointed, process_running
+from sandboxes import PATIENCE, point_at, pointed, process_running, wait_for
 
 NAMES = ["d1", "d2", "d3", "d4", "d5"]
 
 #: How long a test waits for an event before it fails: a safety net, never a pace.
-PATIENCE = 60.0
 
 
 @pytest.fixture(scope="module")
@@ -48,14 +47,6 @@ def playbook(tmp_path: Path, steps: str, droplets: list[str] = NAMES) -> Path:
 def statuses(report: dict) -> dict[str, list[str]]:  # type: ignore[type-arg]
     return {d["name"]: [s["status"] for s in d["steps"]] for d in report["droplets"]}
 
-
-def wait_for(what: str, event: Callable[[], bool]) -> None:
-    """Return once ``event()`` is true; fail the test if it is not within :data:`PATIENCE`."""
-    deadline = time.monotonic() + PATIENCE
-    while not event():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {PATIENCE:g} s")
-        time.sleep(0.02)
 
 
 def test_fail_fast_starts_no_new_step_after_the_first_failure(tmp_path: Path, env: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:

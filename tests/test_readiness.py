@@ -15,7 +15,7 @@ import textwrap
 import threading
 import time
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,9 +24,9 @@ from poseidon import executor, spec, steps
 from poseidon.results import RunResult, StepResult
 from poseidon.sandbox import Sandbox
 from fakeclock import FakeClock
+from sandboxes import PATIENCE, wait_for
 
 #: How long a test waits for an event before it fails: a safety net, never a pace.
-PATIENCE = 60.0
 
 
 def sandbox_settings(sandbox: Sandbox, **overrides: object) -> executor.SSHSettings:
@@ -97,14 +97,6 @@ def let_go(holder: subprocess.Popen[bytes]) -> None:
     holder.stdin.close()
     assert holder.wait(timeout=PATIENCE) == 0
 
-
-def wait_for(what: str, event: Callable[[], bool]) -> None:
-    """Return once ``event()`` is true; fail the test if it is not within :data:`PATIENCE`."""
-    deadline = time.monotonic() + PATIENCE
-    while not event():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {PATIENCE:g} s")
-        time.sleep(0.02)
 
 
 def copying_python3_stderr(sandbox: Sandbox, copy: Path) -> None:

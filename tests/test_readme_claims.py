@@ -27,7 +27,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from sandboxes import point_at, pointed, process_running
+from sandboxes import point_at, pointed, process_running, wait_for
 from wheels import build_wheel, offline_pip_env
 
 import poseidon.api as po
@@ -74,14 +74,6 @@ def run_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, Any]:
     out = capsys.readouterr().out
     return code, json.loads(out) if out.strip() else None
 
-
-def wait_for(what: str, ready: Callable[[], bool], timeout: float = PATIENCE) -> None:
-    """Wait until ``ready()`` (a marker file, a process gone); fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still waiting for {what} after {timeout:.0f} s")
-        time.sleep(0.02)
 
 
 def user_environment(**more: str) -> dict[str, str]:

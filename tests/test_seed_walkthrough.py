@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +11,7 @@ import pytest
 import poseidon.api as po
 from poseidon.errors import CommandError
 from poseidon.sandbox import Sandbox
-from sandboxes import command_lines_seen, process_running
+from sandboxes import command_lines_seen, process_running, wait_for
 from wheels import build_wheel, offline_pip_env
 
 
@@ -108,13 +106,6 @@ def test_nohup_fails_with_the_log_when_the_process_dies_at_once(sandbox_env: San
         assert "cannot start" in outcome.stderr
 
 
-def _wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    """Poll ``condition`` until it holds; the bound is a safety net, not a guess at how long it takes."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"still waiting after {timeout:g} s for {what}"
-        time.sleep(0.05)
-
 
 def test_a_nohup_process_outlives_the_ssh_session(sandbox_env: Sandbox) -> None:
     droplet = po.connect().droplets.by_name("test")
@@ -129,7 +120,7 @@ def test_a_nohup_process_outlives_the_ssh_session(sandbox_env: Sandbox) -> None:
         session = int(ssh.wait("echo $PPID"))  # the sshd process serving this connection
         assert Path(f"/proc/{session}/cmdline").read_bytes().startswith(b"sshd"), "not the session's sshd"
     # The session is over on the droplet's side too: whatever its end would do to its processes is done.
-    _wait_until(lambda: not process_running(session), "the session's sshd to exit")
+    wait_for("the session's sshd to exit", lambda: not process_running(session))
 
     with droplet.connect() as ssh:
         ssh.wait("touch survivor.go")
@@ -137,7 +128,7 @@ def test_a_nohup_process_outlives_the_ssh_session(sandbox_env: Sandbox) -> None:
         def answered() -> bool:
             return log.exists() and "outlived" in log.read_text().splitlines()
 
-        _wait_until(lambda: answered() or not process_running(pid), "the process to answer or end")
+        wait_for("the process to answer or end", lambda: answered() or not process_running(pid))
         assert answered(), f"the process ended with the session; its log: {log.read_text() if log.exists() else None!r}"
         assert ssh.wait(f"kill -0 {pid} && echo alive") == "alive\n"
         ssh.wait(f"kill -TERM {pid}")  # its wrapper ends the group; the next test starts clean

@@ -8,9 +8,7 @@ keeps the raw text.
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import pytest
 from poseidon.cli import main
 from poseidon.sandbox import Sandbox
 from sandboxes import point_at
+from stubhttp import JSONHandler, serving
 
 #: Clear the screen, retitle the terminal, go back to the start of the line and print a fake verdict.
 HOSTILE = "\x1b[2J\x1b]0;pwned\x07\r\x1b[2K1 droplet(s), 1 ok in 0.1s: all droplets succeeded"
@@ -81,29 +80,17 @@ def test_an_api_s_droplet_data_is_shown_escaped(shared_sandbox: Sandbox, capsys:
     assert HOSTILE in next(d for d in listed if d["name"] == "hostile-data")["tags"]
 
 
-class _Hostile(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - the http.server API
-        body = json.dumps({"id": "not_found", "message": HOSTILE}).encode()
-        self.send_response(404)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+class _Hostile(JSONHandler):
+    status = 404
 
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+    def answer(self) -> dict[str, str]:
+        return {"id": "not_found", "message": HOSTILE}
 
 
 @pytest.fixture
 def hostile_api() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hostile)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(_Hostile) as url:
+        yield url
 
 
 def test_an_api_s_error_message_is_shown_escaped(
