@@ -549,7 +549,7 @@ class Client:
         response._content = b"".join(chunks)  # what .content and .json() read from now on
 
     def _unreachable(self, exc: requests.RequestException, attempts: int) -> APIConnectionError:
-        reason = self._scrub(f"{type(exc).__name__}: {exc}")
+        reason = self.mask(f"{type(exc).__name__}: {exc}")
         if isinstance(exc, requests.Timeout):
             tried = f"{attempts} times" if attempts > 1 else "once"
             return APIConnectionError(
@@ -632,14 +632,11 @@ class Client:
         else:
             cls = APIError
         return cls(
-            self._scrub(message),
+            self.mask(message),
             status=status,
             id=error_id,
             request_id=str(request_id) if request_id else None,
         )
-
-    def _scrub(self, text: str) -> str:
-        return self.mask(text)
 
     def mask(self, text: str) -> str:
         """``text`` with the client's token replaced by ``***``: for whatever may hold it (a step's output)."""
@@ -653,9 +650,9 @@ class Client:
         target = path
         seen: set[str] = set()
         while True:
-            body = self.get(target, query)
-            items = body.get(key) if isinstance(body, dict) else None
-            if not isinstance(items, list) and not (isinstance(body, dict) and items is None):
+            body = self.get(target, query) or {}  # _decode gave a JSON object, or None for no body
+            items = body.get(key)
+            if items is not None and not isinstance(items, list):
                 raise APIError(f"the API answered nonsense for {target}: {key}: a list, not {type(items).__name__}")
             yield from items or []
             links = body.get("links") or {}

@@ -356,7 +356,7 @@ def _check_writable(path: str) -> None:
     """Fail before the run, not after it, when the report cannot be written. Nothing is created
     or opened (a link at the name is not followed): its folder must exist and take new files."""
     target = Path(path)
-    if target.is_dir():
+    if target.is_dir() and not target.is_symlink():  # a link is replaced, not written through
         raise errors.UsageError(f"--report {path}: Is a directory")
     folder = target.parent
     if not folder.is_dir():

@@ -39,7 +39,7 @@ import shlex
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["BindError", "Bound", "Reference", "bind", "check", "contexts", "quote", "quote_all", "quote_path"]
+__all__ = ["BindError", "Bound", "Reference", "bind", "check", "quote", "quote_all", "quote_path"]
 
 
 def quote(value: object) -> str:
@@ -127,11 +127,6 @@ def check(parts: Parts) -> list[str]:
         for piece, context in _contexts(parts)
         if isinstance(piece, Reference) and context in _REFUSED
     ]
-
-
-def contexts(parts: Parts) -> list[tuple[str, str]]:
-    """``(reference name, context)`` for each reference, as the lexer saw it."""
-    return [(piece.name, context) for piece, context in _contexts(parts) if isinstance(piece, Reference)]
 
 
 # -- the lexer: just enough of POSIX sh to know the quoting at each reference ----------

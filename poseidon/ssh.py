@@ -628,7 +628,7 @@ class SSHClient:
         (or passed over with :meth:`pass_step`) changed the droplet since the
         process started.
         """
-        mark = None if step.kind == "chdir" or getattr(step, "changes", True) is False else steps.change_mark(step, self.user)
+        mark = steps.change_mark(step, self.user) if steps.marks_change(step) else None
         ctx = steps.StepContext(
             user=self.user, values=values, address=self.host, mark=mark, inputs=tuple(sorted(set(self._marks) - {mark}))
         )
@@ -674,7 +674,7 @@ class SSHClient:
     def pass_step(self, step: Any) -> None:
         """Count ``step`` as run before the next ones without running it (``--start-at``, ``--resume``):
         a later ``nohup`` still restarts when it changed the droplet since the process started."""
-        if step.kind != "chdir" and getattr(step, "changes", True) is not False:
+        if steps.marks_change(step):
             self._marks.append(steps.change_mark(step, self.user))
 
     def _step(

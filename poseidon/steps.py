@@ -25,7 +25,7 @@ import json
 import math
 import secrets as _random
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from poseidon import shell, spec
@@ -52,6 +52,7 @@ __all__ = [
     "build",
     "change_mark",
     "describe",
+    "marks_change",
     "nohup_status",
     "parse_status",
     "quote",
@@ -105,8 +106,6 @@ class Script:
     #: It may set ``_why`` to say why there is work to do.
     check: str | None = None
     ok_reason: str = ""
-    #: Whether running the step twice is safe and reports ``ok`` the second time.
-    idempotent: bool = True
     #: Whether the step needs root (then ``sudo -n`` when the user is not root).
     needs_root: bool = False
     #: The check is the whole step (``run`` with ``changes: false``): exit 0 is ok, anything else failed.
@@ -135,8 +134,22 @@ def _bound(text: str, ctx: StepContext) -> shell.Bound:
 
 def _user_shell(text: str, ctx: StepContext) -> str:
     """A command the user wrote, run in a subshell: its values assigned to variables, then its text ``eval``'d."""
-    bound = _bound(text, ctx)
+    return _subshell(_bound(text, ctx))
+
+
+def _subshell(bound: shell.Bound) -> str:
     return f"( {bound.assignments()}eval {quote(bound.text)} )"
+
+
+def _say(message: str) -> str:
+    """Shell that prints ``message`` on stderr as it is (``echo`` would read its backslashes)."""
+    return f"printf '%s\\n' {quote(message)} >&2"
+
+
+def marks_change(step: spec.Step) -> bool:
+    """Whether the step rewrites a change mark when it changes the droplet (:func:`change_mark`):
+    all but ``chdir`` (it changes nothing) and a ``run`` that only checks."""
+    return step.kind != "chdir" and getattr(step, "changes", True) is not False
 
 
 def _digest(*parts: object) -> str:
@@ -450,16 +463,17 @@ def _ready_probe(ready: spec.ReadyCheck, ctx: StepContext) -> tuple[str, str]:
 
 
 def _fail_with_log(log: str, message: str) -> str:
-    """Shell that says ``message``, shows the end of the log, ends what the process left and fails the step."""
-    return f"{{ {{ echo {quote(message)}; tail -n 20 {log}; }} >&2; _running || _stop; exit 1; }}"
+    """Shell that says ``message``, shows the end of the log and fails the step. A process that died
+    is cleared away with what it left running; one that runs but is not ready is left running (the
+    next apply finds it not ready and restarts it)."""
+    return f"{{ {_say(message)}; tail -n 20 {log} >&2; _running || _stop; exit 1; }}"
 
 
 def nohup(step: NohupStep, ctx: StepContext) -> Script:
     name = step.process_name()
     log = quote_path(step.log_path())
     bound = _bound(step.cmd, ctx)
-    command = f"( {bound.assignments()}eval {quote(bound.text)} )"
-    wrapper = _WRAPPER.replace("{command}", command)
+    wrapper = _WRAPPER.replace("{command}", _subshell(bound))
     # What it runs: a change to any of these restarts it (on-change). The directory is added there.
     definition = _digest(bound.text, bound.bindings, step.env, ctx.user)
     setup = (
@@ -469,10 +483,12 @@ def nohup(step: NohupStep, ctx: StepContext) -> Script:
         f"_in=$(_inputs {quote_all(ctx.inputs)})\n_why="
     )
     probe, awaited = _ready_probe(step.ready, ctx) if step.ready else ("", "")
-    if step.ready is not None and step.ready.cmd is None:
+    # A port or a URL is knocked on by python3; it also answers for another process, if one holds it.
+    knocks = step.ready is not None and step.ready.cmd is None
+    if knocks:
         setup += (
             "\ncommand -v python3 >/dev/null 2>&1 ||"
-            f" {{ echo {quote(f'poseidon: ready: {awaited} is checked with python3, which the droplet lacks')} >&2; exit 2; }}"
+            f" {{ {_say(f'poseidon: ready: {awaited} is checked with python3, which the droplet lacks')}; exit 2; }}"
         )
     check = [f'[ {quote(step.restart)} != always ] || {{ _why="restart: always"; return 1; }}']
     check.append('_running || { _why="not running"; return 1; }')
@@ -489,11 +505,11 @@ def nohup(step: NohupStep, ctx: StepContext) -> Script:
         # A log that exists is replaced by a new file of ours: set -C never opens one a link points to.
         f"rm -f -- {log} || exit 2\n"
     )
-    if step.ready is not None and step.ready.cmd is None:
+    if knocks:
         # What answers now cannot be the process about to start: the check could not tell them apart.
         start += (
-            f"if {probe}; then _o=$(_others); {{ echo {quote(f'poseidon: {awaited} answers before {name} starts: another process holds it')}"
-            '"${_o:+ (still running here: ${_o% })}; stop it, or name the step as before (name:)"; } >&2; exit 1; fi\n'
+            f"if {probe}; then _o=$(_others); printf '%s%s\\n' {quote(f'poseidon: {awaited} answers before {name} starts: another process holds it')}"
+            ' "${_o:+ (still running here: ${_o% })}; stop it, or name the step as before (name:)" >&2; exit 1; fi\n'
         )
     start += (
         f"printf '%s' {quote(wrapper)} | ( set -C; POSEIDON_PROCESS={token} exec nohup setsid sh -c 'eval \"$(cat)\"'"
@@ -505,7 +521,10 @@ def nohup(step: NohupStep, ctx: StepContext) -> Script:
         ' "$_def" "$_in" | _write "$_state" || exit 2\n'
     )
     if step.ready:
-        not_ready = f"poseidon: {name} is not ready after {step.ready.timeout:g} s (waited for {awaited}); the end of its log:"
+        not_ready = (
+            f"poseidon: {name} is not ready after {step.ready.timeout:g} s (waited for {awaited});"
+            " it is left running, and the next apply restarts it; the end of its log:"
+        )
         wait = (
             f"_end=$(( $(date +%s) + {math.ceil(step.ready.timeout)} ))\n"
             "while :; do\n"
@@ -523,13 +542,12 @@ def nohup(step: NohupStep, ctx: StepContext) -> Script:
         )
     else:
         wait = ""
-    started = f'echo {quote(name)} "started${{_why:+ ($_why)}}, pid $_pid"'
+    started = f'printf \'%s started%s, pid %s\\n\' {quote(name)} "${{_why:+ ($_why)}}" "$_pid"'
     return Script(
         setup=setup,
         check="\n".join(check),
         apply=start + wait + started,
         ok_reason=f"{name} is running",
-        idempotent=step.restart != "always",
     )
 
 
@@ -547,7 +565,6 @@ def run(step: RunStep, ctx: StepContext) -> Script:
         check="\n".join([*guards, "return 1"]) if guards else None,
         apply=command,
         ok_reason=reason if guards else "",
-        idempotent=bool(guards),
     )
 
 

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +25,7 @@ import pytest
 
 from poseidon.cli import main
 from poseidon.sandbox import Sandbox
-from sandboxes import pointed, process_running
+from sandboxes import pointed, process_running, wait_for
 
 PORT = 5311
 
@@ -115,15 +114,6 @@ def _port_open(sandbox: Sandbox) -> bool:
         return False
 
 
-def _until(condition: object, timeout: float = 15.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if condition():  # type: ignore[operator]
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_a_new_commit_and_a_changed_env_each_restart_the_app_and_the_new_one_answers(
     site: tuple[Sandbox, Path, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -187,7 +177,7 @@ def test_killing_the_pid_status_shows_ends_the_app_and_the_next_apply_brings_it_
         os.kill(found[0]["pid"], sig)
         if sig == signal.SIGTERM:
             # The whole app ends with the process a user would kill: the port is free.
-            assert _until(lambda: not _port_open(sandbox)), "the app outlived the pid status showed"
+            wait_for("the port to be free once the pid status showed was killed", lambda: not _port_open(sandbox))
         else:
             # KILL cannot be passed on: status names what was left, and the next apply stops it.
             code, found = _cli("status", str(playbook), capsys=capsys)
@@ -208,7 +198,7 @@ def test_a_reused_pid_is_neither_taken_for_the_app_nor_signalled(
     assert _cli("apply", str(playbook), capsys=capsys)[0] == 0
     code, found = _cli("status", str(playbook), capsys=capsys)
     os.kill(found[0]["pid"], signal.SIGTERM)
-    assert _until(lambda: not _port_open(sandbox))
+    wait_for("the port to be free", lambda: not _port_open(sandbox))
     # As after a reboot: the recorded pid now belongs to an unrelated process group.
     stranger = subprocess.Popen(["sleep", "300"], start_new_session=True)
     try:
@@ -237,7 +227,7 @@ def test_a_process_that_dies_before_it_is_ready_or_never_gets_ready_fails_with_i
             "late-crash exited before it was ready; the end of its log:\nstarting\nboom",
         'cmd: "echo up; exec sleep 60", name: never-ready, ready: {http: "http://127.0.0.1:5398/", timeout: 1.5}':
             "never-ready is not ready after 1.5 s (waited for a 2xx answer from http://127.0.0.1:5398/);"
-            " the end of its log:\nup",
+            " it is left running, and the next apply restarts it; the end of its log:\nup",
     }
     for step, told in cases.items():
         playbook = tmp_path / "site.yaml"
@@ -267,7 +257,7 @@ def test_a_frozen_droplet_ends_the_run_at_its_timeout_or_its_keepalives_and_the_
             )
             frozen: set[int] = set()
             try:
-                assert _until(lambda: (sandbox.home("hung") / "started").exists(), 30)
+                wait_for("the step to start", lambda: (sandbox.home("hung") / "started").exists())
                 frozen = sandbox.freeze("hung")
                 out, err = run.communicate(timeout=60)  # it ends: that is the point
             finally:
@@ -378,9 +368,9 @@ def test_a_process_an_older_poseidon_started_is_stopped_before_the_new_one_start
             " && echo $! > .poseidon/upgraded.pid && echo 0123 > .poseidon/upgraded.cmd"
         )
         old = int(ssh.wait("cat .poseidon/upgraded.pid"))
-        assert _until(lambda: "sleep 301" in ssh.wait(f"ps -o args= -g {old} || true"))
+        wait_for("the old command to run", lambda: "sleep 301" in ssh.wait(f"ps -o args= -g {old} || true"))
         assert ssh.nohup("exec sleep 302", name="upgraded", grace=0.2).changed
-        assert _until(lambda: ssh.wait(f"ps -o stat= -g {old} | grep -v '^Z' || true") == ""), "the old group runs on"
+        wait_for("the old group to end", lambda: ssh.wait(f"ps -o stat= -g {old} | grep -v '^Z' || true") == "")
         assert ssh.wait("ls .poseidon/upgraded.cmd 2>/dev/null || true") == ""
 
 
@@ -434,4 +424,4 @@ def test_a_command_that_daemonizes_and_exits_fails_and_leaves_nothing_running(sa
         outcome = ssh.nohup("setsid sleep 306 & exit 0", False, name="daemonizes", ready={"cmd": "false", "timeout": 3})
         assert outcome.status == "failed"
         assert "daemonizes exited before it was ready" in outcome.stderr
-        assert _until(lambda: ssh.wait("pgrep -fx 'sleep 306' || true") == ""), "the daemon it left runs on"
+        wait_for("the daemon it left to end", lambda: ssh.wait("pgrep -fx 'sleep 306' || true") == "")
