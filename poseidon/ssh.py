@@ -269,16 +269,23 @@ class _Framed:
     def trim(self, keep: int) -> None:
         """Drop the middle of an output longer than thrice ``keep``: its first and last ``keep`` bytes stay.
 
-        The end marker is searched for in what arrives after the kept head, so it is found
-        whatever was dropped before it.
+        While the output is arriving, its last ``keep`` bytes are kept past what could be the
+        start of the end marker, so the end marker is found whatever was dropped before it.
+        Once the end marker is in, the output ends there and is cut to exactly its head and tail.
         """
-        if self.start < 0 or self.end >= 0 or len(self.buffer) - self.start <= 3 * keep:
+        if self.start < 0:
             return
-        head, tail = self.start + keep, len(self.buffer) - keep
+        complete = self.end >= 0
+        stop = self.end if complete else len(self.buffer)
+        if stop - self.start <= (2 * keep if complete and self.dropped else 3 * keep):
+            return
+        head, tail = self.start + keep, stop - keep - (0 if complete else len(self.end_marker))
         del self.buffer[head:tail]
         self.dropped += tail - head
         self._head = keep
-        self._scanned = head
+        if complete:
+            self.end -= tail - head
+        self._scanned = max(head, self._scanned - (tail - head))
 
     def output(self) -> bytes:
         """The output between the markers; where its middle was dropped, a line says how much."""

@@ -148,13 +148,34 @@ def test_when_the_shell_holding_the_lock_dies_no_command_runs_unlocked(ssh: SSHC
         ssh.run("echo unlocked")
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 4096, 65536, 1 << 20])
+def test_a_framed_output_keeps_at_most_its_head_and_tail_whatever_the_chunk_that_ends_it(chunk: int) -> None:
+    """However the stream is cut into packets (the last may carry the end marker), the kept output is bounded."""
+    from poseidon.ssh import _Framed
+
+    keep = 1000
+    body = b"H" * keep + b"m" * 50_000 + b"T" * keep
+    stream = b"noise" + b"tok<\n" + body + b"\ntok 0\nnext command"
+    buffer = bytearray()
+    framed = _Framed(buffer, b"tok<\n", b"\ntok ")
+    for at in range(0, len(stream), chunk):
+        buffer += stream[at : at + chunk]
+        framed.done()
+        framed.trim(keep)
+    assert framed.done()
+    output = framed.output()
+    note = f"\n[poseidon: {len(body) - 2 * keep:,} bytes of output not kept here]\n".encode()
+    assert output == b"H" * keep + note + b"T" * keep
+    assert buffer[framed.end :].startswith(b"\ntok 0\nnext command")
+
+
 def test_a_step_printing_megabytes_keeps_its_head_and_tail_and_says_what_it_dropped(sandbox_env: Sandbox) -> None:
     """20 MB of output: the step's memory is its kept head and tail, the run log's its tail."""
     import poseidon.api as po
     from poseidon import steps
     from poseidon.ssh import STEP_OUTPUT_KEPT
 
-    command = "echo first-line; head -c 20000000 /dev/zero | tr '\\\\0' x; echo; echo last-line >&2; echo last-line"
+    command = "echo first-line; head -c 20000000 /dev/zero | tr '\\0' x; echo; echo last-line >&2; echo last-line"
     with po.connect().droplets.by_name("test").connect() as ssh:
         outcome = ssh.run_step(steps.build("run", cmd=command))
         assert outcome.status == "changed"
