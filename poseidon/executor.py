@@ -403,6 +403,10 @@ class _Context:
             return self.options.resume.get(droplet, 0)
         return self.options.start_at
 
+    def label(self, step: spec.Step) -> str:
+        """The step as reports show it: a secret written in it is masked too."""
+        return self.masker.text(steps.describe(step))
+
     def report(self, droplet: str, result: StepResult) -> None:
         if self.log:
             self.log.step(droplet, result)
@@ -421,7 +425,7 @@ def _run_droplet(target: Target, ctx: _Context) -> DropletRun:
         run = DropletRun(target.name, created=True)
         for index, step in enumerate(playbook.steps):
             reason = "the droplet will be created first"
-            run.steps.append(StepResult(index, step.kind, steps.describe(step), "would-change", reason=reason))
+            run.steps.append(StepResult(index, step.kind, ctx.label(step), "would-change", reason=reason))
         return run
     run = DropletRun(droplet.name, droplet.id, droplet.ip_address, created=target.create is not None)
     try:
@@ -451,7 +455,7 @@ def _finish(run: DropletRun, ctx: _Context) -> DropletRun:
     reason = ""
     if ctx.stop.is_set():
         reason = "stopped: interrupted" if ctx.interrupted.is_set() else "stopped by --fail-fast"
-    _skip_rest(run, ctx.playbook, reason)
+    _skip_rest(run, ctx, reason)
     return run
 
 
@@ -482,7 +486,7 @@ def _run_steps(ssh: SSHClient, run: DropletRun, values: dict[str, str], ctx: _Co
         if kept is None:
             ssh.pass_step(spec.expand(raw, values))  # a later nohup still sees what it changed
             reason = RESUMED if ctx.options.resume is not None else "before --start-at"
-            skipped = StepResult(index, raw.kind, steps.describe(raw), "skipped", reason=reason)
+            skipped = StepResult(index, raw.kind, ctx.label(raw), "skipped", reason=reason)
             run.steps.append(skipped)
             if ctx.log:
                 ctx.log.step(run.name, skipped)
@@ -493,7 +497,7 @@ def _run_steps(ssh: SSHClient, run: DropletRun, values: dict[str, str], ctx: _Co
         except SSHError as exc:
             # The connection dropped (a reboot, a network cut) or the droplet froze during the
             # step: the step failed. A frozen droplet is unreachable for the rest of the run.
-            lost = StepResult(index, step.kind, steps.describe(raw), "failed", stderr=mask(str(exc)), exited=-1)
+            lost = StepResult(index, step.kind, ctx.label(raw), "failed", stderr=mask(str(exc)), exited=-1)
             run.steps.append(lost)
             if isinstance(exc, SSHUnresponsiveError):
                 run.error, run.unreachable = mask(str(exc)), True
@@ -502,7 +506,7 @@ def _run_steps(ssh: SSHClient, run: DropletRun, values: dict[str, str], ctx: _Co
         result = StepResult(
             index=index,
             kind=step.kind,
-            label=steps.describe(raw),
+            label=ctx.label(raw),
             status=outcome.status,
             duration=outcome.duration,
             stdout=mask(outcome.stdout),
@@ -519,7 +523,7 @@ def _run_steps(ssh: SSHClient, run: DropletRun, values: dict[str, str], ctx: _Co
             result.status, result.reason = "would-change", PREDICTED
             run.steps.append(result)
             ctx.report(run.name, result)
-            _predict_rest(run, playbook)
+            _predict_rest(run, ctx)
             return True
         run.steps.append(result)
         ctx.report(run.name, result)
@@ -537,17 +541,17 @@ def _restarts_after(step: spec.Step, run: DropletRun) -> bool:
     return isinstance(step, spec.NohupStep) and step.restart == "on-change" and _would_change_before(run)
 
 
-def _predict_rest(run: DropletRun, playbook: spec.Playbook) -> None:
-    for index in range(len(run.steps), len(playbook.steps)):
-        step = playbook.steps[index]
-        run.steps.append(StepResult(index, step.kind, steps.describe(step), "would-change", reason=PREDICTED))
+def _predict_rest(run: DropletRun, ctx: _Context) -> None:
+    for index in range(len(run.steps), len(ctx.playbook.steps)):
+        step = ctx.playbook.steps[index]
+        run.steps.append(StepResult(index, step.kind, ctx.label(step), "would-change", reason=PREDICTED))
 
 
-def _skip_rest(run: DropletRun, playbook: spec.Playbook, reason: str = "") -> None:
+def _skip_rest(run: DropletRun, ctx: _Context, reason: str = "") -> None:
     """Mark the steps that never ran as skipped, so every droplet reports every step."""
-    for index in range(len(run.steps), len(playbook.steps)):
-        step = playbook.steps[index]
-        run.steps.append(StepResult(index, step.kind, steps.describe(step), "skipped", reason=reason))
+    for index in range(len(run.steps), len(ctx.playbook.steps)):
+        step = ctx.playbook.steps[index]
+        run.steps.append(StepResult(index, step.kind, ctx.label(step), "skipped", reason=reason))
 
 
 # -- the run ------------------------------------------------------------------

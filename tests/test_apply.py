@@ -373,7 +373,9 @@ def test_secret_values_are_masked_in_progress_reports_and_snapshots(
         steps:
           - run: echo "pw=${password} key=${api_key} plain=${plain}"
           - nohup: {cmd: "sh -c 'sleep 600' \\"holds ${api_key}\\"", name: secret-sleeper, grace: 0.1}
+          - run: test written-in-the-playbook  # the secret's value written as it is: its label is masked
           - run: echo "${password}" >&2; exit 3
+          - run: echo written-in-the-playbook  # never runs: its label, skipped, masked too
         report: {ps: true, top: false}
         """,
     )
@@ -386,7 +388,8 @@ def test_secret_values_are_masked_in_progress_reports_and_snapshots(
         assert "written-in-the-playbook" not in text
     steps = json.loads(report)["droplets"][0]["steps"]
     assert steps[0]["stdout_tail"] == "pw=*** key=*** plain=visible-value"
-    assert steps[2]["stderr_tail"] == "***"
+    assert steps[2]["label"] == "run test ***" and steps[4]["label"] == "run echo ***"
+    assert steps[3]["stderr_tail"] == "***"
     # A command that puts a secret in an argv itself: the process list, masked too.
     assert "sh -c sleep 600 holds ***" in report
 
