@@ -138,17 +138,17 @@ def test_create_with_more_than_ten_names_sends_batches_the_api_accepts(client: p
 
 
 def test_create_gives_each_droplet_the_address_the_sandbox_hook_returns(clock: FakeClock) -> None:
-    asked: list[str] = []
+    asked: list[list[str]] = []
 
-    def on_create(name: str) -> str | None:
-        asked.append(name)
-        return "127.0.0.9" if name == "web-1" else None
+    def on_create(names: list[str]) -> list[str | None]:
+        asked.append(names)
+        return ["127.0.0.9" if name == "web-1" else None for name in names]
 
     with Emulator(TOKEN, on_create) as emulator:
         client = po.Client(TOKEN, api_url=emulator.url, sleep=clock.sleep, clock=clock.time)
         droplets = client.droplets.create(["web-1", "web-2"], region="nyc3", size=SIZE, image=IMAGE)
 
-    assert asked == ["web-1", "web-2"]
+    assert asked == [["web-1", "web-2"]], "one call for the whole request"
     assert [d.ip_address for d in droplets] == ["127.0.0.9", "203.0.113.2"]
 
 

@@ -78,3 +78,26 @@ def test_a_group_of_droplets_all_off_stops_its_sshd_and_the_others_go_on(monkeyp
         assert len(sandbox.farm.pids) == 2
         with client.droplets.by_name(names[-1]).connect() as ssh:
             assert ssh.wait("echo back") == "back\n"
+
+
+@pytest.mark.parametrize("then", ["delete", "power_off"])
+def test_a_power_action_right_after_a_reboot_wins_over_the_reboots_timer(
+    then: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reboot powers the droplet on again after its downtime, unless the droplet was deleted or powered off meanwhile."""
+    with pointed(["web", "db"], monkeypatch) as sandbox:
+        sandbox.reboot_downtime = 0.5
+        web = po.connect().droplets.by_name("web")
+        address = sandbox.address("web")
+        web.reboot(wait=False)
+        if then == "delete":
+            web.delete()
+        else:
+            web.power_off(wait=False)
+        time.sleep(sandbox.reboot_downtime + 1.5)  # past the reboot's timer: nothing to wait for, it must not act
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((address, sandbox.ssh_port), timeout=2).close()
+        if then == "power_off":
+            assert po.connect().droplets.by_name("web").status == "off" and not sandbox.is_on("web")
+        else:
+            assert "web" not in sandbox.homes

@@ -87,7 +87,7 @@ class Sandbox:
         self.token = "sandbox-" + secrets.token_hex(16)
         self.emulator = Emulator(
             self.token,
-            on_create=self._droplet_created,
+            on_create=self._droplets_created,
             on_power=self._power_action,
             on_delete=self._droplet_deleted,
             on_change=self._save_account,
@@ -101,7 +101,8 @@ class Sandbox:
         self._started = False
         #: Seconds a droplet rebooted through the API stays unreachable.
         self.reboot_downtime = 1.0
-        self._boots: list[threading.Timer] = []
+        #: Per address of a droplet being rebooted, the timer that powers it on again.
+        self._boots: dict[str, threading.Timer] = {}
         #: Each droplet's name by its address, in the order they were made: names may repeat, addresses do not.
         self._named: dict[str, str] = {}
 
@@ -194,21 +195,42 @@ class Sandbox:
             self._save_droplets(droplets)
             (self.root / "account.json").write_text(json.dumps(self.emulator.account_state(), indent=1))
 
-    def _droplet_created(self, name: str) -> str | None:
-        """The emulator created a droplet through the API: make it a real SSH endpoint too."""
+    def _droplets_created(self, names: list[str]) -> list[str | None]:
+        """The emulator is creating droplets through the API: make them real SSH endpoints too,
+        all of them or, when sshd cannot serve them, none (the API then answers 500)."""
         with self._lock:
-            if self.farm is None or not self._started or self._next_host > _LAST_HOST:
-                return None  # the emulator then gives it a documentation address, unreachable
-            address = self._add_home(name)
+            if self.farm is None or not self._started:
+                return [None] * len(names)
+            first = self._next_host
+            # Past the last host, the emulator gives documentation addresses, unreachable.
+            served = names[: max(0, _LAST_HOST + 1 - first)]
+            added = [self._add_home(name) for name in served]
+            try:
+                self.farm.reload()
+            except SandboxError:
+                self._undo_homes(added, first)
+                raise
+            # The account is saved once the emulator has the droplets (on_change).
+            return [*added, *[None] * (len(names) - len(added))]
+
+    def _undo_homes(self, addresses: list[str], first_host: int) -> None:
+        """Forget droplets a failed create set up, and stop listening for them (as far as sshd lets us)."""
+        assert self.farm is not None
+        for address in addresses:
+            del self._named[address]
+            self.farm.remove_host(address)
+        self._next_host = first_host
+        try:
             self.farm.reload()
-            return address  # the account is saved once the emulator has the droplet (on_change)
+        except SandboxError:
+            pass  # the create's own error is the one to report
 
     def _droplet_deleted(self, name: str, address: str | None) -> None:
         """The API deleted a droplet: it stops for good, its files go, the sandbox forgets it."""
         with self._lock:
             if address not in self._named or self.farm is None or not self._started:
                 return  # a droplet the sandbox had no address for
-            self._power_off(address)
+            self._power_off(address)  # a reboot under way is cancelled with it
             del self._named[address]
             shutil.rmtree(self.farm.hosts / address, ignore_errors=True)
             shutil.rmtree(self.farm.system / address, ignore_errors=True)
@@ -259,6 +281,7 @@ class Sandbox:
 
     def _power_off(self, address: str) -> None:
         with self._lock:
+            self._cancel_boot(address)
             farm = self._running
             farm.off.add(address)
             farm.reload()
@@ -266,17 +289,31 @@ class Sandbox:
 
     def _power_on(self, address: str) -> None:
         with self._lock:
-            if self.farm is None or not self._started:
-                return  # stopped while a reboot was under way
+            self._cancel_boot(address)
+            if self.farm is None or not self._started or address not in self._named:
+                return  # stopped while a reboot was under way, or deleted
             self.farm.off.discard(address)
             self.farm.reload()
 
     def _reboot(self, address: str, downtime: float) -> None:
-        self._power_off(address)
-        boot = threading.Timer(downtime, self._power_on, [address])
-        boot.daemon = True
-        self._boots.append(boot)
-        boot.start()
+        with self._lock:
+            self._power_off(address)
+            boot = threading.Timer(downtime, self._boot, [address])
+            boot.daemon = True
+            self._boots[address] = boot
+            boot.start()
+
+    def _boot(self, address: str) -> None:
+        """A reboot's timer: power on, unless a later power action or a delete took its place."""
+        with self._lock:
+            if self._boots.get(address) is threading.current_thread():
+                self._power_on(address)
+
+    def _cancel_boot(self, address: str) -> None:
+        """A power action overrides a reboot under way: its timer does nothing now. The caller holds the lock."""
+        boot = self._boots.pop(address, None)
+        if boot is not None:
+            boot.cancel()
 
     def _power_action(self, address: str | None, kind: str) -> None:
         """The emulator accepted a power action: do it to the droplet's SSH endpoint too."""
@@ -294,11 +331,12 @@ class Sandbox:
         """Stop sshd and the emulator; unless the sandbox is kept, end the droplets' processes and remove the files."""
         with self._lock:  # a power action under way ends first; none starts after
             running, self._started = self._started, False
-        for boot in self._boots:
+        with self._lock:
+            boots, self._boots = list(self._boots.values()), {}
+        for boot in boots:
             boot.cancel()
             if boot is not threading.current_thread():
                 boot.join()
-        self._boots = []
         if running:
             self._save_account()
         self.emulator.stop()

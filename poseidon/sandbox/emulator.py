@@ -336,9 +336,11 @@ class Emulator:
             requests.get(emulator.url + "/v2/droplets",
                          headers={"Authorization": "Bearer secret"})
 
-    ``on_create(name)`` is called when the API creates a droplet; it returns
-    the public IPv4 address the droplet gets, or None for the next address of
-    203.0.113.0/24 (a documentation range). ``on_power(public IPv4, type)`` is
+    ``on_create(names)`` is called when the API creates droplets (one call per
+    request, so that a hook can set up all of them or none); it returns the
+    public IPv4 address each droplet gets, or None for the next address of
+    203.0.113.0/24 (a documentation range). When it raises, nothing is created
+    and the answer is a 500. ``on_power(public IPv4, type)`` is
     called after a power action (``power_off``, ``shutdown``, ``power_on``,
     ``reboot``, ``power_cycle``) was accepted; ``on_delete(name, public
     IPv4)`` after a droplet was deleted; ``on_change()`` after any request
@@ -353,7 +355,7 @@ class Emulator:
     def __init__(
         self,
         token: str,
-        on_create: Callable[[str], str | None] | None = None,
+        on_create: Callable[[list[str]], list[str | None]] | None = None,
         *,
         on_power: Callable[[str | None, str], None] | None = None,
         on_delete: Callable[[str, str | None], None] | None = None,
@@ -879,7 +881,7 @@ class Emulator:
                 if self._find_key(str(key)) is None:
                     raise _HTTPError(422, f"SSH key {key!r} does not exist on this account.")
         # The hook runs outside the lock: it may be slow, or call back into the emulator.
-        addresses = [(self._on_create(name) if self._on_create else None) for name in names]
+        addresses: list[str | None] = self._on_create(list(names)) if self._on_create else [None] * len(names)
         created, links = [], []
         with self._lock:
             for name, address in zip(names, addresses, strict=True):

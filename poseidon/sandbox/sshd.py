@@ -186,6 +186,13 @@ class SSHFarm:
         self.addresses.append(address)
         return home
 
+    def remove_host(self, address: str) -> None:
+        """Forget the droplet at ``address`` and its files (the next :meth:`reload` stops listening there)."""
+        self.addresses.remove(address)
+        self.off.discard(address)
+        shutil.rmtree(self.hosts / address, ignore_errors=True)
+        shutil.rmtree(self.system / address, ignore_errors=True)
+
     # -- life cycle ----------------------------------------------------------
 
     @property
@@ -207,7 +214,7 @@ class SSHFarm:
         return f"""\
 {listen}
 HostKey "{self.etc / "ssh_host_ed25519_key"}"
-PidFile "{self.root / f"sshd-{index}.pid"}"
+PidFile "{self._pid_file(index)}"
 AuthorizedKeysFile "{self.etc / "authorized_keys"}"
 AllowUsers {self.user}
 PubkeyAuthentication yes
@@ -228,6 +235,9 @@ PrintLastLog no
 UseDNS no
 LogLevel ERROR
 """
+
+    def _pid_file(self, index: int) -> Path:
+        return self.root / f"sshd-{index}.pid"
 
     def start(self, attempts: int = 3) -> None:
         """Start serving; with no droplet yet, only choose the port (the first droplet created starts an sshd)."""
@@ -257,6 +267,7 @@ LogLevel ERROR
         if os.geteuid() == 0:
             # sshd's privilege separation needs this directory when started as root.
             Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        self._pid_file(index).unlink(missing_ok=True)
         with open(self.root / "sshd.log", "ab") as log:
             process = subprocess.Popen(
                 [sshd, "-D", "-e", "-f", str(config)],
@@ -266,7 +277,7 @@ LogLevel ERROR
                 start_new_session=True,
             )
         self._servers[index] = (process, addresses)
-        self._wait_until_listening(process, addresses)
+        self._wait_until_serving(process, index, addresses)
 
     def reload(self) -> None:
         """Listen as the droplets now are. An sshd whose addresses changed (a droplet added,
@@ -275,7 +286,12 @@ LogLevel ERROR
         Sessions already open stay."""
         if not self.running:
             raise SandboxError("sshd is not running")
-        for index, group in enumerate(self._groups()):
+        groups = self._groups()
+        for index in [index for index in self._servers if index >= len(groups)]:
+            # Its droplets were forgotten (a create undone): nothing left to serve.
+            process, before = self._servers.pop(index)
+            _end(process)
+        for index, group in enumerate(groups):
             addresses = self._listening(group)
             if index not in self._servers:
                 self._start_sshd(index, group)
@@ -288,13 +304,17 @@ LogLevel ERROR
                 _end(process)
             else:
                 _write(self.etc / f"sshd_config-{index}", self._config(index, addresses), 0o600)
+                # sshd removes its pid file, re-executes itself ignoring SIGHUP, listens, catches
+                # SIGHUP again and only then writes the file: the next reload must wait for it,
+                # or its signal is lost. The file goes first, in case this signal is not taken yet.
+                self._pid_file(index).unlink(missing_ok=True)
                 process.send_signal(signal.SIGHUP)
                 self._servers[index] = (process, addresses)
             # Refused first: until the re-executed sshd has closed its old sockets,
             # the addresses it keeps answer on them and prove nothing.
             self._wait_until_refused([a for a in before if a not in addresses])
             if addresses:
-                self._wait_until_listening(process, addresses)
+                self._wait_until_serving(process, index, addresses)
         self._write_known_hosts()
 
     def _write_known_hosts(self) -> None:
@@ -310,15 +330,19 @@ LogLevel ERROR
         lines = kept + [f"[{address}]:{self.port} {self._host_key_line}" for address in self.addresses]
         self.known_hosts.write_text("\n".join(lines) + "\n")
 
-    def _wait_until_listening(
-        self, process: subprocess.Popen[bytes], addresses: list[str], timeout: float = 10.0
+    def _wait_until_serving(
+        self, process: subprocess.Popen[bytes], index: int, addresses: list[str], timeout: float = 10.0
     ) -> None:
+        """Wait until the sshd ``process`` has written its pid file (it then takes SIGHUP) and answers on ``addresses``."""
         deadline = time.monotonic() + timeout
         pending = list(addresses)
+        while not self._has_written_pid(index, process):
+            self._check_alive(process)
+            if time.monotonic() > deadline:
+                raise SandboxError(f"sshd (pid {process.pid}) did not write its pid file within {timeout:.0f} s")
+            time.sleep(0.02)
         while pending:
-            if process.poll() is not None:
-                log = (self.root / "sshd.log").read_text(errors="replace").strip()
-                raise SandboxError(f"sshd exited at start ({process.returncode}): {log}")
+            self._check_alive(process)
             try:
                 with socket.create_connection((pending[0], self.port), timeout=0.5):
                     pending.pop(0)
@@ -328,6 +352,17 @@ LogLevel ERROR
                         f"sshd did not listen on {pending[0]}:{self.port} within {timeout:.0f} s"
                     ) from None
                 time.sleep(0.05)
+
+    def _has_written_pid(self, index: int, process: subprocess.Popen[bytes]) -> bool:
+        try:
+            return self._pid_file(index).read_text().strip() == str(process.pid)
+        except OSError:
+            return False
+
+    def _check_alive(self, process: subprocess.Popen[bytes]) -> None:
+        if process.poll() is not None:
+            log = (self.root / "sshd.log").read_text(errors="replace").strip()
+            raise SandboxError(f"sshd exited at start ({process.returncode}): {log}")
 
     def _wait_until_refused(self, addresses: list[str], timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
