@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import socket
+import sys
+from pathlib import Path
 
 import pytest
 import requests
 
 import poseidon.api as po
+from poseidon.errors import SandboxError
+from poseidon.sandbox import Sandbox
 from sandboxes import PATIENCE, pointed
 
 
@@ -52,7 +56,7 @@ def test_every_reload_returns_once_sshd_takes_the_next_reload(monkeypatch: pytes
     with pointed(["web", "db"], monkeypatch) as sandbox:
         farm = sandbox.farm
         assert farm is not None
-        for _ in range(25):
+        for _ in range(10):
             sandbox.power_off("web")
             assert all(_catches_sighup(pid) for pid in farm.pids)
             sandbox.power_on("web")
@@ -61,19 +65,86 @@ def test_every_reload_returns_once_sshd_takes_the_next_reload(monkeypatch: pytes
             assert ssh.wait("echo back") == "back\n"
 
 
-def test_a_create_that_sshd_cannot_serve_is_undone_and_answers_500(monkeypatch: pytest.MonkeyPatch) -> None:
+def _slow_sshd(folder: Path, monkeypatch: pytest.MonkeyPatch, delay: float) -> Path:
+    """Serve the sandbox with tests/slow_sshd.py: SIGHUP is taken ``delay`` seconds after it listens
+    (the number in the file returned, read at each start)."""
+    from poseidon.sandbox import sshd
+
+    stand_in = folder / "slow-sshd"
+    stand_in.write_text(f"#!{sys.executable}\n" + (Path(__file__).parent / "slow_sshd.py").read_text())
+    stand_in.chmod(0o755)
+    monkeypatch.setattr(sshd, "find_sshd", lambda: str(stand_in))
+    delay_file = folder / "delay"
+    delay_file.write_text(str(delay))
+    monkeypatch.setenv("SLOW_SSHD_DELAY_FILE", str(delay_file))
+    return delay_file
+
+
+def _listens(address: str, port: int) -> bool:
+    try:
+        socket.create_connection((address, port), timeout=2).close()
+        return True
+    except ConnectionRefusedError:
+        return False
+
+
+def test_reloads_in_a_row_reach_an_sshd_slow_to_take_signals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The race, made certain: each reload comes while the last one's sshd is still setting up."""
+    _slow_sshd(tmp_path, monkeypatch, delay=0.3)
+    with Sandbox(["web", "db"]) as sandbox:
+        for _ in range(3):
+            sandbox.power_off("web")
+            assert not _listens(sandbox.address("web"), sandbox.ssh_port)
+            sandbox.power_on("web")
+            assert _listens(sandbox.address("web"), sandbox.ssh_port)
+        assert _listens(sandbox.address("db"), sandbox.ssh_port)
+
+
+def test_a_reload_replaces_an_sshd_still_restarting_past_its_patience(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An sshd that has not finished setting up (a reload timed out on it) is replaced, not signalled in vain."""
     from poseidon.errors import SandboxError
+    from poseidon.sandbox import sshd
+
+    delay = _slow_sshd(tmp_path, monkeypatch, delay=0.2)
+    monkeypatch.setattr(sshd, "SETUP_PATIENCE", 1.0)
+    with Sandbox(["web", "db"]) as sandbox:
+        farm = sandbox.farm
+        assert farm is not None
+        delay.write_text("600")  # the restart the next reload starts does not end
+        with pytest.raises(SandboxError, match="did not write its pid file"):
+            sandbox.power_off("web")
+        delay.write_text("0.2")
+        stuck = farm.pids
+        sandbox.power_on("web")
+        assert farm.pids != stuck, "a fresh sshd"
+        assert _listens(sandbox.address("web"), sandbox.ssh_port) and _listens(sandbox.address("db"), sandbox.ssh_port)
+
+
+@pytest.mark.parametrize(
+    ("failure", "present"),
+    [(SandboxError("sshd did not listen within 10 s"), 1), (BlockingIOError(11, "Resource temporarily unavailable"), 16)],
+    ids=["sshd-too-slow", "fork-refused-for-a-new-sshd"],
+)
+def test_a_create_that_sshd_cannot_serve_is_undone_and_answers_500(
+    failure: Exception, present: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever stops the reload (sshd too slow, no process for a new sshd), the create leaves nothing
+    behind: with 16 droplets present its droplets needed a second sshd, which is ended too."""
     from poseidon.sandbox.sshd import SSHFarm
 
-    with pointed(["first"], monkeypatch) as sandbox:
+    names = ["first", *(f"d{i}" for i in range(present - 1))]
+    with pointed(names, monkeypatch) as sandbox:
         client = po.connect()
+        farm = sandbox.farm
+        assert farm is not None
+        servers = len(farm.pids)
         real_reload = SSHFarm.reload
         failing = [True]
 
         def reload_then_fail(farm: SSHFarm) -> None:
-            real_reload(farm)  # the new addresses listen, as when sshd took too long on a busy machine
+            real_reload(farm)  # the new addresses listen (a second sshd started), as when the failure came late
             if failing.pop() if failing else False:
-                raise SandboxError("sshd did not listen within 10 s")
+                raise failure
 
         monkeypatch.setattr(SSHFarm, "reload", reload_then_fail)
         answer = requests.post(
@@ -82,14 +153,15 @@ def test_a_create_that_sshd_cannot_serve_is_undone_and_answers_500(monkeypatch: 
             headers={"Authorization": f"Bearer {sandbox.token}"},
             timeout=PATIENCE,
         )
-        assert answer.status_code == 500 and "sshd did not listen" in answer.json()["message"]
-        assert [d.name for d in client.droplets.list()] == ["first"]
-        assert set(sandbox.homes) == {"first"}
-        for host in range(3, 8):  # the addresses the create had set up listen no more
-            with pytest.raises(ConnectionRefusedError):
-                socket.create_connection((f"{sandbox.network}.{host}", sandbox.ssh_port), timeout=2).close()
+        assert answer.status_code == 500 and type(failure).__name__ in answer.json()["message"]
+        assert sorted(d.name for d in client.droplets.list()) == sorted(names)
+        assert set(sandbox.homes) == set(names)
+        assert len(farm.pids) == servers
+        first_new = 2 + present
+        for host in range(first_new, first_new + 5):  # the addresses the create had set up listen no more
+            assert not _listens(f"{sandbox.network}.{host}", sandbox.ssh_port)
 
         again = client.droplets.create("web-0", region="nyc3", size="s-1vcpu-1gb", image="ubuntu-24-04-x64", wait=True, timeout=30)
-        assert again.ip_address == f"{sandbox.network}.3", "the undone create's addresses are free again"
+        assert again.ip_address == f"{sandbox.network}.{first_new}", "the undone create's addresses are free again"
         with again.connect() as ssh:
             assert ssh.wait("ls -A | grep -v '^\\.' | wc -l") == "0\n"

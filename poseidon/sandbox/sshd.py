@@ -120,6 +120,10 @@ def find_sshd() -> str:
     )
 
 
+#: Seconds sshd may take to set up (listen, then catch SIGHUP and write its pid file) at a start or
+#: a reload; a reload that finds one still restarting from the last waits as long, then replaces it.
+SETUP_PATIENCE = 10.0
+
 #: OpenSSH's MAX_LISTEN_SOCKS: the most addresses one sshd listens on.
 ADDRESSES_PER_SSHD = 16
 
@@ -299,6 +303,13 @@ LogLevel ERROR
             process, before = self._servers[index]
             if addresses == before:  # an unchanged server keeps listening undisturbed
                 continue
+            if addresses and not self._pid_written(index, process, timeout=SETUP_PATIENCE):
+                # Still restarting from a reload that timed out (it would ignore this one's signal),
+                # or gone: a fresh sshd reads the config as it is now.
+                del self._servers[index]
+                _end(process)
+                self._start_sshd(index, group)
+                continue
             if not addresses:
                 del self._servers[index]
                 _end(process)
@@ -330,17 +341,17 @@ LogLevel ERROR
         lines = kept + [f"[{address}]:{self.port} {self._host_key_line}" for address in self.addresses]
         self.known_hosts.write_text("\n".join(lines) + "\n")
 
-    def _wait_until_serving(
-        self, process: subprocess.Popen[bytes], index: int, addresses: list[str], timeout: float = 10.0
-    ) -> None:
+    def _wait_until_serving(self, process: subprocess.Popen[bytes], index: int, addresses: list[str]) -> None:
         """Wait until the sshd ``process`` has written its pid file (it then takes SIGHUP) and answers on ``addresses``."""
+        timeout = SETUP_PATIENCE
         deadline = time.monotonic() + timeout
         pending = list(addresses)
-        while not self._has_written_pid(index, process):
+        if not self._pid_written(index, process, timeout):
             self._check_alive(process)
-            if time.monotonic() > deadline:
-                raise SandboxError(f"sshd (pid {process.pid}) did not write its pid file within {timeout:.0f} s")
-            time.sleep(0.02)
+            raise SandboxError(
+                f"sshd (pid {process.pid}) did not write its pid file {self._pid_file(index)} within {timeout:.0f} s"
+                f" (it takes SIGHUP only then): {self._log_tail() or 'sshd.log says nothing'}"
+            )
         while pending:
             self._check_alive(process)
             try:
@@ -353,16 +364,29 @@ LogLevel ERROR
                     ) from None
                 time.sleep(0.05)
 
-    def _has_written_pid(self, index: int, process: subprocess.Popen[bytes]) -> bool:
+    def _pid_written(self, index: int, process: subprocess.Popen[bytes], timeout: float) -> bool:
+        """Wait until ``process`` has written its pid file (it has set up, and takes SIGHUP); say whether it did."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self._pid_file(index).read_text().strip() == str(process.pid):
+                    return True
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+
+    def _log_tail(self, lines: int = 5) -> str:
         try:
-            return self._pid_file(index).read_text().strip() == str(process.pid)
+            text = (self.root / "sshd.log").read_text(errors="replace")
         except OSError:
-            return False
+            return ""
+        return " | ".join(text.strip().splitlines()[-lines:])
 
     def _check_alive(self, process: subprocess.Popen[bytes]) -> None:
         if process.poll() is not None:
-            log = (self.root / "sshd.log").read_text(errors="replace").strip()
-            raise SandboxError(f"sshd exited at start ({process.returncode}): {log}")
+            raise SandboxError(f"sshd exited at start ({process.returncode}): {self._log_tail(20)}")
 
     def _wait_until_refused(self, addresses: list[str], timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
