@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 from poseidon import errors
 
@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+#: Rows ``poseidon ps`` and ``poseidon top`` show without ``--all``.
+SNAPSHOT_ROWS = 20
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,13 +43,14 @@ def _parser() -> argparse.ArgumentParser:
         prog="poseidon",
         description="Provision DigitalOcean droplets from a YAML playbook, over SSH.",
     )
+    parser.add_argument("--version", action="version", version=f"poseidon {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def run_options(command: argparse.ArgumentParser) -> None:
         command.add_argument("playbook", help="the playbook (YAML), or a plan file (JSON) from 'plan --out'")
         command.add_argument("--sandbox", action="store_true", help="run on a local sandbox of the playbook's droplets")
         command.add_argument("--limit", metavar="NAMES", help="only these droplets (comma-separated names)")
-        command.add_argument("--forks", type=int, default=20, metavar="N", help="droplets run at once (default 20)")
+        command.add_argument("--forks", type=_at_least_one, default=20, metavar="N", help="droplets run at once (default 20)")
         command.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
         command.add_argument("--report", metavar="FILE.json", help="also write the JSON report to this file")
         command.add_argument("--start-at", metavar="STEP", help="start at this step (its number, or its name)")
@@ -84,9 +87,12 @@ def _parser() -> argparse.ArgumentParser:
     droplets = commands.add_parser("droplets", help="list droplets")
     droplets.add_argument("--tag", help="only droplets with this tag")
     droplets.add_argument("--json", action="store_true")
-    for name, what in (("ps", "ps -Af"), ("top", "CPU and memory per process")):
-        command = commands.add_parser(name, help=f"{what} of a droplet")
+    for name, what in (("ps", "a droplet's processes (ps -Af)"), ("top", "a droplet's busiest processes, by CPU")):
+        command = commands.add_parser(name, help=what)
         command.add_argument("name", help="the droplet's name")
+        command.add_argument("--all", action="store_true", help=f"every row (default: the first {SNAPSHOT_ROWS})")
+        command.add_argument("--json", action="store_true", help="every row, as JSON")
+        command.add_argument("--sandbox", metavar="PLAYBOOK", help="on the sandbox kept for this playbook")
 
     sandbox = commands.add_parser("sandbox", help="a local sandbox that outlives one command")
     sandbox.add_argument(
@@ -99,7 +105,35 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("poseidon")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{number} droplets at once would run nothing: give 1 or more")
+    return number
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    streams = sys.stdout, sys.stderr
+    _survive_closed_pipes()
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     handler = {
         "apply": _apply,
@@ -143,6 +177,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         _on_terminate(previous)
 
 
+class _PipeEnd:
+    """A standard stream whose reader may go away (``poseidon schema | head``): the rest of
+    the output is dropped, quietly, and the command ends with the status it would have had."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._drop()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._drop()
+
+    def _drop(self) -> None:
+        # What is still buffered, and all that follows, goes to /dev/null: flushing at exit succeeds.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())
+        os.close(devnull)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _survive_closed_pipes() -> None:
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if not isinstance(stream, _PipeEnd) and hasattr(stream, "fileno"):
+            try:
+                stream.fileno()
+            except (OSError, ValueError):  # a stream without a descriptor (a test's capture)
+                continue
+            setattr(sys, name, _PipeEnd(stream))
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -170,8 +245,13 @@ def _load(path: str) -> spec.Playbook:
 
 def _validate(args: argparse.Namespace) -> int:
     playbook = _load(args.playbook)
-    print(f"{args.playbook}: valid ({len(playbook.droplets)} droplet entries, {len(playbook.steps)} steps)")
+    droplets, steps = len(playbook.droplets), len(playbook.steps)
+    print(f"{args.playbook}: valid ({_count(droplets, 'droplet entry', 'droplet entries')}, {_count(steps, 'step')})")
     return EXIT_OK
+
+
+def _count(number: int, one: str, many: str | None = None) -> str:
+    return f"{number} {one if number == 1 else many or one + 's'}"
 
 
 def _schema(args: argparse.Namespace) -> int:
@@ -184,7 +264,7 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _apply(args: argparse.Namespace) -> int:
-    from poseidon import executor, files, planfile, steps
+    from poseidon import executor, files, planfile
     from poseidon.report import Reporter, to_json
 
     plan = planfile.read(args.playbook) if planfile.is_plan(args.playbook) else None
@@ -208,7 +288,7 @@ def _apply(args: argparse.Namespace) -> int:
     with ExitStack() as stack:
         settings: dict[str, Any] = {}
         if args.sandbox:
-            settings = _enter_sandbox(stack, args.playbook, playbook, reporter)
+            settings = _enter_sandbox(stack, args.playbook, playbook, None if args.quiet else reporter)
         # A sandbox's runs are logged apart: --resume must never mix them with real droplets'.
         runs = (_kept_sandbox_root(args.playbook) if args.sandbox else Path(args.playbook).resolve().parent / ".poseidon") / "runs"
         options = executor.RunOptions(
@@ -223,7 +303,7 @@ def _apply(args: argparse.Namespace) -> int:
             run_log=runs if mode == "apply" else None,
         )
         if not args.quiet:
-            stack.enter_context(reporter.live([steps.describe(s) for s in playbook.steps]))
+            stack.enter_context(reporter.live(executor.step_labels(playbook)))
         result = executor.apply(
             playbook,
             path=args.playbook,
@@ -247,16 +327,17 @@ def _apply(args: argparse.Namespace) -> int:
     return EXIT_FAILED if result.failed else EXIT_OK
 
 
-def _enter_sandbox(stack: ExitStack, path: str, playbook: spec.Playbook, reporter: Reporter) -> dict[str, Any]:
-    """Start the playbook's kept sandbox for this command; return the executor's settings for it."""
+def _enter_sandbox(stack: ExitStack, path: str, playbook: spec.Playbook, reporter: Reporter | None) -> dict[str, Any]:
+    """Start the playbook's kept sandbox for this command (saying so to ``reporter``); return the executor's settings for it."""
     from poseidon import executor
 
     sandbox = stack.enter_context(_sandbox_for(path, playbook))
-    reporter.message(
-        f"sandbox: {len(sandbox.homes)} droplet(s) on {sandbox.network}.2+, kept in"
-        f" {sandbox.root} ('poseidon sandbox reset --playbook {path}' removes it)",
-        "dim",
-    )
+    if reporter is not None:
+        reporter.message(
+            f"sandbox: {_count(len(sandbox.homes), 'droplet')} on {sandbox.network}.2+, kept in"
+            f" {sandbox.root} ('poseidon sandbox reset --playbook {path}' removes it)",
+            "dim",
+        )
     return dict(
         api_url=sandbox.api_url,
         token=sandbox.token,
@@ -415,12 +496,33 @@ def _droplets(args: argparse.Namespace) -> int:
 
 
 def _snapshot(args: argparse.Namespace) -> int:
+    """``poseidon ps NAME`` and ``poseidon top NAME``."""
     from poseidon import api
+    from poseidon.report import Reporter
 
-    droplet = api.connect().droplets.by_name(args.name)
-    with droplet.connect() as ssh:
-        frame = ssh.ps() if args.command == "ps" else ssh.top()
-    print(errors.printable(frame.to_string(index=False), newlines=True))  # a droplet's process names
+    reporter = Reporter(sys.stderr if args.json else None)
+    with ExitStack() as stack:
+        login: dict[str, Any] = {}
+        settings: dict[str, Any] = {}
+        if args.sandbox:
+            settings = _enter_sandbox(stack, args.sandbox, _load(args.sandbox), reporter)
+            ssh_settings = settings["ssh"]
+            login = dict(
+                user=ssh_settings.user,
+                port=ssh_settings.port,
+                key_filename=ssh_settings.key_filename,
+                known_hosts=ssh_settings.known_hosts,
+            )
+        client = api.connect(token=settings.get("token"), api_url=settings.get("api_url"))
+        droplet = client.droplets.by_name(args.name)
+        with droplet.connect(**login) as ssh:
+            frame = ssh.ps() if args.command == "ps" else ssh.top()
+    if args.json:
+        print(frame.to_json(orient="records", indent=2))
+        return EXIT_OK
+    limit = None if args.all else SNAPSHOT_ROWS
+    sort = "%CPU" if args.command == "top" else None
+    reporter.table(f"{droplet.name}: {'ps -Af' if args.command == 'ps' else 'top'}", frame, limit=limit, sort=sort)
     return EXIT_OK
 
 

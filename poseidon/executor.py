@@ -41,7 +41,7 @@ from poseidon.errors import (
     UsageError,
 )
 from poseidon.results import DropletRun, ProcessStatus, RunResult, StepResult
-from poseidon.ssh import TOP_ARGS, SSHClient
+from poseidon.ssh import SESSIONS_ARGS, TOP_ARGS, SSHClient
 
 __all__ = [
     "RunLog",
@@ -59,6 +59,8 @@ __all__ = [
 PREDICTED = "after the changes above (not checked)"
 #: The reason of a step --resume skips because an earlier run did it.
 RESUMED = "done in the run resumed"
+#: The status of a step ``--resume`` did not run again: an earlier run did it.
+DONE_EARLIER = "done-earlier"
 
 #: Called as each step ends: ``(droplet_name, step_result)``.
 Progress = Callable[[str, StepResult], None]
@@ -313,14 +315,45 @@ def _lock(ssh: SSHClient, run: DropletRun, notice: Notice | None) -> None:
         notice(run.name, f"no apply lock on the droplet ({why}): this run is not protected from another at the same time")
 
 
-def _started(before: set[int] | None, after: Any) -> Any:
-    """Rows of the final ps snapshot whose process was not there before the first step."""
-    if before is None or after is None or "PID" not in after.columns:
+@dataclass(frozen=True)
+class _Before:
+    """A droplet as the first step found it: its process ids, and the session of poseidon's shell."""
+
+    pids: frozenset[int]
+    session: int | None
+
+
+def _started(before: _Before | None, ps: Any, sessions: Any) -> Any:
+    """Rows of the final ``ps`` whose process the run started (or restarted): not there before
+    the first step, and in poseidon's session or in a ``nohup`` process's (its wrapper, a session
+    leader, reads ``poseidon:NAME``). Processes others started meanwhile (a cron job, other
+    programs on a sandbox's shared machine) are not."""
+    if before is None or ps is None or sessions is None or not {"PID", "CMD"} <= set(ps.columns):
         return None
-    return after[~after["PID"].isin(before)].reset_index(drop=True)
+    if not {"PID", "SID"} <= set(sessions.columns):
+        return None
+    leaders = set(ps.loc[ps["CMD"].astype(str).str.contains(" poseidon:", regex=False), "PID"])
+    if before.session is not None:
+        leaders.add(before.session)
+    ours = set(sessions.loc[sessions["SID"].isin(leaders), "PID"]) - before.pids
+    parents = dict(zip(ps["PID"], ps["PPID"]))
+    # Still under poseidon's shell: the snapshot being taken. A process a step left running was
+    # handed to init when its step ended.
+    ours = {pid for pid in ours if not _descends(pid, before.session, parents)}
+    return ps[ps["PID"].isin(ours)].reset_index(drop=True)
 
 
-def _ready(ssh: SSHClient, run: DropletRun, playbook: spec.Playbook, notice: Notice | None) -> set[int] | None:
+def _descends(pid: int, ancestor: int | None, parents: Mapping[int, int]) -> bool:
+    seen: set[int] = set()
+    while pid in parents and pid not in seen:
+        seen.add(pid)
+        pid = parents[pid]
+        if pid == ancestor:
+            return True
+    return False
+
+
+def _ready(ssh: SSHClient, run: DropletRun, playbook: spec.Playbook, notice: Notice | None) -> _Before | None:
     """The gate before the first step: cloud-init finished, the dpkg lock free (when apt runs).
 
     Returns the droplet's process ids right after it (``None`` when the
@@ -338,18 +371,25 @@ def _ready(ssh: SSHClient, run: DropletRun, playbook: spec.Playbook, notice: Not
         raise NotReadyError(f"{run.name} is not ready: {tail[0].removeprefix('poseidon: ')}")
     if not snapshot or snapshot[0].exited != 0:
         return None
-    return {int(pid) for pid in snapshot[0].stdout.split() if pid.isdigit()}
+    pids, _, session = snapshot[0].stdout.partition("\n")
+    return _Before(
+        frozenset(int(pid) for pid in pids.split() if pid.isdigit()),
+        int(session.strip()) if session.strip().isdigit() else None,
+    )
 
 
-def _snapshots(ssh: SSHClient, run: DropletRun, before: set[int] | None, playbook: spec.Playbook, masker: Masker) -> None:
-    """The report's ``ps`` and ``top`` of the droplet, in one round trip."""
+def _snapshots(ssh: SSHClient, run: DropletRun, before: _Before | None, playbook: spec.Playbook, masker: Masker) -> None:
+    """The report's ``ps`` and ``top`` of the droplet, and each process's session, in one round trip."""
     wanted = [name for name in ("ps", "top") if getattr(playbook.report, name)]
     if not wanted:
         return
-    frames = dict(zip(wanted, ssh.snapshots(*("-Af" if name == "ps" else TOP_ARGS for name in wanted))))
+    arguments = {"ps": "-Af", "top": TOP_ARGS, "sessions": SESSIONS_ARGS}
+    if "ps" in wanted:
+        wanted.append("sessions")
+    frames = dict(zip(wanted, ssh.snapshots(*(arguments[name] for name in wanted))))
     if "ps" in frames:
         run.ps = masker.frame(frames["ps"])
-        run.started_processes = _started(before, run.ps)
+        run.started_processes = _started(before, run.ps, frames["sessions"])
     if "top" in frames:
         run.top = masker.frame(frames["top"])
 
@@ -387,6 +427,8 @@ class _Context:
     settings: SSHSettings
     options: RunOptions
     masker: Masker
+    #: Each step's label (:func:`step_labels`).
+    labels: list[str]
     progress: Progress | None
     notice: Notice | None
     log: RunLog | None
@@ -403,9 +445,9 @@ class _Context:
             return self.options.resume.get(droplet, 0)
         return self.options.start_at
 
-    def label(self, step: spec.Step) -> str:
-        """The step as reports show it: a secret written in it is masked too."""
-        return self.masker.text(steps.describe(step))
+    def label(self, index: int) -> str:
+        """Step ``index`` as reports show it (:func:`step_labels`)."""
+        return self.labels[index]
 
     def report(self, droplet: str, result: StepResult) -> None:
         if self.log:
@@ -425,7 +467,7 @@ def _run_droplet(target: Target, ctx: _Context) -> DropletRun:
         run = DropletRun(target.name, created=True)
         for index, step in enumerate(playbook.steps):
             reason = "the droplet will be created first"
-            run.steps.append(StepResult(index, step.kind, ctx.label(step), "would-change", reason=reason))
+            run.steps.append(StepResult(index, step.kind, ctx.label(index), "would-change", reason=reason))
         return run
     run = DropletRun(droplet.name, droplet.id, droplet.ip_address, created=target.create is not None)
     try:
@@ -485,8 +527,10 @@ def _run_steps(ssh: SSHClient, run: DropletRun, values: dict[str, str], ctx: _Co
         kept = _before_the_start(raw, ctx.options.resume is not None) if index < first else raw
         if kept is None:
             ssh.pass_step(spec.expand(raw, values))  # a later nohup still sees what it changed
-            reason = RESUMED if ctx.options.resume is not None else "before --start-at"
-            skipped = StepResult(index, raw.kind, ctx.label(raw), "skipped", reason=reason)
+            if ctx.options.resume is not None:
+                skipped = StepResult(index, raw.kind, ctx.label(index), DONE_EARLIER, reason=RESUMED)
+            else:
+                skipped = StepResult(index, raw.kind, ctx.label(index), "skipped", reason="before --start-at")
             run.steps.append(skipped)
             if ctx.log:
                 ctx.log.step(run.name, skipped)
@@ -497,7 +541,7 @@ def _run_steps(ssh: SSHClient, run: DropletRun, values: dict[str, str], ctx: _Co
         except SSHError as exc:
             # The connection dropped (a reboot, a network cut) or the droplet froze during the
             # step: the step failed. A frozen droplet is unreachable for the rest of the run.
-            lost = StepResult(index, step.kind, ctx.label(raw), "failed", stderr=mask(str(exc)), exited=-1)
+            lost = StepResult(index, step.kind, ctx.label(index), "failed", stderr=mask(str(exc)), exited=-1)
             run.steps.append(lost)
             if isinstance(exc, SSHUnresponsiveError):
                 run.error, run.unreachable = mask(str(exc)), True
@@ -506,7 +550,7 @@ def _run_steps(ssh: SSHClient, run: DropletRun, values: dict[str, str], ctx: _Co
         result = StepResult(
             index=index,
             kind=step.kind,
-            label=ctx.label(raw),
+            label=ctx.label(index),
             status=outcome.status,
             duration=outcome.duration,
             stdout=mask(outcome.stdout),
@@ -544,14 +588,14 @@ def _restarts_after(step: spec.Step, run: DropletRun) -> bool:
 def _predict_rest(run: DropletRun, ctx: _Context) -> None:
     for index in range(len(run.steps), len(ctx.playbook.steps)):
         step = ctx.playbook.steps[index]
-        run.steps.append(StepResult(index, step.kind, ctx.label(step), "would-change", reason=PREDICTED))
+        run.steps.append(StepResult(index, step.kind, ctx.label(index), "would-change", reason=PREDICTED))
 
 
 def _skip_rest(run: DropletRun, ctx: _Context, reason: str = "") -> None:
     """Mark the steps that never ran as skipped, so every droplet reports every step."""
     for index in range(len(run.steps), len(ctx.playbook.steps)):
         step = ctx.playbook.steps[index]
-        run.steps.append(StepResult(index, step.kind, ctx.label(step), "skipped", reason=reason))
+        run.steps.append(StepResult(index, step.kind, ctx.label(index), "skipped", reason=reason))
 
 
 # -- the run ------------------------------------------------------------------
@@ -608,7 +652,8 @@ def apply(
         # The records first: the name answers by the time the steps have started the app.
         wanted = [(t.name, t.dns, t.droplet.ip_address if t.droplet else None) for t in targets if t.dns]
         records = dns.sync(wanted, client, apply=options.mode == "apply")
-        context = _Context(playbook, environ, secrets, settings, options, masker, progress, notice, log)
+        labels = step_labels(playbook, environ, masker)
+        context = _Context(playbook, environ, secrets, settings, options, masker, labels, progress, notice, log)
         result.droplets = _run_all(targets, context, result)
         prices = _prices(targets, client)
         for run in result.droplets:
@@ -635,11 +680,24 @@ def _prices(targets: list[Target], client: api.Client) -> dict[str, tuple[float,
     return {name: known[size] for name, size in sizes.items() if size in known}
 
 
-def _masker(playbook: spec.Playbook, environ: dict[str, str], secrets: dict[str, str], client: api.Client) -> Masker:
+def _masker(
+    playbook: spec.Playbook, environ: Mapping[str, str], secrets: Mapping[str, str], client: api.Client | None = None
+) -> Masker:
     secret_values = [v for n, v in playbook.var_values(environ).items() if n in playbook.secret_names()]
     # The API tokens of this machine's environment too: on a sandbox the client holds another one.
     tokens = [os.environ.get(name, "").strip() for name in api.TOKEN_VARIABLES]
     return Masker([*secret_values, *secrets.values(), *tokens], also=getattr(client, "mask", None))
+
+
+def step_labels(playbook: spec.Playbook, environ: Mapping[str, str] | None = None, masker: Masker | None = None) -> list[str]:
+    """Each step as progress lines and reports show it, whole: its references to variables and
+    ``${env:…}`` substituted, those to the droplet and to secret variables as written, and any
+    secret written in it masked (``environ`` defaults to this machine's)."""
+    environ = os.environ if environ is None else environ
+    secret = playbook.secret_names()
+    values = {k: v for k, v in spec.substitutions(playbook, environ=environ).items() if k not in secret}
+    masker = masker or _masker(playbook, environ, _secrets(playbook))
+    return [masker.text(steps.describe(step, values)) for step in playbook.steps]
 
 
 def _run_all(targets: list[Target], ctx: _Context, result: RunResult) -> list[DropletRun]:
@@ -826,7 +884,7 @@ def _read_log(path: Path, steps: int) -> tuple[dict[str, Any], dict[str, set[int
         droplet, index = record.get("droplet"), record.get("index")
         if not isinstance(droplet, str) or type(index) is not int or index < 0:
             raise UsageError(f"{path}:{number}: --resume: a step record needs a droplet name and a step number")
-        if index < steps and (record.get("status") in ("ok", "changed") or record.get("reason") == RESUMED):
+        if index < steps and (record.get("status") in ("ok", "changed", DONE_EARLIER) or record.get("reason") == RESUMED):
             done.setdefault(droplet, set()).add(index)
     return header, done, ran
 

@@ -34,9 +34,14 @@ _STYLES = {
     "would-change": "yellow",
     "failed": "bold red",
     "skipped": "dim",
+    "done-earlier": "dim",
 }
-#: Snapshot tables show this many rows; the JSON report has them all.
-SNAPSHOT_ROWS = 12
+#: After a run, each droplet's busiest processes shown, by %CPU; ``--json`` and ``--report-dir`` have every row.
+TOP_ROWS = 5
+#: At most this many of the processes a run started are shown (``--json`` has them all).
+STARTED_ROWS = 20
+#: The width of output that is not a terminal: a pipe, a file, a CI log. Nothing is cut or wrapped there.
+UNCUT = 1_000_000
 
 
 def to_json(result: RunResult) -> str:
@@ -89,6 +94,8 @@ class Reporter:
     def __init__(self, file: IO[str] | None = None, *, width: int | None = None) -> None:
         # emoji=False: no ":name:" codes to expand, and rich's table of them costs ~0.1 s to import.
         self.console: Console = _escaping_console(file=file or sys.stdout, width=width, highlight=False, emoji=False)
+        if width is None and not self.console.is_terminal:
+            self.console.width = UNCUT
         self._lock = threading.Lock()
         self._labels: list[str] = []
         #: droplet → (index of its current step, when it started), while a live panel shows.
@@ -153,9 +160,15 @@ class Reporter:
             self._advance(droplet, step.index + 1)
             self.console.print(line, no_wrap=True, overflow="ellipsis")
             if step.status == "failed":
-                tail = step.tail()
-                if tail:
-                    self.console.print(_indent(tail), style="red", markup=False, highlight=False)
+                self._output(step)
+
+    def _output(self, step: StepResult) -> None:
+        """What a failed step printed: the last lines of stdout, then of stderr."""
+        for name, text in (("stdout", step.stdout), ("stderr", step.stderr)):
+            lines = text.strip().splitlines()[-_TAIL_LINES:]
+            if lines:
+                self.console.print(f"  {name}:", style="red", markup=False, highlight=False)
+                self.console.print(_indent("\n".join(lines)), style="red", markup=False, highlight=False)
 
     def droplets(self, droplets: Sequence[Droplet]) -> None:
         """A table of droplets: name, id, status, public IP, region, size, tags."""
@@ -167,6 +180,8 @@ class Reporter:
         for d in droplets:
             size = str(d.data.get("size_slug") or "")
             table.add_row(d.name, str(d.id), d.status, d.ip_address or "-", d.region, size, ",".join(d.tags))
+        for kept in table.columns[:4]:  # name, id, status, address: whole, never wrapped
+            kept.no_wrap = True
         self.console.print(table)
 
     def processes(self, found: Sequence[ProcessStatus]) -> None:
@@ -178,8 +193,10 @@ class Reporter:
             self.message("the playbook's nohup steps manage no process")
             return
         table = Table(box=self._box())
-        for column in ("droplet", "process", "state", "pid", "uptime", "directory", "log"):
-            table.add_column(column, overflow="fold")
+        for column in ("droplet", "process", "state", "pid", "uptime"):
+            table.add_column(column, no_wrap=True)
+        for column in ("directory", "log"):  # the long ones: folded on a terminal that is too narrow
+            table.add_column(column, overflow="fold", min_width=12)
         for p in found:
             shown = f"{p.state}, {len(p.leftover)} left running" if p.leftover else p.state
             state = Text(shown, style="green" if p.state == "alive" else "bold red")
@@ -197,6 +214,10 @@ class Reporter:
     # -- after the run ---------------------------------------------------------------
 
     def summary(self, result: RunResult, *, snapshots: bool = True) -> None:
+        """The snapshots first, then what matters most, last: the steps, the failures, the verdict."""
+        if snapshots:
+            for run in result.droplets:
+                self._snapshots(run)
         self._steps_table(result)
         for run in result.droplets:
             if run.error:
@@ -208,10 +229,10 @@ class Reporter:
                         style="bold red",
                         markup=False,
                     )
-                    self.console.print(_indent(step.tail() or "(no output)"), style="red", markup=False)
-        if snapshots:
-            for run in result.droplets:
-                self._snapshots(run)
+                    if step.stdout.strip() or step.stderr.strip():
+                        self._output(step)
+                    else:
+                        self.console.print(_indent("(no output)"), style="red", markup=False)
         self._records(result)
         self._costs(result)
         self._totals(result)
@@ -301,27 +322,33 @@ class Reporter:
             self.console.print(line, style=style, markup=False, highlight=False, soft_wrap=True)
 
     def _snapshots(self, run: DropletRun) -> None:
-        snapshots = (("started by this run", run.started_processes, None), ("ps -Af", run.ps, None), ("top", run.top, "%CPU"))
-        for title, frame, sort in snapshots:
-            if frame is None or frame.empty:
-                continue
-            # Plain lists: pandas' per-call overhead adds up over 3 snapshots × 50 droplets.
-            header = [str(c) for c in frame.columns]
-            rows = frame.values.tolist()
-            if sort in header:
-                at = header.index(sort)
-                rows.sort(key=lambda row: row[at], reverse=True)  # stable: ties keep ps's order
-                shown = rows[:SNAPSHOT_ROWS]
-            else:
-                shown = rows[-SNAPSHOT_ROWS:]
-            self._frame(f"{run.name}: {title}", header, [[str(v) for v in row] for row in shown], len(rows))
+        """What a user looks at after a run: the processes it started (or restarted), and the
+        busiest few. The whole ``ps -Af`` and ``top`` are in ``--json`` and ``--report-dir``."""
+        started = run.started_processes
+        if started is not None and not started.empty:
+            self.table(f"{run.name}: started by this run", started, limit=STARTED_ROWS)
+        if run.top is not None and not run.top.empty:
+            self.table(f"{run.name}: busiest", run.top, limit=TOP_ROWS, sort="%CPU")
 
-    def _frame(self, title: str, header: list[str], rows: list[list[str]], total: int) -> None:
-        # Plain aligned columns, as ps prints them: a rich Table per snapshot
-        # costs ~15 ms to lay out, which adds up over 3 snapshots × 50 droplets.
-        shown = f"{len(rows)} of {total} rows; --json has them all" if total > len(rows) else f"{total} rows"
-        self.console.print(f"{title} ({shown})", style="bold", markup=False)
-        self.console.print(_columns(header, rows, self.console.width), markup=False, soft_wrap=True)
+    def table(self, title: str, frame: Any, *, limit: int | None = None, sort: str | None = None) -> None:
+        """A snapshot as aligned columns, the largest ``sort`` values first, at most ``limit`` rows.
+
+        Plain columns, as ps prints them: a rich Table per snapshot costs ~15 ms
+        to lay out, which adds up over 50 droplets.
+        """
+        # Plain lists: pandas' per-call overhead adds up over 50 droplets.
+        header = [str(c) for c in frame.columns]
+        rows = frame.values.tolist()
+        if sort in header:
+            at = header.index(sort)
+            rows.sort(key=lambda row: row[at], reverse=True)  # stable: ties keep ps's order
+        shown = rows if limit is None else rows[:limit]
+        what = f"{len(shown)} of {len(rows)} rows by {sort}" if sort else f"{len(shown)} of {len(rows)} rows"
+        if len(shown) < len(rows):
+            what += "; --json has them all"
+        self.console.print(f"{title} ({what})", style="bold", markup=False)
+        lines = _columns(header, [[str(v) for v in row] for row in shown], self.console.width)
+        self.console.print(lines, markup=False, soft_wrap=True)
 
     def _totals(self, result: RunResult) -> None:
         counts = {s: 0 for s in _STYLES}
@@ -332,8 +359,8 @@ class Reporter:
         failed = [r.name for r in result.droplets if r.failed]
         verdict = f"failed on {', '.join(failed)}" if failed else "all droplets succeeded"
         if result.interrupted:
-            verdict = "interrupted: the steps shown skipped never started; " + verdict
-        style = "bold red" if failed else "bold green"
+            verdict = "interrupted: the steps shown skipped never started" + (f"; {verdict}" if failed else "")
+        style = "bold red" if failed or result.interrupted else "bold green"
         self.console.print(
             f"{len(result.droplets)} droplet(s), {', '.join(parts) or 'no steps'} in {result.duration:.1f}s: {verdict}",
             style=style,
@@ -350,7 +377,7 @@ def _cell(step: StepResult | None) -> Any:
 
     if step is None:
         return ""
-    if step.status in ("skipped",):
+    if step.status in ("skipped", "done-earlier"):
         return Text(step.status, style=_STYLES[step.status])
     return Text(f"{step.status} {step.duration:.1f}s", style=_STYLES.get(step.status, ""))
 
@@ -364,6 +391,10 @@ def _columns(header: list[str], rows: list[list[str]], width: int) -> str:
         line = f"  {line}  {cells[-1]}".rstrip() if len(cells) > 1 else f"  {cells[0]}"
         lines.append(line if len(line) <= width else line[: width - 1] + "…")
     return "\n".join(lines)
+
+
+#: A failed step's output shown: the last lines of each stream (the report has 20).
+_TAIL_LINES = 10
 
 
 def _indent(text: str) -> str:

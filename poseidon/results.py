@@ -13,7 +13,7 @@ from typing import Any
 __all__ = ["DNSResult", "DropletRun", "ProcessStatus", "RunResult", "StepResult", "STATUSES"]
 
 #: ``would-change`` is what ``plan`` reports where ``apply`` would report ``changed``.
-STATUSES = ("ok", "changed", "would-change", "failed", "skipped")
+STATUSES = ("ok", "changed", "would-change", "failed", "skipped", "done-earlier")
 
 
 @dataclass
@@ -29,11 +29,6 @@ class StepResult:
     stderr: str = ""
     exited: int = 0
     reason: str = ""
-
-    def tail(self, lines: int = 10) -> str:
-        """The last lines of what the step printed, stderr first when it failed."""
-        text = self.stderr if self.status == "failed" and self.stderr.strip() else self.stdout
-        return "\n".join(text.strip().splitlines()[-lines:])
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -154,6 +154,15 @@ def _rewrite(text: str, reference: Callable[[str], str]) -> str:
     return "".join(parts)
 
 
+def preview(text: str, values: Mapping[str, str]) -> str:
+    """``text`` with the references ``values`` holds substituted and the others as written:
+    how a step reads before the droplet it runs on is known (its label)."""
+    try:
+        return _rewrite(text, lambda name: values.get(name, f"${{{name}}}"))
+    except ValueTooLong:
+        return text
+
+
 def parts(text: str) -> list[str | shell.Reference]:
     """``text`` as literal pieces and the references between them (``$${`` is a literal ``${``).
 

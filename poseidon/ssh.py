@@ -43,7 +43,9 @@ __all__ = ["StepOutcome", "SSHClient", "parse_ps"]
 
 #: ``ps -Afo`` as the original documents it is refused by procps-ng: ``-f`` and ``-o`` both set the format.
 TOP_ARGS = "-Ao %cpu,%mem,user,comm"
-_NUMERIC = {"PID", "PPID", "C", "%CPU", "%MEM", "UID"}
+#: Each process's session: tells the processes a run started from those others did (the report).
+SESSIONS_ARGS = "-Ao pid,sid"
+_NUMERIC = {"PID", "PPID", "SID", "C", "%CPU", "%MEM", "UID"}
 
 
 @dataclass
@@ -654,10 +656,11 @@ class SSHClient:
             interactive=self.interactive,
         )
         deadline = step.timeout + steps.KILL_AFTER + self.TIMEOUT_MARGIN if step.timeout else None
+        title = steps.describe(step)  # printed with interactive=True, and named in errors
+        for secret in sorted(filter(None, (secrets or {}).values()), key=len, reverse=True):
+            title = title.replace(secret, "***")
         try:
-            result = self.run(
-                rendered.command, stdin=rendered.stdin, title=steps.describe(step), deadline=deadline, keep=STEP_OUTPUT_KEPT
-            )
+            result = self.run(rendered.command, stdin=rendered.stdin, title=title, deadline=deadline, keep=STEP_OUTPUT_KEPT)
             exited, stdout, stderr = result.exited, result.stdout, result.stderr
         except CommandError as exc:
             exited, stdout, stderr = exc.exited, exc.stdout, exc.stderr

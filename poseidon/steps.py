@@ -590,14 +590,17 @@ def script_for(step: spec.Step, ctx: StepContext, *, secrets: Mapping[str, str] 
     return _BUILDERS[step.kind](step, ctx)
 
 
-def describe(step: spec.Step, width: int = 60) -> str:
-    """A one-line description: the step's ``name``, else its kind and main value."""
-    if step.name:
-        return step.name
-    value = getattr(step, step.primary)
-    text = " ".join(value) if isinstance(value, list) else str(value)
-    text = f"{step.kind} {' '.join(text.split())}"
-    return text if len(text) <= width else text[: width - 1] + "…"
+def describe(step: spec.Step, values: Mapping[str, str] | None = None) -> str:
+    """A one-line description, whole (a terminal cuts it, not this): the step's ``name``, else
+    its kind and main value (a ``nohup``'s process name), with the references ``values`` holds
+    substituted (:func:`poseidon.spec.preview`)."""
+    if step.name and not isinstance(step, spec.NohupStep):
+        text = step.name
+    else:
+        value = step.name or getattr(step, step.primary)
+        words = " ".join(value) if isinstance(value, list) else str(value)
+        text = f"{step.kind} {' '.join(words.split())}"
+    return spec.preview(text, values) if values else text
 
 
 def build(kind: str, **fields: Any) -> spec.Step:
@@ -664,7 +667,8 @@ def readiness(*, dpkg: bool, wait: int = READY_WAIT) -> str:
 
 
 #: Lists the droplet's process ids with shell builtins only: cheaper than ``ps`` for "what ran before".
-PIDS = "cd /proc && echo [0-9]*"
+#: The droplet's process ids on one line, then the session of the shell poseidon's steps run from.
+PIDS = "cd /proc && echo [0-9]* && ps -o sid= -p $$"
 
 
 def nohup_status(step: NohupStep, lines: int = 5) -> str:

@@ -107,13 +107,13 @@ def test_the_run_log_records_every_step_and_resume_starts_where_each_droplet_sto
     flag.touch()
     assert main(["apply", str(path), "--json", "--resume"]) == 0
     second = statuses(json.loads(capsys.readouterr().out))
-    assert second["d3"] == ["skipped", "changed", "changed"]
-    assert second["d1"] == ["skipped", "skipped", "skipped"]
+    assert second["d3"] == ["done-earlier", "changed", "changed"]
+    assert second["d1"] == ["done-earlier", "done-earlier", "done-earlier"]
     assert (env.home("d3") / "resume-count-1").read_text() == "one\n"  # not run twice
 
     assert main(["apply", str(path), "--json", "--resume"]) == 0  # resuming a resumed run: nothing left
     third = statuses(json.loads(capsys.readouterr().out))
-    assert third["d3"] == ["skipped"] * 3 and third["d1"] == ["skipped"] * 3
+    assert third["d3"] == ["done-earlier"] * 3 and third["d1"] == ["done-earlier"] * 3
 
     other = tmp_path / "other.yaml"
     other.write_text(path.read_text())
@@ -161,8 +161,8 @@ def test_two_runs_in_one_second_get_a_log_each_and_resume_takes_the_later(
     clock.now = one_second + 0.9
     assert main(["apply", str(path), "--json", "--resume"]) == 0
     resumed = statuses(json.loads(capsys.readouterr().out))
-    assert resumed["d2"] == ["skipped", "skipped", "changed"]  # from the later run's stop, not the earlier's
-    assert resumed["d1"] == ["skipped", "skipped", "skipped"]
+    assert resumed["d2"] == ["done-earlier", "done-earlier", "changed"]  # from the later run's stop, not the earlier's
+    assert resumed["d1"] == ["done-earlier", "done-earlier", "done-earlier"]
 
 
 def test_quiet_prints_only_the_summary_and_report_dir_writes_csvs(tmp_path: Path, env: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
@@ -268,6 +268,9 @@ def test_the_report_shows_the_processes_the_run_started(tmp_path: Path, env: San
     mine = env.pids("d2")
     sleepers = [row["PID"] for row in started if row["PID"] in mine and row["CMD"] == "sleep 777"]
     assert len(sleepers) == 1
+    # Only d2's: on a sandbox, ps lists the whole machine; the snapshot's own ps is not listed either.
+    assert {row["PID"] for row in started} <= mine, started
+    assert {row["CMD"] for row in started} == {"sleep 777", 'sh -c eval "$(cat)" poseidon:started'}
     assert main(["apply", str(path), "--json"]) == 0
     again = json.loads(capsys.readouterr().out)["droplets"][0]
     mine = env.pids("d2")
@@ -372,7 +375,7 @@ def test_resume_passes_over_a_run_that_was_refused_before_any_step(
     assert len(list((tmp_path / ".poseidon" / "runs").glob("*.jsonl"))) == 2
     (env.home("d1") / "refused-may-pass").touch()
     assert main(["apply", str(path), "--resume", "--json"]) == 0
-    assert statuses(json.loads(capsys.readouterr().out))["d1"] == ["skipped", "changed"]
+    assert statuses(json.loads(capsys.readouterr().out))["d1"] == ["done-earlier", "changed"]
     assert (env.home("d1") / "refused-count").read_text() == "one\n", "the first step ran again"
 
 

@@ -68,10 +68,10 @@ def test_a_connection_lost_mid_run_fails_that_droplet_at_that_step_and_resume_fi
 
     assert main(["apply", str(playbook), "--json", "--resume"]) == 0
     resumed = {d["name"]: [s["status"] for s in d["steps"]] for d in json.loads(capsys.readouterr().out)["droplets"]}
-    assert resumed["n5"] == ["skipped", "skipped", "changed", "changed"]
+    assert resumed["n5"] == ["done-earlier", "done-earlier", "changed", "changed"]
     for name in NAMES:
         if name != "n5":
-            assert resumed[name] == ["skipped"] * 4
+            assert resumed[name] == ["done-earlier"] * 4
         home = fleet.home(name)
         for step in (1, 2, 4):
             assert (home / f"fault-count-{step}").read_text().count("\n") == 1, (name, step)  # nothing ran twice
@@ -167,13 +167,13 @@ def test_a_droplet_that_reboots_mid_run_fails_at_that_step_and_resume_waits_for_
     resumed = {d["name"]: [s["status"] for s in d["steps"]] for d in json.loads(out)["droplets"]}
     # --resume checks the nohup steps again, restart: true or not: it starts the processes
     # the reboot ended, and leaves running ones be.
-    assert resumed["n5"] == ["skipped", "changed", "changed", "changed", "changed"]
+    assert resumed["n5"] == ["done-earlier", "changed", "changed", "changed", "changed"]
     for name in NAMES:
         after = {p: _pid(fleet.home(name), p) for p in ("app", "worker")}
         if name == "n5":
             assert all(after[p] != before[name][p] and process_running(after[p]) for p in after)
         else:
-            assert resumed[name] == ["skipped", "ok", "ok", "skipped", "skipped"], name
+            assert resumed[name] == ["done-earlier", "ok", "ok", "done-earlier", "done-earlier"], name
             assert after == before[name]
         for step in (1, 4, 5):
             assert (fleet.home(name) / f"boot-count-{step}").read_text().count("\n") == 1, (name, step)
@@ -233,7 +233,7 @@ def test_a_droplet_a_resume_could_not_reach_resumes_next_time_where_it_was(
     )
     reached = {d.name: d for d in resumed.droplets}
     assert reached["n2"].unreachable and reached["n2"].error, "n2 was reached"
-    assert [s.status for s in reached["n1"].steps] == ["skipped", "changed", "changed"]
+    assert [s.status for s in reached["n1"].steps] == ["done-earlier", "changed", "changed"]
     assert not (fleet.home("n2") / "count-2").exists()
     assert executor.resume_points(runs, playbook, str(path)) == {"n1": 3, "n2": 1, "n3": 1}
 
@@ -241,9 +241,9 @@ def test_a_droplet_a_resume_could_not_reach_resumes_next_time_where_it_was(
     assert main(["apply", str(path), "--json", "--resume"]) == 0
     statuses = {d["name"]: [s["status"] for s in d["steps"]] for d in json.loads(capsys.readouterr().out)["droplets"]}
     assert statuses == {
-        "n1": ["skipped", "skipped", "skipped"],
-        "n2": ["skipped", "changed", "changed"],  # where it was before the resume that could not reach it
-        "n3": ["skipped", "changed", "changed"],
+        "n1": ["done-earlier", "done-earlier", "done-earlier"],
+        "n2": ["done-earlier", "changed", "changed"],  # where it was before the resume that could not reach it
+        "n3": ["done-earlier", "changed", "changed"],
     }
     for name in ("n1", "n2", "n3"):
         for step in (1, 2, 3):

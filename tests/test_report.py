@@ -61,19 +61,29 @@ def test_the_summary_shows_every_step_per_droplet_the_snapshots_and_the_verdict(
     check_golden("summary.txt", render(lambda r: r.summary(a_run())))
 
 
-def test_a_long_command_line_is_cut_to_the_width_and_the_largest_cpu_users_come_first() -> None:
+def test_on_a_terminal_a_long_command_line_is_cut_to_its_width_and_the_busiest_come_first() -> None:
     run = a_run()
-    run.droplets[0].ps.loc[1, "CMD"] = "python app.py " + "--flag " * 40
-    run.droplets[0].top = pd.DataFrame(
-        [[float(i), 0.1, "root", f"proc{i}"] for i in range(30)], columns=["%CPU", "%MEM", "USER", "COMMAND"]
-    )
+    web1 = run.droplets[0]
+    web1.ps.loc[1, "CMD"] = "python app.py " + "--flag " * 40
+    web1.started_processes = web1.ps.iloc[[1]]
+    web1.top = pd.DataFrame([[float(i), 0.1, "root", f"proc{i}"] for i in range(30)], columns=["%CPU", "%MEM", "USER", "COMMAND"])
     lines = render(lambda r: r.summary(run)).splitlines()
     assert max(len(line) for line in lines) <= 90
+    assert lines[0] == "web-1: started by this run (1 of 1 rows)"
     cut = next(line for line in lines if "python app.py --flag" in line)
     assert len(cut) == 90 and cut.endswith("…")
-    top = lines.index("web-1: top (12 of 30 rows; --json has them all)")
-    assert lines[top + 2].split() == ["29.0", "0.1", "root", "proc29"]
-    assert lines[top + 13].split() == ["18.0", "0.1", "root", "proc18"]
+    top = lines.index("web-1: busiest (5 of 30 rows by %CPU; --json has them all)")
+    assert [line.split()[0] for line in lines[top + 2 : top + 7]] == ["29.0", "28.0", "27.0", "26.0", "25.0"]
+    assert not any("ps -Af" in line for line in lines), "the whole process list is in --json, not here"
+
+
+def test_off_a_terminal_nothing_is_cut() -> None:
+    run = a_run()
+    run.droplets[0].started_processes = run.droplets[0].ps.assign(CMD="python app.py " + "--flag " * 40)
+    buffer = io.StringIO()
+    Reporter(buffer).summary(run)  # a file: no width given, none guessed
+    assert "…" not in buffer.getvalue()
+    assert "python app.py " + "--flag " * 39 + "--flag" in buffer.getvalue()
 
 
 def test_a_fleet_too_wide_for_columns_gets_one_row_per_droplet() -> None:

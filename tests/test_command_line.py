@@ -1,0 +1,132 @@
+"""The command line as people use it: into pipes and files, with typos, on a terminal."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from poseidon.sandbox import Sandbox
+from sandboxes import PATIENCE
+
+ROOT = Path(__file__).parent.parent
+
+
+def poseidon(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """The real command, its output into pipes (not a terminal)."""
+    return subprocess.run(
+        [sys.executable, "-m", "poseidon.cli", *args],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE * 2,
+    )
+
+
+def playbook(folder: Path, text: str) -> Path:
+    path = folder / "site.yaml"
+    path.write_text(textwrap.dedent(text).lstrip())
+    return path
+
+
+@pytest.mark.parametrize("args", [["schema"], ["--help"], ["validate", "examples/site.yaml"]])
+def test_a_reader_that_goes_away_ends_the_command_quietly_with_its_own_status(args: list[str]) -> None:
+    """``poseidon schema | head``: the reader closes the pipe before poseidon writes."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "poseidon.cli", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()
+    stderr = process.stderr.read()
+    assert process.wait(timeout=PATIENCE) == 0
+    assert stderr == b""
+
+
+def test_a_failed_apply_into_a_closed_pipe_still_exits_1(tmp_path: Path, sandbox_env: Sandbox) -> None:
+    path = playbook(
+        tmp_path,
+        """
+        version: 1
+        droplets: [test]
+        steps:
+          - run: exit 7
+        """,
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "poseidon.cli", "apply", str(path), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=PATIENCE) == 1, stderr
+    assert "BrokenPipe" not in stderr and "unexpected" not in stderr
+
+
+def test_version() -> None:
+    from importlib.metadata import version
+
+    shown = poseidon("--version")
+    assert shown.returncode == 0
+    assert shown.stdout == f"poseidon {version('poseidon')}\n"
+
+
+@pytest.mark.parametrize("forks", ["0", "-1", "many"])
+def test_forks_below_one_or_not_a_number_is_a_usage_error(forks: str) -> None:
+    refused = poseidon("apply", "examples/site.yaml", "--forks", forks)
+    assert refused.returncode == 2
+    assert "argument --forks" in refused.stderr and refused.stdout == ""
+
+
+def test_validate_counts_in_words_that_agree(tmp_path: Path) -> None:
+    path = playbook(tmp_path, "version: 1\ndroplets: [web]\nsteps:\n  - run: 'true'\n")
+    assert poseidon("validate", str(path)).stdout == f"{path}: valid (1 droplet entry, 1 step)\n"
+
+
+def test_piped_output_is_never_cut_and_labels_read_as_the_step_runs(tmp_path: Path, sandbox_env: Sandbox) -> None:
+    """Off a terminal nothing is cut or wrapped: progress, the summary, the JSON label."""
+    long = "x" * 150
+    path = playbook(
+        tmp_path,
+        f"""
+        version: 1
+        droplets: [test]
+        vars:
+          folder: work-{long}
+        steps:
+          - run: mkdir -p ${{folder}}
+          - chdir: ${{folder}}
+          - nohup: {{cmd: sleep 300, name: sleeper, grace: 0.1}}
+        """,
+    )
+    shown = poseidon("apply", str(path), "--report", str(tmp_path / "report.json"))
+    assert shown.returncode == 0, shown.stderr
+    assert "…" not in shown.stdout
+    assert f"chdir work-{long}" in shown.stdout, "the label with its variable substituted, whole"
+    assert "nohup sleeper" in shown.stdout, "a nohup step's label says its kind"
+    labels = [s["label"] for s in json.loads((tmp_path / "report.json").read_text())["droplets"][0]["steps"]]
+    assert labels == [f"run mkdir -p work-{long}", f"chdir work-{long}", "nohup sleeper"]
+
+
+def test_a_failure_shows_the_tail_of_stdout_and_of_stderr(tmp_path: Path, sandbox_env: Sandbox) -> None:
+    path = playbook(
+        tmp_path,
+        """
+        version: 1
+        droplets: [test]
+        steps:
+          - run: 'echo "compiling the thing"; echo "error: it broke" >&2; exit 4'
+        """,
+    )
+    shown = poseidon("apply", str(path))
+    assert shown.returncode == 1
+    summary = shown.stdout[shown.stdout.index("failed, exit 4:") :]
+    assert summary.index("stdout:") < summary.index("compiling the thing") < summary.index("stderr:")
+    assert summary.index("stderr:") < summary.index("error: it broke")
