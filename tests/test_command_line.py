@@ -130,3 +130,53 @@ def test_a_failure_shows_the_tail_of_stdout_and_of_stderr(tmp_path: Path, sandbo
     summary = shown.stdout[shown.stdout.index("failed, exit 4:") :]
     assert summary.index("stdout:") < summary.index("compiling the thing") < summary.index("stderr:")
     assert summary.index("stderr:") < summary.index("error: it broke")
+
+
+def test_top_shows_the_busiest_first_within_a_row_limit_and_json_has_every_row(sandbox_env: Sandbox) -> None:
+    shown = poseidon("top", "test")
+    assert shown.returncode == 0, shown.stderr
+    title, header, *rows = shown.stdout.splitlines()
+    assert title.startswith("test: top (20 of ") and title.endswith("rows by %CPU; --json has them all)")
+    assert header.split() == ["%CPU", "%MEM", "USER", "COMMAND"]
+    cpu = [float(row.split()[0]) for row in rows]
+    assert len(cpu) == 20 and cpu == sorted(cpu, reverse=True)
+    every = json.loads(poseidon("top", "test", "--json").stdout)
+    assert len(every) > 20 and {"%CPU", "%MEM", "USER", "COMMAND"} == set(every[0])
+    assert len(poseidon("top", "test", "--all").stdout.splitlines()) > 22
+
+
+def test_ps_lines_are_whole_into_a_pipe(sandbox_env: Sandbox) -> None:
+    shown = poseidon("ps", "test", "--all")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines()[1].split() == ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"]
+    assert "…" not in shown.stdout and not any(line.startswith(" " * 20) for line in shown.stdout.splitlines())
+
+
+def test_droplets_into_a_pipe_keep_every_address_whole(sandbox_env: Sandbox) -> None:
+    shown = poseidon("droplets")
+    assert shown.returncode == 0, shown.stderr
+    for name in ("test", "other"):
+        assert sandbox_env.address(name) in shown.stdout
+    assert "…" not in shown.stdout
+
+
+def test_ps_on_a_kept_sandbox_named_by_its_playbook(tmp_path: Path) -> None:
+    path = playbook(tmp_path, "version: 1\ndroplets: [solo]\nsteps:\n  - run: 'true'\n")
+    try:
+        shown = poseidon("top", "solo", "--sandbox", str(path), "--json")
+        assert shown.returncode == 0, shown.stderr
+        assert json.loads(shown.stdout)[0].keys() == {"%CPU", "%MEM", "USER", "COMMAND"}
+        assert "sandbox: 1 droplet on " in shown.stderr
+    finally:
+        poseidon("sandbox", "reset", "--playbook", str(path))
+
+
+def test_quiet_prints_no_sandbox_banner(tmp_path: Path) -> None:
+    path = playbook(tmp_path, "version: 1\ndroplets: [solo]\nsteps:\n  - run: 'true'\n")
+    try:
+        shown = poseidon("apply", str(path), "--sandbox", "--quiet")
+        assert shown.returncode == 0, shown.stderr
+        assert "sandbox:" not in shown.stdout + shown.stderr
+        assert shown.stdout.rstrip().splitlines()[-1].endswith("all droplets succeeded")
+    finally:
+        poseidon("sandbox", "reset", "--playbook", str(path))

@@ -144,3 +144,12 @@ def test_off_a_terminal_there_is_no_live_panel() -> None:
     with reporter.live(["one"]):
         reporter.step_done("web-1", a_run().droplets[0].steps[0])
         assert reporter._current is None
+
+
+def test_an_interrupted_run_never_says_all_droplets_succeeded() -> None:
+    run = a_run()
+    run.droplets = run.droplets[:1]
+    run.interrupted = True
+    last = render(lambda r: r.summary(run, snapshots=False)).splitlines()[-1]
+    assert last.endswith("interrupted: the steps shown skipped never started")
+    assert "succeeded" not in last
