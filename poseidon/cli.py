@@ -416,13 +416,16 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _step_index(playbook: spec.Playbook, wanted: str) -> int:
-    """``--start-at``: a 1-based step number, or a step's ``name``."""
+    """``--start-at``: a 1-based step number, a step's ``name``, or its label as progress shows it."""
+    from poseidon import executor
+
     if wanted.isdigit():
         return int(wanted) - 1
+    labels = executor.step_labels(playbook)
     for index, step in enumerate(playbook.steps):
-        if step.name == wanted:
+        if wanted in (step.name, labels[index]):
             return index
-    raise errors.UsageError(f"--start-at {wanted}: no step has that number or name")
+    raise errors.UsageError(f"--start-at {wanted}: no step has that number, name or label ({', '.join(labels)})")
 
 
 def _shard(text: str) -> tuple[int, int]:

@@ -271,7 +271,11 @@ def test_start_at_skips_earlier_steps_but_keeps_their_directory(tmp_path: Path, 
     assert (shared_sandbox.home("test") / "start-at" / "second").exists()
     assert not (shared_sandbox.home("test") / "start-at" / "first").exists()
     assert _apply_on(shared_sandbox, [str(playbook), "--start-at", "nosuch"]) == 2
-    assert "no step has that number or name" in capsys.readouterr().err
+    assert "no step has that number, name or label (chdir start-at, first, second)" in capsys.readouterr().err
+    # The label progress shows is accepted too.
+    assert _apply_on(shared_sandbox, [str(playbook), "--json", "--start-at", "chdir start-at"]) == 0
+    statuses = [s["status"] for s in json.loads(capsys.readouterr().out)["droplets"][0]["steps"]]
+    assert statuses == ["ok", "changed", "changed"]
 
 
 def test_an_unwritable_report_path_fails_before_any_change(tmp_path: Path, shared_sandbox: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
