@@ -296,7 +296,7 @@ def _apply(args: argparse.Namespace) -> int:
             limit=tuple(args.limit.split(",")) if args.limit else None,
             forks=args.forks,
             start_at=start_at,
-            resume=executor.resume_points(runs, playbook, args.playbook) if args.resume else None,
+            resume=_resume_points(runs, playbook, args.playbook, reporter) if args.resume else None,
             fail_fast=args.fail_fast,
             shard=_shard(args.shard) if args.shard else None,
             expect=plan.droplets if plan else None,
@@ -413,6 +413,18 @@ def _status(args: argparse.Namespace) -> int:
     if any(p.state == "unreachable" for p in found):
         return EXIT_UNREACHABLE
     return EXIT_OK if all(p.state == "alive" for p in found) else EXIT_FAILED
+
+
+def _resume_points(runs: Path, playbook: spec.Playbook, path: str, reporter: Reporter) -> dict[str, int] | None:
+    """``--resume``: where each droplet starts; with no earlier run logged (a first run in CI,
+    where --resume is always given), from the first step, saying so."""
+    from poseidon import executor
+
+    try:
+        return executor.resume_points(runs, playbook, path)
+    except executor.NoRunLogged as exc:
+        reporter.message(f"--resume: {exc}: starting from the first step", "yellow")
+        return None
 
 
 def _step_index(playbook: spec.Playbook, wanted: str) -> int:

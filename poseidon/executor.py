@@ -808,6 +808,10 @@ def _new_log_file(folder: Path, started: float) -> tuple[Path, int]:
             continue  # the same microsecond, pid and random part: another name
 
 
+class NoRunLogged(UsageError):
+    """``--resume`` found no earlier run of the playbook."""
+
+
 def resume_points(folder: Path, playbook: spec.Playbook, path: str) -> dict[str, int]:
     """Per droplet, the first step not done in the latest applied run of the playbook at ``path``.
 
@@ -828,7 +832,7 @@ def resume_points(folder: Path, playbook: spec.Playbook, path: str) -> dict[str,
         if ran or header.get("resumed"):
             break
     else:
-        raise UsageError(f"--resume: no run of this playbook is logged in {folder}")
+        raise NoRunLogged(f"no run of this playbook is logged in {folder}")
     # A run that resumed another is done up to where it resumed, for every droplet of that one.
     resumed: dict[str, int] = header.get("resumed") or {}
     points = {}

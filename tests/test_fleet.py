@@ -117,8 +117,11 @@ def test_the_run_log_records_every_step_and_resume_starts_where_each_droplet_sto
 
     other = tmp_path / "other.yaml"
     other.write_text(path.read_text())
-    assert main(["apply", str(other), "--resume"]) == 2  # another playbook's log is not its own
-    assert "no run of this playbook is logged" in capsys.readouterr().err
+    # Another playbook's log is not its own: a first run, from the first step, saying so.
+    assert main(["apply", str(other), "--resume", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert "--resume: no run of this playbook is logged in" in err and "starting from the first step" in err
+    assert statuses(json.loads(out))["d1"] == ["changed"] * 3
 
 
 def test_two_runs_in_one_second_get_a_log_each_and_resume_takes_the_later(
