@@ -19,8 +19,9 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,8 @@ __all__ = [
 PREDICTED = "after the changes above (not checked)"
 #: The reason of a step --resume skips because an earlier run did it.
 RESUMED = "done in the run resumed"
+#: Why a step and its droplet stopped when a second Ctrl-C closed the connection.
+ABORTED = "interrupted by a second Ctrl-C: the connection was closed (a command running there may still run to its end)"
 #: The status of a step ``--resume`` did not run again: an earlier run did it.
 DONE_EARLIER = "done-earlier"
 
@@ -276,7 +279,7 @@ def _secrets(playbook: spec.Playbook) -> dict[str, str]:
 # -- one droplet --------------------------------------------------------------
 
 
-def _connect(target: Target, settings: SSHSettings, notice: Notice | None) -> SSHClient:
+def _connect(target: Target, settings: SSHSettings, notice: Notice | None, stop: threading.Event | None = None) -> SSHClient:
     """Connect, retrying with backoff while the SSH port does not answer (a droplet still booting)."""
     first, second = (settings, target) if settings.pinned else (target, settings)
     deadline = time.monotonic() + settings.ready_timeout
@@ -295,7 +298,7 @@ def _connect(target: Target, settings: SSHSettings, notice: Notice | None) -> SS
         try:
             return ssh.open()
         except SSHConnectError as exc:
-            if time.monotonic() + delay > deadline:
+            if time.monotonic() + delay > deadline or (stop is not None and stop.is_set()):
                 raise
             if notice:
                 notice(target.droplet.name, f"waiting for SSH ({exc}); again in {delay:.0f} s")
@@ -435,6 +438,38 @@ class _Context:
     #: Set on the first failure with --fail-fast, or on Ctrl-C: no new step starts anywhere.
     stop: threading.Event = field(default_factory=threading.Event)
     interrupted: threading.Event = field(default_factory=threading.Event)
+    #: Set on a second Ctrl-C: the connections are closed under the running steps.
+    aborted: threading.Event = field(default_factory=threading.Event)
+    #: Per droplet, what it is doing and since when; and its open connection.
+    activity: dict[str, tuple[str, float]] = field(default_factory=dict)
+    connections: dict[str, SSHClient] = field(default_factory=dict)
+
+    def doing(self, droplet: str, what: str) -> None:
+        self.activity[droplet] = (what, time.monotonic())
+
+    @contextmanager
+    def holding(self, droplet: str, ssh: SSHClient) -> Iterator[None]:
+        """While the block runs, a second Ctrl-C may close ``ssh`` (:meth:`abort`)."""
+        self.connections[droplet] = ssh
+        try:
+            yield
+        finally:
+            self.connections.pop(droplet, None)
+            self.activity.pop(droplet, None)
+
+    def waiting_for(self) -> list[tuple[str, str]]:
+        """What each droplet still busy is doing, for the first Ctrl-C's notice."""
+        now = time.monotonic()
+        return [(name, f"{what}, for {now - since:.0f} s") for name, (what, since) in sorted(self.activity.items())]
+
+    def abort(self) -> None:
+        """A second Ctrl-C: close every open connection; the steps running there end as failed."""
+        self.aborted.set()
+        for ssh in list(self.connections.values()):
+            try:
+                ssh.close()
+            except Exception:  # noqa: BLE001 - closing what is already broken
+                pass
 
     @property
     def mode(self) -> steps.Mode:
@@ -477,15 +512,23 @@ def _run_droplet(target: Target, ctx: _Context) -> DropletRun:
         )
         if conflicts:  # names made of values: the same on this droplet
             raise UsageError("; ".join(conflicts))
-        with _connect(target, ctx.settings, ctx.notice) as ssh:
+        ctx.doing(run.name, "connecting")
+        with _connect(target, ctx.settings, ctx.notice, ctx.stop) as ssh, ctx.holding(run.name, ssh):
             if ctx.mode == "apply":
                 _lock(ssh, run, ctx.notice)  # held until the connection closes
+            ctx.doing(run.name, "waiting until it is ready")
             before = _ready(ssh, run, playbook, ctx.notice)
             if not _run_steps(ssh, run, values, ctx):
                 return _finish(run, ctx)  # the connection is gone: no snapshots
+            if ctx.aborted.is_set():
+                return _finish(run, ctx)
+            ctx.doing(run.name, "taking snapshots")
             _snapshots(ssh, run, before, playbook, ctx.masker)
     except SSHError as exc:
-        run.error, run.unreachable = ctx.masker.text(str(exc)), True
+        if ctx.aborted.is_set():
+            run.error = ABORTED
+        else:
+            run.error, run.unreachable = ctx.masker.text(str(exc)), True
     except PoseidonError as exc:
         run.error = ctx.masker.text(str(exc))
     except Exception as exc:  # noqa: BLE001 - one droplet's bug must not cancel the others
@@ -536,15 +579,20 @@ def _run_steps(ssh: SSHClient, run: DropletRun, values: dict[str, str], ctx: _Co
                 ctx.log.step(run.name, skipped)
             continue
         step = spec.expand(kept, values)
+        ctx.doing(run.name, f"step {index + 1} ({ctx.label(index)})")
         try:
             outcome = ssh.run_step(step, mode=ctx.mode, secrets=ctx.secrets, values=values)
         except SSHError as exc:
-            # The connection dropped (a reboot, a network cut) or the droplet froze during the
-            # step: the step failed. A frozen droplet is unreachable for the rest of the run.
-            lost = StepResult(index, step.kind, ctx.label(index), "failed", stderr=mask(str(exc)), exited=-1)
+            if ctx.aborted.is_set():  # a second Ctrl-C closed the connection
+                lost = StepResult(index, step.kind, ctx.label(index), "failed", reason=ABORTED, exited=-1)
+                run.error = ABORTED
+            else:
+                # The connection dropped (a reboot, a network cut) or the droplet froze during the
+                # step: the step failed. A frozen droplet is unreachable for the rest of the run.
+                lost = StepResult(index, step.kind, ctx.label(index), "failed", stderr=mask(str(exc)), exited=-1)
+                if isinstance(exc, SSHUnresponsiveError):
+                    run.error, run.unreachable = mask(str(exc)), True
             run.steps.append(lost)
-            if isinstance(exc, SSHUnresponsiveError):
-                run.error, run.unreachable = mask(str(exc)), True
             ctx.report(run.name, lost)
             return False
         result = StepResult(
@@ -709,17 +757,29 @@ def _run_all(targets: list[Target], ctx: _Context, result: RunResult) -> list[Dr
     pool = ThreadPoolExecutor(max_workers=max(1, min(ctx.options.forks, len(targets))))
     futures = [pool.submit(_run_droplet, t, ctx) for t in targets]
     try:
-        while not all(f.done() for f in futures):
-            wait(futures, timeout=0.2)  # short waits keep Ctrl-C responsive in the main thread
-    except KeyboardInterrupt:
-        # Stop launching steps everywhere; the running ones end or time out.
-        ctx.interrupted.set()
-        ctx.stop.set()
-        result.interrupted = True
-        wait(futures)
+        try:
+            _wait_all(futures)
+        except KeyboardInterrupt:
+            # Stop launching steps everywhere; the running ones end or time out, unless Ctrl-C comes again.
+            ctx.interrupted.set()
+            ctx.stop.set()
+            result.interrupted = True
+            if ctx.notice:
+                for name, what in ctx.waiting_for():
+                    ctx.notice(name, f"Ctrl-C: waiting for it to end: {what} (Ctrl-C again stops it)")
+            try:
+                _wait_all(futures)
+            except KeyboardInterrupt:
+                ctx.abort()
+                wait(futures)
     finally:
         pool.shutdown(wait=True)
     return [f.result() for f in futures]
+
+
+def _wait_all(futures: list[Future[DropletRun]]) -> None:
+    while not all(f.done() for f in futures):
+        wait(futures, timeout=0.2)  # short waits keep Ctrl-C responsive in the main thread
 
 
 def _shard(targets: list[Target], shard: tuple[int, int] | None) -> list[Target]:

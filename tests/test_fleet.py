@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import types
 from collections.abc import Iterator
@@ -180,58 +181,87 @@ def test_quiet_prints_only_the_summary_and_report_dir_writes_csvs(tmp_path: Path
     assert (tmp_path / "out" / "d1-ps.csv").read_text().startswith("UID,PID,PPID,C,STIME,TTY,TIME,CMD\n")
 
 
-# `poseidon apply` (argv[2:]) that touches the file argv[1] once Ctrl-C has stopped the run: when
-# the executor, no longer launching steps, waits for the running ones to end.
-INTERRUPTIBLE_APPLY = """\
-import sys
-from concurrent.futures import wait as real_wait
-from pathlib import Path
+class _Lines:
+    """A process's stdout, read line by line in a thread, so a test can wait for a line."""
 
-from poseidon import executor
-from poseidon.cli import main
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        assert process.stdout is not None
+        self._thread = threading.Thread(target=lambda: self.lines.extend(process.stdout or []), daemon=True)
+        self._thread.start()
 
+    def count(self, text: str) -> int:
+        return sum(text in line for line in list(self.lines))
 
-def wait(futures, timeout=None, **options):
-    if timeout is None:
-        Path(sys.argv[1]).touch()
-    return real_wait(futures, timeout, **options)
-
-
-executor.wait = wait
-sys.exit(main(sys.argv[2:]))
-"""
+    def text(self) -> str:
+        self._thread.join(PATIENCE)
+        return "".join(self.lines)
 
 
-def test_ctrl_c_lets_running_steps_end_prints_the_report_and_exits_130(tmp_path: Path, env: Sandbox) -> None:
+def _apply_in_background(path: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "poseidon.cli", "apply", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+    )
+
+
+def test_ctrl_c_says_what_it_waits_for_lets_running_steps_end_and_exits_130(tmp_path: Path, env: Sandbox) -> None:
     stopped = tmp_path / "stopped"
-    # Each first step runs until the run has been stopped: it ends after Ctrl-C, never before.
+    # Each first step runs until the test has seen Ctrl-C's notice: it ends after Ctrl-C, never before.
     path = playbook(tmp_path, f"""\
         - run:
             cmd: touch {tmp_path}/running-${{droplet.name}}; until [ -e {stopped} ]; do sleep 0.05; done; echo slept > interrupted-first
             timeout: {PATIENCE:g}
         - run: echo never > interrupted-second
         """, droplets=["d4", "d5"])
-    process = subprocess.Popen(
-        [sys.executable, "-c", INTERRUPTIBLE_APPLY, str(stopped), "apply", str(path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=dict(os.environ),
-    )
+    process = _apply_in_background(path)
+    out = _Lines(process)
     try:
         wait_for("both first steps run", lambda: all((tmp_path / f"running-{n}").exists() for n in ("d4", "d5")))
         process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=2 * PATIENCE)
+        wait_for("Ctrl-C's notice for each droplet", lambda: out.count("(Ctrl-C again stops it)") == 2)
+        assert out.count("Ctrl-C: waiting for it to end: step 1 (run touch") == 2
+        stopped.touch()
+        err = process.communicate(timeout=2 * PATIENCE)[1]
     finally:
         process.kill()
         process.wait()
-    assert process.returncode == 130, out + err
-    assert stopped.exists()
-    assert "interrupted" in out
-    assert "Traceback" not in out + err
+    text = out.text()
+    assert process.returncode == 130, text + err
+    assert "interrupted: the steps shown skipped never started" in text
+    assert "Traceback" not in text + err
     for name in ("d4", "d5"):
         assert (env.home(name) / "interrupted-first").read_text() == "slept\n"  # the running step ended
         assert not (env.home(name) / "interrupted-second").exists()
+
+
+def test_a_second_ctrl_c_stops_the_running_steps_and_exits_130(tmp_path: Path, env: Sandbox) -> None:
+    path = playbook(tmp_path, f"""\
+        - run: touch {tmp_path}/running-${{droplet.name}}; sleep {PATIENCE:g}; echo slept > aborted-first
+        - run: echo never > aborted-second
+        """, droplets=["d4", "d5"])
+    process = _apply_in_background(path)
+    out = _Lines(process)
+    try:
+        wait_for("both first steps run", lambda: all((tmp_path / f"running-{n}").exists() for n in ("d4", "d5")))
+        process.send_signal(signal.SIGINT)
+        wait_for("Ctrl-C's notice for each droplet", lambda: out.count("(Ctrl-C again stops it)") == 2)
+        started = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        err = process.communicate(timeout=PATIENCE)[1]
+        took = time.monotonic() - started
+    finally:
+        process.kill()
+        process.wait()
+    text = out.text()
+    assert process.returncode == 130, text + err
+    assert took < PATIENCE / 2, "it did not wait for the steps"
+    assert text.count("interrupted by a second Ctrl-C") >= 2 and "Traceback" not in text + err
+    for name in ("d4", "d5"):
+        assert not (env.home(name) / "aborted-second").exists()
 
 
 def test_a_second_apply_on_a_busy_droplet_refuses_and_says_who_holds_it(
