@@ -49,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     def run_options(command: argparse.ArgumentParser) -> None:
         command.add_argument("playbook", help="the playbook (YAML), or a plan file (JSON) from 'plan --out'")
         command.add_argument("--sandbox", action="store_true", help="run on a local sandbox of the playbook's droplets")
-        command.add_argument("--limit", metavar="NAMES", help="only these droplets (comma-separated names)")
+        command.add_argument("--limit", metavar="PATTERNS", help="only these droplets (comma-separated names or patterns: web-*)")
         command.add_argument("--forks", type=_at_least_one, default=20, metavar="N", help="droplets run at once (default 20)")
         command.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
         command.add_argument("--report", metavar="FILE.json", help="also write the JSON report to this file")

@@ -29,6 +29,7 @@ answer, never from the request's headers.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 __all__ = [
@@ -85,6 +86,16 @@ def printable(text: str, *, newlines: bool = False) -> str:
     return "".join(
         c if c.isprintable() or (newlines and c == "\n") else c.encode("unicode_escape").decode("ascii") for c in text
     )
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """``": did you mean 'chdir'?"`` for the choices closest to a mistyped ``word``; ``""`` when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.6)
+    if not close:
+        return ""
+    return f": did you mean {' or '.join(repr(c) for c in close)}?"
 
 
 

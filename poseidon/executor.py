@@ -12,6 +12,7 @@ The executor is given an API URL, a token and SSH settings; where they point
 
 from __future__ import annotations
 
+import fnmatch
 import importlib
 import json
 import os
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from poseidon import api, dns, files, hostkeys, spec, steps
+from poseidon import api, dns, errors, files, hostkeys, spec, steps
 from poseidon.droplet import Droplet, ssh_keepalive_from_environment, ssh_port_from_environment
 from poseidon.errors import (
     APIConnectionError,
@@ -248,13 +249,17 @@ def _identity_text(identity: tuple[int | None, str | None] | None) -> str:
     return f"{droplet_id} at {address or 'no address'}" if droplet_id else "still to be created"
 
 
-def _limit(targets: list[Target], names: Iterable[str] | None) -> list[Target]:
-    if names is None:
+def _limit(targets: list[Target], patterns: Iterable[str] | None) -> list[Target]:
+    """``--limit``: droplet names or shell-style patterns (``web-*``, ``db-[12]``); each must match one."""
+    if patterns is None:
         return targets
-    wanted = set(names)
-    unknown = wanted - {t.name for t in targets}
-    if unknown:
-        raise UsageError(f"--limit names droplets the playbook does not: {', '.join(sorted(unknown))}")
+    names = [t.name for t in targets]
+    wanted: set[str] = set()
+    for pattern in patterns:
+        matched = fnmatch.filter(names, pattern)
+        if not matched:
+            raise UsageError(f"--limit {pattern}: no droplet of the playbook matches{errors.did_you_mean(pattern, names)}")
+        wanted.update(matched)
     return [t for t in targets if t.name in wanted]
 
 

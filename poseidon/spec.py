@@ -54,7 +54,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from poseidon import shell
-from poseidon.errors import Problem, SpecError, UsageError
+from poseidon.errors import Problem, SpecError, UsageError, did_you_mean
 
 __all__ = [
     "DROPLET_ATTRIBUTES",
@@ -1049,6 +1049,29 @@ def _yaml_form(info: ValidationInfo) -> bool:
     return isinstance(info.context, dict) and bool(info.context.get("yaml"))
 
 
+#: Step kinds people write from habit (Ansible, pyinfra, shell), and poseidon's word for them.
+_KIND_HABITS = {"shell": "run", "command": "run", "cmd": "run", "exec": "run", "cd": "chdir", "apt_get": "apt", "package": "apt"}
+#: Fields people write from habit (Ansible, git, shell), and poseidon's word for them.
+_HABITS = {"branch": "ref", "tag": "ref", "version": "ref", "command": "cmd", "shell": "cmd", "args": "cmd"}
+
+
+def _extra_field(loc: tuple[Any, ...]) -> str:
+    """The message for a field the model does not have: the field meant, when it can tell."""
+    name = str(loc[-1])
+    fields: Iterable[str] = ()
+    if len(loc) >= 4 and loc[0] == "steps" and loc[2] in STEP_MODELS:
+        fields = STEP_MODELS[loc[2]].model_fields
+        if _HABITS.get(name) in fields:
+            return f"not a field of a {loc[2]} step: write {_HABITS[name]!r}"
+    else:
+        fields = {field for model in _all_models() for field in model.model_fields}
+    return f"not a field here{did_you_mean(name, fields)}"
+
+
+def _all_models() -> list[type[BaseModel]]:
+    return [model for model in globals().values() if isinstance(model, type) and issubclass(model, _Model)]
+
+
 def _step_form(value: Any, info: ValidationInfo) -> Any:
     """Turn ``{"apt": body}`` into the model's shape, ``{"kind": "apt", ...}``."""
     if isinstance(value, StepBase):
@@ -1058,7 +1081,10 @@ def _step_form(value: Any, info: ValidationInfo) -> Any:
         ((kind, body),) = value.items()
         model = STEP_MODELS.get(kind) if isinstance(kind, str) else None
         if model is None:
-            _fail(f"unknown step kind {kind!r}; known kinds: {known}")
+            hint = ""
+            if isinstance(kind, str):
+                hint = f": did you mean {_KIND_HABITS[kind]!r}?" if kind in _KIND_HABITS else did_you_mean(kind, STEP_KINDS)
+            _fail(f"unknown step kind {kind!r}{hint} (known kinds: {known})")
         if body is None:
             hint = ' (write "~" in quotes for the home directory)' if kind == "chdir" else ""
             _fail(f"{kind} needs a value{hint}")
@@ -1548,9 +1574,8 @@ class _Tree:
                 key=error.get("input") if is_key else _NO_KEY,
             )
             mark = node.start_mark
-            problems.append(
-                Problem(self.file, mark.line + 1, mark.column + 1, _render(shown), error["msg"])
-            )
+            message = _extra_field(loc) if error["type"] == "extra_forbidden" else error["msg"]
+            problems.append(Problem(self.file, mark.line + 1, mark.column + 1, _render(shown), message))
         return problems
 
     def droplet_problems(self, data: dict[Any, Any]) -> list[Problem]:

@@ -451,4 +451,11 @@ def test_limit_runs_only_the_named_droplets(tmp_path: Path, shared_sandbox: Sand
     assert _apply_on(shared_sandbox, [str(playbook), "--json", "--limit", "other"]) == 0
     assert [d["name"] for d in json.loads(capsys.readouterr().out)["droplets"]] == ["other"]
     assert _apply_on(shared_sandbox, [str(playbook), "--limit", "nosuch"]) == 2
-    assert "--limit names droplets the playbook does not: nosuch" in capsys.readouterr().err
+    assert "--limit nosuch: no droplet of the playbook matches\n" in capsys.readouterr().err
+    assert _apply_on(shared_sandbox, [str(playbook), "--limit", "othr"]) == 2
+    assert "--limit othr: no droplet of the playbook matches: did you mean 'other'?" in capsys.readouterr().err
+    # Shell-style patterns, as a shell would glob them.
+    assert _apply_on(shared_sandbox, [str(playbook), "--json", "--limit", "o*"]) == 0
+    assert [d["name"] for d in json.loads(capsys.readouterr().out)["droplets"]] == ["other"]
+    assert _apply_on(shared_sandbox, [str(playbook), "--json", "--limit", "[ot]*,test"]) == 0
+    assert [d["name"] for d in json.loads(capsys.readouterr().out)["droplets"]] == ["test", "other"]

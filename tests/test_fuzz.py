@@ -137,4 +137,4 @@ def test_control_characters_in_a_playbook_reach_the_terminal_escaped() -> None:
         spec.loads(text, "fuzz.yaml")
     message = str(caught.value)
     assert "\x1b" not in message and "\x1e" not in message
-    assert message == "fuzz.yaml:4:1: \\x1b[31mred\\x1e: Extra inputs are not permitted"
+    assert message == "fuzz.yaml:4:1: \\x1b[31mred\\x1e: not a field here"

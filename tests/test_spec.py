@@ -224,7 +224,7 @@ def test_version_must_be_the_integer_1() -> None:
 def test_an_unknown_step_kind_lists_the_known_kinds() -> None:
     known = "known kinds: chdir, apt, git, pip, pip_r, nohup, run"
     assert problems(HEAD + "steps:\n  - shell: ls\n  - {apt: git, update: true}\n  - 5\n") == [
-        f"site.yaml:4:5: steps[0]: unknown step kind 'shell'; {known}",
+        f"site.yaml:4:5: steps[0]: unknown step kind 'shell': did you mean 'run'? ({known})",
         f"site.yaml:5:5: steps[1]: a step is a mapping with exactly one key, its kind "
         f"(found: apt, update); put options under it; {known}",
         f"site.yaml:6:5: steps[2]: a step is a one-key mapping such as 'run: make'; {known}",
@@ -243,9 +243,9 @@ def test_an_extra_field_is_reported_at_its_key() -> None:
         extra: 1
         """
     ) == [
-        "site.yaml:4:5: droplets[0].colour: Extra inputs are not permitted",
-        "site.yaml:6:26: steps[0].git.branch: Extra inputs are not permitted",
-        "site.yaml:7:1: extra: Extra inputs are not permitted",
+        "site.yaml:4:5: droplets[0].colour: not a field here",
+        "site.yaml:6:26: steps[0].git.branch: not a field of a git step: write 'ref'",
+        "site.yaml:7:1: extra: not a field here",
     ]
 
 
@@ -322,12 +322,12 @@ def test_every_problem_is_reported_at_once() -> None:
         spec.load(path)
 
     assert [str(p).replace(str(path), "broken.yaml") for p in caught.value.problems] == [
-        "broken.yaml:5:5: droplets[1].colour: Extra inputs are not permitted",
+        "broken.yaml:5:5: droplets[1].colour: not a field here",
         "broken.yaml:9:16: steps[0].apt.packages[1]: 'Python3' is not a Debian package name "
         "(lowercase letters, digits, + . -; then optional :arch and =version)",
         "broken.yaml:11:7: steps[1].git.repo: Field required",
-        "broken.yaml:12:5: steps[2]: unknown step kind 'shell'; "
-        "known kinds: chdir, apt, git, pip, pip_r, nohup, run",
+        "broken.yaml:12:5: steps[2]: unknown step kind 'shell': did you mean 'run'? "
+        "(known kinds: chdir, apt, git, pip, pip_r, nohup, run)",
         "broken.yaml:13:12: steps[3].chdir.path: undefined variable 'missing'",
         "broken.yaml:14:10: steps[4].run.cmd: Input should be a valid string",
     ]
@@ -851,3 +851,26 @@ def test_substitution_never_builds_a_value_past_its_bound() -> None:
     )
     with pytest.raises(UsageError, match=r"vars\.v\d+: once its references are substituted it is over"):
         spec.substitutions(chain, environ={})
+
+
+def test_a_mistyped_kind_or_field_gets_the_one_meant() -> None:
+    assert problems(
+        """\
+        version: 1
+        droplets: [{name: web, create: {region: nyc3, size: s-1vcpu-1gb, image: x, tgas: [a]}}]
+        steps:
+          - chdri: app
+          - nohup: {cmd: x, nmae: web}
+          - run: {cmd: x, chnages: false}
+          - git: {repo: org/app, tag: v1}
+        report: {pss: true}
+        """
+    ) == [
+        "site.yaml:2:76: droplets[0].create.tgas: not a field here: did you mean 'tags'?",
+        "site.yaml:4:5: steps[0]: unknown step kind 'chdri': did you mean 'chdir'? "
+        "(known kinds: chdir, apt, git, pip, pip_r, nohup, run)",
+        "site.yaml:5:21: steps[1].nohup.nmae: not a field here: did you mean 'name'?",
+        "site.yaml:6:19: steps[2].run.chnages: not a field here: did you mean 'changes'?",
+        "site.yaml:7:26: steps[3].git.tag: not a field of a git step: write 'ref'",
+        "site.yaml:8:10: report.pss: not a field here: did you mean 'ps'?",
+    ]
