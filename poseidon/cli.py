@@ -162,6 +162,10 @@ def _main(argv: Sequence[str] | None) -> int:
     except (errors.UsageError, errors.ResolveError) as exc:
         _say(exc)
         return EXIT_INVALID
+    except errors.APIError as exc:
+        _say(exc)
+        # 400, 422: the API found the request invalid (a value of the playbook): as a playbook check would.
+        return EXIT_INVALID if exc.status in (400, 422) else EXIT_UNREACHABLE
     except (errors.APIError, errors.APIConnectionError, errors.PartlyCreatedError, errors.SSHError, errors.SandboxError) as exc:
         _say(exc)  # an API's or a droplet's words, escaped
         return EXIT_UNREACHABLE
@@ -370,8 +374,12 @@ def _destroy(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps({**found.to_dict(), "deleted": False}, indent=2))
             return EXIT_FAILED if found.refused else EXIT_OK
-        if not args.yes and not _confirmed(f"delete {_what(found)}? [y/N] "):
-            raise errors.UsageError("nothing deleted: not confirmed (--yes deletes without asking)")
+        if not args.yes:
+            if not sys.stdin.isatty():
+                raise errors.UsageError(f"destroy would delete {_what(found)}: off a terminal, only with --yes")
+            if not _confirmed(f"delete {_what(found)}? [y/N] "):
+                reporter.message("nothing deleted: not confirmed", "yellow")
+                return EXIT_FAILED
         started = time.monotonic()
         teardown.destroy(found, client, said=reporter.message)
         reporter.message(f"deleted {_what(found)} in {time.monotonic() - started:.1f}s", "bold green")
@@ -385,9 +393,7 @@ def _what(found: teardown.Teardown) -> str:
 
 
 def _confirmed(question: str) -> bool:
-    """Ask on the terminal; without one (CI, a pipe) the answer is no."""
-    if not sys.stdin.isatty():
-        return False
+    """Ask on the terminal (stdin is one)."""
     print(question, end="", file=sys.stderr, flush=True)  # stdout may be carrying --json
     try:
         return input().strip().lower() in ("y", "yes")

@@ -33,13 +33,16 @@ from poseidon.errors import (
     APIConnectionError,
     APIError,
     DropletBusyError,
+    NotFoundError,
     NotReadyError,
     PartlyCreatedError,
     PoseidonError,
+    Problem,
     ResolveError,
     SSHConnectError,
     SSHError,
     SSHUnresponsiveError,
+    SpecError,
     UsageError,
 )
 from poseidon.results import DropletRun, ProcessStatus, RunResult, StepResult
@@ -51,10 +54,12 @@ __all__ = [
     "SSHSettings",
     "Target",
     "apply",
+    "check_creates",
     "create_missing",
     "resolve",
     "resume_points",
     "status",
+    "step_labels",
 ]
 
 #: The reason of a step a plan could not check because an earlier step would change the droplet first.
@@ -174,6 +179,57 @@ def resolve(playbook: spec.Playbook, client: api.Client) -> list[Target]:
     if problems:
         raise ResolveError("; ".join(problems))
     return list(targets.values())
+
+
+def check_creates(targets: list[Target], client: api.Client) -> None:
+    """Refuse, before anything is created, a ``create:`` the API would refuse: a region, size,
+    image or SSH key it does not have, or a size the region does not offer. Raises
+    :class:`SpecError` locating each field, with the API's valid choices nearest to it."""
+    creates = [(t.name, t.create) for t in targets if t.droplet is None and t.create is not None]
+    if not creates:
+        return
+    regions = {str(r["slug"]): r for r in client.regions.list()}
+    sizes = {str(s["slug"]): s for s in client.sizes.list()}
+    images: dict[str | int, str] = {}  # per image asked for, why it cannot be used ("" if it can)
+    problems: list[Problem] = []
+
+    def refuse(name: str, create: spec.CreateDroplet, field: str, message: str) -> None:
+        where = create.source(field) or spec.Source("<playbook>", 0, 0, f"{name}.create.{field}")
+        problems.append(Problem(where.file, where.line, where.column, where.path, message))
+
+    for name, create in creates:
+        if create.region not in regions:
+            refuse(name, create, "region", f"{create.region!r} is not a region{errors.did_you_mean(create.region, regions)}")
+        elif not regions[create.region].get("available", True):
+            refuse(name, create, "region", f"{create.region!r} takes no new droplets now")
+        if create.size not in sizes:
+            refuse(name, create, "size", f"{create.size!r} is not a droplet size{errors.did_you_mean(create.size, sizes)}")
+        elif create.region in regions and create.region not in sizes[create.size].get("regions", [create.region]):
+            offered = ", ".join(sorted(sizes[create.size].get("regions", [])))
+            refuse(name, create, "size", f"{create.size!r} is not offered in {create.region} (it is in: {offered})")
+        if create.image not in images:
+            images[create.image] = _image_problem(client, create.image)
+        if images[create.image]:
+            refuse(name, create, "image", images[create.image])
+        try:
+            client.keys._identifiers(create.ssh_keys)
+        except ResolveError as exc:
+            refuse(name, create, "ssh_keys", str(exc))
+    if problems:
+        raise SpecError(problems)
+
+
+def _image_problem(client: api.Client, image: str | int) -> str:
+    """Why ``image`` cannot make a droplet (it does not exist), or ``""``."""
+    try:
+        client.images.get(image)
+        return ""
+    except NotFoundError:
+        pass
+    if isinstance(image, int):
+        return f"no image has the id {image}"
+    slugs = [str(i["slug"]) for i in client.images.list(type="distribution") if i.get("slug")]
+    return f"{image!r} is not an image slug{errors.did_you_mean(image, slugs)}"
 
 
 def create_missing(
@@ -689,6 +745,7 @@ def apply(
     targets = _shard(_limit(resolve(playbook, client), options.limit), options.shard)
     if options.expect is not None:
         _check_expected(targets, options.expect)
+    check_creates(targets, client)
     result = RunResult(playbook=path, name=playbook.name, mode=options.mode, started=started)
     masker = _masker(playbook, environ, secrets, client)
     # The log first: a run that cannot record itself must not create droplets.

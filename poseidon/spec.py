@@ -573,6 +573,11 @@ class CreateDroplet(_Model):
     ipv6: bool = Field(default=False, description="Give it a public IPv6 address too.")
     monitoring: bool = Field(default=False, description="Install the monitoring agent.")
     backups: bool = Field(default=False, description="Enable weekly backups (billed).")
+    _sources: dict[str, Source] = PrivateAttr(default_factory=dict)
+
+    def source(self, field: str) -> Source | None:
+        """Where ``field`` was written, when the playbook was read from YAML."""
+        return self._sources.get(field)
 
 
 class DNSRecord(_Model):
@@ -1634,6 +1639,14 @@ class _Tree:
         return Problem(self.file, mark.line + 1, mark.column + 1, _render(where), message)
 
     def set_sources(self, playbook: Playbook) -> None:
+        for index, ref in enumerate(playbook.droplets):
+            create = getattr(ref, "create", None)
+            if not isinstance(create, CreateDroplet):
+                continue
+            for field in create.model_fields_set:
+                where = ("droplets", index, "create", field)
+                mark = self.locate(where).start_mark
+                create._sources[field] = Source(self.file, mark.line + 1, mark.column + 1, _render(where))
         for index, step in enumerate(playbook.steps):
             node = self.locate(("steps", index))
             mark = node.start_mark

@@ -180,3 +180,47 @@ def test_quiet_prints_no_sandbox_banner(tmp_path: Path) -> None:
         assert shown.stdout.rstrip().splitlines()[-1].endswith("all droplets succeeded")
     finally:
         poseidon("sandbox", "reset", "--playbook", str(path))
+
+
+def test_plan_refuses_a_create_the_api_would_refuse_naming_each_field_and_the_choices(tmp_path: Path, sandbox_env: Sandbox) -> None:
+    path = playbook(
+        tmp_path,
+        """
+        version: 1
+        name: mistyped
+        droplets:
+          - name: web-1
+            create: {region: nyc9, size: s-1vcpu-1g, image: ubuntu-24-04-x46, ssh_keys: [laptop]}
+        steps:
+          - run: 'true'
+        """,
+    )
+    for command in ("plan", "apply"):
+        shown = poseidon(command, str(path))
+        assert shown.returncode == 2, shown.stderr
+        assert shown.stderr.splitlines() == [
+            f"{path}:5:22: droplets[0].create.region: 'nyc9' is not a region: did you mean 'nyc3' or 'nyc2' or 'nyc1'?",
+            f"{path}:5:34: droplets[0].create.size: 's-1vcpu-1g' is not a droplet size: did you mean 's-1vcpu-1gb' or 's-1vcpu-2gb' or 's-8vcpu-16gb'?",
+            f"{path}:5:53: droplets[0].create.image: 'ubuntu-24-04-x46' is not an image slug: did you mean 'ubuntu-24-04-x64' or 'ubuntu-22-04-x64'?",
+            f"{path}:5:81: droplets[0].create.ssh_keys: no SSH key is named 'laptop'; give its id or fingerprint",
+        ]
+    assert "web-1" not in poseidon("droplets").stdout, "nothing was created"
+
+
+def test_a_request_the_api_finds_invalid_is_exit_2(tmp_path: Path, sandbox_env: Sandbox) -> None:
+    path = playbook(
+        tmp_path,
+        """
+        version: 1
+        name: refused-create
+        droplets:
+          - name: refused-1
+            create: {region: nyc3, size: s-1vcpu-1gb, image: ubuntu-24-04-x64}
+        steps:
+          - run: 'true'
+        """,
+    )
+    sandbox_env.emulator.inject(422, method="POST", path="/v2/droplets")
+    shown = poseidon("apply", str(path))
+    assert shown.returncode == 2, shown.stderr
+    assert "422" in shown.stderr

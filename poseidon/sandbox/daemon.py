@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from poseidon.errors import SandboxError
+from poseidon.errors import SandboxError, UsageError
 
 __all__ = ["down", "state_dir", "up"]
 
@@ -58,7 +58,8 @@ def _is_daemon(pid: int) -> bool:
 def up(droplets: list[dict[str, Any]], repos: dict[str, Path]) -> dict[str, str]:
     """Start a background sandbox; return the environment that reaches it."""
     if _read_state() is not None:
-        raise SandboxError("a sandbox is already up: 'poseidon sandbox down' first, or 'poseidon sandbox reset'")
+        # The environment is not as the command needs (exit 2), nothing failed to start.
+        raise UsageError("a sandbox is already up: 'poseidon sandbox down' first, or 'poseidon sandbox reset'")
     folder = state_dir()
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     request = folder / "request.json"
