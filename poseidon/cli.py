@@ -66,6 +66,11 @@ def _parser() -> argparse.ArgumentParser:
     plan = commands.add_parser("plan", help="show what apply would change; changes nothing")
     run_options(plan)
     plan.add_argument("--out", metavar="PLAN.json", help="record the plan; 'poseidon apply PLAN.json' then refuses if droplets changed")
+    plan.add_argument(
+        "--detailed-exitcode",
+        action="store_true",
+        help="exit 0 when nothing would change, 2 when something would, 1 on any error (as Terraform)",
+    )
     plan.set_defaults(check=True)
 
     destroy = commands.add_parser("destroy", help="delete the droplets and DNS records a playbook created")
@@ -151,6 +156,20 @@ def _main(argv: Sequence[str] | None) -> int:
     # sandbox's servers) is stopped on the way out instead of left listening.
     previous = _on_terminate(_interrupt)
     try:
+        code = _exit_status(handler, args)
+    finally:
+        _on_terminate(previous)
+    if getattr(args, "detailed_exitcode", False) and code != EXIT_INTERRUPTED:
+        # As Terraform: 0 nothing to change, 2 changes pending, 1 any error.
+        if code != EXIT_OK:
+            return EXIT_FAILED
+        return 2 if getattr(args, "changes_pending", False) else EXIT_OK
+    return code
+
+
+def _exit_status(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run the command; what went wrong is one line on stderr and its exit status."""
+    try:
         return handler(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -177,8 +196,6 @@ def _main(argv: Sequence[str] | None) -> int:
             raise
         _say(f"unexpected {type(exc).__name__}: {exc} (POSEIDON_DEBUG=1 shows where)")
         return EXIT_FAILED
-    finally:
-        _on_terminate(previous)
 
 
 class _PipeEnd:
@@ -322,6 +339,7 @@ def _apply(args: argparse.Namespace) -> int:
     else:
         reporter.summary(result, snapshots=not args.quiet)
     unwritten = _write_records(args, result, reporter)
+    args.changes_pending = any(run.created or run.count("would-change") for run in result.droplets)
     if result.interrupted:
         return EXIT_INTERRUPTED
     if unwritten:

@@ -581,7 +581,7 @@ def _run_droplet(target: Target, ctx: _Context) -> DropletRun:
             before = _ready(ssh, run, playbook, ctx.notice)
             if not _run_steps(ssh, run, values, ctx):
                 return _finish(run, ctx)  # the connection is gone: no snapshots
-            if ctx.aborted.is_set():
+            if ctx.aborted.is_set() or ctx.mode == "check":  # a plan reports what would change, not processes
                 return _finish(run, ctx)
             ctx.doing(run.name, "taking snapshots")
             _snapshots(ssh, run, before, playbook, ctx.masker)

@@ -288,7 +288,7 @@ class Reporter:
             return
         from rich.table import Table
 
-        table = Table(title=f"{result.name or result.playbook} ({result.mode})", box=self._box())
+        table = Table(title=_title(result), box=self._box())
         table.add_column("#", justify="right")
         table.add_column("step")
         for run in result.droplets:
@@ -297,7 +297,7 @@ class Reporter:
             cells = []
             for run in result.droplets:
                 this = run.steps[index] if index < len(run.steps) else None
-                cells.append(_cell(this))
+                cells.append(_cell(this, timed=result.mode != "check"))
             table.add_row(str(index + 1), step.label, *cells)
         self.console.print(table)
 
@@ -315,7 +315,7 @@ class Reporter:
             where = f"{failed.index + 1} {failed.label}" if failed else ("(the error below)" if run.error else "")
             rows.append([run.name, *counts, f"{sum(step.duration for step in run.steps):.1f}s", where])
         lines = _columns(header, rows, self.console.width).splitlines()
-        self.console.print(f"{result.name or result.playbook} ({result.mode})", style="bold", markup=False)
+        self.console.print(_title(result), style="bold", markup=False)
         self.console.print(lines[0], style="bold", markup=False, highlight=False, soft_wrap=True)
         for run, line in zip(result.droplets, lines[1:]):
             style = "red" if run.failed else None
@@ -351,6 +351,30 @@ class Reporter:
         self.console.print(lines, markup=False, soft_wrap=True)
 
     def _totals(self, result: RunResult) -> None:
+        if result.mode == "check":
+            self._plan_totals(result)
+            return
+        self._run_totals(result)
+
+    def _plan_totals(self, result: RunResult) -> None:
+        """A plan's last line: what would be created and changed, what is in place, what could not be checked."""
+        changes = sum(run.count("would-change") for run in result.droplets)
+        in_place = sum(run.count("ok") for run in result.droplets)
+        created = sum(1 for run in result.droplets if run.created)
+        parts = [f"{created} droplet(s) to create"] if created else []
+        parts += [f"{changes} step(s) to change" if changes or created else "nothing to change", f"{in_place} in place"]
+        style = "bold yellow" if changes or created else "bold green"
+        failed = [r.name for r in result.droplets if r.failed]
+        if failed:
+            parts.append(f"could not check {', '.join(failed)} (above)")
+            style = "bold red"
+        if result.interrupted:
+            parts.append("interrupted")
+            style = "bold red"
+        line = f"plan for {len(result.droplets)} droplet(s): {', '.join(parts)} ({result.duration:.1f}s)"
+        self.console.print(line, style=style, markup=False)
+
+    def _run_totals(self, result: RunResult) -> None:
         counts = {s: 0 for s in _STYLES}
         for run in result.droplets:
             for step in run.steps:
@@ -372,13 +396,18 @@ def _price(monthly: float | None, hourly: float | None) -> str:
     return f"${monthly or 0:,.2f}/month (${hourly or 0:.5f}/hour)"
 
 
-def _cell(step: StepResult | None) -> Any:
+def _title(result: RunResult) -> str:
+    return f"{result.name or result.playbook} ({'plan' if result.mode == 'check' else result.mode})"
+
+
+def _cell(step: StepResult | None, *, timed: bool = True) -> Any:
+    """A step's status in the table; in a plan (not ``timed``) how long its check took is noise."""
     from rich.text import Text
 
     if step is None:
         return ""
-    if step.status in ("skipped", "done-earlier"):
-        return Text(step.status, style=_STYLES[step.status])
+    if step.status in ("skipped", "done-earlier") or not timed:
+        return Text(step.status, style=_STYLES.get(step.status, ""))
     return Text(f"{step.status} {step.duration:.1f}s", style=_STYLES.get(step.status, ""))
 
 

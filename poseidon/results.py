@@ -90,14 +90,16 @@ class DropletRun:
     def count(self, status: str) -> int:
         return sum(1 for s in self.steps if s.status == status)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, planned: bool = False) -> dict[str, Any]:
+        """As JSON; ``planned``: the run was a plan, so a droplet ``created`` is one to create."""
         return {
             "name": self.name,
             "id": self.id,
             "ip_address": self.ip_address,
             "error": self.error,
             "unreachable": self.unreachable,
-            "created": self.created,
+            "created": self.created and not planned,
+            "to_create": self.created and planned,
             "price_monthly": self.price_monthly,
             "price_hourly": self.price_hourly,
             "dns": self.dns.to_dict() if self.dns else None,
@@ -153,7 +155,7 @@ class RunResult:
             "interrupted": self.interrupted,
             "failed": self.failed,
             "prices": self.prices(),
-            "droplets": [d.to_dict() for d in self.droplets],
+            "droplets": [d.to_dict(planned=self.mode == "check") for d in self.droplets],
         }
 
 

@@ -224,3 +224,43 @@ def test_a_request_the_api_finds_invalid_is_exit_2(tmp_path: Path, sandbox_env: 
     shown = poseidon("apply", str(path))
     assert shown.returncode == 2, shown.stderr
     assert "422" in shown.stderr
+
+
+def test_a_plan_reads_as_a_plan_and_its_detailed_exit_code_says_whether_changes_are_pending(
+    tmp_path: Path, sandbox_env: Sandbox
+) -> None:
+    checks_only = playbook(tmp_path, "version: 1\ndroplets: [test]\nsteps:\n  - run: {cmd: 'true', changes: false}\n")
+    shown = poseidon("plan", str(checks_only), "--detailed-exitcode")
+    assert shown.returncode == 0, shown.stderr
+    assert "(plan)" in shown.stdout and "(check)" not in shown.stdout
+    assert shown.stdout.rstrip().splitlines()[-1].startswith("plan for 1 droplet(s): nothing to change, 1 in place (")
+    assert "busiest" not in shown.stdout and "succeeded" not in shown.stdout, "no snapshots, no run verdict"
+
+    pending = playbook(
+        tmp_path,
+        """
+        version: 1
+        name: pending
+        droplets:
+          - test
+          - name: planned-1
+            create: {region: nyc3, size: s-1vcpu-1gb, image: ubuntu-24-04-x64}
+        steps:
+          - run: {cmd: 'true', changes: false}
+          - run: touch planned-only
+        """,
+    )
+    shown = poseidon("plan", str(pending), "--detailed-exitcode", "--report", str(tmp_path / "plan.json"))
+    assert shown.returncode == 2, shown.stderr
+    last = shown.stdout.rstrip().splitlines()[-1]
+    assert last.startswith("plan for 2 droplet(s): 1 droplet(s) to create, 3 step(s) to change, 1 in place (")
+    row = next(line for line in shown.stdout.splitlines() if line.startswith("| 1 |"))
+    assert [cell.strip() for cell in row.split("|")[3:5]] == ["ok", "would-change"], "no timings in a plan's cells"
+    droplets = {d["name"]: d for d in json.loads((tmp_path / "plan.json").read_text())["droplets"]}
+    assert droplets["planned-1"]["to_create"] and not droplets["planned-1"]["created"]
+    assert not droplets["test"]["to_create"] and droplets["test"]["ps"] is None
+    assert not (sandbox_env.home("test") / "planned-only").exists()
+    assert poseidon("plan", str(pending)).returncode == 0, "without the flag, a plan that ran is 0"
+
+    (tmp_path / "broken.yaml").write_text("version: 1\ndroplets: [test]\nsteps: [{chdri: x}]\n")
+    assert poseidon("plan", str(tmp_path / "broken.yaml"), "--detailed-exitcode").returncode == 1

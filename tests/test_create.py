@@ -48,7 +48,7 @@ def test_plan_says_a_missing_droplet_will_be_created_and_creates_nothing(
     code, report = run("plan", str(playbook), capsys=capsys)
     assert code == 0
     fresh = next(d for d in report["droplets"] if d["name"] == "fresh")
-    assert fresh["created"] is True and fresh["id"] is None
+    assert fresh["to_create"] is True and fresh["created"] is False and fresh["id"] is None
     assert [(s["status"], s["reason"]) for s in fresh["steps"]] == [("would-change", "the droplet will be created first")]
     assert po.connect().droplets.find("fresh") == []
 

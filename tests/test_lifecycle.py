@@ -48,7 +48,7 @@ def test_the_demo_goes_from_nothing_to_an_app_at_a_dns_name_and_back_and_again(
     code, plan = run(capsys, "plan", playbook, "--sandbox")
     assert code == 0
     web = droplet(plan, "demo-web")
-    assert web["created"] and web["id"] is None and web["price_monthly"] == 6.0
+    assert web["to_create"] and not web["created"] and web["id"] is None and web["price_monthly"] == 6.0
     assert web["dns"]["status"] == "would-change" and web["dns"]["record"] == "demo.example.com"
 
     code, applied = run(capsys, "apply", playbook, "--sandbox")
@@ -68,7 +68,7 @@ def test_the_demo_goes_from_nothing_to_an_app_at_a_dns_name_and_back_and_again(
 
     code, again = run(capsys, "plan", playbook, "--sandbox")  # nothing to do
     web = droplet(again, "demo-web")
-    assert code == 0 and not web["created"] and web["id"] == first_id
+    assert code == 0 and not web["to_create"] and not web["created"] and web["id"] == first_id
     assert {s["status"] for s in web["steps"]} == {"ok"} and web["dns"]["status"] == "ok"
 
     code, listed = run(capsys, "destroy", playbook, "--sandbox", "--check")
@@ -84,7 +84,7 @@ def test_the_demo_goes_from_nothing_to_an_app_at_a_dns_name_and_back_and_again(
     assert not process_running(app) and not home.exists()
     code, after = run(capsys, "plan", playbook, "--sandbox")
     web = droplet(after, "demo-web")
-    assert code == 0 and web["created"] and web["dns"]["status"] == "would-change"
+    assert code == 0 and web["to_create"] and web["dns"]["status"] == "would-change"
     code, listed = run(capsys, "destroy", playbook, "--sandbox", "--check")
     assert code == 0 and listed["droplets"] == [] and listed["records"] == []
 
