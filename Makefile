@@ -3,9 +3,30 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test bench install install-test clean
+.PHONY: demo test bench install install-test clean system
 
-$(BIN)/python:
+# What the sandbox needs from Debian or Ubuntu: OpenSSH's server, git, Python's venv and pip,
+# curl. As root (CI, a container) they are installed; otherwise the command that does it is shown.
+DEBIAN_PACKAGES := openssh-server git python3-venv python3-pip curl
+
+system:
+	@missing=""; \
+	for package in $(DEBIAN_PACKAGES); do \
+	    dpkg-query -W -f='$${Status}' $$package 2>/dev/null | grep -q "ok installed" || missing="$$missing $$package"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	    if [ "$$(id -u)" -eq 0 ]; then \
+	        echo "installing$$missing"; \
+	        DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq$$missing >/dev/null; \
+	    else \
+	        echo "poseidon's sandbox needs:$$missing. Install them first:" >&2; \
+	        echo "    sudo apt-get install -y$$missing" >&2; \
+	        exit 1; \
+	    fi; \
+	fi
+
+$(BIN)/python: | system
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
@@ -19,10 +40,10 @@ install-test: $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[test]'
 	$(BIN)/python -m pip download -q -d $(WHEELHOUSE) -r examples/apps/hello/requirements.txt
 
-demo: install
+demo: system install
 	$(BIN)/poseidon apply examples/site.yaml --sandbox
 
-test: install-test
+test: system install-test
 	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest
 

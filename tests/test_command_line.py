@@ -264,3 +264,29 @@ def test_a_plan_reads_as_a_plan_and_its_detailed_exit_code_says_whether_changes_
 
     (tmp_path / "broken.yaml").write_text("version: 1\ndroplets: [test]\nsteps: [{chdri: x}]\n")
     assert poseidon("plan", str(tmp_path / "broken.yaml"), "--detailed-exitcode").returncode == 1
+
+
+def test_make_stops_at_once_naming_the_debian_packages_to_install() -> None:
+    """`make demo` and `make test` check the system first; not root, they say the one command to run."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp())  # beside pytest's own folders, which only root may enter
+    folder.chmod(0o755)
+    makefile = folder / "Makefile"
+    shutil.copy(ROOT / "Makefile", makefile)
+    makefile.chmod(0o644)
+    command = ["make", "-s", "-f", str(makefile), "system", "DEBIAN_PACKAGES=git poseidon-no-such-package"]
+    if os.geteuid() == 0:  # as root it would install: ask as an unprivileged user instead
+        command = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *command]
+    try:
+        shown = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=PATIENCE)
+    finally:
+        shutil.rmtree(folder)
+    assert shown.returncode != 0
+    assert shown.stderr.splitlines()[:2] == [
+        "poseidon's sandbox needs: poseidon-no-such-package. Install them first:",
+        "    sudo apt-get install -y poseidon-no-such-package",
+    ]
+    present = subprocess.run(["make", "-s", "-f", str(ROOT / "Makefile"), "system", "DEBIAN_PACKAGES=git"], capture_output=True, text=True)
+    assert present.returncode == 0 and present.stdout == present.stderr == "", "installed: nothing to do, nothing said"
