@@ -49,9 +49,14 @@ def test_the_demo_deploys_the_app_and_a_second_run_changes_nothing(tmp_path: Pat
             # apt: present on this machine; chdir: never a change; the smoke test: ok once the app answers.
             assert statuses[:5] == ["ok", "changed", "ok", "changed", "changed"], statuses
             assert statuses[5] in ("ok", "changed")
+        summary = first.stdout.splitlines()
         for name in ("web-1", "web-2"):
-            assert f"{name}: ps -Af" in first.stdout
-            assert f"{name}: top" in first.stdout
+            # After the run: the processes it started (the app, in its wrapper) and the busiest few.
+            at = summary.index(next(line for line in summary if line.startswith(f"{name}: started by this run (")))
+            started = summary[at + 2 : at + 2 + int(summary[at].split("(")[1].split()[0])]
+            assert any(".venv/bin/python app.py --host" in line for line in started), started
+            assert any(line.startswith(f"{name}: busiest (5 of ") for line in summary)
+        assert not any(": ps -Af" in line for line in summary), "the whole ps is in --json only"
         second = cli("apply", "examples/site.yaml", "--sandbox", "--json", cwd=tmp_path)
         assert second.returncode == 0, second.stdout + second.stderr
         report = json.loads(second.stdout)
