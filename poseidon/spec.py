@@ -1203,6 +1203,20 @@ class Playbook(_Model):
 
     @field_validator("droplets", mode="after")
     @classmethod
+    def _creates_are_named(cls, value: list[Any], info: ValidationInfo) -> list[Any]:
+        # What a playbook creates carries its owner tag, and destroy deletes by that tag alone: one
+        # taken from the file's name could be another playbook's (two site.yaml), so destroy refuses it.
+        if info.data.get("name") is None:
+            creating = [ref.name for ref in value if isinstance(ref, NamedDroplet) and ref.create is not None]
+            if creating:
+                _fail(
+                    f"{', '.join(creating)} would be created: give the playbook a name: (it tags what"
+                    " it creates, and 'poseidon destroy' deletes only droplets carrying that tag)"
+                )
+        return value
+
+    @field_validator("droplets", mode="after")
+    @classmethod
     def _droplets_differ(cls, value: list[Any], info: ValidationInfo) -> list[Any]:
         # The same droplet twice would run every step twice on it.
         if _yaml_form(info):

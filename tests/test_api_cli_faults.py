@@ -98,6 +98,7 @@ def test_a_timeout_that_is_not_a_positive_number_is_exit_2_naming_the_variable(
 
 CREATING = """\
 version: 1
+name: creating
 droplets:
   - {name: new-1, create: {region: nyc3, size: s-1vcpu-1gb, image: ubuntu-24-04-x64}}
   - {name: new-2, create: {region: nyc3, size: s-1vcpu-1gb, image: ubuntu-24-04-x64}}

@@ -19,6 +19,7 @@ from sandboxes import pointed
 
 PLAYBOOK = """
     version: 1
+    name: fresh-ones
     droplets:
       - existing
       - name: fresh

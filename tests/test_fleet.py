@@ -382,7 +382,7 @@ def test_a_run_that_cannot_write_its_log_creates_no_droplet(tmp_path: Path, env:
     (tmp_path / ".poseidon").write_text("a file where the run log's folder should be\n")
     path = tmp_path / "site.yaml"
     path.write_text(
-        "version: 1\ndroplets:\n  - {name: never-made, create: {region: nyc3, size: s-1vcpu-1gb, image: ubuntu-24-04-x64}}\n"
+        "version: 1\nname: never\ndroplets:\n  - {name: never-made, create: {region: nyc3, size: s-1vcpu-1gb, image: ubuntu-24-04-x64}}\n"
         "steps: [{run: echo hi}]\n"
     )
     assert main(["apply", str(path)]) == 2

@@ -245,6 +245,7 @@ def test_destroy_waits_until_the_api_no_longer_has_the_droplets(tmp_path: Path) 
 
 PRICED = """
     version: 1
+    name: priced
     droplets:
       - name: small
         create: {region: nyc3, size: s-1vcpu-1gb, image: ubuntu-24-04-x64}

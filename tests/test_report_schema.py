@@ -35,6 +35,7 @@ def test_json_reports_validate_against_the_schema(
     playbook = tmp_path / "site.yaml"
     playbook.write_text(
         "version: 1\n"
+        "name: planned\n"
         "droplets:\n  - test\n  - other\n"
         "  - {name: planned-only, create: {region: nyc3, size: s-1vcpu-1gb, image: ubuntu-24-04-x64}}\n"
         "steps:\n"

@@ -857,6 +857,7 @@ def test_a_mistyped_kind_or_field_gets_the_one_meant() -> None:
     assert problems(
         """\
         version: 1
+        name: mistyped
         droplets: [{name: web, create: {region: nyc3, size: s-1vcpu-1gb, image: x, tgas: [a]}}]
         steps:
           - chdri: app
@@ -866,11 +867,27 @@ def test_a_mistyped_kind_or_field_gets_the_one_meant() -> None:
         report: {pss: true}
         """
     ) == [
-        "site.yaml:2:76: droplets[0].create.tgas: not a field here: did you mean 'tags'?",
-        "site.yaml:4:5: steps[0]: unknown step kind 'chdri': did you mean 'chdir'? "
+        "site.yaml:3:76: droplets[0].create.tgas: not a field here: did you mean 'tags'?",
+        "site.yaml:5:5: steps[0]: unknown step kind 'chdri': did you mean 'chdir'? "
         "(known kinds: chdir, apt, git, pip, pip_r, nohup, run)",
-        "site.yaml:5:21: steps[1].nohup.nmae: not a field here: did you mean 'name'?",
-        "site.yaml:6:19: steps[2].run.chnages: not a field here: did you mean 'changes'?",
-        "site.yaml:7:26: steps[3].git.tag: not a field of a git step: write 'ref'",
-        "site.yaml:8:10: report.pss: not a field here: did you mean 'ps'?",
+        "site.yaml:6:21: steps[1].nohup.nmae: not a field here: did you mean 'name'?",
+        "site.yaml:7:19: steps[2].run.chnages: not a field here: did you mean 'changes'?",
+        "site.yaml:8:26: steps[3].git.tag: not a field of a git step: write 'ref'",
+        "site.yaml:9:10: report.pss: not a field here: did you mean 'ps'?",
+    ]
+
+
+def test_a_playbook_that_creates_droplets_needs_a_name() -> None:
+    """destroy deletes by the tag made of the playbook's name; one made of a file name could be another's."""
+    assert problems(
+        """\
+        version: 1
+        droplets:
+          - web-0
+          - {name: web-1, create: {region: nyc3, size: s-1vcpu-1gb, image: ubuntu-24-04-x64}}
+        steps: [{run: ls}]
+        """
+    ) == [
+        "site.yaml:3:3: droplets: web-1 would be created: give the playbook a name: (it tags what it creates,"
+        " and 'poseidon destroy' deletes only droplets carrying that tag)"
     ]
