@@ -291,6 +291,9 @@ def _apply(args: argparse.Namespace) -> int:
     plan = planfile.read(args.playbook) if planfile.is_plan(args.playbook) else None
     if plan is not None:
         args.playbook = str(plan.playbook)
+        if args.sandbox and not plan.sandbox:
+            raise errors.UsageError(f"{plan.path} was made against the DigitalOcean API, not a sandbox: apply it without --sandbox")
+        args.sandbox = plan.sandbox  # a plan made on the sandbox is applied there
     playbook = _load(args.playbook)
     if plan is not None and (changed := plan.environment_changes(os.environ)):
         raise errors.UsageError(
@@ -504,7 +507,9 @@ def _write_records(args: argparse.Namespace, result: Any, reporter: Reporter) ->
         (
             "--out",
             getattr(args, "out", None),
-            lambda target: planfile.write(target, result, args.playbook, _environment_read(args.playbook)),
+            lambda target: planfile.write(
+                target, result, args.playbook, _environment_read(args.playbook), sandbox=bool(args.sandbox)
+            ),
         ),
         ("--report", args.report, lambda target: files.write(target, to_json(result) + "\n")),
         ("--report-dir", args.report_dir, lambda target: write_report_dir(result, target)),

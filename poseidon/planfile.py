@@ -42,6 +42,8 @@ class Plan:
     #: The salt of the environment digests, and per variable its digest (``None``: it was unset).
     salt: str = ""
     environment: dict[str, str | None] = field(default_factory=dict)
+    #: Made on the playbook's kept sandbox (``plan --sandbox``): applied there too.
+    sandbox: bool = False
 
     def environment_changes(self, environ: Mapping[str, str]) -> list[str]:
         """The variables whose value in ``environ`` is not the one planned with, by name."""
@@ -66,7 +68,9 @@ def _env_digest(salt: str, value: str | None) -> str | None:
     return hmac.new(salt.encode(), value.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()
 
 
-def write(out: str, result: RunResult, playbook: str, environ: Mapping[str, str | None] | None = None) -> None:
+def write(
+    out: str, result: RunResult, playbook: str, environ: Mapping[str, str | None] | None = None, *, sandbox: bool = False
+) -> None:
     """Record ``result`` (a plan's) for ``apply``; the playbook path is kept relative to the plan file.
 
     ``environ`` holds the environment variables the playbook reads and their
@@ -79,6 +83,7 @@ def write(out: str, result: RunResult, playbook: str, environ: Mapping[str, str 
         "playbook": os.path.relpath(Path(playbook).resolve(), target.resolve().parent),
         "sha256": _digest(Path(playbook)),
         "droplets": {d.name: {"id": d.id, "ip_address": d.ip_address} for d in result.droplets},
+        "sandbox": sandbox,
         "environment": {
             "salt": salt,
             "digests": {name: _env_digest(salt, value) for name, value in sorted((environ or {}).items())},
@@ -107,10 +112,13 @@ def read(path: str) -> Plan:
         environment = document.get("environment") or {"salt": "", "digests": {}}
         salt = str(environment["salt"])
         digests = {str(name): (None if d is None else str(d)) for name, d in environment["digests"].items()}
+        sandbox = document.get("sandbox", False)
+        if not isinstance(sandbox, bool):
+            raise ValueError("'sandbox' is true or false")
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UsageError(f"{path}: cannot read this plan: {exc}") from exc
     if not playbook.is_file():
         raise UsageError(f"{path}: its playbook {playbook} is gone")
     if _digest(playbook) != recorded:
         raise UsageError(f"{path}: {playbook.name} changed since this plan was made: plan again")
-    return Plan(source, playbook, recorded, droplets, salt, digests)
+    return Plan(source, playbook, recorded, droplets, salt, digests, sandbox)

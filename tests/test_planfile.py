@@ -96,3 +96,26 @@ def test_applying_a_plan_refuses_when_an_environment_value_it_read_differs(
     monkeypatch.setenv("BRANCH", "main")
     assert main(["apply", str(tmp_path / "plan.json")]) == 0
     assert (sandbox.home("alpha") / "deployed-branch").read_text() == "main\n"
+
+
+def test_a_plan_made_on_the_sandbox_is_applied_there_and_one_made_elsewhere_is_not(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("POSEIDON_API_URL", raising=False)  # no API but the sandbox's: a token would be asked for
+    playbook = tmp_path / "site.yaml"
+    playbook.write_text("version: 1\ndroplets: [solo]\nsteps:\n  - run: {cmd: touch planned, creates: planned}\n")
+    try:
+        assert main(["plan", str(playbook), "--sandbox", "--out", str(tmp_path / "plan.json")]) == 0
+        assert json.loads((tmp_path / "plan.json").read_text())["sandbox"] is True
+        assert main(["apply", str(tmp_path / "plan.json")]) == 0
+        assert (tmp_path / ".poseidon" / "sandbox" / "site" / "hosts").is_dir()
+        homes = list((tmp_path / ".poseidon" / "sandbox" / "site" / "hosts").glob("*/planned"))
+        assert len(homes) == 1, "applied on the sandbox the plan was made on"
+    finally:
+        main(["sandbox", "reset", "--playbook", str(playbook)])
+    capsys.readouterr()
+
+
+def test_a_plan_made_against_the_api_refuses_the_sandbox(planned: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["apply", str(planned), "--sandbox"]) == 2
+    assert "was made against the DigitalOcean API, not a sandbox" in capsys.readouterr().err
