@@ -932,8 +932,15 @@ class Droplets:
                     break
         return found
 
-    def wait(self, droplets: Iterable[Droplet | int], *, timeout: float = 300.0) -> builtins.list[Droplet]:
+    def wait(
+        self,
+        droplets: Iterable[Droplet | int],
+        *,
+        timeout: float = 300.0,
+        on_ready: Callable[[Droplet], None] | None = None,
+    ) -> builtins.list[Droplet]:
         """Poll until every droplet is ``active`` with a public IPv4; returns them, refreshed.
+        ``on_ready(droplet)`` is called for each as it gets there.
 
         Raises ``WaitTimeoutError`` naming the droplets still waited for after ``timeout`` seconds.
         """
@@ -955,6 +962,8 @@ class Droplets:
             client._wait(deadline)
             for droplet_id in waiting:
                 latest[droplet_id] = self.get(droplet_id)
+                if on_ready is not None and ready(latest[droplet_id]):
+                    on_ready(latest[droplet_id])  # type: ignore[arg-type]  # ready() saw a Droplet
             waiting = [i for i in waiting if not ready(latest[i])]
         return [d for d in latest.values() if isinstance(d, Droplet)]
 

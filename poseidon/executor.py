@@ -240,6 +240,7 @@ def create_missing(
     known_hosts: str | None = None,
     timeout: float = 300.0,
     owner_tag: str | None = None,
+    notice: Notice | None = None,
 ) -> list[Target]:
     """Create the droplets that do not exist yet, all at once, and wait until they are active.
 
@@ -263,14 +264,28 @@ def create_missing(
             options["user_data"], public = hostkeys.pinned_user_data(options.pop("user_data", None))
         requests[target.name] = (options, public)
     made: dict[str, Droplet] = {}
+    started = time.monotonic()
+
+    def say(name: str, text: str) -> None:
+        if notice is not None:
+            notice(name, text)
+
     try:
         for name, (options, public) in requests.items():
+            say(name, f"creating it ({options['region']}, {options['size']}, {options['image']})")
             made[name] = client.droplets.create(name, wait=False, **options)
             if public:
                 # No address yet: the first connection adds it beside the alias.
                 hostkeys.record(hostkeys.known_hosts_path(known_hosts), [hostkeys.alias(made[name].id)], public)
         if made:
-            ready = {d.id: d for d in client.droplets.wait(list(made.values()), timeout=timeout)}
+            for name in made:
+                say(name, f"waiting until it is active (at most {timeout:.0f} s)")
+
+            def active(droplet: Droplet) -> None:
+                say(droplet.name, f"active: id {droplet.id}, {droplet.ip_address}, after {time.monotonic() - started:.0f} s")
+
+            listed = client.droplets.wait(list(made.values()), timeout=timeout, on_ready=active)
+            ready = {d.id: d for d in listed}
             made = {name: ready[d.id] for name, d in made.items()}
     except (APIError, APIConnectionError) as exc:
         if not made:
@@ -758,6 +773,7 @@ def apply(
                 pin_host_keys=settings.pin_host_keys,
                 known_hosts=settings.known_hosts,
                 owner_tag=playbook.owner_tag(path),
+                notice=notice,
             )
         # The records first: the name answers by the time the steps have started the app.
         wanted = [(t.name, t.dns, t.droplet.ip_address if t.droplet else None) for t in targets if t.dns]

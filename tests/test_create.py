@@ -66,7 +66,7 @@ def test_apply_creates_the_missing_droplet_once_and_provisions_it(
     assert [s["status"] for s in fresh["steps"]] == ["changed"]
     assert (sandbox.home("fresh") / "made").read_text() == "made\n"
     made = po.connect().droplets.by_name("fresh")
-    assert made.tags == ["demo", "poseidon:site"] and made.data["size_slug"] == "s-1vcpu-1gb"  # and the owner tag
+    assert made.tags == ["demo", "poseidon:fresh-ones"] and made.data["size_slug"] == "s-1vcpu-1gb"  # and the owner tag
 
     code, second = run("apply", str(playbook), capsys=capsys)
     assert code == 0
@@ -105,3 +105,17 @@ def test_a_created_droplets_host_key_is_pinned_at_birth_and_checked_on_first_con
     assert "PRIVATE KEY" not in known + json.dumps(report)
     existing = next(d for d in report["droplets"] if d["name"] == "existing")
     assert [s["status"] for s in existing["steps"]] == ["changed"]  # the others go on
+
+
+def test_creating_a_droplet_shows_its_progress(tmp_path: Path, sandbox: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+    """Creating takes seconds to a minute: each droplet says it is being created, then that it is active."""
+    playbook = tmp_path / "site.yaml"
+    playbook.write_text(textwrap.dedent(PLAYBOOK))
+    assert main(["apply", str(playbook)]) == 0
+    lines = [" ".join(line.split()) for line in capsys.readouterr().out.splitlines()]
+    creating = lines.index("fresh creating it (nyc3, s-1vcpu-1gb, ubuntu-24-04-x64)")
+    waiting = lines.index("fresh waiting until it is active (at most 300 s)")
+    active = next(i for i, line in enumerate(lines) if line.startswith("fresh active: id "))
+    assert creating < waiting < active
+    assert f", {sandbox.address('fresh')}, after " in lines[active]
+    assert not any(line.startswith("existing creating") for line in lines)
