@@ -213,6 +213,21 @@ def _never_sent(exc: requests.RequestException) -> bool:
     return False
 
 
+def _connection_failure(exc: requests.RequestException) -> str:
+    """What went wrong, in the words of the system call when there is one (``connection refused``),
+    not urllib3's nesting of wrappers."""
+    cause: BaseException | None = exc
+    seen = 0
+    while cause is not None and seen < 10:  # MaxRetryError → NewConnectionError → OSError …
+        if isinstance(cause, OSError) and cause.strerror and not isinstance(cause, requests.RequestException):
+            return cause.strerror[:1].lower() + cause.strerror[1:]
+        reason = getattr(cause, "reason", None)
+        arg = cause.args[0] if cause.args and isinstance(cause.args[0], BaseException) else None
+        cause = reason if isinstance(reason, BaseException) else arg or cause.__cause__ or cause.__context__
+        seen += 1
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _epoch(timestamp: Any) -> float | None:
     """An API timestamp (``2024-04-24T14:35:19Z``) as seconds since the epoch, or None."""
     try:
@@ -549,7 +564,7 @@ class Client:
         response._content = b"".join(chunks)  # what .content and .json() read from now on
 
     def _unreachable(self, exc: requests.RequestException, attempts: int) -> APIConnectionError:
-        reason = self.mask(f"{type(exc).__name__}: {exc}")
+        reason = self.mask(_connection_failure(exc))
         if isinstance(exc, requests.Timeout):
             tried = f"{attempts} times" if attempts > 1 else "once"
             return APIConnectionError(

@@ -102,11 +102,12 @@ def _parser() -> argparse.ArgumentParser:
     sandbox = commands.add_parser("sandbox", help="a local sandbox that outlives one command")
     sandbox.add_argument(
         "action",
-        choices=["up", "down", "reset"],
-        help="up/down: a background sandbox; reset --playbook F: remove the one --sandbox keeps for F",
+        choices=["up", "env", "down", "reset"],
+        help="up: run one in the background and print its variables; env: print them again; down: stop it;"
+        " reset: stop it and remove it (with --playbook: the one --sandbox keeps for that playbook)",
     )
     sandbox.add_argument("--droplet", action="append", metavar="NAME", help="a droplet to serve (repeatable; default: test)")
-    sandbox.add_argument("--playbook", help="serve this playbook's droplets and example repositories")
+    sandbox.add_argument("--playbook", help="the playbook's kept sandbox: its droplets and example repositories")
     return parser
 
 
@@ -185,7 +186,10 @@ def _exit_status(handler: Callable[[argparse.Namespace], int], args: argparse.Na
         _say(exc)
         # 400, 422: the API found the request invalid (a value of the playbook): as a playbook check would.
         return EXIT_INVALID if exc.status in (400, 422) else EXIT_UNREACHABLE
-    except (errors.APIError, errors.APIConnectionError, errors.PartlyCreatedError, errors.SSHError, errors.SandboxError) as exc:
+    except errors.APIConnectionError as exc:
+        _say(f"{exc}{_sandbox_hint()}")
+        return EXIT_UNREACHABLE
+    except (errors.PartlyCreatedError, errors.SSHError, errors.SandboxError) as exc:
         _say(exc)  # an API's or a droplet's words, escaped
         return EXIT_UNREACHABLE
     except errors.PoseidonError as exc:
@@ -237,6 +241,20 @@ def _survive_closed_pipes() -> None:
             except (OSError, ValueError):  # a stream without a descriptor (a test's capture)
                 continue
             setattr(sys, name, _PipeEnd(stream))
+
+
+def _sandbox_hint() -> str:
+    """When the API that did not answer is on this machine: most likely a sandbox no longer up."""
+    from urllib.parse import urlsplit
+
+    url = os.environ.get("POSEIDON_API_URL", "")
+    host = urlsplit(url).hostname or ""
+    if host not in ("localhost", "::1") and not host.startswith("127."):
+        return ""
+    return (
+        f" (POSEIDON_API_URL is {url}, on this machine: is its sandbox up? 'poseidon sandbox up' starts one"
+        " and prints its variables; 'poseidon sandbox env' prints those of one that is up)"
+    )
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -353,9 +371,15 @@ def _apply(args: argparse.Namespace) -> int:
 
 
 def _enter_sandbox(stack: ExitStack, path: str, playbook: spec.Playbook, reporter: Reporter | None) -> dict[str, Any]:
-    """Start the playbook's kept sandbox for this command (saying so to ``reporter``); return the executor's settings for it."""
-    from poseidon import executor
+    """The playbook's kept sandbox for this command: the one 'sandbox up --playbook' serves in
+    the background, else started here (saying so to ``reporter``); the executor's settings for it."""
+    from poseidon.sandbox import daemon
 
+    environ = daemon.running(_kept_sandbox_root(path))
+    if environ is not None:
+        if reporter is not None:
+            reporter.message(f"sandbox: the one 'poseidon sandbox up' serves for {path}", "dim")
+        return _sandbox_settings(environ)
     sandbox = stack.enter_context(_sandbox_for(path, playbook))
     if reporter is not None:
         reporter.message(
@@ -363,14 +387,21 @@ def _enter_sandbox(stack: ExitStack, path: str, playbook: spec.Playbook, reporte
             f" {sandbox.root} ('poseidon sandbox reset --playbook {path}' removes it)",
             "dim",
         )
+    return _sandbox_settings(sandbox.environ)
+
+
+def _sandbox_settings(environ: dict[str, str]) -> dict[str, Any]:
+    """The executor's settings for a sandbox, from the variables that reach it (:attr:`Sandbox.environ`)."""
+    from poseidon import executor
+
     return dict(
-        api_url=sandbox.api_url,
-        token=sandbox.token,
+        api_url=environ["POSEIDON_API_URL"],
+        token=environ["DIGITALOCEAN_TOKEN"],
         ssh=executor.SSHSettings(
-            user=sandbox.user,
-            port=sandbox.ssh_port,
-            key_filename=sandbox.key_filename,
-            known_hosts=sandbox.known_hosts,
+            user=environ["POSEIDON_SSH_USER"],
+            port=int(environ["POSEIDON_SSH_PORT"]),
+            key_filename=environ["POSEIDON_SSH_KEY"],
+            known_hosts=environ["POSEIDON_KNOWN_HOSTS"],
             pinned=True,
             # Sandbox droplets share one sshd and its host key: a key pinned at birth could not be served.
             pin_host_keys=False,
@@ -608,29 +639,39 @@ def _sandbox_for(path: str, playbook: spec.Playbook) -> Sandbox:
 
 
 def _sandbox(args: argparse.Namespace) -> int:
-    from poseidon.sandbox import daemon
+    """``poseidon sandbox up|env|down|reset``: one background sandbox per playbook (its kept one),
+    and one per user for droplets named on the command line."""
+    from poseidon.sandbox import Sandbox, daemon
 
+    folder = _kept_sandbox_root(args.playbook) if args.playbook else daemon.state_dir()
     if args.action == "down":
-        print(daemon.down())
+        print(daemon.down(folder))
+        return EXIT_OK
+    if args.action == "env":
+        environ = daemon.running(folder)
+        if environ is None:
+            where = f" --playbook {args.playbook}" if args.playbook else ""
+            raise errors.UsageError(f"no sandbox is up in {folder}: 'poseidon sandbox up{where}' starts one")
+        _print_exports(environ)
         return EXIT_OK
     if args.action == "reset":
+        daemon.down(folder)
         if args.playbook:
-            from poseidon.sandbox import Sandbox
-
-            root = _kept_sandbox_root(args.playbook)
-            wiped = Sandbox.wipe(root)
-            print(f"removed the sandbox kept in {root}" if wiped else f"no sandbox is kept in {root}")
+            wiped = Sandbox.wipe(folder)
+            print(f"removed the sandbox kept in {folder}" if wiped else f"no sandbox is kept in {folder}")
             return EXIT_OK
-        daemon.down()
     droplets: list[dict[str, Any]] = [{"name": n} for n in args.droplet or []]
     repos: dict[str, Path] = {}
     if args.playbook:
         more, repos = _sandbox_contents(args.playbook, _load(args.playbook))
         droplets += more
-    environ = daemon.up(droplets or [{"name": "test"}], repos)
+    _print_exports(daemon.up(droplets or [{"name": "test"}], repos, folder, kept=bool(args.playbook)))
+    return EXIT_OK
+
+
+def _print_exports(environ: dict[str, str]) -> None:
     for key, value in environ.items():
         print(f"export {key}={_shell_quote(value)}")
-    return EXIT_OK
 
 
 def _shell_quote(value: str) -> str:

@@ -139,3 +139,43 @@ def test_a_sandbox_apply_stopped_by_a_signal_leaves_no_server_behind_after_reset
     reset = poseidon("sandbox", "reset", "--playbook", str(playbook), env=env)
     assert reset.returncode == 0, reset.stderr
     assert _servers_of(kept) == [], "reset left a server of the sandbox listening"
+
+
+def test_each_playbook_has_its_own_sandbox_up_with_env_to_print_its_variables_again(tmp_path: Path) -> None:
+    """Two projects, two sandboxes up at once; `sandbox env` prints one's variables again; `apply
+    --sandbox` uses the one up; `down` stops only its own; a stale POSEIDON_API_URL gets a hint."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("POSEIDON_", "DIGITALOCEAN_"))}
+    env["XDG_STATE_HOME"] = str(tmp_path / "state")
+    books = {}
+    for project in ("one", "two"):
+        (tmp_path / project).mkdir()
+        books[project] = tmp_path / project / "site.yaml"
+        books[project].write_text(f"version: 1\ndroplets: [{project}-web]\nsteps:\n  - run: touch applied\n")
+    try:
+        ups = {p: poseidon("sandbox", "up", "--playbook", str(b), env=env) for p, b in books.items()}
+        assert all(up.returncode == 0 for up in ups.values()), {p: u.stderr for p, u in ups.items()}
+        variables = {p: exports(up.stdout) for p, up in ups.items()}
+        assert variables["one"]["POSEIDON_API_URL"] != variables["two"]["POSEIDON_API_URL"]
+        again = poseidon("sandbox", "env", "--playbook", str(books["one"]), env=env)
+        assert again.returncode == 0 and exports(again.stdout) == variables["one"]
+
+        applied = poseidon("apply", str(books["two"]), "--sandbox", env=env)
+        assert applied.returncode == 0, applied.stderr
+        assert "the one 'poseidon sandbox up' serves" in applied.stdout
+        home = tmp_path / "two" / ".poseidon" / "sandbox" / "site" / "hosts"
+        assert len(list(home.glob("*/applied"))) == 1, "applied on the sandbox that is up"
+        listed = poseidon("droplets", "--json", env={**env, **variables["two"]})
+        assert [d["name"] for d in json.loads(listed.stdout)] == ["two-web"]
+
+        assert "sandbox stopped" in poseidon("sandbox", "down", "--playbook", str(books["one"]), env=env).stdout
+        stale = poseidon("droplets", env={**env, **variables["one"]})
+        assert stale.returncode == 3
+        assert "connection refused" in stale.stderr and "is its sandbox up? 'poseidon sandbox up'" in stale.stderr
+        assert "Max retries" not in stale.stderr
+        assert poseidon("droplets", env={**env, **variables["two"]}).returncode == 0, "the other is still up"
+        missing = poseidon("sandbox", "env", "--playbook", str(books["one"]), env=env)
+        assert missing.returncode == 2 and "no sandbox is up in" in missing.stderr
+    finally:
+        for book in books.values():
+            poseidon("sandbox", "reset", "--playbook", str(book), env=env)
+    assert not (tmp_path / "two" / ".poseidon" / "sandbox" / "site").exists()

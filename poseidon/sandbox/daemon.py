@@ -1,9 +1,13 @@
-"""A sandbox that outlives one command: ``poseidon sandbox up`` / ``down``.
+"""A sandbox that outlives one command: ``poseidon sandbox up`` / ``env`` / ``down``.
 
 ``up`` starts ``python -m poseidon.sandbox.daemon`` in a session of its own;
 that process runs a :class:`~poseidon.sandbox.Sandbox` until it receives
-SIGTERM, and writes its environment to ``state.json`` in the state folder
-(``$XDG_STATE_HOME/poseidon/sandbox``, else ``~/.local/state/poseidon/sandbox``).
+SIGTERM, and writes its environment to ``state.json`` in its folder: a
+playbook's kept sandbox (``.poseidon/sandbox/<playbook>/`` beside it, the one
+``apply --sandbox`` uses), else the user's state folder
+(``$XDG_STATE_HOME/poseidon/sandbox``, else ``~/.local/state/poseidon/sandbox``)
+for a sandbox of droplets named on the command line. Each folder has at
+most one running.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Any
 
 from poseidon.errors import SandboxError, UsageError
 
-__all__ = ["down", "state_dir", "up"]
+__all__ = ["down", "running", "state_dir", "up"]
 
 _START_TIMEOUT = 30.0
 
@@ -31,9 +35,15 @@ def state_dir() -> Path:
     return base / "poseidon" / "sandbox"
 
 
-def _read_state() -> dict[str, Any] | None:
+def running(folder: Path) -> dict[str, str] | None:
+    """The environment that reaches the sandbox up in ``folder``, or ``None`` when none is."""
+    state = _read_state(folder)
+    return None if state is None else dict(state["environ"])
+
+
+def _read_state(folder: Path) -> dict[str, Any] | None:
     """The running daemon's state, or ``None``: the pid it names must be that daemon's, not a reused pid."""
-    path = state_dir() / "state.json"
+    path = folder / "state.json"
     try:
         state: dict[str, Any] = json.loads(path.read_text())
         pid = int(state["pid"])
@@ -55,15 +65,17 @@ def _is_daemon(pid: int) -> bool:
     return pid > 1 and owner == os.getuid() and b"poseidon.sandbox.daemon" in words[:4]
 
 
-def up(droplets: list[dict[str, Any]], repos: dict[str, Path]) -> dict[str, str]:
-    """Start a background sandbox; return the environment that reaches it."""
-    if _read_state() is not None:
+def up(droplets: list[dict[str, Any]], repos: dict[str, Path], folder: Path, *, kept: bool = False) -> dict[str, str]:
+    """Start a background sandbox in ``folder`` (``kept``: a playbook's kept sandbox, whose
+    droplets and files outlive it); return the environment that reaches it."""
+    if _read_state(folder) is not None:
         # The environment is not as the command needs (exit 2), nothing failed to start.
-        raise UsageError("a sandbox is already up: 'poseidon sandbox down' first, or 'poseidon sandbox reset'")
-    folder = state_dir()
+        raise UsageError(f"a sandbox is already up in {folder}: 'poseidon sandbox env' prints its variables again")
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder.chmod(0o700)
     request = folder / "request.json"
-    request.write_text(json.dumps({"droplets": droplets, "repos": {k: str(v) for k, v in repos.items()}}))
+    document = {"droplets": droplets, "repos": {k: str(v) for k, v in repos.items()}, "root": str(folder), "kept": kept}
+    request.write_text(json.dumps(document))
     log = open(folder / "daemon.log", "wb")
     # The daemon serves the sandbox's own token: the operator's real ones stay out of its environment.
     environment = {k: v for k, v in os.environ.items() if not k.startswith("DIGITALOCEAN_")}
@@ -78,7 +90,7 @@ def up(droplets: list[dict[str, Any]], repos: dict[str, Path]) -> dict[str, str]
     log.close()
     deadline = time.monotonic() + _START_TIMEOUT
     while time.monotonic() < deadline:
-        state = _read_state()
+        state = _read_state(folder)
         if state is not None:
             return dict(state["environ"])
         if process.poll() is not None:
@@ -89,11 +101,11 @@ def up(droplets: list[dict[str, Any]], repos: dict[str, Path]) -> dict[str, str]
     raise SandboxError(f"the sandbox did not start within {_START_TIMEOUT:.0f} s")
 
 
-def down() -> str:
-    """Stop the background sandbox, if one is up; say what happened."""
-    state = _read_state()
+def down(folder: Path) -> str:
+    """Stop the background sandbox up in ``folder``, if one is; say what happened."""
+    state = _read_state(folder)
     if state is None:
-        return "no sandbox is up"
+        return f"no sandbox is up in {folder}"
     pid = int(state["pid"])
     os.kill(pid, signal.SIGTERM)
     for _ in range(100):
@@ -102,7 +114,7 @@ def down() -> str:
         except OSError:
             break
         time.sleep(0.1)
-    (state_dir() / "state.json").unlink(missing_ok=True)
+    (folder / "state.json").unlink(missing_ok=True)
     return f"sandbox stopped (pid {pid})"
 
 
@@ -113,9 +125,11 @@ def _serve(request_path: str) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    with Sandbox(request["droplets"], repos=request["repos"]) as sandbox:
+    folder = Path(request["root"])
+    root = folder if request.get("kept") else None
+    with Sandbox(request["droplets"], repos=request["repos"], root=root, keep=bool(request.get("kept"))) as sandbox:
         state = {"pid": os.getpid(), "environ": sandbox.environ, "root": str(sandbox.root)}
-        path = state_dir() / "state.json"
+        path = folder / "state.json"
         # It holds the sandbox's token: for this user only, written whole, never through a link.
         descriptor, partial = tempfile.mkstemp(dir=path.parent, prefix=".state.", suffix=".tmp")
         with os.fdopen(descriptor, "w") as stream:
