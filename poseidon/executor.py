@@ -67,7 +67,7 @@ PREDICTED = "after the changes above (not checked)"
 #: The reason of a step --resume skips because an earlier run did it.
 RESUMED = "done in the run resumed"
 #: Why a step and its droplet stopped when a second Ctrl-C closed the connection.
-ABORTED = "interrupted by a second Ctrl-C: the connection was closed (a command running there may still run to its end)"
+ABORTED = "interrupted by a second Ctrl-C: the step running was stopped and the connection closed"
 #: The status of a step ``--resume`` did not run again: an earlier run did it.
 DONE_EARLIER = "done-earlier"
 
@@ -396,10 +396,11 @@ def _lock(ssh: SSHClient, run: DropletRun, notice: Notice | None) -> None:
 
 @dataclass(frozen=True)
 class _Before:
-    """A droplet as the first step found it: its process ids, and the session of poseidon's shell."""
+    """A droplet as the first step found it: its process ids; the pid and the session of poseidon's shell."""
 
     pids: frozenset[int]
     session: int | None
+    shell: int | None = None
 
 
 def _started(before: _Before | None, ps: Any, sessions: Any) -> Any:
@@ -435,13 +436,12 @@ def _descends(pid: int, ancestor: int | None, parents: Mapping[int, int]) -> boo
 def _ready(ssh: SSHClient, run: DropletRun, playbook: spec.Playbook, notice: Notice | None) -> _Before | None:
     """The gate before the first step: cloud-init finished, the dpkg lock free (when apt runs).
 
-    Returns the droplet's process ids right after it (``None`` when the
-    report has no ``ps``), to tell which processes the run started: both
-    travel in one round trip.
+    Returns the droplet's process ids right after it, to tell which processes
+    the run started, and the pid of poseidon's shell there (a second Ctrl-C
+    stops what runs under it): both travel in one round trip.
     """
     dpkg = any(isinstance(step, spec.AptStep) for step in playbook.steps)
-    commands = [steps.readiness(dpkg=dpkg)] + ([steps.PIDS] if playbook.report.ps else [])
-    result, *snapshot = ssh.run_pipelined(commands)
+    result, *snapshot = ssh.run_pipelined([steps.readiness(dpkg=dpkg), steps.PIDS])
     if notice:
         for line in result.stderr.splitlines():
             notice(run.name, line.removeprefix("poseidon: "))
@@ -450,11 +450,9 @@ def _ready(ssh: SSHClient, run: DropletRun, playbook: spec.Playbook, notice: Not
         raise NotReadyError(f"{run.name} is not ready: {tail[0].removeprefix('poseidon: ')}")
     if not snapshot or snapshot[0].exited != 0:
         return None
-    pids, _, session = snapshot[0].stdout.partition("\n")
-    return _Before(
-        frozenset(int(pid) for pid in pids.split() if pid.isdigit()),
-        int(session.strip()) if session.strip().isdigit() else None,
-    )
+    shell, _, pids = snapshot[0].stdout.partition("\n")
+    numbers = [int(word) if word.isdigit() else None for word in shell.split()] + [None, None]
+    return _Before(frozenset(int(pid) for pid in pids.split() if pid.isdigit()), numbers[1], numbers[0])
 
 
 def _snapshots(ssh: SSHClient, run: DropletRun, before: _Before | None, playbook: spec.Playbook, masker: Masker) -> None:
@@ -519,6 +517,8 @@ class _Context:
     #: Per droplet, what it is doing and since when; and its open connection.
     activity: dict[str, tuple[str, float]] = field(default_factory=dict)
     connections: dict[str, SSHClient] = field(default_factory=dict)
+    #: Per droplet, the pid of poseidon's shell there (:func:`_ready`).
+    shells: dict[str, int] = field(default_factory=dict)
 
     def doing(self, droplet: str, what: str) -> None:
         self.activity[droplet] = (what, time.monotonic())
@@ -539,13 +539,17 @@ class _Context:
         return [(name, f"{what}, for {now - since:.0f} s") for name, (what, since) in sorted(self.activity.items())]
 
     def abort(self) -> None:
-        """A second Ctrl-C: close every open connection; the steps running there end as failed."""
+        """A second Ctrl-C: on every droplet, stop the step running (its processes, and poseidon's
+        shell with the apply lock), then close the connection; those steps end as failed."""
         self.aborted.set()
-        for ssh in list(self.connections.values()):
-            try:
-                ssh.close()
-            except Exception:  # noqa: BLE001 - closing what is already broken
-                pass
+        stoppers = [
+            threading.Thread(target=_stop_running, args=(ssh, self.shells.get(name)), daemon=True)
+            for name, ssh in list(self.connections.items())
+        ]
+        for stopper in stoppers:
+            stopper.start()
+        for stopper in stoppers:
+            stopper.join(STOP_PATIENCE + 1)
 
     @property
     def mode(self) -> steps.Mode:
@@ -567,6 +571,22 @@ class _Context:
             self.progress(droplet, result)
         if result.status == "failed" and self.options.fail_fast:
             self.stop.set()
+
+
+#: Seconds a second Ctrl-C waits, per droplet, for the running step to be stopped there.
+STOP_PATIENCE = 5.0
+
+
+def _stop_running(ssh: SSHClient, shell: int | None) -> None:
+    try:
+        if shell is not None:
+            ssh.stop_tree(shell, timeout=STOP_PATIENCE)
+    except Exception:  # noqa: BLE001 - a droplet that does not answer: its connection closes all the same
+        pass
+    try:
+        ssh.close()
+    except Exception:  # noqa: BLE001 - closing what is already broken
+        pass
 
 
 def _run_droplet(target: Target, ctx: _Context) -> DropletRun:
@@ -594,6 +614,8 @@ def _run_droplet(target: Target, ctx: _Context) -> DropletRun:
                 _lock(ssh, run, ctx.notice)  # held until the connection closes
             ctx.doing(run.name, "waiting until it is ready")
             before = _ready(ssh, run, playbook, ctx.notice)
+            if before is not None and before.shell is not None:
+                ctx.shells[run.name] = before.shell
             if not _run_steps(ssh, run, values, ctx):
                 return _finish(run, ctx)  # the connection is gone: no snapshots
             if ctx.aborted.is_set() or ctx.mode == "check":  # a plan reports what would change, not processes
@@ -682,6 +704,8 @@ def _run_steps(ssh: SSHClient, run: DropletRun, values: dict[str, str], ctx: _Co
             exited=outcome.exited,
             reason=mask(outcome.reason),
         )
+        if ctx.aborted.is_set() and result.status == "failed":  # it ended as a second Ctrl-C stopped it
+            result.reason, run.error = ABORTED, ABORTED
         if ctx.mode == "check" and result.status == "ok" and _restarts_after(step, run):
             # Its process runs as it should now, but an earlier step will change what it runs.
             result.status, result.reason = "would-change", "would restart: an earlier step would change first"

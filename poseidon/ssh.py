@@ -464,6 +464,20 @@ class SSHClient:
     def _in_cwd(self, cmd: str) -> str:
         return f"cd -- {steps.quote_path(self.cwd)} && {cmd}" if self.cwd else cmd
 
+    def stop_tree(self, pid: int, timeout: float = 5.0) -> None:
+        """End process ``pid`` on the droplet and every process under it (:func:`steps.stop_tree`),
+        over a channel of its own: the session may be busy with the command being stopped."""
+        transport = self.connection.client.get_transport()
+        if transport is None or not transport.is_active():
+            return
+        channel = transport.open_session(timeout=timeout)
+        try:
+            channel.settimeout(timeout)
+            channel.exec_command(steps.stop_tree(pid))
+            channel.recv_exit_status()
+        finally:
+            channel.close()
+
     def exec_command(self, cmd: str) -> tuple[ChannelStdinFile, ChannelFile, ChannelStderrFile]:
         """Start ``cmd`` and return paramiko's ``(stdin, stdout, stderr)`` files, as the original did."""
         client = self.connection.client  # opening the connection checks the host key

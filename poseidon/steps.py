@@ -667,8 +667,24 @@ def readiness(*, dpkg: bool, wait: int = READY_WAIT) -> str:
 
 
 #: Lists the droplet's process ids with shell builtins only: cheaper than ``ps`` for "what ran before".
-#: The droplet's process ids on one line, then the session of the shell poseidon's steps run from.
-PIDS = "cd /proc && echo [0-9]* && ps -o sid= -p $$"
+#: The pid and the session of the shell poseidon's steps run from, then the droplet's process ids, on two lines.
+PIDS = "echo $$ $(ps -o sid= -p $$) && cd /proc && echo [0-9]*"
+
+
+def stop_tree(pid: int) -> str:
+    """Shell text that ends process ``pid`` and every process under it (TERM).
+
+    For a second Ctrl-C: ``pid`` is the session's shell, under which only the
+    step running now is (what earlier steps left running was handed to init);
+    the apply lock, held by that shell, goes with it.
+    """
+    # The whole tree is stopped (STOP) before any of it is told to end: a shell whose command was
+    # ended first would otherwise go on to its next command before its own TERM arrived.
+    return (
+        'tree() { echo "$1"; for child in $(pgrep -P "$1"); do tree "$child"; done; }\n'
+        f"pids=$(tree {int(pid)})\n"
+        "kill -STOP $pids 2>/dev/null; kill -TERM $pids 2>/dev/null; kill -CONT $pids 2>/dev/null\n"
+    )
 
 
 def nohup_status(step: NohupStep, lines: int = 5) -> str:
