@@ -42,7 +42,7 @@ def test_no_core_module_but_the_report_and_the_cli_imports_rich(module: Path) ->
 @pytest.mark.parametrize("module", sorted((PACKAGE / "sandbox").glob("*.py")), ids=lambda p: p.name)
 def test_the_sandbox_imports_nothing_from_the_core_but_its_errors(module: Path) -> None:
     core = {n for n in imports_of(module) if n.startswith("poseidon") and not n.startswith("poseidon.sandbox")}
-    assert core <= {"poseidon.errors", "poseidon.errors.SandboxError"}
+    assert core <= {"poseidon.errors", "poseidon.errors.SandboxError", "poseidon.errors.UsageError"}
 
 
 def test_the_api_client_knows_nothing_of_ssh_or_playbooks() -> None:

@@ -168,15 +168,15 @@ def test_ps_and_top_print_a_droplet_s_processes(env: Sandbox, capsys: pytest.Cap
         # Ready once the command itself runs in the process group the step started.
         ready = "ps -o args= -g $(cat .poseidon/seen-by-ps.pid) | grep -qx 'sleep 4711'"
         ssh.nohup("sleep 4711", name="seen-by-ps", ready={"cmd": ready, "timeout": 30})
-    assert main(["ps", "w3"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    assert main(["ps", "w3", "--all"]) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]  # after the title
     assert lines[0].split() == ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"]
     assert any(line.rstrip().endswith("sleep 4711") for line in lines[1:])
     # A sandbox droplet is this machine: its snapshot shows the whole process table, this test's own process too.
     assert any(line.split()[1] == str(os.getpid()) for line in lines[1:])
 
-    assert main(["top", "w3"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    assert main(["top", "w3", "--all"]) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]
     assert lines[0].split() == ["%CPU", "%MEM", "USER", "COMMAND"]
     assert any(line.split()[2:] == [env.user, "sleep"] for line in lines[1:])
 
@@ -210,7 +210,7 @@ def test_sandbox_up_with_a_playbook_serves_its_droplets_and_repositories_until_d
         set -e
         command -v poseidon >/dev/null || poseidon() {{ {shlex.quote(sys.executable)} -m poseidon.cli "$@"; }}
         eval "$(poseidon sandbox up --playbook site.yaml)"
-        trap 'poseidon sandbox down > down.txt' EXIT
+        trap 'poseidon sandbox down --playbook site.yaml > down.txt' EXIT
         poseidon apply site.yaml --json > applied.json
         poseidon droplets --json > droplets.json
         poseidon top web-1 > top.txt
@@ -227,17 +227,19 @@ def test_sandbox_up_with_a_playbook_serves_its_droplets_and_repositories_until_d
             timeout=600,
         )
     finally:  # a script cut short leaves no sandbox behind
-        down = [sys.executable, "-m", "poseidon.cli", "sandbox", "down"]
-        subprocess.run(down, check=False, env=environment, capture_output=True, timeout=120)
+        down = [sys.executable, "-m", "poseidon.cli", "sandbox", "reset", "--playbook", "site.yaml"]
+        subprocess.run(down, check=False, cwd=project, env=environment, capture_output=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     applied = json.loads((project / "applied.json").read_text())
     assert statuses(applied) == {"web-1": ["changed", "ok", "ok"], "workers-1": ["changed", "ok", "ok"]}
     assert {d["steps"][2]["stdout_tail"] for d in applied["droplets"]} == {"hello from the playbook's own app"}
     listed = json.loads((project / "droplets.json").read_text())
     assert sorted((d["name"], tuple(d["tags"])) for d in listed) == [("web-1", ()), ("workers-1", ("workers",))]
-    assert (project / "top.txt").read_text().split()[:4] == ["%CPU", "%MEM", "USER", "COMMAND"]
+    assert (project / "top.txt").read_text().splitlines()[1].split() == ["%CPU", "%MEM", "USER", "COMMAND"]
     assert re.fullmatch(r"sandbox stopped \(pid \d+\)\n", (project / "down.txt").read_text())
-    assert not (tmp_path / "state" / "poseidon" / "sandbox" / "state.json").exists()
+    # Its state was the playbook's kept sandbox's, beside it; the user's state folder was not used.
+    assert not (project / ".poseidon" / "sandbox" / "site" / "state.json").exists()
+    assert not (tmp_path / "state" / "poseidon").exists()
     daemon = int((project / "down.txt").read_text().split("pid ")[1].rstrip(")\n"))
     assert not process_running(daemon)
 

@@ -50,4 +50,4 @@ def test_json_reports_validate_against_the_schema(
     if command == "apply":
         assert report["failed"] is True  # checked on a report with a failed step in it
     else:
-        assert [d["created"] for d in report["droplets"]] == [False, False, True]  # and one with a droplet to create
+        assert [d["to_create"] for d in report["droplets"]] == [False, False, True]  # and one with a droplet to create
