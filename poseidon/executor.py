@@ -750,9 +750,9 @@ def _skip_rest(run: DropletRun, ctx: _Context, reason: str = "") -> None:
 
 
 def apply(
-    playbook: spec.Playbook,
+    playbook: spec.Playbook | str | os.PathLike[str],
     *,
-    path: str = "<playbook>",
+    path: str | None = None,
     api_url: str | None = None,
     token: str | None = None,
     ssh: SSHSettings | None = None,
@@ -769,7 +769,14 @@ def apply(
     resolve otherwise than a plan's ``expect`` (:class:`ResolveError`), or the
     API fails (:class:`APIError`). Ctrl-C stops launching steps, lets running
     ones end, and returns what was done with ``interrupted`` set.
+
+    ``playbook`` is a path (loaded, and refused located as ``validate`` would),
+    or a :class:`spec.Playbook` with ``path`` naming its file for reports.
     """
+    if not isinstance(playbook, spec.Playbook):
+        path = path or os.fspath(playbook)
+        playbook = spec.load(playbook)
+    path = path or "<playbook>"
     settings = ssh or SSHSettings()
     options = options or RunOptions()
     if not 0 <= options.start_at < max(1, len(playbook.steps)):

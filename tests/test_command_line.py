@@ -178,6 +178,9 @@ def test_quiet_prints_no_sandbox_banner(tmp_path: Path) -> None:
         assert shown.returncode == 0, shown.stderr
         assert "sandbox:" not in shown.stdout + shown.stderr
         assert shown.stdout.rstrip().splitlines()[-1].endswith("all droplets succeeded")
+        # A sandbox's runs are logged in its own folder, never beside real droplets' runs.
+        assert len(list((tmp_path / ".poseidon" / "sandbox" / "site" / "runs").glob("*.jsonl"))) == 1
+        assert not (tmp_path / ".poseidon" / "runs").exists()
     finally:
         poseidon("sandbox", "reset", "--playbook", str(path))
 

@@ -273,9 +273,6 @@ def test_the_plan_prices_every_droplet_to_create_from_the_sizes_and_totals_them(
         assert droplet(plan, "existing")["price_monthly"] is None
         assert main(["plan", str(playbook)]) == 0
         terminal = capsys.readouterr().out
-        # destroy will not work out which droplets are this playbook's by its file name alone
-        assert main(["destroy", str(playbook), "--check"]) == 2
-        assert "destroy needs the playbook's name:" in capsys.readouterr().err
     monthly = sizes["s-1vcpu-1gb"]["price_monthly"] + sizes["s-2vcpu-4gb"]["price_monthly"]
     hourly = sizes["s-1vcpu-1gb"]["price_hourly"] + sizes["s-2vcpu-4gb"]["price_hourly"]
     assert f"total to create: 2 droplet(s), ${monthly:,.2f}/month (${hourly:.5f}/hour)" in terminal

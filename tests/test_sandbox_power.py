@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
 import poseidon.api as po
 from poseidon.errors import SSHError
 from poseidon.sandbox import Sandbox
-from sandboxes import pointed, process_running
+from sandboxes import point_at, pointed, process_running
 
 DETACHED_SLEEP = "nohup setsid sleep 600 > /dev/null 2>&1 < /dev/null & echo $!"
 
@@ -101,3 +102,20 @@ def test_a_power_action_right_after_a_reboot_wins_over_the_reboots_timer(
             assert po.connect().droplets.by_name("web").status == "off" and not sandbox.is_on("web")
         else:
             assert "web" not in sandbox.homes
+
+
+def test_a_kept_sandbox_brings_a_droplet_back_as_it_was_powered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A droplet powered off through the API stays off when its kept sandbox starts again."""
+    root = tmp_path / "kept"
+    with Sandbox(["web", "db"], root=root, keep=True) as sandbox:
+        point_at(sandbox, monkeypatch)
+        po.connect().droplets.by_name("web").power_off(wait=False)
+        assert _refuses(sandbox, "web")
+    with Sandbox(["web", "db"], root=root, keep=True) as again:
+        point_at(again, monkeypatch)
+        client = po.connect()
+        assert client.droplets.by_name("web").status == "off" and _refuses(again, "web")
+        assert client.droplets.by_name("db").status == "active" and not _refuses(again, "db")
+        client.droplets.by_name("web").power_on(wait=False)
+        assert not _refuses(again, "web")
+    Sandbox.wipe(root)

@@ -144,8 +144,11 @@ class Sandbox:
         for spec in known + [d for d in self._droplets if d["name"] not in {k["name"] for k in known}]:
             address = self._add_home(spec["name"], host=spec.get("host"))
             kind = {k: spec[k] for k in ("region", "size", "image") if spec.get(k)}
+            status = "off" if spec.get("status") == "off" else "active"
+            if status == "off":
+                farm.off.add(address)
             self.emulator.add_droplet(
-                spec["name"], address, tags=tuple(spec.get("tags", ())), droplet_id=spec.get("id"), **kind
+                spec["name"], address, tags=tuple(spec.get("tags", ())), droplet_id=spec.get("id"), status=status, **kind
             )
         farm.start()
         self._started = True
@@ -455,6 +458,8 @@ def _kept(droplet: dict[str, Any]) -> dict[str, Any]:
         "size": droplet["size_slug"],
         "region": droplet["region"]["slug"],
         "image": (droplet.get("image") or {}).get("slug"),
+        # Powered off through the API: off again at the next start (a droplet still new comes back on).
+        "status": "off" if droplet["status"] == "off" else "active",
     }
 
 
