@@ -209,6 +209,22 @@ def _apply_in_background(path: Path) -> subprocess.Popen[str]:
     )
 
 
+def _interrupted_once(path: Path, tmp_path: Path) -> tuple[subprocess.Popen[str], _Lines]:
+    """``apply PATH`` in the background, given Ctrl-C once both its first steps (on d4 and d5,
+    each touching ``running-NAME`` in ``tmp_path``) run, and once it has said what it waits for."""
+    process = _apply_in_background(path)
+    out = _Lines(process)
+    try:
+        wait_for("both first steps run", lambda: all((tmp_path / f"running-{n}").exists() for n in ("d4", "d5")))
+        process.send_signal(signal.SIGINT)
+        wait_for("Ctrl-C's notice for each droplet", lambda: out.count("(Ctrl-C again stops it)") == 2)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    return process, out
+
+
 def test_ctrl_c_says_what_it_waits_for_lets_running_steps_end_and_exits_130(tmp_path: Path, env: Sandbox) -> None:
     stopped = tmp_path / "stopped"
     # Each first step runs until the test has seen Ctrl-C's notice: it ends after Ctrl-C, never before.
@@ -218,12 +234,8 @@ def test_ctrl_c_says_what_it_waits_for_lets_running_steps_end_and_exits_130(tmp_
             timeout: {PATIENCE:g}
         - run: echo never > interrupted-second
         """, droplets=["d4", "d5"])
-    process = _apply_in_background(path)
-    out = _Lines(process)
+    process, out = _interrupted_once(path, tmp_path)
     try:
-        wait_for("both first steps run", lambda: all((tmp_path / f"running-{n}").exists() for n in ("d4", "d5")))
-        process.send_signal(signal.SIGINT)
-        wait_for("Ctrl-C's notice for each droplet", lambda: out.count("(Ctrl-C again stops it)") == 2)
         assert out.count("Ctrl-C: waiting for it to end: step 1 (run touch") == 2
         stopped.touch()
         process.wait(timeout=2 * PATIENCE)
@@ -249,12 +261,8 @@ def test_a_second_ctrl_c_stops_the_running_steps_and_exits_130(tmp_path: Path, e
         - run: touch {tmp_path}/running-${{droplet.name}}; sleep {PATIENCE + 0.123:g}; echo slept > aborted-first
         - run: echo never > aborted-second
         """, droplets=["d4", "d5"])
-    process = _apply_in_background(path)
-    out = _Lines(process)
+    process, out = _interrupted_once(path, tmp_path)
     try:
-        wait_for("both first steps run", lambda: all((tmp_path / f"running-{n}").exists() for n in ("d4", "d5")))
-        process.send_signal(signal.SIGINT)
-        wait_for("Ctrl-C's notice for each droplet", lambda: out.count("(Ctrl-C again stops it)") == 2)
         started = time.monotonic()
         process.send_signal(signal.SIGINT)
         process.wait(timeout=PATIENCE)
