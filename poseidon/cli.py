@@ -140,7 +140,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # a usage error (2), or --help and --version (0)
+        given = sys.argv[1:] if argv is None else list(argv)
+        if exc.code == EXIT_INVALID and "--detailed-exitcode" in given:
+            return EXIT_FAILED  # as Terraform's: 2 would say changes are pending
+        raise
     handler = {
         "apply": _apply,
         "plan": _apply,
@@ -335,7 +341,7 @@ def _apply(args: argparse.Namespace) -> int:
         runs = (_kept_sandbox_root(args.playbook) if args.sandbox else Path(args.playbook).resolve().parent / ".poseidon") / "runs"
         options = executor.RunOptions(
             mode=mode,
-            limit=tuple(args.limit.split(",")) if args.limit else None,
+            limit=_limit(args.limit) if args.limit is not None else None,
             forks=args.forks,
             start_at=start_at,
             resume=_resume_points(runs, playbook, args.playbook, reporter) if args.resume else None,
@@ -496,6 +502,14 @@ def _step_index(playbook: spec.Playbook, wanted: str) -> int:
         if wanted in (step.name, labels[index]):
             return index
     raise errors.UsageError(f"--start-at {wanted}: no step has that number, name or label ({', '.join(labels)})")
+
+
+def _limit(text: str) -> tuple[str, ...]:
+    """``--limit``: comma-separated names or patterns; none at all is a mistake, not the whole fleet."""
+    parts = tuple(part.strip() for part in text.split(","))
+    if not any(parts):
+        raise errors.UsageError("--limit names no droplet (an empty value, as from an unset variable): give names or patterns")
+    return tuple(part for part in parts if part)
 
 
 def _shard(text: str) -> tuple[int, int]:

@@ -13,6 +13,7 @@ The executor is given an API URL, a token and SSH settings; where they point
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import importlib
 import json
 import os
@@ -32,6 +33,7 @@ from poseidon.droplet import Droplet, ssh_keepalive_from_environment, ssh_port_f
 from poseidon.errors import (
     APIConnectionError,
     APIError,
+    CommandError,
     DropletBusyError,
     NotFoundError,
     NotReadyError,
@@ -46,7 +48,7 @@ from poseidon.errors import (
     UsageError,
 )
 from poseidon.results import DropletRun, ProcessStatus, RunResult, StepResult
-from poseidon.ssh import SESSIONS_ARGS, TOP_ARGS, SSHClient
+from poseidon.ssh import SESSIONS_ARGS, TOP_ARGS, SSHClient, parse_ps
 
 __all__ = [
     "RunLog",
@@ -403,16 +405,17 @@ class _Before:
     shell: int | None = None
 
 
-def _started(before: _Before | None, ps: Any, sessions: Any) -> Any:
+def _started(before: _Before | None, ps: Any, sessions: Any, nohups: set[int]) -> Any:
     """Rows of the final ``ps`` whose process the run started (or restarted): not there before
-    the first step, and in poseidon's session or in a ``nohup`` process's (its wrapper, a session
-    leader, reads ``poseidon:NAME``). Processes others started meanwhile (a cron job, other
+    the first step, and in poseidon's session or in the session of one of this playbook's
+    ``nohup`` processes on this droplet (``nohups``: the pids their pid files hold; each leads a
+    session of its own). Processes others started meanwhile (a cron job, other droplets'
     programs on a sandbox's shared machine) are not."""
-    if before is None or ps is None or sessions is None or not {"PID", "CMD"} <= set(ps.columns):
+    if before is None or ps is None or sessions is None or not {"PID", "PPID"} <= set(ps.columns):
         return None
     if not {"PID", "SID"} <= set(sessions.columns):
         return None
-    leaders = set(ps.loc[ps["CMD"].astype(str).str.contains(" poseidon:", regex=False), "PID"])
+    leaders = set(nohups)
     if before.session is not None:
         leaders.add(before.session)
     ours = set(sessions.loc[sessions["SID"].isin(leaders), "PID"]) - before.pids
@@ -455,18 +458,26 @@ def _ready(ssh: SSHClient, run: DropletRun, playbook: spec.Playbook, notice: Not
     return _Before(frozenset(int(pid) for pid in pids.split() if pid.isdigit()), numbers[1], numbers[0])
 
 
-def _snapshots(ssh: SSHClient, run: DropletRun, before: _Before | None, playbook: spec.Playbook, masker: Masker) -> None:
-    """The report's ``ps`` and ``top`` of the droplet, and each process's session, in one round trip."""
+def _snapshots(
+    ssh: SSHClient, run: DropletRun, before: _Before | None, playbook: spec.Playbook, masker: Masker, pid_files: list[str]
+) -> None:
+    """The report's ``ps`` and ``top`` of the droplet, each process's session and the pids in the
+    ``nohup`` steps' pid files (``pid_files``), in one round trip."""
     wanted = [name for name in ("ps", "top") if getattr(playbook.report, name)]
     if not wanted:
         return
     arguments = {"ps": "-Af", "top": TOP_ARGS, "sessions": SESSIONS_ARGS}
     if "ps" in wanted:
         wanted.append("sessions")
-    frames = dict(zip(wanted, ssh.snapshots(*(arguments[name] for name in wanted))))
+    *results, leaders = ssh.run_pipelined([*(steps.ps_command(arguments[name]) for name in wanted), steps.pid_files(pid_files)])
+    for name, result in zip(wanted, results):
+        if result.exited != 0:
+            raise CommandError(f"ps {arguments[name]}", result.exited, result.stdout, result.stderr)
+    frames = {name: parse_ps(result.stdout) for name, result in zip(wanted, results)}
     if "ps" in frames:
         run.ps = masker.frame(frames["ps"])
-        run.started_processes = _started(before, run.ps, frames["sessions"])
+        nohups = {int(pid) for pid in leaders.stdout.split() if pid.isdigit()}
+        run.started_processes = _started(before, run.ps, frames["sessions"], nohups)
     if "top" in frames:
         run.top = masker.frame(frames["top"])
 
@@ -517,8 +528,8 @@ class _Context:
     #: Per droplet, what it is doing and since when; and its open connection.
     activity: dict[str, tuple[str, float]] = field(default_factory=dict)
     connections: dict[str, SSHClient] = field(default_factory=dict)
-    #: Per droplet, the pid of poseidon's shell there (:func:`_ready`).
-    shells: dict[str, int] = field(default_factory=dict)
+    #: Per droplet, the pid files of the ``nohup`` steps run there (for the processes the run started).
+    pid_files: dict[str, list[str]] = field(default_factory=dict)
 
     def doing(self, droplet: str, what: str) -> None:
         self.activity[droplet] = (what, time.monotonic())
@@ -540,16 +551,17 @@ class _Context:
 
     def abort(self) -> None:
         """A second Ctrl-C: on every droplet, stop the step running (its processes, and poseidon's
-        shell with the apply lock), then close the connection; those steps end as failed."""
+        shell with the apply lock), then close the connection; those steps end as failed. All
+        droplets at once, within :data:`STOP_PATIENCE` seconds however many they are."""
         self.aborted.set()
         stoppers = [
-            threading.Thread(target=_stop_running, args=(ssh, self.shells.get(name)), daemon=True)
-            for name, ssh in list(self.connections.items())
+            threading.Thread(target=_stop_running, args=(ssh,), daemon=True) for ssh in list(self.connections.values())
         ]
         for stopper in stoppers:
             stopper.start()
+        deadline = time.monotonic() + STOP_PATIENCE + 1
         for stopper in stoppers:
-            stopper.join(STOP_PATIENCE + 1)
+            stopper.join(max(0.0, deadline - time.monotonic()))
 
     @property
     def mode(self) -> steps.Mode:
@@ -577,10 +589,10 @@ class _Context:
 STOP_PATIENCE = 5.0
 
 
-def _stop_running(ssh: SSHClient, shell: int | None) -> None:
+def _stop_running(ssh: SSHClient) -> None:
     try:
-        if shell is not None:
-            ssh.stop_tree(shell, timeout=STOP_PATIENCE)
+        if ssh.shell_pid is not None:
+            ssh.stop_tree(ssh.shell_pid, timeout=STOP_PATIENCE)
     except Exception:  # noqa: BLE001 - a droplet that does not answer: its connection closes all the same
         pass
     try:
@@ -614,14 +626,14 @@ def _run_droplet(target: Target, ctx: _Context) -> DropletRun:
                 _lock(ssh, run, ctx.notice)  # held until the connection closes
             ctx.doing(run.name, "waiting until it is ready")
             before = _ready(ssh, run, playbook, ctx.notice)
-            if before is not None and before.shell is not None:
-                ctx.shells[run.name] = before.shell
+            if ssh.shell_pid is None and before is not None:  # a plan takes no lock
+                ssh.shell_pid = before.shell
             if not _run_steps(ssh, run, values, ctx):
                 return _finish(run, ctx)  # the connection is gone: no snapshots
             if ctx.aborted.is_set() or ctx.mode == "check":  # a plan reports what would change, not processes
                 return _finish(run, ctx)
             ctx.doing(run.name, "taking snapshots")
-            _snapshots(ssh, run, before, playbook, ctx.masker)
+            _snapshots(ssh, run, before, playbook, ctx.masker, ctx.pid_files.get(run.name, []))
     except SSHError as exc:
         if ctx.aborted.is_set():
             run.error = ABORTED
@@ -706,6 +718,9 @@ def _run_steps(ssh: SSHClient, run: DropletRun, values: dict[str, str], ctx: _Co
         )
         if ctx.aborted.is_set() and result.status == "failed":  # it ended as a second Ctrl-C stopped it
             result.reason, run.error = ABORTED, ABORTED
+        if isinstance(step, spec.NohupStep):
+            where = ssh.cwd or "~"
+            ctx.pid_files.setdefault(run.name, []).append(f"{where}/.poseidon/{step.process_name()}.pid")
         if ctx.mode == "check" and result.status == "ok" and _restarts_after(step, run):
             # Its process runs as it should now, but an earlier step will change what it runs.
             result.status, result.reason = "would-change", "would restart: an earlier step would change first"
@@ -847,12 +862,13 @@ def _masker(
 
 
 def step_labels(playbook: spec.Playbook, environ: Mapping[str, str] | None = None, masker: Masker | None = None) -> list[str]:
-    """Each step as progress lines and reports show it, whole: its references to variables and
-    ``${env:…}`` substituted, those to the droplet and to secret variables as written, and any
-    secret written in it masked (``environ`` defaults to this machine's)."""
+    """Each step as progress lines and reports show it, whole, on one line: its references to
+    the playbook's variables substituted; those to the droplet, to secret variables, to the
+    environment (``${env:…}``: an undeclared secret, maybe) and to variables made of those, as
+    written; any secret written in it masked (``environ`` defaults to this machine's)."""
     environ = os.environ if environ is None else environ
     secret = playbook.secret_names()
-    values = {k: v for k, v in spec.substitutions(playbook, environ=environ).items() if k not in secret}
+    values = {k: v for k, v in spec.substitutions(playbook, environ={}).items() if k not in secret}
     masker = masker or _masker(playbook, environ, _secrets(playbook))
     return [masker.text(steps.describe(step, values)) for step in playbook.steps]
 
@@ -866,24 +882,30 @@ def _run_all(targets: list[Target], ctx: _Context, result: RunResult) -> list[Dr
     pool = ThreadPoolExecutor(max_workers=max(1, min(ctx.options.forks, len(targets))))
     futures = [pool.submit(_run_droplet, t, ctx) for t in targets]
     try:
+        _wait_all(futures)
+    except KeyboardInterrupt:
+        # Stop launching steps everywhere; the running ones end or time out, unless Ctrl-C comes again.
+        ctx.interrupted.set()
+        ctx.stop.set()
+        result.interrupted = True
         try:
-            _wait_all(futures)
-        except KeyboardInterrupt:
-            # Stop launching steps everywhere; the running ones end or time out, unless Ctrl-C comes again.
-            ctx.interrupted.set()
-            ctx.stop.set()
-            result.interrupted = True
             if ctx.notice:
                 for name, what in ctx.waiting_for():
                     ctx.notice(name, f"Ctrl-C: waiting for it to end: {what} (Ctrl-C again stops it)")
-            try:
-                _wait_all(futures)
-            except KeyboardInterrupt:
-                ctx.abort()
-                wait(futures)
-    finally:
-        pool.shutdown(wait=True)
-    return [f.result() for f in futures]
+            _wait_all(futures)
+        except KeyboardInterrupt:  # at any moment after the first, even while its notices print
+            ctx.abort()
+            # The connections are closed: the workers end at once, or are given up on.
+            wait(futures, timeout=STOP_PATIENCE)
+    pool.shutdown(wait=False, cancel_futures=True)
+    return [f.result() if f.done() else _given_up(t, ctx) for f, t in zip(futures, targets)]
+
+
+def _given_up(target: Target, ctx: _Context) -> DropletRun:
+    """A droplet whose worker did not end after a second Ctrl-C closed its connection."""
+    run = DropletRun(target.name, *target.identity)
+    run.error = ABORTED
+    return _finish(run, ctx)
 
 
 def _wait_all(futures: list[Future[DropletRun]]) -> None:
@@ -934,6 +956,7 @@ class RunLog:
             raise UsageError(f"cannot write the run log in {folder}: {exc.strerror}") from exc
         playbook = os.path.abspath(result.playbook)
         header: dict[str, Any] = {"playbook": playbook, "mode": result.mode, "started": result.started, "droplets": droplets}
+        header["sha256"] = _text_digest(playbook)
         if resumed is not None:
             header["resumed"] = dict(resumed)
         log._write({"run": header})
@@ -978,7 +1001,15 @@ def _new_log_file(folder: Path, started: float) -> tuple[Path, int]:
 
 
 class NoRunLogged(UsageError):
-    """``--resume`` found no earlier run of the playbook."""
+    """``--resume`` found no earlier run of this playbook as it is now (none, or one of another text)."""
+
+
+def _text_digest(path: str) -> str | None:
+    """The playbook's text's digest: a run of another text says nothing of which steps are done."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def resume_points(folder: Path, playbook: spec.Playbook, path: str) -> dict[str, int]:
@@ -1002,6 +1033,9 @@ def resume_points(folder: Path, playbook: spec.Playbook, path: str) -> dict[str,
             break
     else:
         raise NoRunLogged(f"no run of this playbook is logged in {folder}")
+    if header.get("sha256") != _text_digest(playbook_path):
+        # Steps added, removed or reordered since: "step 3 was done" may name another step now.
+        raise NoRunLogged("the playbook changed since its last run")
     # A run that resumed another is done up to where it resumed, for every droplet of that one.
     resumed: dict[str, int] = header.get("resumed") or {}
     points = {}

@@ -123,7 +123,8 @@ class Reporter:
         now = time.monotonic()
         for droplet, (index, since) in sorted((self._current or {}).items()):
             label = self._labels[index] if index < len(self._labels) else "snapshots"
-            table.add_row(droplet, f"{min(index + 1, len(self._labels))}/{len(self._labels)} {label}", f"{now - since:.0f}s")
+            shown = f"{min(index + 1, len(self._labels))}/{len(self._labels)} {label}"
+            table.add_row(_plain(droplet), _plain(shown), f"{now - since:.0f}s")
         return table
 
     def _advance(self, droplet: str, index: int) -> None:
@@ -179,7 +180,8 @@ class Reporter:
             table.add_column(column)
         for d in droplets:
             size = str(d.data.get("size_slug") or "")
-            table.add_row(d.name, str(d.id), d.status, d.ip_address or "-", d.region, size, ",".join(d.tags))
+            cells = (d.name, str(d.id), d.status, d.ip_address or "-", d.region, size, ",".join(d.tags))
+            table.add_row(*map(_plain, cells))
         for kept in table.columns[:4]:  # name, id, status, address: whole, never wrapped
             kept.no_wrap = True
         self.console.print(table)
@@ -201,7 +203,8 @@ class Reporter:
             shown = f"{p.state}, {len(p.leftover)} left running" if p.leftover else p.state
             state = Text(shown, style="green" if p.state == "alive" else "bold red")
             last = p.log_tail.strip().splitlines()[-1:] or [""]
-            table.add_row(p.droplet, p.name, state, str(p.pid or "-"), p.uptime or "-", p.directory, last[0])
+            cells = (p.droplet, p.name, state, str(p.pid or "-"), p.uptime or "-", p.directory, last[0])
+            table.add_row(*map(_plain, cells))
         self.console.print(table)
 
     def notice(self, droplet: str, text: str) -> None:
@@ -288,17 +291,17 @@ class Reporter:
             return
         from rich.table import Table
 
-        table = Table(title=_title(result), box=self._box())
+        table = Table(title=_plain(_title(result)), box=self._box())
         table.add_column("#", justify="right")
         table.add_column("step")
         for run in result.droplets:
-            table.add_column(run.name)
+            table.add_column(_plain(run.name))
         for index, step in enumerate(result.droplets[0].steps):
             cells = []
             for run in result.droplets:
                 this = run.steps[index] if index < len(run.steps) else None
                 cells.append(_cell(this, timed=result.mode != "check"))
-            table.add_row(str(index + 1), step.label, *cells)
+            table.add_row(str(index + 1), _plain(step.label), *cells)
         self.console.print(table)
 
     def _droplets_table(self, result: RunResult) -> None:
@@ -394,6 +397,14 @@ class Reporter:
 
 def _price(monthly: float | None, hourly: float | None) -> str:
     return f"${monthly or 0:,.2f}/month (${hourly or 0:.5f}/hour)"
+
+
+def _plain(text: Any) -> Any:
+    """Text shown as it is: rich reads ``[bold]`` or ``[/]`` in a plain string as markup (a label
+    made of a value, a droplet's name, a log line), and refuses or restyles it."""
+    from rich.text import Text
+
+    return text if isinstance(text, Text) else Text(str(text))
 
 
 def _title(result: RunResult) -> str:

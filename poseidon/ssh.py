@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import io
 import os
-import shlex
 import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -372,6 +371,8 @@ class SSHClient:
         self.keepalive = keepalive
         #: The remote working directory set by :meth:`chdir` (absolute), or ``None`` for the login's.
         self.cwd: str | None = None
+        #: The pid of the shell of this connection's session on the droplet, once known (:meth:`lock`).
+        self.shell_pid: int | None = None
         self._connection: Connection | None = None
         self._session: _Session | None = None
         #: Whether this client's session took the droplet's apply lock (:meth:`lock`).
@@ -474,7 +475,7 @@ class SSHClient:
         try:
             channel.settimeout(timeout)
             channel.exec_command(steps.stop_tree(pid))
-            channel.recv_exit_status()
+            channel.status_event.wait(timeout)  # recv_exit_status() would wait without end
         finally:
             channel.close()
 
@@ -588,6 +589,10 @@ class SSHClient:
         with self._session_in_use() as session:
             session.send(steps.session_lock(holder, session.token))
             answer = session.receive()[1]
+        lines = answer.splitlines()
+        if lines and lines[-1].startswith(steps.SHELL_LINE) and lines[-1][len(steps.SHELL_LINE) :].isdigit():
+            self.shell_pid = int(lines.pop()[len(steps.SHELL_LINE) :])
+            answer = "".join(line + "\n" for line in lines)
         self._locked = answer.split("\n", 1)[0].strip() == steps.LOCKED
         return answer
 
@@ -768,7 +773,7 @@ class SSHClient:
 
     def snapshots(self, *args: str) -> list[pd.DataFrame]:
         """Several ``ps`` snapshots (``ps`` arguments each, like :meth:`ps`) in one round trip."""
-        results = self.run_pipelined([shlex.join(["ps", *shlex.split(a)]) for a in args])
+        results = self.run_pipelined([steps.ps_command(a) for a in args])
         for a, result in zip(args, results):
             if result.exited != 0:
                 raise CommandError(f"ps {a}", result.exited, result.stdout, result.stderr)

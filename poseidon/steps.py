@@ -24,7 +24,8 @@ import hashlib
 import json
 import math
 import secrets as _random
-from collections.abc import Callable, Mapping
+import shlex
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -600,7 +601,8 @@ def describe(step: spec.Step, values: Mapping[str, str] | None = None) -> str:
         value = step.name or getattr(step, step.primary)
         words = " ".join(value) if isinstance(value, list) else str(value)
         text = f"{step.kind} {' '.join(words.split())}"
-    return spec.preview(text, values) if values else text
+    # One line: a value may hold newlines (a fake line in the progress must not be possible).
+    return " ".join(spec.preview(text, values).split()) if values else text
 
 
 def build(kind: str, **fields: Any) -> spec.Step:
@@ -671,6 +673,17 @@ def readiness(*, dpkg: bool, wait: int = READY_WAIT) -> str:
 PIDS = "echo $$ $(ps -o sid= -p $$) && cd /proc && echo [0-9]*"
 
 
+def ps_command(arguments: str) -> str:
+    """``ps`` with ``arguments`` (``-Af``, ``-Ao %cpu,%mem,user,comm``), each word quoted."""
+    return shlex.join(["ps", *shlex.split(arguments)])
+
+
+def pid_files(paths: Iterable[str]) -> str:
+    """Shell text printing the pid each of these files holds (those that exist), one a line."""
+    files = " ".join(quote_path(path) for path in paths)
+    return f"for f in {files}; do [ -f \"$f\" ] && head -n 1 -- \"$f\"; done; true" if files else "true"
+
+
 def stop_tree(pid: int) -> str:
     """Shell text that ends process ``pid`` and every process under it (TERM).
 
@@ -679,13 +692,17 @@ def stop_tree(pid: int) -> str:
     the apply lock, held by that shell, goes with it.
     """
     # The whole tree is stopped (STOP) before any of it is told to end: a shell whose command was
-    # ended first would otherwise go on to its next command before its own TERM arrived.
+    # ended first would otherwise go on to its next command before its own TERM arrived. One ps
+    # gives the tree (a step that forks without end cannot outrun one pgrep per process); a
+    # second one, once the first tree is stopped, catches what was forked meanwhile.
     return (
-        'tree() { echo "$1"; for child in $(pgrep -P "$1"); do tree "$child"; done; }\n'
-        f"pids=$(tree {int(pid)})\n"
-        "kill -STOP $pids 2>/dev/null; kill -TERM $pids 2>/dev/null; kill -CONT $pids 2>/dev/null\n"
+        "tree() { ps -e -o pid= -o ppid= | awk -v root=\"$1\" '{ up[$1] = $2 }\n"
+        " END { want[root] = 1; more = 1; while (more) { more = 0; for (p in up)"
+        " if (!(p in want) && (up[p] in want)) { want[p] = 1; more = 1 } } for (p in want) print p }'; }\n"
+        f"first=$(tree {int(pid)}); kill -STOP $first 2>/dev/null\n"
+        f"all=$(tree {int(pid)}); kill -STOP $all 2>/dev/null\n"
+        "kill -TERM $first $all 2>/dev/null; kill -CONT $first $all 2>/dev/null\n"
     )
-
 
 def nohup_status(step: NohupStep, lines: int = 5) -> str:
     """A nohup step's process, read-only: 'STATE<TAB>PID<TAB>UPTIME<TAB>LEFTOVER PIDS' then the end of its log.
@@ -710,6 +727,8 @@ def nohup_status(step: NohupStep, lines: int = 5) -> str:
 
 #: What the lock prints first (:func:`session_lock`): held for as long as the session's shell lives.
 LOCKED, BUSY = "poseidon-lock: held", "poseidon-lock: busy"
+#: The last line of :func:`session_lock`'s answer, before the session shell's pid.
+SHELL_LINE = "poseidon-shell: "
 
 
 # -- one shell for many commands ---------------------------------------------------
@@ -767,6 +786,8 @@ def session_lock(holder: str, token: str) -> str:
         f"elif flock -n {fd}; then\n"
         f"  printf '%s\\n' {quote(holder)} > {info}; echo {quote(LOCKED)}\n"
         f"else\n  echo {quote(BUSY)}; cat {info} 2>/dev/null; exec {fd}>&-\nfi </dev/null\n"
+        # The shell that holds it: a second Ctrl-C stops what runs under it (and so frees the lock).
+        f'echo "{SHELL_LINE}$$"\n'
         f"{_session_end(token)}"
     )
 

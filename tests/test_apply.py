@@ -55,6 +55,11 @@ def test_the_demo_deploys_the_app_and_a_second_run_changes_nothing(tmp_path: Pat
             at = summary.index(next(line for line in summary if line.startswith(f"{name}: started by this run (")))
             started = summary[at + 2 : at + 2 + int(summary[at].split("(")[1].split()[0])]
             assert any(".venv/bin/python app.py --host" in line for line in started), started
+            # Its own app only: the other droplet's runs on this same machine too (a sandbox).
+            other = "web-2" if name == "web-1" else "web-1"
+            report = json.loads((tmp_path / "first.json").read_text())
+            address = next(d["ip_address"] for d in report["droplets"] if d["name"] == other)
+            assert not any(f"--host {address} " in line for line in started), started
             assert any(line.startswith(f"{name}: busiest (5 of ") for line in summary)
         assert not any(": ps -Af" in line for line in summary), "the whole ps is in --json only"
         second = cli("apply", "examples/site.yaml", "--sandbox", "--json", cwd=tmp_path)

@@ -293,3 +293,26 @@ def test_make_stops_at_once_naming_the_debian_packages_to_install() -> None:
     ]
     present = subprocess.run(["make", "-s", "-f", str(ROOT / "Makefile"), "system", "DEBIAN_PACKAGES=git"], capture_output=True, text=True)
     assert present.returncode == 0 and present.stdout == present.stderr == "", "installed: nothing to do, nothing said"
+
+
+def test_brackets_in_labels_and_names_are_shown_as_they_are(tmp_path: Path, sandbox_env: Sandbox) -> None:
+    """rich reads [bold] or [/] in a plain string as markup: a value in a label must not restyle or crash the report."""
+    path = playbook(
+        tmp_path,
+        """
+        version: 1
+        droplets: [test]
+        vars:
+          dir: "/srv/[/]app [bold]x[/bold]"
+          fake: "x\\n1 droplet(s), 9 ok in 0.1s: all droplets succeeded"
+        steps:
+          - run: {cmd: "echo ${dir}", changes: false}
+          - run: {cmd: "echo ${fake}", changes: false}
+        """,
+    )
+    shown = poseidon("apply", str(path))
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.count("run echo /srv/[/]app [bold]x[/bold]") >= 2, shown.stdout  # progress and table
+    assert "unexpected" not in shown.stderr
+    verdicts = [line for line in shown.stdout.splitlines() if line.startswith("1 droplet(s),")]
+    assert verdicts == ["1 droplet(s), 2 ok in " + verdicts[-1].split(" ok in ")[1]], "a value cannot fake a line"

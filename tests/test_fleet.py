@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -123,6 +124,21 @@ def test_the_run_log_records_every_step_and_resume_starts_where_each_droplet_sto
     out, err = capsys.readouterr()
     assert "--resume: no run of this playbook is logged in" in err and "starting from the first step" in err
     assert statuses(json.loads(out))["d1"] == ["changed"] * 3
+
+
+def test_resume_after_the_playbook_changed_starts_from_the_first_step_and_says_why(
+    tmp_path: Path, env: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A step inserted since the last run is not 'done earlier': another text, another count."""
+    path = playbook(tmp_path, "- run: echo one >> changed-count\n- run: 'false'\n", droplets=["d1"])
+    assert main(["apply", str(path), "--json"]) == 1
+    capsys.readouterr()
+    path = playbook(tmp_path, "- run: echo new >> changed-new\n- run: echo one >> changed-count\n- run: 'true'\n", droplets=["d1"])
+    assert main(["apply", str(path), "--json", "--resume"]) == 0
+    out, err = capsys.readouterr()
+    assert "--resume: the playbook changed since its last run: starting from the first step" in err
+    assert statuses(json.loads(out))["d1"] == ["changed"] * 3
+    assert (env.home("d1") / "changed-new").read_text() == "new\n"
 
 
 def test_two_runs_in_one_second_get_a_log_each_and_resume_takes_the_later(
@@ -283,6 +299,52 @@ def test_a_second_ctrl_c_stops_the_running_steps_and_exits_130(tmp_path: Path, e
     assert all((env.home(name) / "free-again").exists() for name in ("d4", "d5"))
 
 
+@pytest.mark.parametrize("step", ["forks", "readiness"])
+def test_two_quick_ctrl_cs_stop_even_a_step_that_forks_or_a_readiness_wait_and_free_the_droplets(
+    step: str, tmp_path: Path, env: Sandbox
+) -> None:
+    """Ctrl-C twice, 5 ms apart: the second comes while the first's notices print. Bounded, and the
+    apply lock freed: whether the step forks without end or the droplet waits for the dpkg lock."""
+    import fcntl
+
+    held = None
+    if step == "forks":
+        steps = f"- run: touch {tmp_path}/running-${{droplet.name}}; while :; do sleep 7.77 & sleep 0.02; done\n"
+    else:  # apt waits for the dpkg lock before the first step, as on a droplet still booting
+        held = {n: open(env.dpkg_dir(n) / "lock-frontend", "w") for n in ("d4", "d5")}
+        for lock in held.values():
+            fcntl.lockf(lock, fcntl.LOCK_EX)
+        steps = "- apt: [git]\n"
+    path = playbook(tmp_path, steps, droplets=["d4", "d5"])
+    process = _apply_in_background(path)
+    out = _Lines(process)
+    try:
+        if step == "forks":
+            wait_for("both steps fork", lambda: all((tmp_path / f"running-{n}").exists() for n in ("d4", "d5")))
+        else:
+            # The readiness gate's waiter names the droplet's dpkg folder on its command line.
+            wait_for("both wait for the dpkg lock", lambda: all(_runs(str(env.dpkg_dir(n))) for n in ("d4", "d5")))
+        started = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.005)
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=PATIENCE)
+        took = time.monotonic() - started
+    finally:
+        process.kill()
+        process.wait()
+        for lock in (held or {}).values():
+            lock.close()
+    text = out.text()
+    assert process.returncode == 130, text
+    assert took < PATIENCE / 3, f"it took {took:.1f} s"
+    assert "Traceback" not in text and "droplet(s)" in text, "the report is printed"
+    if step == "forks":
+        wait_for("no step forks any more", lambda: not _runs("sleep 7.77"), timeout=PATIENCE)
+    free = playbook(tmp_path, "- run: echo free > free-again\n", droplets=["d4", "d5"])
+    assert main(["apply", str(free), "--quiet"]) == 0, "the apply lock went with the run"
+
+
 def test_a_second_apply_on_a_busy_droplet_refuses_and_says_who_holds_it(
     tmp_path: Path, env: Sandbox, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -439,7 +501,8 @@ def test_a_hand_edited_run_log_is_a_located_error_and_a_huge_resume_point_builds
     path = playbook(tmp_path, "- run: echo one\n- run: echo two\n", droplets=["d1"])
     runs = tmp_path / ".poseidon" / "runs"
     runs.mkdir(parents=True)
-    header = {"run": {"playbook": str(path), "mode": "apply", "started": 1.0, "droplets": ["d1"]}}
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()  # a log of this playbook as it is
+    header = {"run": {"playbook": str(path), "mode": "apply", "started": 1.0, "droplets": ["d1"], "sha256": digest}}
     log = runs / "edited.jsonl"
 
     def write(*records: object, raw: str = "") -> None:
