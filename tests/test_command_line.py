@@ -316,3 +316,10 @@ def test_brackets_in_labels_and_names_are_shown_as_they_are(tmp_path: Path, sand
     assert "unexpected" not in shown.stderr
     verdicts = [line for line in shown.stdout.splitlines() if line.startswith("1 droplet(s),")]
     assert verdicts == ["1 droplet(s), 2 ok in " + verdicts[-1].split(" ok in ")[1]], "a value cannot fake a line"
+
+
+def test_a_usage_error_with_detailed_exitcode_is_1_and_an_empty_limit_is_refused(tmp_path: Path) -> None:
+    """2 means 'changes pending' with --detailed-exitcode; an empty --limit (an unset variable) is no fleet-wide run."""
+    assert poseidon("plan", "examples/site.yaml", "--detailed-exitcode", "--forks", "0").returncode == 1
+    empty = poseidon("apply", "examples/site.yaml", "--limit", "")
+    assert empty.returncode == 2 and "--limit names no droplet" in empty.stderr
