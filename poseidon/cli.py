@@ -259,7 +259,8 @@ def _sandbox_hint() -> str:
         return ""
     return (
         f" (POSEIDON_API_URL is {url}, on this machine: is its sandbox up? 'poseidon sandbox up' starts one"
-        " and prints its variables; 'poseidon sandbox env' prints those of one that is up)"
+        " and prints its variables ('--playbook F' for a playbook's); 'poseidon sandbox env [--playbook F]'"
+        " prints those of one that is up)"
     )
 
 
@@ -324,7 +325,7 @@ def _apply(args: argparse.Namespace) -> int:
             f"{plan.path}: {', '.join(changed)} differ(s) from the value(s) this plan was made with: plan again"
         )
     mode: Literal["apply", "check"] = "check" if args.command == "plan" or args.check else "apply"
-    start_at = _step_index(playbook, args.start_at) if args.start_at else 0
+    start_at = _step_index(playbook, args.start_at) if args.start_at is not None else 0
     if args.report:
         _check_writable(args.report)
     if args.report_dir:
@@ -495,7 +496,7 @@ def _step_index(playbook: spec.Playbook, wanted: str) -> int:
     """``--start-at``: a 1-based step number, a step's ``name``, or its label as progress shows it."""
     from poseidon import executor
 
-    if wanted.isdigit():
+    if wanted.isascii() and wanted.isdigit():  # not "²", which isdigit() also takes
         return int(wanted) - 1
     labels = executor.step_labels(playbook)
     for index, step in enumerate(playbook.steps):

@@ -323,3 +323,9 @@ def test_a_usage_error_with_detailed_exitcode_is_1_and_an_empty_limit_is_refused
     assert poseidon("plan", "examples/site.yaml", "--detailed-exitcode", "--forks", "0").returncode == 1
     empty = poseidon("apply", "examples/site.yaml", "--limit", "")
     assert empty.returncode == 2 and "--limit names no droplet" in empty.stderr
+
+
+@pytest.mark.parametrize("start_at", ["²", ""])
+def test_start_at_a_unicode_digit_or_nothing_is_a_usage_error(start_at: str) -> None:
+    refused = poseidon("apply", "examples/site.yaml", "--start-at", start_at)
+    assert refused.returncode == 2 and "--start-at" in refused.stderr and "unexpected" not in refused.stderr

@@ -70,7 +70,9 @@ def up(droplets: list[dict[str, Any]], repos: dict[str, Path], folder: Path, *, 
     droplets and files outlive it); return the environment that reaches it."""
     if _read_state(folder) is not None:
         # The environment is not as the command needs (exit 2), nothing failed to start.
-        raise UsageError(f"a sandbox is already up in {folder}: 'poseidon sandbox env' prints its variables again")
+        raise UsageError(
+            f"a sandbox is already up in {folder}: 'poseidon sandbox env' (with the same --playbook) prints its variables again"
+        )
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     folder.chmod(0o700)
     request = folder / "request.json"
