@@ -179,3 +179,27 @@ def test_each_playbook_has_its_own_sandbox_up_with_env_to_print_its_variables_ag
         for book in books.values():
             poseidon("sandbox", "reset", "--playbook", str(book), env=env)
     assert not (tmp_path / "two" / ".poseidon" / "sandbox" / "site").exists()
+
+
+def test_sandbox_up_in_a_playbook_folder_follows_no_planted_link(tmp_path: Path) -> None:
+    """The background sandbox's files beside a playbook (a shared checkout, maybe) are written
+    whole and 0600, never through a link someone planted at their names."""
+    import stat
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("POSEIDON_", "DIGITALOCEAN_"))}
+    book = tmp_path / "site.yaml"
+    book.write_text("version: 1\ndroplets: [linked]\nsteps:\n  - run: 'true'\n")
+    folder = tmp_path / ".poseidon" / "sandbox" / "site"
+    folder.mkdir(parents=True)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("untouched\n")
+    for name in ("request.json", "daemon.log"):
+        (folder / name).symlink_to(victim)
+    try:
+        up = poseidon("sandbox", "up", "--playbook", str(book), env=env)
+        assert up.returncode == 0, up.stderr
+        assert victim.read_text() == "untouched\n"
+        for name in ("request.json", "daemon.log", "state.json"):
+            assert not (folder / name).is_symlink() and stat.S_IMODE((folder / name).stat().st_mode) == 0o600, name
+    finally:
+        poseidon("sandbox", "reset", "--playbook", str(book), env=env)

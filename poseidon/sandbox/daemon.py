@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from poseidon import files
 from poseidon.errors import SandboxError, UsageError
 
 __all__ = ["down", "running", "state_dir", "up"]
@@ -73,12 +74,13 @@ def up(droplets: list[dict[str, Any]], repos: dict[str, Path], folder: Path, *, 
         raise UsageError(
             f"a sandbox is already up in {folder}: 'poseidon sandbox env' (with the same --playbook) prints its variables again"
         )
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    folder.chmod(0o700)
+    # A playbook's folder may be a shared checkout: whole files, for this user only, never through a link.
+    files.folder(folder)
     request = folder / "request.json"
     document = {"droplets": droplets, "repos": {k: str(v) for k, v in repos.items()}, "root": str(folder), "kept": kept}
-    request.write_text(json.dumps(document))
-    log = open(folder / "daemon.log", "wb")
+    files.write(request, json.dumps(document))
+    (folder / "daemon.log").unlink(missing_ok=True)
+    log = os.fdopen(files.create_new(folder / "daemon.log"), "wb")
     # The daemon serves the sandbox's own token: the operator's real ones stay out of its environment.
     environment = {k: v for k, v in os.environ.items() if not k.startswith("DIGITALOCEAN_")}
     process = subprocess.Popen(
