@@ -183,15 +183,19 @@ def resolve(playbook: spec.Playbook, client: api.Client) -> list[Target]:
     return list(targets.values())
 
 
-def check_creates(targets: list[Target], client: api.Client) -> None:
+def check_creates(targets: list[Target], client: api.Client) -> list[dict[str, Any]]:
     """Refuse, before anything is created, a ``create:`` the API would refuse: a region, size,
     image or SSH key it does not have, or a size the region does not offer. Raises
-    :class:`SpecError` locating each field, with the API's valid choices nearest to it."""
+    :class:`SpecError` locating each field, with the API's valid choices nearest to it.
+
+    Returns the sizes the API listed (their prices are the report's); none when nothing is to be created.
+    """
     creates = [(t.name, t.create) for t in targets if t.droplet is None and t.create is not None]
     if not creates:
-        return
+        return []
     regions = {str(r["slug"]): r for r in client.regions.list()}
-    sizes = {str(s["slug"]): s for s in client.sizes.list()}
+    listed = client.sizes.list()
+    sizes = {str(s["slug"]): s for s in listed}
     images: dict[str | int, str] = {}  # per image asked for, why it cannot be used ("" if it can)
     problems: list[Problem] = []
 
@@ -219,6 +223,7 @@ def check_creates(targets: list[Target], client: api.Client) -> None:
             refuse(name, create, "ssh_keys", str(exc))
     if problems:
         raise SpecError(problems)
+    return listed
 
 
 def _image_problem(client: api.Client, image: str | int) -> str:
@@ -806,7 +811,7 @@ def apply(
     targets = _shard(_limit(resolve(playbook, client), options.limit), options.shard)
     if options.expect is not None:
         _check_expected(targets, options.expect)
-    check_creates(targets, client)
+    sizes = check_creates(targets, client)
     result = RunResult(playbook=path, name=playbook.name, mode=options.mode, started=started)
     masker = _masker(playbook, environ, secrets, client)
     # The log first: a run that cannot record itself must not create droplets.
@@ -827,7 +832,7 @@ def apply(
         labels = step_labels(playbook, environ, masker)
         context = _Context(playbook, environ, secrets, settings, options, masker, labels, progress, notice, log)
         result.droplets = _run_all(targets, context, result)
-        prices = _prices(targets, client)
+        prices = _prices(targets, sizes)
         for run in result.droplets:
             run.dns = records.get(run.name)
             run.price_monthly, run.price_hourly = prices.get(run.name, (None, None))
@@ -839,16 +844,16 @@ def apply(
     return result
 
 
-def _prices(targets: list[Target], client: api.Client) -> dict[str, tuple[float, float]]:
-    """Per droplet created (or to be), its size's monthly and hourly price from the sizes API."""
+def _prices(targets: list[Target], listed: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
+    """Per droplet created (or to be), its size's monthly and hourly price, from the sizes
+    :func:`check_creates` listed (no second request)."""
     sizes = {t.name: t.create.size for t in targets if t.create is not None}
     if not sizes:
         return {}
     try:
-        listed = client.sizes.list()
         known = {str(s["slug"]): (float(s["price_monthly"]), float(s["price_hourly"])) for s in listed}
-    except (APIError, APIConnectionError, KeyError, TypeError, ValueError):
-        return {}  # the prices are information: the run does not fail for them, nor for nonsense in them
+    except (KeyError, TypeError, ValueError):
+        return {}  # the prices are information: the run does not fail for nonsense in them
     return {name: known[size] for name, size in sizes.items() if size in known}
 
 

@@ -277,3 +277,14 @@ def test_the_plan_prices_every_droplet_to_create_from_the_sizes_and_totals_them(
     hourly = sizes["s-1vcpu-1gb"]["price_hourly"] + sizes["s-2vcpu-4gb"]["price_hourly"]
     assert f"total to create: 2 droplet(s), ${monthly:,.2f}/month (${hourly:.5f}/hour)" in terminal
     assert plan["prices"] == {"droplets": 2, "monthly": round(monthly, 2), "hourly": round(hourly, 5)}
+
+
+def test_an_apply_that_creates_lists_the_sizes_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The create check lists the sizes; the prices come from that listing, not a second request."""
+    playbook = tmp_path / "priced.yaml"
+    playbook.write_text(textwrap.dedent(PRICED))
+    with pointed(["existing"], monkeypatch) as sandbox:
+        code, applied = run(capsys, "apply", str(playbook))
+        assert code == 0 and droplet(applied, "small")["price_monthly"] is not None
+        listings = [path for method, path in sandbox.emulator.request_log if method == "GET" and path.startswith("/v2/sizes")]
+        assert len(listings) == 1, listings
