@@ -168,6 +168,9 @@ def test_each_playbook_has_its_own_sandbox_up_with_env_to_print_its_variables_ag
         assert [d["name"] for d in json.loads(listed.stdout)] == ["two-web"]
 
         assert "sandbox stopped" in poseidon("sandbox", "down", "--playbook", str(books["one"]), env=env).stdout
+        # Down, its droplets stay for the next up or apply --sandbox.
+        kept = json.loads((tmp_path / "one" / ".poseidon" / "sandbox" / "site" / "droplets.json").read_text())
+        assert [d["name"] for d in kept] == ["one-web"]
         stale = poseidon("droplets", env={**env, **variables["one"]})
         assert stale.returncode == 3
         assert "connection refused" in stale.stderr and "is its sandbox up? 'poseidon sandbox up'" in stale.stderr

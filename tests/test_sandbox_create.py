@@ -42,29 +42,6 @@ def test_a_farm_larger_than_one_sshd_serves_every_droplet(monkeypatch: pytest.Mo
                 assert ssh.wait("pwd") == f"{sandbox.home(name)}\n"
 
 
-def _catches_sighup(pid: int) -> bool:
-    """Whether process ``pid`` has a handler for SIGHUP (bit 0 of SigCgt in /proc/PID/status)."""
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("SigCgt:"):
-            return bool(int(line.split()[1], 16) & 1)
-    raise AssertionError(f"no SigCgt line for {pid}")
-
-
-def test_every_reload_returns_once_sshd_takes_the_next_reload(monkeypatch: pytest.MonkeyPatch) -> None:
-    """sshd re-executes itself on SIGHUP and ignores SIGHUP until it has set up again: a reload
-    that returned before then lost the next one (a droplet created under load never listened)."""
-    with pointed(["web", "db"], monkeypatch) as sandbox:
-        farm = sandbox.farm
-        assert farm is not None
-        for _ in range(10):
-            sandbox.power_off("web")
-            assert all(_catches_sighup(pid) for pid in farm.pids)
-            sandbox.power_on("web")
-            assert all(_catches_sighup(pid) for pid in farm.pids)
-        with po.connect().droplets.by_name("web").connect() as ssh:
-            assert ssh.wait("echo back") == "back\n"
-
-
 def _slow_sshd(folder: Path, monkeypatch: pytest.MonkeyPatch, delay: float) -> Path:
     """Serve the sandbox with tests/slow_sshd.py: SIGHUP is taken ``delay`` seconds after it listens
     (the number in the file returned, read at each start)."""
