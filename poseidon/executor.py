@@ -33,7 +33,6 @@ from poseidon.droplet import Droplet, ssh_keepalive_from_environment, ssh_port_f
 from poseidon.errors import (
     APIConnectionError,
     APIError,
-    CommandError,
     DropletBusyError,
     NotFoundError,
     NotReadyError,
@@ -48,7 +47,7 @@ from poseidon.errors import (
     UsageError,
 )
 from poseidon.results import DropletRun, ProcessStatus, RunResult, StepResult
-from poseidon.ssh import SESSIONS_ARGS, TOP_ARGS, SSHClient, parse_ps
+from poseidon.ssh import SESSIONS_ARGS, TOP_ARGS, SSHClient, ps_frames
 
 __all__ = [
     "RunLog",
@@ -403,11 +402,10 @@ def _lock(ssh: SSHClient, run: DropletRun, notice: Notice | None) -> None:
 
 @dataclass(frozen=True)
 class _Before:
-    """A droplet as the first step found it: its process ids; the pid and the session of poseidon's shell."""
+    """A droplet as the first step found it: its process ids, and the session of poseidon's shell."""
 
     pids: frozenset[int]
     session: int | None
-    shell: int | None = None
 
 
 def _started(before: _Before | None, ps: Any, sessions: Any, nohups: set[int]) -> Any:
@@ -444,9 +442,10 @@ def _descends(pid: int, ancestor: int | None, parents: Mapping[int, int]) -> boo
 def _ready(ssh: SSHClient, run: DropletRun, playbook: spec.Playbook, notice: Notice | None) -> _Before | None:
     """The gate before the first step: cloud-init finished, the dpkg lock free (when apt runs).
 
-    Returns the droplet's process ids right after it, to tell which processes
-    the run started, and the pid of poseidon's shell there (a second Ctrl-C
-    stops what runs under it): both travel in one round trip.
+    Returns the droplet's process ids right after it and the session of
+    poseidon's shell, to tell which processes the run started; the shell's pid
+    goes to ``ssh.shell_pid`` when the lock did not give it (a second Ctrl-C
+    stops what runs under it). All travel in one round trip.
     """
     dpkg = any(isinstance(step, spec.AptStep) for step in playbook.steps)
     result, *snapshot = ssh.run_pipelined([steps.readiness(dpkg=dpkg), steps.PIDS])
@@ -460,7 +459,9 @@ def _ready(ssh: SSHClient, run: DropletRun, playbook: spec.Playbook, notice: Not
         return None
     shell, _, pids = snapshot[0].stdout.partition("\n")
     numbers = [int(word) if word.isdigit() else None for word in shell.split()] + [None, None]
-    return _Before(frozenset(int(pid) for pid in pids.split() if pid.isdigit()), numbers[1], numbers[0])
+    if ssh.shell_pid is None:  # a plan takes no lock, whose answer names the shell otherwise
+        ssh.shell_pid = numbers[0]
+    return _Before(frozenset(int(pid) for pid in pids.split() if pid.isdigit()), numbers[1])
 
 
 def _snapshots(
@@ -474,11 +475,9 @@ def _snapshots(
     arguments = {"ps": "-Af", "top": TOP_ARGS, "sessions": SESSIONS_ARGS}
     if "ps" in wanted:
         wanted.append("sessions")
-    *results, leaders = ssh.run_pipelined([*(steps.ps_command(arguments[name]) for name in wanted), steps.pid_files(pid_files)])
-    for name, result in zip(wanted, results):
-        if result.exited != 0:
-            raise CommandError(f"ps {arguments[name]}", result.exited, result.stdout, result.stderr)
-    frames = {name: parse_ps(result.stdout) for name, result in zip(wanted, results)}
+    args = [arguments[name] for name in wanted]
+    *results, leaders = ssh.run_pipelined([*map(steps.ps_command, args), steps.pid_files(pid_files)])
+    frames = dict(zip(wanted, ps_frames(args, results)))
     if "ps" in frames:
         run.ps = masker.frame(frames["ps"])
         nohups = {int(pid) for pid in leaders.stdout.split() if pid.isdigit()}
@@ -631,8 +630,6 @@ def _run_droplet(target: Target, ctx: _Context) -> DropletRun:
                 _lock(ssh, run, ctx.notice)  # held until the connection closes
             ctx.doing(run.name, "waiting until it is ready")
             before = _ready(ssh, run, playbook, ctx.notice)
-            if ssh.shell_pid is None and before is not None:  # a plan takes no lock
-                ssh.shell_pid = before.shell
             if not _run_steps(ssh, run, values, ctx):
                 return _finish(run, ctx)  # the connection is gone: no snapshots
             if ctx.aborted.is_set() or ctx.mode == "check":  # a plan reports what would change, not processes

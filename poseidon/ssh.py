@@ -22,7 +22,7 @@ import io
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -773,14 +773,19 @@ class SSHClient:
 
     def snapshots(self, *args: str) -> list[pd.DataFrame]:
         """Several ``ps`` snapshots (``ps`` arguments each, like :meth:`ps`) in one round trip."""
-        results = self.run_pipelined([steps.ps_command(a) for a in args])
-        for a, result in zip(args, results):
-            if result.exited != 0:
-                raise CommandError(f"ps {a}", result.exited, result.stdout, result.stderr)
-        return [parse_ps(result.stdout) for result in results]
+        return ps_frames(args, self.run_pipelined([steps.ps_command(a) for a in args]))
 
     def __repr__(self) -> str:
         return f"<SSHClient {self.user}@{self.host}:{self.port} {self.label!r}>"
+
+
+def ps_frames(args: Sequence[str], results: Sequence[Any]) -> list[pd.DataFrame]:
+    """The frames of ``ps`` commands run with ``args`` (:func:`steps.ps_command`); raises
+    :class:`CommandError` for one that failed."""
+    for a, result in zip(args, results):
+        if result.exited != 0:
+            raise CommandError(f"ps {a}", result.exited, result.stdout, result.stderr)
+    return [parse_ps(result.stdout) for result in results]
 
 
 def parse_ps(text: str) -> pd.DataFrame:
