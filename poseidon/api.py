@@ -1163,8 +1163,8 @@ class Keys:
         result: builtins.list[str | int] = []
         listing: builtins.list[dict[str, Any]] | None = None
         for key in keys:
-            if isinstance(key, int) or key.isdigit() or _is_fingerprint(key):
-                result.append(int(key) if isinstance(key, str) and key.isdigit() else key)
+            if isinstance(key, int) or key.isdecimal() or _is_fingerprint(key):
+                result.append(int(key) if isinstance(key, str) and key.isdecimal() else key)
                 continue
             if listing is None:
                 listing = self.list()

@@ -516,7 +516,7 @@ def _limit(text: str) -> tuple[str, ...]:
 def _shard(text: str) -> tuple[int, int]:
     """``--shard I/N``."""
     index, _, count = text.partition("/")
-    if not (index.isdigit() and count.isdigit() and 1 <= int(index) <= int(count)):
+    if not (index.isdecimal() and count.isdecimal() and 1 <= int(index) <= int(count)):
         raise errors.UsageError(f"--shard {text}: write I/N with 1 <= I <= N, e.g. 2/4")
     return int(index), int(count)
 

@@ -458,10 +458,10 @@ def _ready(ssh: SSHClient, run: DropletRun, playbook: spec.Playbook, notice: Not
     if not snapshot or snapshot[0].exited != 0:
         return None
     shell, _, pids = snapshot[0].stdout.partition("\n")
-    numbers = [int(word) if word.isdigit() else None for word in shell.split()] + [None, None]
+    numbers = [int(word) if word.isdecimal() else None for word in shell.split()] + [None, None]
     if ssh.shell_pid is None:  # a plan takes no lock, whose answer names the shell otherwise
         ssh.shell_pid = numbers[0]
-    return _Before(frozenset(int(pid) for pid in pids.split() if pid.isdigit()), numbers[1])
+    return _Before(frozenset(int(pid) for pid in pids.split() if pid.isdecimal()), numbers[1])
 
 
 def _snapshots(
@@ -480,7 +480,7 @@ def _snapshots(
     frames = dict(zip(wanted, ps_frames(args, results)))
     if "ps" in frames:
         run.ps = masker.frame(frames["ps"])
-        nohups = {int(pid) for pid in leaders.stdout.split() if pid.isdigit()}
+        nohups = {int(pid) for pid in leaders.stdout.split() if pid.isdecimal()}
         run.started_processes = _started(before, run.ps, frames["sessions"], nohups)
     if "top" in frames:
         run.top = masker.frame(frames["top"])
@@ -1176,9 +1176,9 @@ def _process_status(ssh: SSHClient, droplet: str, step: spec.NohupStep) -> Proce
         droplet,
         step.process_name(),
         state or "unknown",
-        int(pid) if pid.isdigit() and state == "alive" else None,
+        int(pid) if pid.isdecimal() and state == "alive" else None,
         "" if uptime == "-" else uptime,
         tail.rstrip("\n"),
         ssh.cwd or "~",
-        [int(p) for p in leftover.split() if p.isdigit()],
+        [int(p) for p in leftover.split() if p.isdecimal()],
     )

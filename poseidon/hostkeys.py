@@ -280,7 +280,7 @@ def decide(entries: Sequence[Entry], key: HostKey, *, address: str, droplet_id: 
             for e in entries
             if not e.marker and e.key in by_address and e.matches(address)
             for n in e.names
-            if n.startswith(ALIAS_PREFIX) and n.removeprefix(ALIAS_PREFIX).isdigit()
+            if n.startswith(ALIAS_PREFIX) and n.removeprefix(ALIAS_PREFIX).isdecimal()
         }
     )
     if not previous:

@@ -590,7 +590,7 @@ class SSHClient:
             session.send(steps.session_lock(holder, session.token))
             answer = session.receive()[1]
         lines = answer.splitlines()
-        if lines and lines[-1].startswith(steps.SHELL_LINE) and lines[-1][len(steps.SHELL_LINE) :].isdigit():
+        if lines and lines[-1].startswith(steps.SHELL_LINE) and lines[-1][len(steps.SHELL_LINE) :].isdecimal():
             self.shell_pid = int(lines.pop()[len(steps.SHELL_LINE) :])
             answer = "".join(line + "\n" for line in lines)
         self._locked = answer.split("\n", 1)[0].strip() == steps.LOCKED

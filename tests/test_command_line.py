@@ -329,3 +329,14 @@ def test_a_usage_error_with_detailed_exitcode_is_1_and_an_empty_limit_is_refused
 def test_start_at_a_unicode_digit_or_nothing_is_a_usage_error(start_at: str) -> None:
     refused = poseidon("apply", "examples/site.yaml", "--start-at", start_at)
     assert refused.returncode == 2 and "--start-at" in refused.stderr and "unexpected" not in refused.stderr
+
+
+def test_a_digit_that_is_not_a_decimal_is_no_number_anywhere(sandbox_env: Sandbox) -> None:
+    """'²' passes str.isdigit() but int() refuses it: as a shard, a key or a droplet's output, it is text."""
+    import poseidon.api as po
+    from poseidon.errors import ResolveError
+
+    refused = poseidon("apply", "examples/site.yaml", "--shard", "²/3")
+    assert refused.returncode == 2 and "--shard" in refused.stderr and "unexpected" not in refused.stderr
+    with pytest.raises(ResolveError, match="no SSH key is named '²'"):
+        po.connect().droplets.create("never", region="nyc3", size="s-1vcpu-1gb", image="ubuntu-24-04-x64", ssh_keys=["²"])

@@ -1149,7 +1149,7 @@ class Emulator:
         """The id of an image given by id or slug, or None; the caller holds the lock."""
         if isinstance(image, bool):
             return None
-        if isinstance(image, int) or (isinstance(image, str) and image.isdigit()):
+        if isinstance(image, int) or (isinstance(image, str) and image.isdecimal()):
             return int(image) if int(image) in self._images else None
         for candidate in self._images.values():
             if isinstance(image, str) and candidate["slug"] == image:
@@ -1308,7 +1308,7 @@ class Emulator:
                 raise _HTTPError(422, "Each resource needs a string resource_id and a known resource_type.")
             # The emulator has no volumes: tagging one finds nothing, as for an unknown id.
             store = self._droplets if kind == "droplet" else self._images if kind == "image" else {}
-            target = store.get(int(ident)) if ident.isdigit() else None
+            target = store.get(int(ident)) if ident.isdecimal() else None
             if target is None:
                 raise _HTTPError(404, f"{kind} {ident} not found")
             found.append(target)
