@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="poseidon",
         description="Provision DigitalOcean droplets from a YAML playbook, over SSH.",
     )
-    parser.add_argument("--version", action="version", version=f"poseidon {_version()}")
+    parser.add_argument("--version", action=_Version, nargs=0, help="print poseidon's version and exit")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def run_options(command: argparse.ArgumentParser) -> None:
@@ -109,6 +109,14 @@ def _parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--droplet", action="append", metavar="NAME", help="a droplet to serve (repeatable; default: test)")
     sandbox.add_argument("--playbook", help="the playbook's kept sandbox: its droplets and example repositories")
     return parser
+
+
+class _Version(argparse.Action):
+    """``--version``, looked up only when asked: importlib.metadata is not on every command's start-up."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: Any = None) -> None:
+        print(f"poseidon {_version()}")
+        parser.exit()
 
 
 def _version() -> str:
