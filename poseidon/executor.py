@@ -636,15 +636,16 @@ def _run_droplet(target: Target, ctx: _Context) -> DropletRun:
                 return _finish(run, ctx)
             ctx.doing(run.name, "taking snapshots")
             _snapshots(ssh, run, before, playbook, ctx.masker, ctx.pid_files.get(run.name, []))
-    except SSHError as exc:
+    except Exception as exc:  # noqa: BLE001 - one droplet's failure (or bug) must not cancel the others
         if ctx.aborted.is_set():
+            # A second Ctrl-C closed the connection under whatever ran: that is the whole story.
             run.error = ABORTED
-        else:
+        elif isinstance(exc, SSHError):
             run.error, run.unreachable = ctx.masker.text(str(exc)), True
-    except PoseidonError as exc:
-        run.error = ctx.masker.text(str(exc))
-    except Exception as exc:  # noqa: BLE001 - one droplet's bug must not cancel the others
-        run.error = ctx.masker.text(f"{type(exc).__name__}: {exc}")
+        elif isinstance(exc, PoseidonError):
+            run.error = ctx.masker.text(str(exc))
+        else:
+            run.error = ctx.masker.text(f"{type(exc).__name__}: {exc}")
     return _finish(run, ctx)
 
 

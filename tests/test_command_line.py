@@ -340,3 +340,11 @@ def test_a_digit_that_is_not_a_decimal_is_no_number_anywhere(sandbox_env: Sandbo
     assert refused.returncode == 2 and "--shard" in refused.stderr and "unexpected" not in refused.stderr
     with pytest.raises(ResolveError, match="no SSH key is named '²'"):
         po.connect().droplets.create("never", region="nyc3", size="s-1vcpu-1gb", image="ubuntu-24-04-x64", ssh_keys=["²"])
+
+
+def test_report_ps_and_top_false_takes_no_snapshot(tmp_path: Path, sandbox_env: Sandbox) -> None:
+    path = playbook(tmp_path, "version: 1\ndroplets: [test]\nsteps:\n  - run: 'true'\nreport: {ps: false, top: false}\n")
+    shown = poseidon("apply", str(path), "--json")
+    assert shown.returncode == 0, shown.stderr
+    (droplet,) = json.loads(shown.stdout)["droplets"]
+    assert droplet["ps"] is None and droplet["top"] is None and droplet["started_processes"] is None
