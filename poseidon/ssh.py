@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from poseidon import hostkeys, steps
 from poseidon.errors import CommandError, SSHConnectError, SSHError, SSHUnresponsiveError
+from poseidon.masker import Masker
 from poseidon.shell import BindError
 
 if TYPE_CHECKING:
@@ -675,9 +676,8 @@ class SSHClient:
             interactive=self.interactive,
         )
         deadline = step.timeout + steps.KILL_AFTER + self.TIMEOUT_MARGIN if step.timeout else None
-        title = steps.describe(step)  # printed with interactive=True, and named in errors
-        for secret in sorted(filter(None, (secrets or {}).values()), key=len, reverse=True):
-            title = title.replace(secret, "***")
+        # Printed with interactive=True, and named in errors: the git token masked as in reports.
+        title = Masker((secrets or {}).values()).text(steps.describe(step))
         try:
             result = self.run(rendered.command, stdin=rendered.stdin, title=title, deadline=deadline, keep=STEP_OUTPUT_KEPT)
             exited, stdout, stderr = result.exited, result.stdout, result.stderr
