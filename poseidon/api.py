@@ -44,16 +44,12 @@ import builtins
 import collections
 import email.utils
 import hashlib
-import math
-import os
 import random
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from importlib import metadata
-from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeAlias, TypeVar, overload
 from urllib.parse import quote, urlsplit
@@ -62,6 +58,7 @@ import requests
 import urllib3
 
 from poseidon.droplet import Droplet
+from poseidon.settings import DEFAULT_API_TIMEOUT, DEFAULT_API_URL, TOKEN_VARIABLES, Settings
 from poseidon.errors import (
     APIConnectionError,
     APIError,
@@ -94,11 +91,7 @@ __all__ = [
     "connect",
 ]
 
-DEFAULT_API_URL = "https://api.digitalocean.com"
-#: Seconds one request may take (``POSEIDON_API_TIMEOUT``).
-DEFAULT_TIMEOUT = 30.0
-# Looked up in this order; DIGITALOCEAN_ACCESS_TOKEN is doctl's own variable.
-TOKEN_VARIABLES = ("DIGITALOCEAN_TOKEN", "DIGITALOCEAN_ACCESS_TOKEN", "DIGITALOCEAN_API_KEY")
+DEFAULT_TIMEOUT = DEFAULT_API_TIMEOUT
 
 _REPEATABLE = frozenset({"GET", "HEAD", "PUT", "DELETE"})
 # How far the API's clock may differ from ours when deciding whether a droplet
@@ -121,44 +114,31 @@ def connect(
     token: str | None = None,
     api_url: str | None = None,
     session: requests.Session | None = None,
+    settings: Settings | None = None,
 ) -> Client:
     """A client for the API, configured the way doctl and Terraform users expect.
 
+    ``settings`` default to this process's environment (:meth:`Settings.from_environ`).
     The token is ``token``, else the first of ``DIGITALOCEAN_TOKEN``,
     ``DIGITALOCEAN_ACCESS_TOKEN``, ``DIGITALOCEAN_API_KEY`` that is set, else
     doctl's saved credentials. The URL is ``api_url``, else ``POSEIDON_API_URL``,
     else the public API. ``POSEIDON_API_TIMEOUT`` sets how many seconds to
     wait for a connection, then for each part of an answer (default 30).
     ``session`` supplies the transport (adapters, proxies); the client never
-    changes its headers.
+    changes its headers. The droplets the client lists log in as the settings say.
     """
+    settings = settings if settings is not None else Settings.from_environ()
     return Client(
-        token or _token_from_environment(),
-        api_url=api_url or os.environ.get("POSEIDON_API_URL") or DEFAULT_API_URL,
+        token or _token(settings),
+        api_url=api_url or settings.api_url,
         session=session,
-        timeout=_timeout_from_environment(),
+        timeout=settings.api_timeout,
+        settings=settings,
     )
 
 
-def _timeout_from_environment() -> float:
-    text = os.environ.get("POSEIDON_API_TIMEOUT", "").strip()
-    if not text:
-        return DEFAULT_TIMEOUT
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = math.nan
-    if not 0 < seconds < math.inf:
-        raise UsageError(f"POSEIDON_API_TIMEOUT must be a number of seconds above 0, not {text!r}")
-    return seconds
-
-
-def _token_from_environment() -> str:
-    for name in TOKEN_VARIABLES:
-        value = os.environ.get(name, "").strip()
-        if value:
-            return value
-    token = _token_from_doctl()
+def _token(settings: Settings) -> str:
+    token = settings.token or _token_from_doctl(settings)
     if token:
         return token
     raise AuthenticationError(
@@ -167,22 +147,12 @@ def _token_from_environment() -> str:
     )
 
 
-def _doctl_config_path() -> Path:
-    """Where doctl keeps its config: Go's ``os.UserConfigDir()``/doctl/config.yaml."""
-    if sys.platform == "darwin":
-        base = Path.home() / "Library" / "Application Support"
-    elif sys.platform == "win32":
-        base = Path(os.environ.get("APPDATA") or Path.home())
-    else:
-        base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-    return base / "doctl" / "config.yaml"
-
-
-def _token_from_doctl() -> str | None:
+def _token_from_doctl(settings: Settings) -> str | None:
     """The token of doctl's current context, or None when doctl has none."""
-    path = _doctl_config_path()
+    if settings.doctl_config is None:
+        return None
     try:
-        text = path.read_text(encoding="utf-8")
+        text = settings.doctl_config.read_text(encoding="utf-8")
     except OSError:
         return None
     import yaml  # only here: most runs take their token from the environment
@@ -194,7 +164,7 @@ def _token_from_doctl() -> str | None:
     if not isinstance(config, dict):
         return None
     # doctl honours DIGITALOCEAN_CONTEXT over the saved context, as its --context flag does.
-    context = os.environ.get("DIGITALOCEAN_CONTEXT") or config.get("context") or "default"
+    context = settings.doctl_context or config.get("context") or "default"
     if context == "default":
         token = config.get("access-token")
     else:
@@ -358,6 +328,7 @@ class Client:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
         budget: RateBudget | None = None,
+        settings: Settings | None = None,
     ) -> None:
         token = (token or "").strip()
         if not token:
@@ -375,6 +346,8 @@ class Client:
         if base.scheme not in ("http", "https") or not base.netloc:
             raise UsageError(f"the API URL must look like https://host, not {api_url!r}")
         self._token = token
+        #: How the droplets listed log in (``None``: as this process's environment says, when they connect).
+        self.settings = settings
         self.api_url = f"{base.scheme}://{base.netloc}{base.path.rstrip('/')}"
         self._base_path = base.path.rstrip("/")
         self._own_session = session is None

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
 from poseidon import errors
+from poseidon.settings import Settings, debugging
 
 if TYPE_CHECKING:
     from poseidon import spec, teardown
@@ -210,7 +211,7 @@ def _exit_status(handler: Callable[[argparse.Namespace], int], args: argparse.Na
         _say(exc)
         return EXIT_FAILED
     except Exception as exc:  # noqa: BLE001 - a bug still gets one line, not a traceback
-        if os.environ.get("POSEIDON_DEBUG"):
+        if debugging():
             raise
         _say(f"unexpected {type(exc).__name__}: {exc} (POSEIDON_DEBUG=1 shows where)")
         return EXIT_FAILED
@@ -261,7 +262,10 @@ def _sandbox_hint() -> str:
     """When the API that did not answer is on this machine: most likely a sandbox no longer up."""
     from urllib.parse import urlsplit
 
-    url = os.environ.get("POSEIDON_API_URL", "")
+    try:
+        url = Settings.from_environ().api_url
+    except errors.UsageError:
+        return ""
     host = urlsplit(url).hostname or ""
     if host not in ("localhost", "::1") and not host.startswith("127."):
         return ""
@@ -343,9 +347,7 @@ def _apply(args: argparse.Namespace) -> int:
             raise errors.UsageError(f"--report-dir {args.report_dir}: {exc.strerror}") from exc
     reporter = Reporter(sys.stderr if args.json else None)
     with ExitStack() as stack:
-        settings: dict[str, Any] = {}
-        if args.sandbox:
-            settings = _enter_sandbox(stack, args.playbook, playbook, None if args.quiet else reporter)
+        settings = _settings(stack, None if args.quiet else reporter, (args.playbook, playbook) if args.sandbox else None)
         # A sandbox's runs are logged apart: --resume must never mix them with real droplets'.
         runs = (_kept_sandbox_root(args.playbook) if args.sandbox else Path(args.playbook).resolve().parent / ".poseidon") / "runs"
         options = executor.RunOptions(
@@ -360,14 +362,14 @@ def _apply(args: argparse.Namespace) -> int:
             run_log=runs if mode == "apply" else None,
         )
         if not args.quiet:
-            stack.enter_context(reporter.live(executor.step_labels(playbook)))
+            stack.enter_context(reporter.live(executor.step_labels(playbook, settings=settings)))
         result = executor.apply(
             playbook,
             path=args.playbook,
             options=options,
             progress=None if args.quiet else reporter.step_done,
             notice=None if args.quiet else reporter.notice,
-            **settings,
+            settings=settings,
         )
     # The terminal first: whatever cannot be written after, the user has seen what happened.
     if args.json:
@@ -385,16 +387,27 @@ def _apply(args: argparse.Namespace) -> int:
     return EXIT_FAILED if result.failed else EXIT_OK
 
 
-def _enter_sandbox(stack: ExitStack, path: str, playbook: spec.Playbook, reporter: Reporter | None) -> dict[str, Any]:
+def _settings(
+    stack: ExitStack, reporter: Reporter | None, sandbox: tuple[str, spec.Playbook] | None = None
+) -> Settings:
+    """poseidon's settings for this command, read once: this environment's, or with ``sandbox``
+    (--sandbox: a playbook's path and the playbook) pointed at the playbook's kept sandbox."""
+    settings = Settings.from_environ()
+    return _enter_sandbox(stack, *sandbox, settings, reporter) if sandbox else settings
+
+
+def _enter_sandbox(
+    stack: ExitStack, path: str, playbook: spec.Playbook, settings: Settings, reporter: Reporter | None
+) -> Settings:
     """The playbook's kept sandbox for this command: the one 'sandbox up --playbook' serves in
-    the background, else started here (saying so to ``reporter``); the executor's settings for it."""
+    the background, else started here (saying so to ``reporter``); ``settings`` pointed at it."""
     from poseidon.sandbox import daemon
 
     environ = daemon.running(_kept_sandbox_root(path))
     if environ is not None:
         if reporter is not None:
             reporter.message(f"sandbox: the one 'poseidon sandbox up' serves for {path}", "dim")
-        return _sandbox_settings(environ)
+        return _sandbox_settings(settings, environ)
     sandbox = stack.enter_context(_sandbox_for(path, playbook))
     if reporter is not None:
         reporter.message(
@@ -402,25 +415,25 @@ def _enter_sandbox(stack: ExitStack, path: str, playbook: spec.Playbook, reporte
             f" {sandbox.root} ('poseidon sandbox reset --playbook {path}' removes it)",
             "dim",
         )
-    return _sandbox_settings(sandbox.environ)
+    return _sandbox_settings(settings, sandbox.environ)
 
 
-def _sandbox_settings(environ: dict[str, str]) -> dict[str, Any]:
-    """The executor's settings for a sandbox, from the variables that reach it (:attr:`Sandbox.environ`)."""
-    from poseidon import executor
+def _sandbox_settings(settings: Settings, environ: dict[str, str]) -> Settings:
+    """``settings`` pointed at a sandbox, from the variables that reach it (:attr:`Sandbox.environ`).
+    The tokens of this environment stay, to be masked; the sandbox's login wins over a playbook's."""
+    import dataclasses
 
-    return dict(
+    return dataclasses.replace(
+        settings,
         api_url=environ["POSEIDON_API_URL"],
         token=environ["DIGITALOCEAN_TOKEN"],
-        ssh=executor.SSHSettings(
-            user=environ["POSEIDON_SSH_USER"],
-            port=int(environ["POSEIDON_SSH_PORT"]),
-            key_filename=environ["POSEIDON_SSH_KEY"],
-            known_hosts=environ["POSEIDON_KNOWN_HOSTS"],
-            pinned=True,
-            # Sandbox droplets share one sshd and its host key: a key pinned at birth could not be served.
-            pin_host_keys=False,
-        ),
+        ssh_user=environ["POSEIDON_SSH_USER"],
+        ssh_port=int(environ["POSEIDON_SSH_PORT"]),
+        ssh_key=environ["POSEIDON_SSH_KEY"],
+        known_hosts=environ["POSEIDON_KNOWN_HOSTS"],
+        login_pinned=True,
+        # Sandbox droplets share one sshd and its host key: a key pinned at birth could not be served.
+        pin_host_keys=False,
     )
 
 
@@ -433,8 +446,8 @@ def _destroy(args: argparse.Namespace) -> int:
     playbook = _load(args.playbook)
     reporter = Reporter(sys.stderr if args.json else None)
     with ExitStack() as stack:
-        settings = _enter_sandbox(stack, args.playbook, playbook, reporter) if args.sandbox else {}
-        client = api.connect(token=settings.get("token"), api_url=settings.get("api_url"))
+        settings = _settings(stack, reporter, (args.playbook, playbook) if args.sandbox else None)
+        client = api.connect(settings=settings)
         found = teardown.survey(playbook, args.playbook, client)
         reporter.teardown(found, check=args.check)
         if found.empty or args.check:
@@ -477,8 +490,8 @@ def _status(args: argparse.Namespace) -> int:
     playbook = _load(args.playbook)
     reporter = Reporter(sys.stderr if args.json else None)
     with ExitStack() as stack:
-        settings = _enter_sandbox(stack, args.playbook, playbook, reporter) if args.sandbox else {}
-        found = executor.status(playbook, **settings)
+        settings = _settings(stack, reporter, (args.playbook, playbook) if args.sandbox else None)
+        found = executor.status(playbook, settings=settings)
     if args.json:
         print(json.dumps([p.to_dict() for p in found], indent=2))
     else:
@@ -600,20 +613,10 @@ def _snapshot(args: argparse.Namespace) -> int:
 
     reporter = Reporter(sys.stderr if args.json else None)
     with ExitStack() as stack:
-        login: dict[str, Any] = {}
-        settings: dict[str, Any] = {}
-        if args.sandbox:
-            settings = _enter_sandbox(stack, args.sandbox, _load(args.sandbox), reporter)
-            ssh_settings = settings["ssh"]
-            login = dict(
-                user=ssh_settings.user,
-                port=ssh_settings.port,
-                key_filename=ssh_settings.key_filename,
-                known_hosts=ssh_settings.known_hosts,
-            )
-        client = api.connect(token=settings.get("token"), api_url=settings.get("api_url"))
+        settings = _settings(stack, reporter, (args.sandbox, _load(args.sandbox)) if args.sandbox else None)
+        client = api.connect(settings=settings)
         droplet = client.droplets.by_name(args.name)
-        with droplet.connect(**login) as ssh:
+        with droplet.connect() as ssh:  # as the client's settings say
             frame = ssh.ps() if args.command == "ps" else ssh.top()
     if args.json:
         print(frame.to_json(orient="records", indent=2))

@@ -1,8 +1,9 @@
 """A droplet: the API's data as attributes, its actions, and ``connect()``.
 
-``poseidon.api`` builds these objects; this module refers to the API client
-only for types and loads the SSH layer only when ``connect()`` is called, so
-listing droplets never imports Fabric.
+``poseidon.api`` builds these objects and hands them itself as their client;
+this module knows of that client only what :class:`Client` (a protocol) says,
+so the two never import each other, and it loads the SSH layer only when
+``connect()`` is called, so listing droplets never imports Fabric.
 
 Every action method (``reboot()``, ``resize()``, ``snapshot()``…) starts the
 action and, with ``wait=True`` (the default), polls it until it completes,
@@ -12,16 +13,37 @@ reloaded: ``refresh()`` does that.
 
 from __future__ import annotations
 
-import os
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from poseidon.errors import APIError, SSHError, UsageError, printable
+from poseidon.settings import Settings
 
 if TYPE_CHECKING:
-    from poseidon.api import Client, Droplets
     from poseidon.ssh import SSHClient
 
-__all__ = ["Droplet", "ssh_port_from_environment"]
+__all__ = ["Client", "Droplet", "DropletActions"]
+
+
+class DropletActions(Protocol):
+    """What a droplet asks of the API's droplets endpoint (``poseidon.api.Droplets`` is one)."""
+
+    def get(self, id: int) -> Droplet: ...
+    def delete(self, id: int) -> None: ...
+    def kernels(self, id: int) -> list[dict[str, Any]]: ...
+    def snapshots(self, id: int) -> list[dict[str, Any]]: ...
+    def backups(self, id: int) -> list[dict[str, Any]]: ...
+    def actions(self, id: int) -> list[dict[str, Any]]: ...
+    def act(self, id: int, type: str, *, wait: bool = True, timeout: float = 300.0, **params: Any) -> dict[str, Any]: ...
+
+
+class Client(Protocol):
+    """What a droplet asks of the client that listed it (``poseidon.api.Client`` is one)."""
+
+    @property
+    def droplets(self) -> DropletActions: ...
+
+    @property
+    def settings(self) -> Settings | None: ...
 
 
 def _address(networks: dict[str, Any], version: str, kind: str) -> str | None:
@@ -30,31 +52,6 @@ def _address(networks: dict[str, Any], version: str, kind: str) -> str | None:
             address = net.get("ip_address")
             return str(address) if address else None
     return None
-
-
-def ssh_port_from_environment() -> int:
-    """``POSEIDON_SSH_PORT``, else 22; a value that is no port is a :class:`UsageError` naming it."""
-    text = os.environ.get("POSEIDON_SSH_PORT", "").strip()
-    if not text:
-        return 22
-    if text.isascii() and text.isdigit() and 1 <= int(text) <= 65535:
-        return int(text)
-    raise UsageError(f"POSEIDON_SSH_PORT must be a port number from 1 to 65535, not {text!r}")
-
-
-def ssh_keepalive_from_environment() -> float | None:
-    """``POSEIDON_SSH_KEEPALIVE`` seconds (``0``: never ask), else 15: how long a silent droplet
-    goes before it is asked whether it still answers (and as long again before it is given up)."""
-    text = os.environ.get("POSEIDON_SSH_KEEPALIVE", "").strip()
-    if not text:
-        return 15.0
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = -1.0
-    if not (0 <= seconds < 86400):
-        raise UsageError(f"POSEIDON_SSH_KEEPALIVE must be a number of seconds (0 turns keepalives off), not {text!r}")
-    return seconds or None
 
 
 def _check_shape(data: Any) -> None:
@@ -151,7 +148,7 @@ class Droplet:
 
     # -- the API ------------------------------------------------------------------
 
-    def _droplets(self) -> Droplets:
+    def _droplets(self) -> DropletActions:
         if self.client is None:
             raise UsageError(f"droplet {self.data.get('name')!r} was built without a client: it cannot act")
         return self.client.droplets
@@ -267,29 +264,32 @@ class Droplet:
     ) -> SSHClient:
         """Open an SSH connection to the droplet's public IPv4.
 
-        ``user``, ``port``, ``key_filename`` and ``known_hosts`` default to
-        ``POSEIDON_SSH_USER`` (else ``root``), ``POSEIDON_SSH_PORT`` (else 22),
-        ``POSEIDON_SSH_KEY`` (else ssh-agent and ``~/.ssh``) and
+        ``user``, ``port``, ``key_filename`` and ``known_hosts`` default to the
+        settings of the client that listed the droplet (else this process's
+        environment): ``POSEIDON_SSH_USER`` (else ``root``), ``POSEIDON_SSH_PORT``
+        (else 22), ``POSEIDON_SSH_KEY`` (else ssh-agent and ``~/.ssh``) and
         ``POSEIDON_KNOWN_HOSTS`` (else ``~/.ssh/known_hosts``). A droplet silent
         for ``POSEIDON_SSH_KEEPALIVE`` seconds (else 15) during a command is asked
         whether it still answers, and given up as long again later.
         """
         from poseidon.ssh import SSHClient
 
+        settings = self.client.settings if self.client is not None else None
+        settings = settings if settings is not None else Settings.from_environ()
         host = self.ip_address
         if not host:
             raise SSHError(f"droplet {self.name} ({self.id}) has no public IPv4 address yet")
         return SSHClient(
             host,
-            user=user or os.environ.get("POSEIDON_SSH_USER") or "root",
-            port=port or ssh_port_from_environment(),
-            key_filename=key_filename or os.environ.get("POSEIDON_SSH_KEY") or None,
-            known_hosts=known_hosts or os.environ.get("POSEIDON_KNOWN_HOSTS") or None,
+            user=user or settings.ssh_user,
+            port=port or settings.ssh_port,
+            key_filename=key_filename or settings.ssh_key,
+            known_hosts=known_hosts or settings.known_hosts,
             interactive=interactive,
             connect_timeout=connect_timeout,
             label=self.name,
             droplet_id=self.id,
-            keepalive=ssh_keepalive_from_environment(),
+            keepalive=settings.ssh_keepalive,
         )
 
     def __repr__(self) -> str:

@@ -6,8 +6,8 @@ connect → check and apply each step in order → snapshot → close. A failed
 step stops its own droplet only; an exception in one droplet's worker becomes
 that droplet's error and never cancels the others.
 
-The executor is given an API URL, a token and SSH settings; where they point
-(DigitalOcean or a sandbox) is not its business.
+The executor is given :class:`Settings` (the API's URL and token, the SSH
+login); where they point (DigitalOcean or a sandbox) is not its business.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from poseidon import api, dns, errors, files, hostkeys, spec, steps
-from poseidon.droplet import Droplet, ssh_keepalive_from_environment, ssh_port_from_environment
+from poseidon.droplet import Droplet
 from poseidon.errors import (
     APIConnectionError,
     APIError,
@@ -47,13 +47,13 @@ from poseidon.errors import (
     UsageError,
 )
 from poseidon.masker import Masker
+from poseidon.settings import Settings
 from poseidon.results import DropletRun, ProcessStatus, RunResult, StepResult
 from poseidon.ssh import SESSIONS_ARGS, TOP_ARGS, SSHClient, ps_frames
 
 __all__ = [
     "RunLog",
     "RunOptions",
-    "SSHSettings",
     "Target",
     "apply",
     "check_creates",
@@ -77,24 +77,6 @@ DONE_EARLIER = "done-earlier"
 Progress = Callable[[str, StepResult], None]
 #: Called with what a droplet waits for before its first step: ``(droplet_name, text)``.
 Notice = Callable[[str, str], None]
-
-
-@dataclass(frozen=True)
-class SSHSettings:
-    """How to log in to droplets. ``None`` fields fall back to the playbook, then the environment."""
-
-    user: str | None = None
-    port: int | None = None
-    key_filename: str | None = None
-    known_hosts: str | None = None
-    connect_timeout: float = 15.0
-    #: How long to keep trying a droplet whose SSH port does not answer yet (booting).
-    ready_timeout: float = 60.0
-    #: When true, these settings win over the playbook's ``user``/``port`` (a sandbox has one user).
-    pinned: bool = False
-    #: Give droplets poseidon creates a host key made here, so the first connection is verified too
-    #: (POSEIDON_PIN_HOST_KEYS=0 turns it off: the sandbox serves every droplet with one host key).
-    pin_host_keys: bool = field(default_factory=lambda: os.environ.get("POSEIDON_PIN_HOST_KEYS", "1") != "0")
 
 
 @dataclass(frozen=True)
@@ -139,6 +121,10 @@ class RunOptions:
     expect: Mapping[str, tuple[int | None, str | None]] | None = None
     #: Append every step's result to this JSON Lines file as it ends.
     run_log: Path | None = None
+    #: Seconds to wait for a droplet's SSH login.
+    connect_timeout: float = 15.0
+    #: How long to keep trying a droplet whose SSH port does not answer yet (booting).
+    ready_timeout: float = 60.0
 
 
 # -- resolve ------------------------------------------------------------------
@@ -362,19 +348,28 @@ def _secrets(playbook: spec.Playbook) -> dict[str, str]:
 # -- one droplet --------------------------------------------------------------
 
 
-def _connect(target: Target, settings: SSHSettings, notice: Notice | None, stop: threading.Event | None = None) -> SSHClient:
-    """Connect, retrying with backoff while the SSH port does not answer (a droplet still booting)."""
-    first, second = (settings, target) if settings.pinned else (target, settings)
-    deadline = time.monotonic() + settings.ready_timeout
+def _connect(
+    target: Target,
+    settings: Settings,
+    options: RunOptions,
+    notice: Notice | None,
+    stop: threading.Event | None = None,
+) -> SSHClient:
+    """Connect, retrying with backoff while the SSH port does not answer (a droplet still booting).
+
+    The playbook's ``user``/``port`` win over the settings', unless the settings' login is
+    pinned (a sandbox has one user and one port)."""
+    pinned = settings.login_pinned
+    deadline = time.monotonic() + options.ready_timeout
     delay = 1.0
     assert target.droplet is not None
     while True:
         ssh = target.droplet.connect(
-            user=first.user or second.user,
-            port=first.port or second.port,
-            key_filename=settings.key_filename,
+            user=settings.ssh_user if pinned else target.user or settings.ssh_user,
+            port=settings.ssh_port if pinned else target.port or settings.ssh_port,
+            key_filename=settings.ssh_key,
             known_hosts=settings.known_hosts,
-            connect_timeout=settings.connect_timeout,
+            connect_timeout=options.connect_timeout,
         )
         if notice:  # first contact, or a new droplet on a reused address
             ssh.on_notice = lambda text, name=target.name: notice(name, text)
@@ -494,7 +489,7 @@ class _Context:
     playbook: spec.Playbook
     environ: dict[str, str]
     secrets: dict[str, str]
-    settings: SSHSettings
+    settings: Settings
     options: RunOptions
     masker: Masker
     #: Each step's label (:func:`step_labels`).
@@ -603,7 +598,7 @@ def _run_droplet(target: Target, ctx: _Context) -> DropletRun:
         if conflicts:  # names made of values: the same on this droplet
             raise UsageError("; ".join(conflicts))
         ctx.doing(run.name, "connecting")
-        with _connect(target, ctx.settings, ctx.notice, ctx.stop) as ssh, ctx.holding(run.name, ssh):
+        with _connect(target, ctx.settings, ctx.options, ctx.notice, ctx.stop) as ssh, ctx.holding(run.name, ssh):
             if ctx.mode == "apply":
                 _lock(ssh, run, ctx.notice)  # held until the connection closes
             ctx.doing(run.name, "waiting until it is ready")
@@ -749,9 +744,7 @@ def apply(
     playbook: spec.Playbook | str | os.PathLike[str],
     *,
     path: str | None = None,
-    api_url: str | None = None,
-    token: str | None = None,
-    ssh: SSHSettings | None = None,
+    settings: Settings | None = None,
     options: RunOptions | None = None,
     progress: Progress | None = None,
     notice: Notice | None = None,
@@ -773,7 +766,7 @@ def apply(
         path = path or os.fspath(playbook)
         playbook = spec.load(playbook)
     path = path or "<playbook>"
-    settings = ssh or SSHSettings()
+    settings = settings if settings is not None else Settings.from_environ()
     options = options or RunOptions()
     if not 0 <= options.start_at < max(1, len(playbook.steps)):
         raise UsageError(f"there is no step {options.start_at + 1}: the playbook has {len(playbook.steps)}")
@@ -781,15 +774,13 @@ def apply(
     clock = time.monotonic()
     environ = _environment(playbook)
     secrets = _secrets(playbook)
-    ssh_port_from_environment()  # a bad POSEIDON_SSH_PORT is refused before any change
-    ssh_keepalive_from_environment()
-    client = client or api.connect(token=token, api_url=api_url)
+    client = client or api.connect(settings=settings)
     targets = _shard(_limit(resolve(playbook, client), options.limit), options.shard)
     if options.expect is not None:
         _check_expected(targets, options.expect)
     sizes = check_creates(targets, client)
     result = RunResult(playbook=path, name=playbook.name, mode=options.mode, started=started)
-    masker = _masker(playbook, environ, secrets, client)
+    masker = _masker(playbook, environ, secrets, settings, client)
     # The log first: a run that cannot record itself must not create droplets.
     log = RunLog.start(options.run_log, result, [t.name for t in targets], options.resume) if options.run_log else None
     try:
@@ -834,15 +825,23 @@ def _prices(targets: list[Target], listed: list[dict[str, Any]]) -> dict[str, tu
 
 
 def _masker(
-    playbook: spec.Playbook, environ: Mapping[str, str], secrets: Mapping[str, str], client: api.Client | None = None
+    playbook: spec.Playbook,
+    environ: Mapping[str, str],
+    secrets: Mapping[str, str],
+    settings: Settings,
+    client: api.Client | None = None,
 ) -> Masker:
     secret_values = [v for n, v in playbook.var_values(environ).items() if n in playbook.secret_names()]
     # The API tokens of this machine's environment too: on a sandbox the client holds another one.
-    tokens = [os.environ.get(name, "").strip() for name in api.TOKEN_VARIABLES]
-    return Masker([*secret_values, *secrets.values(), *tokens], also=getattr(client, "mask", None))
+    return Masker([*secret_values, *secrets.values(), *settings.tokens], also=getattr(client, "mask", None))
 
 
-def step_labels(playbook: spec.Playbook, environ: Mapping[str, str] | None = None, masker: Masker | None = None) -> list[str]:
+def step_labels(
+    playbook: spec.Playbook,
+    environ: Mapping[str, str] | None = None,
+    masker: Masker | None = None,
+    settings: Settings | None = None,
+) -> list[str]:
     """Each step as progress lines and reports show it, whole, on one line: its references to
     the playbook's variables substituted; those to the droplet, to secret variables, to the
     environment (``${env:…}``: an undeclared secret, maybe) and to variables made of those, as
@@ -850,7 +849,8 @@ def step_labels(playbook: spec.Playbook, environ: Mapping[str, str] | None = Non
     environ = os.environ if environ is None else environ
     secret = playbook.secret_names()
     values = {k: v for k, v in spec.substitutions(playbook, environ={}).items() if k not in secret}
-    masker = masker or _masker(playbook, environ, _secrets(playbook))
+    settings = settings if settings is not None else Settings.from_environ()
+    masker = masker or _masker(playbook, environ, _secrets(playbook), settings)
     return [masker.text(steps.describe(step, values)) for step in playbook.steps]
 
 
@@ -1097,9 +1097,7 @@ def _checked_header(path: Path, number: int, header: Any, steps: int) -> dict[st
 def status(
     playbook: spec.Playbook,
     *,
-    api_url: str | None = None,
-    token: str | None = None,
-    ssh: SSHSettings | None = None,
+    settings: Settings | None = None,
     client: api.Client | None = None,
     forks: int = 20,
 ) -> list[ProcessStatus]:
@@ -1108,10 +1106,10 @@ def status(
     Changes nothing: ``chdir`` steps are followed (they only check), every
     other step but ``nohup`` is passed over.
     """
-    settings = ssh or SSHSettings()
+    settings = settings if settings is not None else Settings.from_environ()
     environ = _environment(playbook)
-    client = client or api.connect(token=token, api_url=api_url)
-    masker = _masker(playbook, environ, _secrets(playbook), client)
+    client = client or api.connect(settings=settings)
+    masker = _masker(playbook, environ, _secrets(playbook), settings, client)
     targets = [t for t in resolve(playbook, client) if t.droplet is not None]
     if not targets:
         return []
@@ -1124,14 +1122,14 @@ def status(
 
 
 def _droplet_status(
-    target: Target, playbook: spec.Playbook, environ: dict[str, str], settings: SSHSettings
+    target: Target, playbook: spec.Playbook, environ: dict[str, str], settings: Settings
 ) -> list[ProcessStatus]:
     nohups = [s for s in playbook.steps if isinstance(s, spec.NohupStep)]
     assert target.droplet is not None
     values = spec.substitutions(playbook, droplet=target.droplet, environ=environ)
     found: list[ProcessStatus] = []
     try:
-        with _connect(target, settings, None) as ssh:
+        with _connect(target, settings, RunOptions(), None) as ssh:
             for raw in playbook.steps:
                 step = spec.expand(raw, values)
                 if isinstance(step, spec.ChdirStep):

@@ -93,8 +93,8 @@ def alias(droplet_id: int) -> str:
 
 
 def known_hosts_path(file: str | os.PathLike[str] | None = None) -> Path:
-    """The known-hosts file to use and update: ``file``, else ``$POSEIDON_KNOWN_HOSTS``, else ``~/.ssh/known_hosts``."""
-    chosen = file or os.environ.get("POSEIDON_KNOWN_HOSTS") or Path.home() / ".ssh" / "known_hosts"
+    """The known-hosts file to use and update: ``file`` (``POSEIDON_KNOWN_HOSTS``), else ``~/.ssh/known_hosts``."""
+    chosen = file or Path.home() / ".ssh" / "known_hosts"
     return Path(chosen).expanduser()
 
 

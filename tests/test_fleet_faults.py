@@ -226,9 +226,11 @@ def test_a_droplet_a_resume_could_not_reach_resumes_next_time_where_it_was(
     resumed = executor.apply(
         playbook,
         path=str(path),
-        ssh=executor.SSHSettings(ready_timeout=0.0),
         options=executor.RunOptions(
-            limit=("n1", "n2"), resume=executor.resume_points(runs, playbook, str(path)), run_log=runs
+            limit=("n1", "n2"),
+            resume=executor.resume_points(runs, playbook, str(path)),
+            run_log=runs,
+            ready_timeout=0.0,
         ),
     )
     reached = {d.name: d for d in resumed.droplets}

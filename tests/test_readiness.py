@@ -6,6 +6,7 @@ hold those, never this machine's, and need no root.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import socket
@@ -17,39 +18,33 @@ import time
 import types
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from poseidon import executor, spec, steps
 from poseidon.results import RunResult, StepResult
 from poseidon.sandbox import Sandbox
+from poseidon.settings import Settings
 from fakeclock import FakeClock
 from sandboxes import PATIENCE, wait_for
 
 #: How long a test waits for an event before it fails: a safety net, never a pace.
 
 
-def sandbox_settings(sandbox: Sandbox, **overrides: object) -> executor.SSHSettings:
-    fields: dict[str, object] = {
-        "user": sandbox.user,
-        "port": sandbox.ssh_port,
-        "key_filename": sandbox.key_filename,
-        "known_hosts": sandbox.known_hosts,
-        "pinned": True,
-    }
-    fields.update(overrides)
-    return executor.SSHSettings(**fields)  # type: ignore[arg-type]
-
-
 def apply(
-    sandbox: Sandbox, text: str, progress: executor.Progress | None = None, **settings: object
+    sandbox: Sandbox,
+    text: str,
+    progress: executor.Progress | None = None,
+    settings: dict[str, Any] | None = None,
+    **options: Any,
 ) -> tuple[RunResult, list[tuple[str, str]]]:
+    """Apply ``text`` on ``sandbox`` (its login pinned, ``settings`` changed) with these run ``options``."""
     notices: list[tuple[str, str]] = []
     result = executor.apply(
         spec.loads(textwrap.dedent(text)),
-        api_url=sandbox.api_url,
-        token=sandbox.token,
-        ssh=sandbox_settings(sandbox, **settings),
+        settings=dataclasses.replace(Settings.from_environ(sandbox.environ), login_pinned=True, **(settings or {})),
+        options=executor.RunOptions(**options),
         progress=progress,
         notice=lambda droplet, text: notices.append((droplet, text)),
     )
@@ -201,7 +196,7 @@ def test_a_droplet_whose_ssh_port_never_answers_is_reported_unreachable_after_re
     result, notices = apply(
         sandbox,
         "version: 1\ndroplets: [ready]\nsteps: [{run: echo hi}]\n",
-        port=port,
+        settings={"ssh_port": port},
         ready_timeout=20,
         connect_timeout=1,
     )
