@@ -52,12 +52,10 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from poseidon.errors import HostKeyChangedError, SSHError, UsageError
-
-if TYPE_CHECKING:
-    from email.message import Message
+from poseidon import cloudinit
+from poseidon.errors import HostKeyChangedError, SSHError
 
 __all__ = [
     "ALIAS_PREFIX",
@@ -472,18 +470,10 @@ def _rewrite(path: Path, lines: list[str]) -> None:
 
 # -- pinning at birth ------------------------------------------------------------
 
-# cloud-init recognizes user data by its first line (case and leading space ignored).
-_PART_TYPES = (
-    ("#cloud-config-archive", "cloud-config-archive"),
-    ("#cloud-config-jsonp", "cloud-config-jsonp"),
-    ("#cloud-config", "cloud-config"),
-    ("#cloud-boothook", "cloud-boothook"),
-    ("#include-once", "x-include-once-url"),
-    ("#include", "x-include-url"),
-    ("#part-handler", "part-handler"),
-    ("## template: jinja", "jinja2"),
-    ("#!", "x-shellscript"),
-)
+_OWNED = {
+    "ssh_keys": "user_data sets ssh_keys (host keys) itself: poseidon pins the host key of the droplets it"
+    " creates; remove ssh_keys from user_data",
+}
 
 
 def pinned_user_data(extra_user_data: str | None = None) -> tuple[str, str]:
@@ -492,15 +482,11 @@ def pinned_user_data(extra_user_data: str | None = None) -> tuple[str, str]:
     The user data is cloud-config that installs a fresh ed25519 host key
     (``ssh_keys``), removes the image's keys (``ssh_deletekeys``) and makes no
     others (``ssh_genkeytypes: []``), so the pinned key is the only one the
-    droplet can offer. ``extra_user_data``, the playbook's own, is kept:
+    droplet can offer. ``extra_user_data``, the playbook's own, is kept
+    (:func:`poseidon.cloudinit.join`; its own ``ssh_deletekeys`` and
+    ``ssh_genkeytypes`` win).
 
-    - cloud-config is merged into the same document (its own
-      ``ssh_deletekeys`` and ``ssh_genkeytypes`` win);
-    - a script or any other cloud-init format becomes the second part of a
-      MIME multipart message, after poseidon's cloud-config;
-    - a MIME multipart message gets poseidon's part in front.
-
-    Raises :class:`UsageError` when the user data installs host keys itself
+    Raises :class:`~poseidon.errors.UsageError` when the user data installs host keys itself
     (``ssh_keys``) or is in no format cloud-init knows. Send the user data to
     the API only: it holds the private key.
     """
@@ -511,20 +497,7 @@ def pinned_user_data(extra_user_data: str | None = None) -> tuple[str, str]:
         "ssh_genkeytypes": [],
         "ssh_keys": {"ed25519_private": private, "ed25519_public": public},
     }
-    if extra_user_data is None or not extra_user_data.strip():
-        return _cloud_config(ours), public
-    head = extra_user_data.lstrip().lower()
-    if head.startswith(("content-type:", "mime-version:")):
-        return _into_multipart(extra_user_data, ours), public
-    subtype = next((t for prefix, t in _PART_TYPES if head.startswith(prefix)), None)
-    if subtype is None:
-        raise UsageError(
-            "user_data is in no format cloud-init knows: start it with #cloud-config, #! (a script)"
-            " or another cloud-init header"
-        )
-    if subtype == "cloud-config":
-        return _cloud_config(_merge(_their_config(extra_user_data), ours)), public
-    return _multipart(ours, [_text_part(extra_user_data, subtype)]), public
+    return cloudinit.join(ours, extra_user_data, _OWNED), public
 
 
 def _new_ed25519() -> tuple[str, str]:
@@ -538,80 +511,3 @@ def _new_ed25519() -> tuple[str, str]:
     ).decode()
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     return private, public.decode()
-
-
-def _their_config(text: str) -> dict[str, Any]:
-    import yaml
-
-    try:
-        config = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise UsageError(f"user_data is not valid cloud-config YAML: {exc}") from None
-    if config is None:
-        return {}
-    if not isinstance(config, dict):
-        raise UsageError("user_data's cloud-config must be a mapping")
-    if "ssh_keys" in config:
-        raise UsageError(
-            "user_data sets ssh_keys (host keys) itself: poseidon pins the host key of the droplets it creates;"
-            " remove ssh_keys from user_data"
-        )
-    return config
-
-
-def _merge(theirs: dict[str, Any], ours: dict[str, Any]) -> dict[str, Any]:
-    """Their settings first and winning, then poseidon's (``ssh_keys`` is never theirs: refused before)."""
-    merged = dict(theirs)
-    for name, value in ours.items():
-        merged.setdefault(name, value)
-    return merged
-
-
-def _cloud_config(config: dict[str, Any]) -> str:
-    import yaml
-
-    class Dumper(yaml.SafeDumper):
-        pass
-
-    def text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-        # Multi-line text (the private key) as a literal block, as a person would write it.
-        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
-
-    Dumper.add_representer(str, text)
-    return "#cloud-config\n" + yaml.dump(config, Dumper=Dumper, sort_keys=False, default_flow_style=False)
-
-
-def _text_part(text: str, subtype: str) -> Message:
-    from email.mime.text import MIMEText
-
-    return MIMEText(text, subtype)
-
-
-def _multipart(ours: dict[str, Any], parts: list[Message]) -> str:
-    from email.mime.multipart import MIMEMultipart
-
-    message = MIMEMultipart()
-    message.attach(_text_part(_cloud_config(ours), "cloud-config"))
-    for part in parts:
-        message.attach(part)
-    return message.as_string()
-
-
-def _into_multipart(text: str, ours: dict[str, Any]) -> str:
-    """Put poseidon's cloud-config in front of a MIME message's parts."""
-    import email
-
-    message = email.message_from_string(text)
-    theirs: dict[str, Any] = {}
-    for part in message.walk():
-        if part.get_content_type() == "text/cloud-config":
-            payload = part.get_payload(decode=True)
-            theirs.update(_their_config(payload.decode(errors="replace") if isinstance(payload, bytes) else ""))
-    # cloud-init merges the parts' cloud-config: leave the settings a part of theirs makes to that part alone.
-    ours = {name: value for name, value in ours.items() if name not in theirs}
-    if not message.is_multipart():
-        return _multipart(ours, [message])
-    payload = message.get_payload()
-    assert isinstance(payload, list)
-    payload.insert(0, _text_part(_cloud_config(ours), "cloud-config"))
-    return message.as_string()
