@@ -32,6 +32,7 @@ from wheels import build_wheel, offline_pip_env
 
 import poseidon.api as po
 import poseidon.sandbox as sandbox_module
+import poseidon.sandbox.power as sandbox_power
 from poseidon import executor, spec, steps
 from poseidon.cli import main
 from poseidon.results import RunResult
@@ -918,7 +919,7 @@ def test_two_sandboxes_take_two_blocks_even_when_the_random_choice_collides(monk
 def test_a_block_where_something_listens_is_not_taken(monkeypatch: pytest.MonkeyPatch) -> None:
     """What a kept sandbox leaves running listens on its block after it stops: no other sandbox takes that block."""
     a, b = sandbox_module._random_block()
-    while sandbox_module._bound_in(f"127.{a}.{b}"):
+    while sandbox_power.bound_in(f"127.{a}.{b}"):
         a, b = sandbox_module._random_block()
     with socket.socket() as leftover:
         leftover.bind((f"127.{a}.{b}.77", 0))

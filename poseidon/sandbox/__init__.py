@@ -27,17 +27,15 @@ import os
 import secrets
 import shutil
 import signal
-import socket
-import struct
 import tempfile
 import threading
-import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from poseidon.errors import SandboxError
+from poseidon.sandbox import power
 from poseidon.sandbox.emulator import Emulator, public_ipv4
 from poseidon.sandbox.repos import build_bare_repo, github_redirect
 from poseidon.sandbox.sshd import SSHFarm
@@ -264,7 +262,7 @@ class Sandbox:
         bytes are taken by the kernel and nothing comes back. Returns them, for :meth:`thaw`."""
         farm = self._running
         address = self.address(name)
-        frozen = _holding(_sockets_to(address, farm.port)) - set(farm.pids)
+        frozen = power.connections_to(address, farm.port) - set(farm.pids)
         if not frozen:
             raise SandboxError(f"no SSH connection to {name} to freeze")
         for pid in frozen:
@@ -288,7 +286,7 @@ class Sandbox:
             farm = self._running
             farm.off.add(address)
             farm.reload()
-            _cut(address, farm.port, farm.hosts / address, set(farm.pids))
+            power.cut(address, farm.port, farm.hosts / address, set(farm.pids))
 
     def _power_on(self, address: str) -> None:
         with self._lock:
@@ -347,7 +345,7 @@ class Sandbox:
             with self._lock:
                 self.farm.stop()
             if not self.keep:
-                _kill_droplet_processes(self.farm.hosts)
+                power.end_droplet_processes(self.farm.hosts)
                 if self._own_root:
                     shutil.rmtree(self.root, ignore_errors=True)
         self.farm = None
@@ -365,8 +363,8 @@ class Sandbox:
         folder = Path(root).resolve()
         if not (folder / "hosts").is_dir():
             return False
-        _kill_droplet_processes(folder / "hosts")
-        _kill(_servers_of(folder))  # an sshd left listening by a command that was killed
+        power.end_droplet_processes(folder / "hosts")
+        power.kill(power.servers_of(folder))  # an sshd left listening by a command that was killed
         shutil.rmtree(folder, ignore_errors=True)
         return True
 
@@ -441,7 +439,7 @@ class Sandbox:
     def pids(self, name: str) -> set[int]:
         """The processes of the droplet ``name`` now: those whose HOME is its home (every login's are)."""
         wanted = str(self.home(name)).encode()
-        return _pids_with_home(lambda value: value == wanted)
+        return power.with_home(lambda value: value == wanted)
 
 
 def _host(address: str) -> int:
@@ -507,12 +505,12 @@ def _claim_network(root: Path | None, hosts: Path) -> tuple[str, int]:
     candidates += [_random_block() for _ in range(_BLOCK_TRIES)]
     for a, b in candidates:
         network = f"127.{a}.{b}"
-        if _bound_in(network):
+        if power.bound_in(network):
             continue
         lock = _lock_block(network)
         if lock is None:
             continue
-        if _bound_in(network):  # something bound there between the two looks
+        if power.bound_in(network):  # something bound there between the two looks
             os.close(lock)
             continue
         return network, lock
@@ -543,121 +541,3 @@ def _lock_block(network: str) -> int | None:
         os.close(fd)
         return None
     return fd
-
-
-def _bound_in(network: str) -> bool:
-    """Whether a TCP socket (listening or connected) has a local address in ``network``.* (/proc/net/tcp)."""
-    try:
-        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
-    except OSError:
-        return False
-    prefix = network + "."
-    for line in lines:
-        local = line.split()[1].split(":")[0]
-        # The kernel prints the address as the hex of its 32 bits read in this machine's byte order.
-        if socket.inet_ntoa(struct.pack("=I", int(local, 16))).startswith(prefix):
-            return True
-    return False
-
-
-def _servers_of(folder: Path) -> set[int]:
-    """This user's sshds started with this sandbox's configuration (``-f <folder>/etc/sshd_config-N``)."""
-    config = b"-f\0" + str(folder / "etc").encode() + b"/sshd_config"
-    retitled = b" -f " + str(folder / "etc").encode() + b"/sshd_config"  # sshd rewrites its argv as one title
-    found = set()
-    for pid in _pids():
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            if os.stat(f"/proc/{pid}").st_uid != os.getuid():
-                continue
-        except OSError:
-            continue
-        if b"sshd" in cmdline and (config in cmdline or retitled in cmdline):
-            found.add(pid)
-    return found
-
-
-def _kill_droplet_processes(hosts: Path) -> None:
-    """End what steps left running (nohup): every process whose HOME is a droplet's home."""
-    prefix = str(hosts).encode() + b"/"
-    _kill(_pids_with_home(lambda value: value.startswith(prefix)))
-
-
-def _pids_with_home(match: Callable[[bytes], bool]) -> set[int]:
-    """The processes whose HOME matches: a droplet's processes, found by the home the login gave them."""
-    found = set()
-    for pid in _pids():
-        try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes()
-        except OSError:
-            continue
-        if any(v.startswith(b"HOME=") and match(v[5:]) for v in environ.split(b"\0")):
-            found.add(pid)
-    return found
-
-
-def _cut(address: str, port: int, home: Path, listeners: set[int], passes: int = 50) -> None:
-    """End the connections to ``address`` and every process of the droplet whose home is ``home``.
-
-    The connections stop first, so that no output of a process dying after them
-    reaches a client; every one is stopped before any is killed; again, while a
-    process forked in between is left.
-    """
-    wanted = str(home).encode()
-    for _ in range(passes):
-        processes = _pids_with_home(lambda value: value == wanted)
-        connections = _holding(_sockets_to(address, port)) - listeners
-        if not processes and not connections:
-            return
-        _kill([*connections, *processes])
-        time.sleep(0.02)
-    raise SandboxError(f"the processes of the droplet at {address} did not end")
-
-
-def _sockets_to(address: str, port: int) -> set[str]:
-    """The inodes of the TCP sockets whose local end is ``address:port`` (/proc/net/tcp)."""
-    # The kernel prints the address as the hex of its 32 bits read in this machine's byte order.
-    local = "%08X:%04X" % (struct.unpack("=I", socket.inet_aton(address))[0], port)
-    try:
-        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
-    except OSError:
-        return set()
-    return {fields[9] for fields in (line.split() for line in lines) if fields[1] == local}
-
-
-def _holding(inodes: set[str]) -> set[int]:
-    """The processes that hold one of these sockets open."""
-    if not inodes:
-        return set()
-    links = {f"socket:[{inode}]" for inode in inodes}
-    found = set()
-    for pid in _pids():
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                if os.readlink(f"/proc/{pid}/fd/{fd}") in links:
-                    found.add(pid)
-                    break
-            except OSError:
-                continue
-    return found
-
-
-def _kill(pids: Iterable[int]) -> None:
-    """SIGKILL ``pids`` as a power cut would: all stopped first, so none runs on while the others die
-    (a shell whose ``sleep`` was killed first would run the next command of its script)."""
-    pids = list(pids)
-    for sig in (signal.SIGSTOP, signal.SIGKILL):
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except OSError:
-                pass
-
-
-def _pids() -> list[int]:
-    own = os.getpid()
-    return [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != own]
