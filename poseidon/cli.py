@@ -484,14 +484,14 @@ def _confirmed(question: str) -> bool:
 def _status(args: argparse.Namespace) -> int:
     import json
 
-    from poseidon import executor
+    from poseidon import status
     from poseidon.report import Reporter
 
     playbook = _load(args.playbook)
     reporter = Reporter(sys.stderr if args.json else None)
     with ExitStack() as stack:
         settings = _settings(stack, reporter, (args.playbook, playbook) if args.sandbox else None)
-        found = executor.status(playbook, settings=settings)
+        found = status.status(playbook, settings=settings)
     if args.json:
         print(json.dumps([p.to_dict() for p in found], indent=2))
     else:
@@ -504,11 +504,11 @@ def _status(args: argparse.Namespace) -> int:
 def _resume_points(runs: Path, playbook: spec.Playbook, path: str, reporter: Reporter) -> dict[str, int] | None:
     """``--resume``: where each droplet starts; with no earlier run logged (a first run in CI,
     where --resume is always given), from the first step, saying so."""
-    from poseidon import executor
+    from poseidon import runlog
 
     try:
-        return executor.resume_points(runs, playbook, path)
-    except executor.NoRunLogged as exc:
+        return runlog.resume_points(runs, playbook, path)
+    except runlog.NoRunLogged as exc:
         reporter.message(f"--resume: {exc}: starting from the first step", "yellow")
         return None
 

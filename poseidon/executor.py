@@ -1,10 +1,15 @@
 """Run a playbook: resolve every droplet, then replay the steps on each, in parallel.
 
-The phases are explicit: the playbook is already validated (offline) →
-:func:`resolve` every droplet through the API → per droplet, in parallel:
-connect → check and apply each step in order → snapshot → close. A failed
-step stops its own droplet only; an exception in one droplet's worker becomes
-that droplet's error and never cancels the others.
+The phases are explicit, each in a module of its own: the playbook is
+already validated (offline, :mod:`poseidon.spec`) → the droplets are
+resolved, created, limited and sharded (:mod:`poseidon.targets`) → per
+droplet, in parallel (here): connect → check and apply each step in order →
+snapshot → close, each step's result logged as it ends
+(:mod:`poseidon.runlog`, which also tells ``--resume`` where to start).
+``poseidon status`` reads the same droplets without changing them
+(:mod:`poseidon.status`). A failed step stops its own droplet only; an
+exception in one droplet's worker becomes that droplet's error and never
+cancels the others.
 
 The executor is given :class:`Settings` (the API's URL and token, the SSH
 login); where they point (DigitalOcean or a sandbox) is not its business.
@@ -12,92 +17,44 @@ login); where they point (DigitalOcean or a sandbox) is not its business.
 
 from __future__ import annotations
 
-import fnmatch
-import hashlib
 import importlib
-import json
 import os
-import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from poseidon import api, dns, errors, files, hostkeys, spec, steps
-from poseidon.droplet import Droplet
+from poseidon import api, dns, spec, steps
 from poseidon.errors import (
-    APIConnectionError,
-    APIError,
     DropletBusyError,
-    NotFoundError,
     NotReadyError,
-    PartlyCreatedError,
     PoseidonError,
-    Problem,
-    ResolveError,
     SSHConnectError,
     SSHError,
     SSHUnresponsiveError,
-    SpecError,
     UsageError,
 )
 from poseidon.masker import Masker
+from poseidon.results import DropletRun, RunResult, StepResult
+from poseidon.runlog import DONE_EARLIER, RESUMED, RunLog
 from poseidon.settings import Settings
-from poseidon.results import DropletRun, ProcessStatus, RunResult, StepResult
 from poseidon.ssh import SESSIONS_ARGS, TOP_ARGS, SSHClient, ps_frames
+from poseidon.targets import Notice, Target, check_creates, check_expected, create_missing, limit, prices, resolve, shard
 
-__all__ = [
-    "RunLog",
-    "RunOptions",
-    "Target",
-    "apply",
-    "check_creates",
-    "create_missing",
-    "resolve",
-    "resume_points",
-    "status",
-    "step_labels",
-]
+__all__ = ["Notice", "Progress", "RunOptions", "apply", "step_labels"]
 
 #: The reason of a step a plan could not check because an earlier step would change the droplet first.
 PREDICTED = "after the changes above (not checked)"
-#: The reason of a step --resume skips because an earlier run did it.
-RESUMED = "done in the run resumed"
 #: Why a step and its droplet stopped when a second Ctrl-C closed the connection.
 ABORTED = "interrupted by a second Ctrl-C: the step running was stopped and the connection closed"
-#: The status of a step ``--resume`` did not run again: an earlier run did it.
-DONE_EARLIER = "done-earlier"
 
 #: Called as each step ends: ``(droplet_name, step_result)``.
 Progress = Callable[[str, StepResult], None]
-#: Called with what a droplet waits for before its first step: ``(droplet_name, text)``.
-Notice = Callable[[str, str], None]
-
-
-@dataclass(frozen=True)
-class Target:
-    """A resolved droplet with the login options its playbook entry gave.
-
-    ``droplet`` is ``None`` for a droplet that does not exist yet and that
-    ``create`` says how to make.
-    """
-
-    name: str
-    droplet: Droplet | None
-    user: str | None = None
-    port: int | None = None
-    create: spec.CreateDroplet | None = None
-    #: The A record the playbook keeps pointing at it.
-    dns: spec.DNSRecord | None = None
-
-    @property
-    def identity(self) -> tuple[int | None, str | None]:
-        return (self.droplet.id, self.droplet.ip_address) if self.droplet else (None, None)
 
 
 @dataclass(frozen=True)
@@ -127,210 +84,10 @@ class RunOptions:
     ready_timeout: float = 60.0
 
 
-# -- resolve ------------------------------------------------------------------
-
-
-def resolve(playbook: spec.Playbook, client: api.Client) -> list[Target]:
-    """Every droplet the playbook names, in order, once each; every missing one reported at once.
-
-    A named droplet that does not exist but has ``create:`` becomes a target
-    without a droplet: :func:`create_missing` makes it.
-    """
-    targets: dict[int | str, Target] = {}
-    problems: list[str] = []
-    found_by_name = client.droplets.find_many(ref.name for ref in playbook.droplets if isinstance(ref, spec.NamedDroplet))
-    for ref in playbook.droplets:
-        try:
-            if isinstance(ref, spec.TaggedDroplets):
-                found = client.droplets.list(tag=ref.tag)
-                if not found:
-                    raise ResolveError(f"no droplet carries the tag {ref.tag!r}")
-                refused = [f"{problem} (droplet {d.id}, tag {ref.tag!r})" for d in found if (problem := spec.droplet_name_problem(d.name))]
-                if refused:
-                    raise ResolveError("; ".join(refused))
-            else:
-                found = found_by_name[ref.name]
-                if len(found) != 1 and not (not found and ref.create):
-                    client.droplets.by_name(ref.name)  # raises the detailed "none" or "several" error
-                if not found:
-                    targets.setdefault(ref.name, Target(ref.name, None, ref.user, ref.port, ref.create, ref.dns))
-        except ResolveError as exc:
-            problems.append(str(exc))
-            continue
-        record = ref.dns if isinstance(ref, spec.NamedDroplet) else None
-        for droplet in found:
-            targets.setdefault(droplet.id, Target(droplet.name, droplet, ref.user, ref.port, dns=record))
-    names = [t.name for t in targets.values()]
-    twins = sorted({n for n in names if names.count(n) > 1})
-    if twins:
-        problems.append(f"several droplets are named {', '.join(map(repr, twins))}: give them unique names")
-    if problems:
-        raise ResolveError("; ".join(problems))
-    return list(targets.values())
-
-
-def check_creates(targets: list[Target], client: api.Client) -> list[dict[str, Any]]:
-    """Refuse, before anything is created, a ``create:`` the API would refuse: a region, size,
-    image or SSH key it does not have, or a size the region does not offer. Raises
-    :class:`SpecError` locating each field, with the API's valid choices nearest to it.
-
-    Returns the sizes the API listed (their prices are the report's); none when nothing is to be created.
-    """
-    creates = [(t.name, t.create) for t in targets if t.droplet is None and t.create is not None]
-    if not creates:
-        return []
-    regions = {str(r["slug"]): r for r in client.regions.list()}
-    listed = client.sizes.list()
-    sizes = {str(s["slug"]): s for s in listed}
-    images: dict[str | int, str] = {}  # per image asked for, why it cannot be used ("" if it can)
-    problems: list[Problem] = []
-
-    def refuse(name: str, create: spec.CreateDroplet, field: str, message: str) -> None:
-        where = create.source(field) or spec.Source("<playbook>", 0, 0, f"{name}.create.{field}")
-        problems.append(Problem(where.file, where.line, where.column, where.path, message))
-
-    for name, create in creates:
-        if create.region not in regions:
-            refuse(name, create, "region", f"{create.region!r} is not a region{errors.did_you_mean(create.region, regions)}")
-        elif not regions[create.region].get("available", True):
-            refuse(name, create, "region", f"{create.region!r} takes no new droplets now")
-        if create.size not in sizes:
-            refuse(name, create, "size", f"{create.size!r} is not a droplet size{errors.did_you_mean(create.size, sizes)}")
-        elif create.region in regions and create.region not in sizes[create.size].get("regions", [create.region]):
-            offered = ", ".join(sorted(sizes[create.size].get("regions", [])))
-            refuse(name, create, "size", f"{create.size!r} is not offered in {create.region} (it is in: {offered})")
-        if create.image not in images:
-            images[create.image] = _image_problem(client, create.image)
-        if images[create.image]:
-            refuse(name, create, "image", images[create.image])
-        try:
-            client.keys._identifiers(create.ssh_keys)
-        except ResolveError as exc:
-            refuse(name, create, "ssh_keys", str(exc))
-    if problems:
-        raise SpecError(problems)
-    return listed
-
-
-def _image_problem(client: api.Client, image: str | int) -> str:
-    """Why ``image`` cannot make a droplet (it does not exist), or ``""``."""
-    try:
-        client.images.get(image)
-        return ""
-    except NotFoundError:
-        pass
-    if isinstance(image, int):
-        return f"no image has the id {image}"
-    slugs = [str(i["slug"]) for i in client.images.list(type="distribution") if i.get("slug")]
-    return f"{image!r} is not an image slug{errors.did_you_mean(image, slugs)}"
-
-
-def create_missing(
-    targets: list[Target],
-    client: api.Client,
-    *,
-    pin_host_keys: bool = True,
-    known_hosts: str | None = None,
-    timeout: float = 300.0,
-    owner_tag: str | None = None,
-    notice: Notice | None = None,
-) -> list[Target]:
-    """Create the droplets that do not exist yet, all at once, and wait until they are active.
-
-    Each carries ``owner_tag`` too (the playbook's, :meth:`spec.Playbook.owner_tag`):
-    ``destroy`` deletes only droplets that carry it.
-
-    With ``pin_host_keys``, each new droplet gets a host key generated here,
-    handed over in its cloud-init user data and recorded under the droplet's
-    id before it boots, so even the first connection is verified. The user
-    data (it holds the private key) is never logged or reported.
-    """
-    missing = [t for t in targets if t.droplet is None and t.create is not None]
-    requests: dict[str, tuple[dict[str, Any], str | None]] = {}
-    for target in missing:  # every user data is checked before anything is created
-        assert target.create is not None
-        options = target.create.model_dump()
-        if owner_tag and owner_tag not in options["tags"]:
-            options["tags"] = [*options["tags"], owner_tag]
-        public = None
-        if pin_host_keys:
-            options["user_data"], public = hostkeys.pinned_user_data(options.pop("user_data", None))
-        requests[target.name] = (options, public)
-    made: dict[str, Droplet] = {}
-    started = time.monotonic()
-
-    def say(name: str, text: str) -> None:
-        if notice is not None:
-            notice(name, text)
-
-    try:
-        for name, (options, public) in requests.items():
-            say(name, f"creating it ({options['region']}, {options['size']}, {options['image']})")
-            made[name] = client.droplets.create(name, wait=False, **options)
-            if public:
-                # No address yet: the first connection adds it beside the alias.
-                hostkeys.record(hostkeys.known_hosts_path(known_hosts), [hostkeys.alias(made[name].id)], public)
-        if made:
-            for name in made:
-                say(name, f"waiting until it is active (at most {timeout:.0f} s)")
-
-            def active(droplet: Droplet) -> None:
-                say(droplet.name, f"active: id {droplet.id}, {droplet.ip_address}, after {time.monotonic() - started:.0f} s")
-
-            listed = client.droplets.wait(list(made.values()), timeout=timeout, on_ready=active)
-            ready = {d.id: d for d in listed}
-            made = {name: ready[d.id] for name, d in made.items()}
-    except (APIError, APIConnectionError) as exc:
-        if not made:
-            raise
-        # Droplets now exist that no report will show: the error names them.
-        raise PartlyCreatedError(exc, [(name, d.id) for name, d in made.items()]) from exc
-    return [
-        Target(t.name, made[t.name], t.user, t.port, t.create, t.dns) if t.name in made and t.droplet is None else t
-        for t in targets
-    ]
-
-
-def _check_expected(targets: list[Target], expect: Mapping[str, tuple[int | None, str | None]]) -> None:
-    """Refuse when names resolve otherwise than a plan saw (renamed, recreated, added, duplicated)."""
-    now = {t.name: t.identity for t in targets}
-    problems = []
-    for name in sorted(set(expect) | set(now)):
-        was, found = expect.get(name), now.get(name)
-        if was == found:
-            continue
-        before = _identity_text(was)
-        after = _identity_text(found)
-        problems.append(f"{name} was {before} when planned, is {after} now")
-    if problems:
-        raise ResolveError("the droplets changed since the plan: " + "; ".join(problems) + "; plan again")
-
-
-def _identity_text(identity: tuple[int | None, str | None] | None) -> str:
-    if identity is None:
-        return "not in the playbook"
-    droplet_id, address = identity
-    return f"{droplet_id} at {address or 'no address'}" if droplet_id else "still to be created"
-
-
-def _limit(targets: list[Target], patterns: Iterable[str] | None) -> list[Target]:
-    """``--limit``: droplet names or shell-style patterns (``web-*``, ``db-[12]``); each must match one."""
-    if patterns is None:
-        return targets
-    names = [t.name for t in targets]
-    wanted: set[str] = set()
-    for pattern in patterns:
-        matched = fnmatch.filter(names, pattern)
-        if not matched:
-            raise UsageError(f"--limit {pattern}: no droplet of the playbook matches{errors.did_you_mean(pattern, names)}")
-        wanted.update(matched)
-    return [t for t in targets if t.name in wanted]
-
-
 # -- variables and secrets ----------------------------------------------------
 
 
-def _environment(playbook: spec.Playbook) -> dict[str, str]:
+def playbook_environment(playbook: spec.Playbook) -> dict[str, str]:
     """The variables the steps read with ``${env:NAME}``; an unset one stops the run before it starts."""
     names = playbook.env_names()
     missing = [n for n in names if n not in os.environ]
@@ -339,7 +96,7 @@ def _environment(playbook: spec.Playbook) -> dict[str, str]:
     return {n: os.environ[n] for n in names}
 
 
-def _secrets(playbook: spec.Playbook) -> dict[str, str]:
+def git_tokens(playbook: spec.Playbook) -> dict[str, str]:
     """The git tokens the steps may need, read from this machine's environment."""
     names = {s.token_env for s in playbook.steps if isinstance(s, spec.GitStep)}
     return {n: os.environ[n] for n in names if os.environ.get(n)}
@@ -348,7 +105,7 @@ def _secrets(playbook: spec.Playbook) -> dict[str, str]:
 # -- one droplet --------------------------------------------------------------
 
 
-def _connect(
+def connect(
     target: Target,
     settings: Settings,
     options: RunOptions,
@@ -598,7 +355,7 @@ def _run_droplet(target: Target, ctx: _Context) -> DropletRun:
         if conflicts:  # names made of values: the same on this droplet
             raise UsageError("; ".join(conflicts))
         ctx.doing(run.name, "connecting")
-        with _connect(target, ctx.settings, ctx.options, ctx.notice, ctx.stop) as ssh, ctx.holding(run.name, ssh):
+        with connect(target, ctx.settings, ctx.options, ctx.notice, ctx.stop) as ssh, ctx.holding(run.name, ssh):
             if ctx.mode == "apply":
                 _lock(ssh, run, ctx.notice)  # held until the connection closes
             ctx.doing(run.name, "waiting until it is ready")
@@ -772,15 +529,15 @@ def apply(
         raise UsageError(f"there is no step {options.start_at + 1}: the playbook has {len(playbook.steps)}")
     started = time.time()
     clock = time.monotonic()
-    environ = _environment(playbook)
-    secrets = _secrets(playbook)
+    environ = playbook_environment(playbook)
+    secrets = git_tokens(playbook)
     client = client or api.connect(settings=settings)
-    targets = _shard(_limit(resolve(playbook, client), options.limit), options.shard)
+    targets = shard(limit(resolve(playbook, client), options.limit), options.shard)
     if options.expect is not None:
-        _check_expected(targets, options.expect)
+        check_expected(targets, options.expect)
     sizes = check_creates(targets, client)
     result = RunResult(playbook=path, name=playbook.name, mode=options.mode, started=started)
-    masker = _masker(playbook, environ, secrets, settings, client)
+    masker = output_masker(playbook, environ, secrets, settings, client)
     # The log first: a run that cannot record itself must not create droplets.
     log = RunLog.start(options.run_log, result, [t.name for t in targets], options.resume) if options.run_log else None
     try:
@@ -799,10 +556,10 @@ def apply(
         labels = step_labels(playbook, environ, masker)
         context = _Context(playbook, environ, secrets, settings, options, masker, labels, progress, notice, log)
         result.droplets = _run_all(targets, context, result)
-        prices = _prices(targets, sizes)
+        costs = prices(targets, sizes)
         for run in result.droplets:
             run.dns = records.get(run.name)
-            run.price_monthly, run.price_hourly = prices.get(run.name, (None, None))
+            run.price_monthly, run.price_hourly = costs.get(run.name, (None, None))
     finally:
         if log:
             log.close()
@@ -811,20 +568,7 @@ def apply(
     return result
 
 
-def _prices(targets: list[Target], listed: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
-    """Per droplet created (or to be), its size's monthly and hourly price, from the sizes
-    :func:`check_creates` listed (no second request)."""
-    sizes = {t.name: t.create.size for t in targets if t.create is not None}
-    if not sizes:
-        return {}
-    try:
-        known = {str(s["slug"]): (float(s["price_monthly"]), float(s["price_hourly"])) for s in listed}
-    except (KeyError, TypeError, ValueError):
-        return {}  # the prices are information: the run does not fail for nonsense in them
-    return {name: known[size] for name, size in sizes.items() if size in known}
-
-
-def _masker(
+def output_masker(
     playbook: spec.Playbook,
     environ: Mapping[str, str],
     secrets: Mapping[str, str],
@@ -850,7 +594,7 @@ def step_labels(
     secret = playbook.secret_names()
     values = {k: v for k, v in spec.substitutions(playbook, environ={}).items() if k not in secret}
     settings = settings if settings is not None else Settings.from_environ()
-    masker = masker or _masker(playbook, environ, _secrets(playbook), settings)
+    masker = masker or output_masker(playbook, environ, git_tokens(playbook), settings)
     return [masker.text(steps.describe(step, values)) for step in playbook.steps]
 
 
@@ -892,270 +636,3 @@ def _given_up(target: Target, ctx: _Context) -> DropletRun:
 def _wait_all(futures: list[Future[DropletRun]]) -> None:
     while not all(f.done() for f in futures):
         wait(futures, timeout=0.2)  # short waits keep Ctrl-C responsive in the main thread
-
-
-def _shard(targets: list[Target], shard: tuple[int, int] | None) -> list[Target]:
-    """The I-th of N slices, by name: every droplet in exactly one shard, sizes within one."""
-    if shard is None:
-        return targets
-    index, count = shard
-    if not 1 <= index <= count:
-        raise UsageError(f"--shard {index}/{count}: I must be between 1 and N")
-    ordered = sorted(targets, key=lambda t: t.name)
-    chosen = {t.name for t in ordered[index - 1 :: count]}
-    return [t for t in targets if t.name in chosen]
-
-
-class RunLog:
-    """``.poseidon/runs/<time>-<pid>-<random>.jsonl``: one JSON line per step as it ends, so a crash loses nothing done.
-
-    The name starts with the run's start time to the microsecond (names sort by
-    start time) and is unique: runs started in one second, in one process or
-    not, never share a log. Which run is the latest is read from the header's
-    ``started``, not from the name (:func:`resume_points`).
-    """
-
-    def __init__(self, path: Path, descriptor: int | None = None) -> None:
-        self.path = path
-        #: Why the log is incomplete (the first write that failed), or ``None``.
-        self.error: str | None = None
-        self._lock = threading.Lock()
-        # The descriptor of the file just created: never the name again, where a link could be by now.
-        self._file = os.fdopen(descriptor, "a", encoding="utf-8") if descriptor is not None else open(path, "a", encoding="utf-8")
-
-    @classmethod
-    def start(
-        cls, folder: Path, result: RunResult, droplets: list[str], resumed: Mapping[str, int] | None = None
-    ) -> RunLog:
-        """Open a new log in ``folder``; its first line names the run. A run that resumes another
-        records where each droplet resumed (every droplet of that run, not only this one's),
-        so that resuming this one never goes back before it."""
-        try:
-            files.folder(folder)
-            log = cls(*_new_log_file(folder, result.started))
-        except OSError as exc:
-            raise UsageError(f"cannot write the run log in {folder}: {exc.strerror}") from exc
-        playbook = os.path.abspath(result.playbook)
-        header: dict[str, Any] = {"playbook": playbook, "mode": result.mode, "started": result.started, "droplets": droplets}
-        header["sha256"] = _text_digest(playbook)
-        if resumed is not None:
-            header["resumed"] = dict(resumed)
-        log._write({"run": header})
-        return log
-
-    def step(self, droplet: str, step: StepResult) -> None:
-        self._write({"droplet": droplet, **step.to_dict()})
-
-    def _write(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, default=str) + "\n"
-        with self._lock:
-            try:
-                self._file.write(line)
-                self._file.flush()
-            except OSError as exc:
-                # A full disk must not stop the droplets' work: the report still has it, and
-                # the first failure is kept for the command to tell.
-                self.error = self.error or f"{exc.strerror or exc} (from {record.get('droplet', 'the start')} on)"
-
-    def close(self) -> None:
-        try:
-            self._file.close()
-        except OSError as exc:
-            self.error = self.error or f"{exc.strerror or exc} (at the end)"
-
-
-def _new_log_file(folder: Path, started: float) -> tuple[Path, int]:
-    """Create a new, empty log file (0600) in ``folder`` named after ``started`` (UTC, to the microsecond);
-    return it and a descriptor open on it.
-
-    A pid and a random part follow the time, and the file is created only if
-    no file has its name (``O_EXCL``): no two runs ever write to one log.
-    """
-    seconds = int(started)
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(seconds)) + f".{int((started - seconds) * 1e6):06d}"
-    while True:
-        path = folder / f"{stamp}-{os.getpid()}-{secrets.token_hex(4)}.jsonl"
-        try:
-            return path, files.create_new(path)
-        except FileExistsError:
-            continue  # the same microsecond, pid and random part: another name
-
-
-class NoRunLogged(UsageError):
-    """``--resume`` found no earlier run of this playbook as it is now (none, or one of another text)."""
-
-
-def _text_digest(path: str) -> str | None:
-    """The playbook's text's digest: a run of another text says nothing of which steps are done."""
-    try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    except OSError:
-        return None
-
-
-def resume_points(folder: Path, playbook: spec.Playbook, path: str) -> dict[str, int]:
-    """Per droplet, the first step not done in the latest applied run of the playbook at ``path``.
-
-    The latest is the one whose header records the latest ``started``, whatever the files are
-    called, among those that ran a step (or resumed another).
-    """
-    playbook_path = os.path.abspath(path)
-    runs: list[tuple[float, str]] = []
-    for log in folder.glob("*.jsonl") if folder.is_dir() else []:
-        header = _read_header(log)
-        if header.get("mode") == "apply" and header.get("playbook") == playbook_path:
-            runs.append((_start_time(header), log.name))  # the name only breaks a tie
-    # The latest run that ran something: one refused before any step (another apply held the
-    # droplets) says nothing of where they are.
-    steps_count = len(playbook.steps)
-    for _, name in sorted(runs, reverse=True):
-        header, done, ran = _read_log(folder / name, steps_count)
-        if ran or header.get("resumed"):
-            break
-    else:
-        raise NoRunLogged(f"no run of this playbook is logged in {folder}")
-    if header.get("sha256") != _text_digest(playbook_path):
-        # Steps added, removed or reordered since: "step 3 was done" may name another step now.
-        raise NoRunLogged("the playbook changed since its last run")
-    # A run that resumed another is done up to where it resumed, for every droplet of that one.
-    resumed: dict[str, int] = header.get("resumed") or {}
-    points = {}
-    for droplet in dict.fromkeys([*resumed, *header.get("droplets", [])]):
-        succeeded = done.get(droplet, set()) | set(range(resumed.get(droplet, 0)))
-        points[droplet] = next((i for i in range(steps_count) if i not in succeeded), steps_count)
-    return points
-
-
-def _read_header(path: Path) -> dict[str, Any]:
-    """A log's header (its first line), or ``{}`` when it has none that can be read."""
-    try:
-        with path.open(encoding="utf-8", errors="replace") as file:
-            record = json.loads(file.readline())
-    except (OSError, ValueError):
-        return {}
-    header = record.get("run") if isinstance(record, dict) else None
-    return header if isinstance(header, dict) else {}
-
-
-def _start_time(header: dict[str, Any]) -> float:
-    """When the run of this header started (seconds since the epoch); a header without a time, never."""
-    try:
-        return float(header["started"])
-    except (KeyError, TypeError, ValueError):
-        return float("-inf")
-
-
-def _read_log(path: Path, steps: int) -> tuple[dict[str, Any], dict[str, set[int]], bool]:
-    """A log's header, the steps done per droplet (below ``steps``), and whether any step record is in it.
-
-    A log is poseidon's, but a file on disk: what is not as poseidon writes it is
-    refused as ``FILE:LINE: what``, and step numbers are taken only below
-    ``steps`` (a resume point of 10**14 builds nothing that large).
-    """
-    header: dict[str, Any] = {}
-    done: dict[str, set[int]] = {}
-    ran = False
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    for number, line in enumerate(lines, 1):
-        try:
-            record = json.loads(line)
-        except ValueError:
-            if number == len(lines):
-                continue  # the last line, cut short by a crash
-            raise UsageError(f"{path}:{number}: --resume: not a JSON line: the run log is damaged") from None
-        if not isinstance(record, dict):
-            raise UsageError(f"{path}:{number}: --resume: a record is a JSON object, not {type(record).__name__}")
-        if "run" in record:
-            header = _checked_header(path, number, record["run"], steps)
-            continue
-        ran = True
-        droplet, index = record.get("droplet"), record.get("index")
-        if not isinstance(droplet, str) or type(index) is not int or index < 0:
-            raise UsageError(f"{path}:{number}: --resume: a step record needs a droplet name and a step number")
-        if index < steps and (record.get("status") in ("ok", "changed", DONE_EARLIER) or record.get("reason") == RESUMED):
-            done.setdefault(droplet, set()).add(index)
-    return header, done, ran
-
-
-def _checked_header(path: Path, number: int, header: Any, steps: int) -> dict[str, Any]:
-    """The ``run`` record, its ``droplets`` names and its ``resumed`` points (each at most ``steps``)."""
-    where = f"{path}:{number}: --resume"
-    if not isinstance(header, dict):
-        raise UsageError(f"{where}: run: a JSON object")
-    droplets = header.get("droplets", [])
-    if not isinstance(droplets, list) or not all(isinstance(name, str) for name in droplets):
-        raise UsageError(f"{where}: run.droplets: a list of droplet names")
-    resumed = header.get("resumed") or {}
-    if not isinstance(resumed, dict) or not all(type(point) is int and point >= 0 for point in resumed.values()):
-        raise UsageError(f"{where}: run.resumed: droplet names and step numbers")
-    return {**header, "resumed": {str(name): min(point, steps) for name, point in resumed.items()}}
-
-
-# -- status ---------------------------------------------------------------------
-
-
-def status(
-    playbook: spec.Playbook,
-    *,
-    settings: Settings | None = None,
-    client: api.Client | None = None,
-    forks: int = 20,
-) -> list[ProcessStatus]:
-    """The processes the playbook's ``nohup`` steps manage, on every droplet: alive or dead, pid, uptime, log.
-
-    Changes nothing: ``chdir`` steps are followed (they only check), every
-    other step but ``nohup`` is passed over.
-    """
-    settings = settings if settings is not None else Settings.from_environ()
-    environ = _environment(playbook)
-    client = client or api.connect(settings=settings)
-    masker = _masker(playbook, environ, _secrets(playbook), settings, client)
-    targets = [t for t in resolve(playbook, client) if t.droplet is not None]
-    if not targets:
-        return []
-    with ThreadPoolExecutor(max_workers=max(1, min(forks, len(targets)))) as pool:
-        found = list(pool.map(lambda t: _droplet_status(t, playbook, environ, settings), targets))
-    entries = [entry for entries in found for entry in entries]
-    for entry in entries:
-        entry.log_tail = masker.text(entry.log_tail)
-    return entries
-
-
-def _droplet_status(
-    target: Target, playbook: spec.Playbook, environ: dict[str, str], settings: Settings
-) -> list[ProcessStatus]:
-    nohups = [s for s in playbook.steps if isinstance(s, spec.NohupStep)]
-    assert target.droplet is not None
-    values = spec.substitutions(playbook, droplet=target.droplet, environ=environ)
-    found: list[ProcessStatus] = []
-    try:
-        with _connect(target, settings, RunOptions(), None) as ssh:
-            for raw in playbook.steps:
-                step = spec.expand(raw, values)
-                if isinstance(step, spec.ChdirStep):
-                    if ssh.run_step(step, mode="check").status == "failed":
-                        break  # later steps' directories do not exist yet
-                elif isinstance(step, spec.NohupStep):
-                    found.append(_process_status(ssh, target.name, step))
-    except PoseidonError as exc:
-        state = "unreachable" if isinstance(exc, SSHError) else "unknown"
-        return [ProcessStatus(target.name, s.process_name(), state, log_tail=str(exc)) for s in nohups]
-    seen = {p.name for p in found}
-    found += [ProcessStatus(target.name, s.process_name(), "dead") for s in nohups if s.process_name() not in seen]
-    return found
-
-
-def _process_status(ssh: SSHClient, droplet: str, step: spec.NohupStep) -> ProcessStatus:
-    result = ssh.run(steps.nohup_status(step), title=f"status {step.process_name()}")
-    first, _, tail = result.stdout.partition("\n")
-    state, pid, uptime, leftover = (first.split("\t") + ["", "", "", ""])[:4]
-    return ProcessStatus(
-        droplet,
-        step.process_name(),
-        state or "unknown",
-        int(pid) if pid.isdecimal() and state == "alive" else None,
-        "" if uptime == "-" else uptime,
-        tail.rstrip("\n"),
-        ssh.cwd or "~",
-        [int(p) for p in leftover.split() if p.isdecimal()],
-    )

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from poseidon import executor
+from poseidon import runlog
 from poseidon.cli import main
 from poseidon.sandbox import Sandbox
 
@@ -49,14 +49,14 @@ def test_a_report_on_a_full_disk_is_an_error_after_the_run_and_the_terminal_has_
 def test_a_run_log_on_a_full_disk_lets_the_droplets_finish_and_says_so(
     playbook: Path, sandbox_env: Sandbox, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    opened = executor.RunLog.__init__
+    opened = runlog.RunLog.__init__
 
-    def on_a_full_disk(self: executor.RunLog, path: Path, descriptor: int | None = None) -> None:
+    def on_a_full_disk(self: runlog.RunLog, path: Path, descriptor: int | None = None) -> None:
         if descriptor is not None:
             os.close(descriptor)
         opened(self, FULL)  # every write fails as on a full disk; the path is the only fake
 
-    monkeypatch.setattr(executor.RunLog, "__init__", on_a_full_disk)
+    monkeypatch.setattr(runlog.RunLog, "__init__", on_a_full_disk)
     assert main(["apply", str(playbook), "--json"]) == 2
     out, err = capsys.readouterr()
     report = json.loads(out)

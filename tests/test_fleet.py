@@ -499,7 +499,7 @@ def test_resume_passes_over_a_run_that_was_refused_before_any_step(
 def test_a_hand_edited_run_log_is_a_located_error_and_a_huge_resume_point_builds_nothing_huge(
     tmp_path: Path, env: Sandbox, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from poseidon import executor, spec
+    from poseidon import runlog, spec
 
     path = playbook(tmp_path, "- run: echo one\n- run: echo two\n", droplets=["d1"])
     runs = tmp_path / ".poseidon" / "runs"
@@ -513,7 +513,7 @@ def test_a_hand_edited_run_log_is_a_located_error_and_a_huge_resume_point_builds
 
     loaded = spec.load(path)
     write({"run": {**header["run"], "resumed": {"d1": 99999999999999}}})
-    assert executor.resume_points(runs, loaded, str(path)) == {"d1": 2}  # the end, at once
+    assert runlog.resume_points(runs, loaded, str(path)) == {"d1": 2}  # the end, at once
     write(header, raw='{"droplet": "d1", "index": "abc", "status": "ok"}\n')
     assert main(["apply", str(path), "--resume"]) == 2
     assert f"{log}:2: --resume: a step record needs a droplet name and a step number" in capsys.readouterr().err
@@ -521,4 +521,4 @@ def test_a_hand_edited_run_log_is_a_located_error_and_a_huge_resume_point_builds
     assert main(["apply", str(path), "--resume"]) == 2
     assert f"{log}:2: --resume: not a JSON line: the run log is damaged" in capsys.readouterr().err
     write(header, {"droplet": "d1", "index": 0, "status": "ok"}, raw='{"droplet": "d1", "ind')  # cut by a crash
-    assert executor.resume_points(runs, loaded, str(path)) == {"d1": 1}
+    assert runlog.resume_points(runs, loaded, str(path)) == {"d1": 1}

@@ -209,7 +209,7 @@ def test_a_resume_limited_to_some_droplets_keeps_the_others_where_they_were(
 def test_a_droplet_a_resume_could_not_reach_resumes_next_time_where_it_was(
     tmp_path: Path, fleet: Sandbox, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from poseidon import executor, spec
+    from poseidon import executor, runlog, spec
 
     path = tmp_path / "site.yaml"
     path.write_text(RESUME_PLAYBOOK)
@@ -228,7 +228,7 @@ def test_a_droplet_a_resume_could_not_reach_resumes_next_time_where_it_was(
         path=str(path),
         options=executor.RunOptions(
             limit=("n1", "n2"),
-            resume=executor.resume_points(runs, playbook, str(path)),
+            resume=runlog.resume_points(runs, playbook, str(path)),
             run_log=runs,
             ready_timeout=0.0,
         ),
@@ -237,7 +237,7 @@ def test_a_droplet_a_resume_could_not_reach_resumes_next_time_where_it_was(
     assert reached["n2"].unreachable and reached["n2"].error, "n2 was reached"
     assert [s.status for s in reached["n1"].steps] == ["done-earlier", "changed", "changed"]
     assert not (fleet.home("n2") / "count-2").exists()
-    assert executor.resume_points(runs, playbook, str(path)) == {"n1": 3, "n2": 1, "n3": 1}
+    assert runlog.resume_points(runs, playbook, str(path)) == {"n1": 3, "n2": 1, "n3": 1}
 
     fleet.power_on("n2")
     assert main(["apply", str(path), "--json", "--resume"]) == 0

@@ -226,7 +226,7 @@ def test_the_library_keeps_plain_shell_when_no_values_are_given(sandbox_env: San
 
 def test_a_droplet_found_by_tag_with_a_name_poseidon_would_refuse_stops_the_run_before_any_connection() -> None:
     """A hostile API (or a console typo) names a tagged droplet as no playbook may: refused, escaped."""
-    from poseidon import executor
+    from poseidon import targets
     from poseidon.droplet import Droplet
     from poseidon.errors import ResolveError
 
@@ -242,7 +242,7 @@ def test_a_droplet_found_by_tag_with_a_name_poseidon_would_refuse_stops_the_run_
 
     playbook = spec.loads("version: 1\ndroplets: [{tag: web}]\nsteps: [{run: 'true'}]\n")
     with pytest.raises(ResolveError) as caught:
-        executor.resolve(playbook, Client())  # type: ignore[arg-type]
+        targets.resolve(playbook, Client())  # type: ignore[arg-type]
     assert str(caught.value) == (
         "'web-$(touch x)\\n\\x1b[2J' is not a droplet name (letters, digits, . and -) (droplet 8, tag 'web')"
     )
