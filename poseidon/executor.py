@@ -144,13 +144,12 @@ def connect(
 def _lock(ssh: SSHClient, run: DropletRun, notice: Notice | None) -> None:
     """Hold the droplet's apply lock for as long as the connection lives; refuse when another run has it."""
     holder = f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S %Z')}"
-    answer, _, rest = ssh.lock(holder).partition("\n")
-    if answer.strip() == steps.BUSY:
-        other = rest.strip() or "an unknown run"
+    answer = ssh.lock(holder)
+    if answer.state == "busy":
+        other = answer.detail or "an unknown run"
         raise DropletBusyError(f"{run.name} is being provisioned by another poseidon run ({other}); try again when it ends")
-    if answer.strip() != steps.LOCKED and notice:
-        why = answer.strip().removeprefix("poseidon-lock: ") or "no answer"
-        notice(run.name, f"no apply lock on the droplet ({why}): this run is not protected from another at the same time")
+    if answer.state == "none" and notice:
+        notice(run.name, f"no apply lock on the droplet ({answer.detail or 'no answer'}): this run is not protected from another at the same time")
 
 
 @dataclass(frozen=True)

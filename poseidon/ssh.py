@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from poseidon import hostkeys, steps
 from poseidon.errors import CommandError, SSHConnectError, SSHError, SSHUnresponsiveError
 from poseidon.masker import Masker
+from poseidon.session import OUTPUT_KEPT, CommandResult, LockAnswer, Session, Unanswered
 from poseidon.shell import BindError
 
 if TYPE_CHECKING:
@@ -127,192 +128,8 @@ def _preferring(types: list[str]) -> Callable[..., Any]:
     return transport
 
 
-#: Of a command's output, the first and last this many bytes of each stream are kept (by default).
-OUTPUT_KEPT = 16 << 20
 #: What a step keeps of each stream: its head and its tail (the report shows the tail).
 STEP_OUTPUT_KEPT = 64 << 10
-
-
-class _Unanswered(Exception):
-    """The droplet stopped answering: a keepalive went unanswered, or a step outlived its timeout."""
-
-
-class _Keepalive:
-    """One ``keepalive@openssh.com`` request, answered (either way) or not yet.
-
-    paramiko's own keepalive sends requests that want no answer, so a server
-    whose sshd froze goes unnoticed; this one waits for the answer on a
-    thread of its own, which ends when the answer comes or the connection closes.
-    """
-
-    def __init__(self, transport: Any) -> None:
-        import threading
-
-        self.started = time.monotonic()
-        self._thread = threading.Thread(target=self._ask, args=(transport,), daemon=True)
-        self._thread.start()
-
-    @staticmethod
-    def _ask(transport: Any) -> None:
-        try:
-            transport.global_request("keepalive@openssh.com", wait=True)
-        except Exception:  # noqa: BLE001 - the connection ended: the session notices
-            pass
-
-    @property
-    def answered(self) -> bool:
-        return not self._thread.is_alive()
-
-
-class _Session:
-    """One shell on one channel that runs commands one after another: one round trip each.
-
-    A channel per command costs two round trips more (open the channel, start
-    the command) before the command's own. The session's shell reads each
-    command from the channel's stdin (:func:`poseidon.steps.session_command`)
-    and ends its stdout and stderr with a token no command prints.
-    """
-
-    def __init__(self, transport: Any, keepalive: float | None = None) -> None:
-        import secrets
-
-        self.token = f"::poseidon-end-{secrets.token_hex(8)}"
-        self.transport = transport
-        #: Seconds of silence after which the droplet is asked whether it still answers;
-        #: as long again without an answer and it is taken for frozen.
-        self.keepalive = keepalive
-        self.channel = transport.open_session()
-        self.channel.exec_command(steps.SESSION_SHELL)
-        self._out, self._err = bytearray(), bytearray()
-
-    def run(
-        self, command: str, stdin: str | None = None, limit: float | None = None, keep: int = OUTPUT_KEPT
-    ) -> tuple[int, str, str]:
-        """Run ``command``; return its exit status, stdout and stderr. Raises ``EOFError`` when the shell ended,
-        :class:`_Unanswered` when the droplet stops answering or ``limit`` seconds pass."""
-        self.send(steps.session_command(command, self.token, stdin=stdin))
-        return self.receive(limit, keep)
-
-    def send(self, text: str) -> None:
-        """Send shell text that ends with :func:`poseidon.steps.session_command`'s end lines; several may wait."""
-        # A value read from this machine's environment may hold bytes that are not UTF-8: they go as they are.
-        self.channel.sendall(text.encode("utf-8", "surrogateescape"))
-
-    def receive(self, limit: float | None = None, keep: int = OUTPUT_KEPT) -> tuple[int, str, str]:
-        """The next command's exit status, stdout and stderr, in the order they were sent.
-
-        Of an output longer than thrice ``keep`` bytes, the first and last ``keep`` are kept
-        and the rest streams away: a command printing gigabytes costs no more memory than that.
-        """
-        import select
-
-        token = self.token.encode()
-        out = _Framed(self._out, token + b"<\n", b"\n" + token + b" ")
-        err = _Framed(self._err, token + b"<\n", b"\n" + token + b"\n")
-        channel = self.channel
-        heard = time.monotonic()
-        end = heard + limit if limit else None
-        probe: _Keepalive | None = None
-        while not (out.done() and err.done()):
-            if end is not None and time.monotonic() > end:
-                raise _Unanswered(f"the step was still running {limit:g} s after it started, past its timeout")
-            if channel.recv_ready():
-                self._out += channel.recv(65536)
-                out.done()
-                out.trim(keep)
-                heard, probe = time.monotonic(), None
-                continue
-            if channel.recv_stderr_ready():
-                self._err += channel.recv_stderr(65536)
-                err.done()
-                err.trim(keep)
-                heard, probe = time.monotonic(), None
-                continue
-            if channel.closed or channel.eof_received:
-                raise EOFError("the session's shell ended")
-            now = time.monotonic()
-            if self.keepalive and now - heard > self.keepalive:
-                if probe is None:
-                    probe = _Keepalive(self.transport)
-                elif probe.answered:
-                    heard, probe = now, None
-                elif now - probe.started > self.keepalive:
-                    raise _Unanswered(f"it has not answered for {now - heard:.0f} s (keepalives unanswered)")
-            # The channel's fileno is readable while either stream has data.
-            select.select([channel], [], [], min(1.0, self.keepalive or 1.0))
-        status_end = self._out.index(b"\n", out.end + len(out.end_marker))
-        status = bytes(self._out[out.end + len(out.end_marker) : status_end])
-        stdout, stderr = out.output(), err.output()
-        # What follows belongs to the next command (or to a process this one left writing).
-        del self._out[: status_end + 1]
-        del self._err[: err.end + len(err.end_marker)]
-        exited = int(status) if status.isdigit() else -1
-        return exited, stdout.decode(errors="replace"), stderr.decode(errors="replace")
-
-    def close(self) -> None:
-        self.channel.close()
-
-
-class _Framed:
-    """Finds one command's output in a stream's buffer: after its begin line, up to its end marker.
-
-    Each search starts where the last one stopped, so a large output is
-    scanned once, not once per packet.
-    """
-
-    def __init__(self, buffer: bytearray, begin: bytes, end_marker: bytes) -> None:
-        self.buffer, self.begin, self.end_marker = buffer, begin, end_marker
-        self.start = self.end = -1
-        self._scanned = 0
-        #: Bytes of the output dropped from its middle (:meth:`trim`), after its first ``_head`` bytes.
-        self.dropped = 0
-        self._head = 0
-
-    def trim(self, keep: int) -> None:
-        """Drop the middle of an output longer than thrice ``keep``: its first and last ``keep`` bytes stay.
-
-        While the output is arriving, its last ``keep`` bytes are kept past what could be the
-        start of the end marker, so the end marker is found whatever was dropped before it.
-        Once the end marker is in, the output ends there and is cut to exactly its head and tail.
-        """
-        if self.start < 0:
-            return
-        complete = self.end >= 0
-        stop = self.end if complete else len(self.buffer)
-        if stop - self.start <= (2 * keep if complete and self.dropped else 3 * keep):
-            return
-        head, tail = self.start + keep, stop - keep - (0 if complete else len(self.end_marker))
-        del self.buffer[head:tail]
-        self.dropped += tail - head
-        self._head = keep
-        if complete:
-            self.end -= tail - head
-        self._scanned = max(head, self._scanned - (tail - head))
-
-    def output(self) -> bytes:
-        """The output between the markers; where its middle was dropped, a line says how much."""
-        data = bytes(self.buffer[self.start : self.end])
-        if not self.dropped:
-            return data
-        note = f"\n[poseidon: {self.dropped:,} bytes of output not kept here]\n".encode()
-        return data[: self._head] + note + data[self._head :]
-
-    def done(self) -> bool:
-        data = self.buffer
-        if self.start < 0:
-            at = data.find(self.begin, max(0, self._scanned - len(self.begin)))
-            self._scanned = len(data)
-            if at < 0:
-                return False
-            self.start = self._scanned = at + len(self.begin)
-        if self.end < 0:
-            at = data.find(self.end_marker, max(self.start, self._scanned - len(self.end_marker)))
-            self._scanned = len(data)
-            if at < 0:
-                return False
-            self.end = at
-        # stdout's end marker is followed by the exit status: complete once its line is.
-        return self.end_marker.endswith(b"\n") or data.find(b"\n", self.end + len(self.end_marker)) >= 0
 
 
 def _sudo_hint(stderr: str, exited: int, user: str, label: str) -> str | None:
@@ -375,7 +192,7 @@ class SSHClient:
         #: The pid of the shell of this connection's session on the droplet, once known (:meth:`lock`).
         self.shell_pid: int | None = None
         self._connection: Connection | None = None
-        self._session: _Session | None = None
+        self._session: Session | None = None
         #: Whether this client's session took the droplet's apply lock (:meth:`lock`).
         self._locked = False
         #: The change marks of the steps run so far (:func:`poseidon.steps.change_mark`).
@@ -494,8 +311,8 @@ class SSHClient:
         title: str | None = None,
         deadline: float | None = None,
         keep: int = OUTPUT_KEPT,
-    ) -> Any:
-        """Run ``cmd`` in the working directory; return Fabric's ``Result`` (never raises on exit status).
+    ) -> CommandResult:
+        """Run ``cmd`` in the working directory; return what it did (never raises on exit status).
 
         Commands run one after another in the connection's shell session (one
         round trip each); ``stdin`` is their whole input. ``timeout`` (seconds,
@@ -515,7 +332,7 @@ class SSHClient:
         if not interactive and timeout is None:
             command = self._in_cwd(cmd)
             with self._session_in_use() as session:
-                return self._result(command, session.run(command, stdin=stdin, limit=deadline, keep=keep))
+                return session.run(command, stdin=stdin, limit=deadline, keep=keep)
         try:
             result = self._run_channel(cmd, stdin=stdin, timeout=timeout, title=title, interactive=interactive)
         except (OSError, EOFError, paramiko.SSHException) as exc:
@@ -526,7 +343,7 @@ class SSHClient:
         return result
 
     @contextmanager
-    def _session_in_use(self) -> Iterator[_Session]:
+    def _session_in_use(self) -> Iterator[Session]:
         """The connection's shell session; dropped when a command on it did not finish."""
         import paramiko
 
@@ -538,10 +355,10 @@ class SSHClient:
             transport = self.connection.client.get_transport()
             if transport is None or not transport.is_active():
                 raise self._lost(EOFError("the connection is closed"))
-            self._session = _Session(transport, self.keepalive)
+            self._session = Session(transport, self.keepalive)
         try:
             yield self._session
-        except _Unanswered as exc:
+        except Unanswered as exc:
             # Its output may never come: this connection can carry nothing more.
             self.close()
             raise SSHUnresponsiveError(f"{self.label} stopped answering: {exc}; the connection was closed") from exc
@@ -558,43 +375,29 @@ class SSHClient:
         if session is not None:
             session.close()
 
-    def _result(self, command: str, outcome: tuple[int, str, str]) -> Any:
-        from fabric.runners import Result
-
-        exited, stdout, stderr = outcome
-        return Result(
-            connection=self.connection, command=command, stdout=stdout, stderr=stderr, exited=exited, hide=("stdout", "stderr")
-        )
-
-    def run_pipelined(self, commands: list[str]) -> list[Any]:
+    def run_pipelined(self, commands: list[str]) -> list[CommandResult]:
         """Run ``commands`` one after another, sent at once: one round trip for all of them.
 
         For commands whose outcome does not decide whether the next one runs
-        (each runs whatever the others did). Returns Fabric ``Result`` objects.
+        (each runs whatever the others did).
         """
-        texts = [self._in_cwd(cmd) for cmd in commands]
         with self._session_in_use() as session:
-            session.send("".join(steps.session_command(text, session.token) for text in texts))
-            return [self._result(text, session.receive()) for text in texts]
+            return session.run_all([self._in_cwd(cmd) for cmd in commands])
 
-    def lock(self, holder: str) -> str:
+    def lock(self, holder: str) -> LockAnswer:
         """Hold the droplet's apply lock until this connection closes (``~/.poseidon/apply.lock``, flock).
 
-        Returns what the droplet answered: :data:`poseidon.steps.LOCKED`, or
-        :data:`poseidon.steps.BUSY` and the holder's line, or a line saying
-        why there is no lock. The session's shell holds the lock; no command
-        inherits it, so a process a step leaves running does not keep it. If
-        that shell ends while the connection lives, later commands raise
-        :class:`SSHError` instead of running unlocked.
+        Returns what the droplet answered: held, busy (with the holder's line),
+        or none (with why there is no lock). The session's shell holds the
+        lock; no command inherits it, so a process a step leaves running does
+        not keep it. If that shell ends while the connection lives, later
+        commands raise :class:`SSHError` instead of running unlocked.
         """
         with self._session_in_use() as session:
-            session.send(steps.session_lock(holder, session.token))
-            answer = session.receive()[1]
-        lines = answer.splitlines()
-        if lines and lines[-1].startswith(steps.SHELL_LINE) and lines[-1][len(steps.SHELL_LINE) :].isdecimal():
-            self.shell_pid = int(lines.pop()[len(steps.SHELL_LINE) :])
-            answer = "".join(line + "\n" for line in lines)
-        self._locked = answer.split("\n", 1)[0].strip() == steps.LOCKED
+            answer = session.lock(holder)
+        if answer.shell_pid is not None:
+            self.shell_pid = answer.shell_pid
+        self._locked = answer.held
         return answer
 
     def _lost(self, exc: BaseException) -> SSHError:
@@ -607,7 +410,7 @@ class SSHClient:
 
     def _run_channel(
         self, cmd: str, *, stdin: str | None, timeout: float | None, title: str | None, interactive: bool
-    ) -> Any:
+    ) -> CommandResult:
         """A channel of its own: for a pseudo-terminal (sudo's password prompt) or a local timeout."""
         from invoke.exceptions import CommandTimedOut
 
@@ -617,14 +420,14 @@ class SSHClient:
             options.update(hide=False, pty=True)
         else:
             options.update(hide=True, in_stream=io.StringIO(stdin) if stdin else False)
+        command = self._in_cwd(cmd)
         try:
-            result = self.connection.run(self._in_cwd(cmd), **options)
+            result = self.connection.run(command, **options)
         except CommandTimedOut as exc:
             raise CommandError(title or cmd, 124, stderr=f"timed out after {exc.timeout} s") from exc
-        if interactive:
-            # A pseudo-terminal ends lines with CR LF; callers compare with plain text.
-            result.stdout = result.stdout.replace("\r\n", "\n")
-        return result
+        # A pseudo-terminal ends lines with CR LF; callers compare with plain text.
+        stdout = result.stdout.replace("\r\n", "\n") if interactive else result.stdout
+        return CommandResult(command, stdout, result.stderr, result.exited)
 
     def wait(self, cmd: str, raise_on_error: bool = True) -> str:
         """Run ``cmd`` and return its stdout; raise :class:`CommandError` when it exits non-zero.
@@ -779,7 +582,7 @@ class SSHClient:
         return f"<SSHClient {self.user}@{self.host}:{self.port} {self.label!r}>"
 
 
-def ps_frames(args: Sequence[str], results: Sequence[Any]) -> list[pd.DataFrame]:
+def ps_frames(args: Sequence[str], results: Sequence[CommandResult]) -> list[pd.DataFrame]:
     """The frames of ``ps`` commands run with ``args`` (:func:`steps.ps_command`); raises
     :class:`CommandError` for one that failed."""
     for a, result in zip(args, results):

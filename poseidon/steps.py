@@ -6,8 +6,9 @@ check itself failed, and an *apply* that does the work. :func:`render` joins
 them, with the working directory, environment, ``sudo`` and ``timeout``, into
 one remote command, so one round trip both decides and acts.
 
-This module and :mod:`poseidon.shell` are the one place that builds remote
-shell text. Every value poseidon places reaches it through :func:`quote` or
+This module and :mod:`poseidon.shell` build the remote shell text of steps
+and commands; :mod:`poseidon.session` only frames each command it is given
+(and takes the apply lock), quoting the same way. Every value poseidon places reaches it through :func:`quote` or
 :func:`quote_path`; a command the user wrote as shell (``run``, ``nohup``,
 ``unless``, ``ready.cmd``) runs through ``eval`` of its quoted text, its
 ``${…}`` references bound as shell variables (:func:`poseidon.shell.bind`),
@@ -42,8 +43,6 @@ from poseidon.spec import (
 )
 
 __all__ = [
-    "BUSY",
-    "LOCKED",
     "MARKER",
     "PIDS",
     "Mode",
@@ -61,10 +60,7 @@ __all__ = [
     "readiness",
     "render",
     "script_for",
-    "session_command",
-    "session_lock",
     "uses_sudo",
-    "SESSION_SHELL",
 ]
 
 Mode = Literal["apply", "check"]
@@ -721,75 +717,6 @@ def nohup_status(step: NohupStep, lines: int = 5) -> str:
         f"tail -n {int(lines)} {quote_path(step.log_path())} 2>/dev/null; exit 0"
     )
     return f"sh -c {quote(script)}"
-
-
-# -- one apply at a time per droplet ------------------------------------------------
-
-#: What the lock prints first (:func:`session_lock`): held for as long as the session's shell lives.
-LOCKED, BUSY = "poseidon-lock: held", "poseidon-lock: busy"
-#: The last line of :func:`session_lock`'s answer, before the session shell's pid.
-SHELL_LINE = "poseidon-shell: "
-
-
-# -- one shell for many commands ---------------------------------------------------
-
-#: The command of a session's channel: a shell that reads commands from the channel's stdin.
-SESSION_SHELL = "exec sh -s"
-
-#: The session's shell holds the apply lock on this descriptor; no command inherits it.
-_LOCK_FD = 9
-
-
-def _session_begin(token: str) -> str:
-    """Starts a command's stdout and stderr with a ``<token><`` line: what came before is not its output."""
-    return f"printf '%s<\\n' {quote(token)}; printf '%s<\\n' {quote(token)} >&2\n"
-
-
-def _session_end(token: str) -> str:
-    """Ends a command's stdout with ``\\n<token> <exit status>\\n`` and its stderr with ``\\n<token>\\n``."""
-    return f"_rc=$?\nprintf '\\n%s %s\\n' {quote(token)} \"$_rc\"; printf '\\n%s\\n' {quote(token)} >&2\n"
-
-
-def session_command(command: str, token: str, *, stdin: str | None = None) -> str:
-    """Shell text that runs ``command`` in a session's shell, its output framed by ``token`` lines.
-
-    The command runs in a subshell through ``eval``, so neither ``exit``, a
-    ``cd`` nor a syntax error in it touches the session. Its stdin is
-    ``/dev/null``, or ``stdin`` written by the shell's own ``printf``: the
-    text travels inside the session's input, never in an argv or a file.
-    Both streams start with a ``<token><`` line (what a process left running
-    by an earlier command wrote before it is not this command's output);
-    stdout ends with ``\\n<token> <exit status>\\n``, stderr with ``\\n<token>\\n``.
-    """
-    source = f"printf %s {quote(stdin)} | " if stdin is not None else ""
-    sink = "" if stdin is not None else " </dev/null"
-    return f"{_session_begin(token)}{source}( eval {quote(command)} ){sink} {_LOCK_FD}>&-\n{_session_end(token)}"
-
-
-def session_lock(holder: str, token: str) -> str:
-    """Shell text that makes the session's shell hold ``~/.poseidon/apply.lock`` (flock) until it ends.
-
-    Prints :data:`LOCKED`, or :data:`BUSY` and the holder's line, or another
-    line saying why there is no lock (no ``flock``, the file cannot be
-    opened). The lock ends with the session, so with the connection, even
-    when poseidon dies without a word; commands never inherit its descriptor
-    (:func:`session_command`). ``command exec`` fails without ending the shell.
-    """
-    info = "~/.poseidon/apply.lock.info"
-    fd = _LOCK_FD
-    return (
-        f"{_session_begin(token)}"
-        "if ! mkdir -p ~/.poseidon 2>/dev/null || ! command -v flock >/dev/null 2>&1; then\n"
-        "  echo 'poseidon-lock: no flock'\n"
-        f"elif ! command exec {fd}>>~/.poseidon/apply.lock; then\n"
-        "  echo 'poseidon-lock: cannot open ~/.poseidon/apply.lock'\n"
-        f"elif flock -n {fd}; then\n"
-        f"  printf '%s\\n' {quote(holder)} > {info}; echo {quote(LOCKED)}\n"
-        f"else\n  echo {quote(BUSY)}; cat {info} 2>/dev/null; exec {fd}>&-\nfi </dev/null\n"
-        # The shell that holds it: a second Ctrl-C stops what runs under it (and so frees the lock).
-        f'echo "{SHELL_LINE}$$"\n'
-        f"{_session_end(token)}"
-    )
 
 
 # -- the one remote command ---------------------------------------------------

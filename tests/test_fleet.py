@@ -352,11 +352,10 @@ def test_a_second_apply_on_a_busy_droplet_refuses_and_says_who_holds_it(
     tmp_path: Path, env: Sandbox, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import poseidon.api as po
-    from poseidon import steps
 
     path = playbook(tmp_path, "- run: echo hi\n", droplets=["d1", "d2"])
     holder = po.connect().droplets.by_name("d1").connect()
-    assert holder.lock("the other run").strip() == steps.LOCKED  # held while the connection lives
+    assert holder.lock("the other run").held  # held while the connection lives
     try:
         assert main(["apply", str(path), "--json"]) == 1
         report = json.loads(capsys.readouterr().out)
@@ -478,12 +477,11 @@ def test_resume_passes_over_a_run_that_was_refused_before_any_step(
     tmp_path: Path, env: Sandbox, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import poseidon.api as po
-    from poseidon import steps
 
     path = playbook(tmp_path, "- run: echo one >> refused-count\n- run: test -e refused-may-pass\n", droplets=["d1"])
     assert main(["apply", str(path), "--json"]) == 1  # the second step fails: resume from it
     holder = po.connect().droplets.by_name("d1").connect()
-    assert holder.lock("the other run").strip() == steps.LOCKED
+    assert holder.lock("the other run").held
     try:
         assert main(["apply", str(path), "--json"]) == 1  # refused as busy: its log holds no step
     finally:

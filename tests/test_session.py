@@ -77,28 +77,26 @@ def test_a_shell_killed_on_the_droplet_is_replaced_and_a_lost_connection_is_an_s
 
 
 def test_the_lock_ends_with_the_connection_even_when_a_command_left_a_process_running(sandbox_env: Sandbox) -> None:
-    from poseidon import steps
-
     droplet = po.connect().droplets.by_name("test")
     first = droplet.connect()
-    assert first.lock("first").strip() == steps.LOCKED
+    assert first.lock("first").held
     first.run("sleep 30 >/dev/null 2>&1 &")
     second = droplet.connect()
     try:
-        answer = second.lock("second").splitlines()
-        assert answer == [steps.BUSY, "first"]
+        busy = second.lock("second")
+        assert (busy.state, busy.detail) == ("busy", "first")
         first.close()
         # The droplet's shell ends a moment after the connection: try again for a while, not
         # for the 30 s the left process runs (a lock it had inherited would outlive them all).
         deadline = time.monotonic() + 10
         while True:
             third = droplet.connect()
-            answer = third.lock("third").strip()
+            held = third.lock("third").held
             third.close()
-            if answer == steps.LOCKED or time.monotonic() > deadline:
+            if held or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
-        assert answer == steps.LOCKED
+        assert held
     finally:
         second.close()
         first.close()
@@ -132,16 +130,15 @@ def test_a_lock_file_that_cannot_be_opened_is_told_and_the_session_lives_on(ssh:
     lock.unlink(missing_ok=True)
     lock.mkdir()
     try:
-        assert ssh.lock("me").strip() == "poseidon-lock: cannot open ~/.poseidon/apply.lock"
+        answer = ssh.lock("me")
+        assert (answer.state, answer.detail) == ("none", "cannot open ~/.poseidon/apply.lock")
         assert ssh.wait("echo alive") == "alive\n"
     finally:
         lock.rmdir()
 
 
 def test_when_the_shell_holding_the_lock_dies_no_command_runs_unlocked(ssh: SSHClient) -> None:
-    from poseidon import steps
-
-    assert ssh.lock("me").strip() == steps.LOCKED
+    assert ssh.lock("me").held
     with pytest.raises(SSHError):
         ssh.run("kill -9 $$")
     with pytest.raises(SSHError, match="apply lock"):
@@ -151,7 +148,7 @@ def test_when_the_shell_holding_the_lock_dies_no_command_runs_unlocked(ssh: SSHC
 @pytest.mark.parametrize("chunk", [1, 7, 4096, 65536, 1 << 20])
 def test_a_framed_output_keeps_at_most_its_head_and_tail_whatever_the_chunk_that_ends_it(chunk: int) -> None:
     """However the stream is cut into packets (the last may carry the end marker), the kept output is bounded."""
-    from poseidon.ssh import _Framed
+    from poseidon.session import _Framed
 
     keep = 1000
     body = b"H" * keep + b"m" * 50_000 + b"T" * keep
