@@ -29,12 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from poseidon import api, dns, spec, steps
+from poseidon import api, dns, spec, steps, variables
 from poseidon.errors import (
     DropletBusyError,
     NotReadyError,
     PoseidonError,
-    SSHConnectError,
     SSHError,
     SSHUnresponsiveError,
     UsageError,
@@ -44,7 +43,18 @@ from poseidon.results import DropletRun, RunResult, StepResult
 from poseidon.runlog import DONE_EARLIER, RESUMED, RunLog
 from poseidon.settings import Settings
 from poseidon.ssh import SESSIONS_ARGS, TOP_ARGS, SSHClient, ps_frames
-from poseidon.targets import Notice, Target, check_creates, check_expected, create_missing, limit, prices, resolve, shard
+from poseidon.targets import (
+    Notice,
+    Target,
+    check_creates,
+    check_expected,
+    connect,
+    create_missing,
+    limit,
+    prices,
+    resolve,
+    shard,
+)
 
 __all__ = ["Notice", "Progress", "RunOptions", "apply", "step_labels"]
 
@@ -84,61 +94,7 @@ class RunOptions:
     ready_timeout: float = 60.0
 
 
-# -- variables and secrets ----------------------------------------------------
-
-
-def playbook_environment(playbook: spec.Playbook) -> dict[str, str]:
-    """The variables the steps read with ``${env:NAME}``; an unset one stops the run before it starts."""
-    names = playbook.env_names()
-    missing = [n for n in names if n not in os.environ]
-    if missing:
-        raise UsageError(f"the playbook reads environment variables that are not set: {', '.join(missing)}")
-    return {n: os.environ[n] for n in names}
-
-
-def git_tokens(playbook: spec.Playbook) -> dict[str, str]:
-    """The git tokens the steps may need, read from this machine's environment."""
-    names = {s.token_env for s in playbook.steps if isinstance(s, spec.GitStep)}
-    return {n: os.environ[n] for n in names if os.environ.get(n)}
-
-
 # -- one droplet --------------------------------------------------------------
-
-
-def connect(
-    target: Target,
-    settings: Settings,
-    options: RunOptions,
-    notice: Notice | None,
-    stop: threading.Event | None = None,
-) -> SSHClient:
-    """Connect, retrying with backoff while the SSH port does not answer (a droplet still booting).
-
-    The playbook's ``user``/``port`` win over the settings', unless the settings' login is
-    pinned (a sandbox has one user and one port)."""
-    pinned = settings.login_pinned
-    deadline = time.monotonic() + options.ready_timeout
-    delay = 1.0
-    assert target.droplet is not None
-    while True:
-        ssh = target.droplet.connect(
-            user=settings.ssh_user if pinned else target.user or settings.ssh_user,
-            port=settings.ssh_port if pinned else target.port or settings.ssh_port,
-            key_filename=settings.ssh_key,
-            known_hosts=settings.known_hosts,
-            connect_timeout=options.connect_timeout,
-        )
-        if notice:  # first contact, or a new droplet on a reused address
-            ssh.on_notice = lambda text, name=target.name: notice(name, text)
-        try:
-            return ssh.open()
-        except SSHConnectError as exc:
-            if time.monotonic() + delay > deadline or (stop is not None and stop.is_set()):
-                raise
-            if notice:
-                notice(target.droplet.name, f"waiting for SSH ({exc}); again in {delay:.0f} s")
-            time.sleep(delay)
-            delay = min(delay * 2, 10.0)
 
 
 def _lock(ssh: SSHClient, run: DropletRun, notice: Notice | None) -> None:
@@ -354,7 +310,14 @@ def _run_droplet(target: Target, ctx: _Context) -> DropletRun:
         if conflicts:  # names made of values: the same on this droplet
             raise UsageError("; ".join(conflicts))
         ctx.doing(run.name, "connecting")
-        with connect(target, ctx.settings, ctx.options, ctx.notice, ctx.stop) as ssh, ctx.holding(run.name, ssh):
+        with connect(
+            target,
+            ctx.settings,
+            connect_timeout=ctx.options.connect_timeout,
+            ready_timeout=ctx.options.ready_timeout,
+            notice=ctx.notice,
+            stop=ctx.stop,
+        ) as ssh, ctx.holding(run.name, ssh):
             if ctx.mode == "apply":
                 _lock(ssh, run, ctx.notice)  # held until the connection closes
             ctx.doing(run.name, "waiting until it is ready")
@@ -528,15 +491,15 @@ def apply(
         raise UsageError(f"there is no step {options.start_at + 1}: the playbook has {len(playbook.steps)}")
     started = time.time()
     clock = time.monotonic()
-    environ = playbook_environment(playbook)
-    secrets = git_tokens(playbook)
+    environ = variables.environment(playbook)
+    secrets = variables.git_tokens(playbook)
     client = client or api.connect(settings=settings)
     targets = shard(limit(resolve(playbook, client), options.limit), options.shard)
     if options.expect is not None:
         check_expected(targets, options.expect)
     sizes = check_creates(targets, client)
     result = RunResult(playbook=path, name=playbook.name, mode=options.mode, started=started)
-    masker = output_masker(playbook, environ, secrets, settings, client)
+    masker = variables.masker(playbook, environ, secrets, settings, client)
     # The log first: a run that cannot record itself must not create droplets.
     log = RunLog.start(options.run_log, result, [t.name for t in targets], options.resume) if options.run_log else None
     try:
@@ -567,18 +530,6 @@ def apply(
     return result
 
 
-def output_masker(
-    playbook: spec.Playbook,
-    environ: Mapping[str, str],
-    secrets: Mapping[str, str],
-    settings: Settings,
-    client: api.Client | None = None,
-) -> Masker:
-    secret_values = [v for n, v in playbook.var_values(environ).items() if n in playbook.secret_names()]
-    # The API tokens of this machine's environment too: on a sandbox the client holds another one.
-    return Masker([*secret_values, *secrets.values(), *settings.tokens], also=getattr(client, "mask", None))
-
-
 def step_labels(
     playbook: spec.Playbook,
     environ: Mapping[str, str] | None = None,
@@ -593,7 +544,7 @@ def step_labels(
     secret = playbook.secret_names()
     values = {k: v for k, v in spec.substitutions(playbook, environ={}).items() if k not in secret}
     settings = settings if settings is not None else Settings.from_environ()
-    masker = masker or output_masker(playbook, environ, git_tokens(playbook), settings)
+    masker = masker or variables.masker(playbook, environ, variables.git_tokens(playbook), settings)
     return [masker.text(steps.describe(step, values)) for step in playbook.steps]
 
 

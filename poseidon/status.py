@@ -1,20 +1,20 @@
 """``poseidon status``: the processes a playbook's ``nohup`` steps manage, on every droplet.
 
 Changes nothing: ``chdir`` steps are followed (they only check), every other
-step but ``nohup`` is passed over. Uses the run's connection and masking.
+step but ``nohup`` is passed over. Connects as a run does (:func:`poseidon.targets.connect`)
+and masks what a run masks (:mod:`poseidon.variables`).
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from poseidon import api, spec, steps
+from poseidon import api, spec, steps, variables
 from poseidon.errors import PoseidonError, SSHError
-from poseidon.executor import RunOptions, connect, git_tokens, output_masker, playbook_environment
 from poseidon.results import ProcessStatus
 from poseidon.settings import Settings
 from poseidon.ssh import SSHClient
-from poseidon.targets import Target, resolve
+from poseidon.targets import Target, connect, resolve
 
 __all__ = ["status"]
 
@@ -33,9 +33,9 @@ def status(
     other step but ``nohup`` is passed over.
     """
     settings = settings if settings is not None else Settings.from_environ()
-    environ = playbook_environment(playbook)
+    environ = variables.environment(playbook)
     client = client or api.connect(settings=settings)
-    masker = output_masker(playbook, environ, git_tokens(playbook), settings, client)
+    masker = variables.masker(playbook, environ, variables.git_tokens(playbook), settings, client)
     targets = [t for t in resolve(playbook, client) if t.droplet is not None]
     if not targets:
         return []
@@ -55,7 +55,7 @@ def _droplet_status(
     values = spec.substitutions(playbook, droplet=target.droplet, environ=environ)
     found: list[ProcessStatus] = []
     try:
-        with connect(target, settings, RunOptions(), None) as ssh:
+        with connect(target, settings) as ssh:
             for raw in playbook.steps:
                 step = spec.expand(raw, values)
                 if isinstance(step, spec.ChdirStep):

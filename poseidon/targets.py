@@ -6,18 +6,22 @@ through the API, reporting every missing droplet at once;
 anything is made; :func:`create_missing` makes the rest and waits until they
 are active. :func:`limit`, :func:`shard` and :func:`check_expected` narrow
 and check the list as ``--limit``, ``--shard`` and a plan file ask.
+:func:`connect` logs in to a target as its playbook entry and the settings
+say, waiting for a droplet still booting.
 
-Talks to the API only (no SSH); imports the playbook's models, the API
-client, host keys (to pin a created droplet's key) and errors.
+Imports the playbook's models, the API client, host keys (to pin a created
+droplet's key), settings and errors; the SSH client comes through the
+droplet, when a target is connected.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from poseidon import api, errors, hostkeys, spec
 from poseidon.droplet import Droplet
@@ -29,14 +33,20 @@ from poseidon.errors import (
     Problem,
     ResolveError,
     SpecError,
+    SSHConnectError,
     UsageError,
 )
+from poseidon.settings import Settings
+
+if TYPE_CHECKING:
+    from poseidon.ssh import SSHClient
 
 __all__ = [
     "Notice",
     "Target",
     "check_creates",
     "check_expected",
+    "connect",
     "create_missing",
     "limit",
     "prices",
@@ -290,3 +300,42 @@ def shard(targets: list[Target], shard: tuple[int, int] | None) -> list[Target]:
     ordered = sorted(targets, key=lambda t: t.name)
     chosen = {t.name for t in ordered[index - 1 :: count]}
     return [t for t in targets if t.name in chosen]
+
+
+def connect(
+    target: Target,
+    settings: Settings,
+    *,
+    connect_timeout: float = 15.0,
+    ready_timeout: float = 60.0,
+    notice: Notice | None = None,
+    stop: threading.Event | None = None,
+) -> SSHClient:
+    """Connect to ``target``, retrying with backoff while its SSH port does not answer (a droplet
+    still booting) for ``ready_timeout`` seconds, or until ``stop`` is set.
+
+    The playbook's ``user``/``port`` win over the settings', unless the settings' login is
+    pinned (a sandbox has one user and one port)."""
+    pinned = settings.login_pinned
+    deadline = time.monotonic() + ready_timeout
+    delay = 1.0
+    assert target.droplet is not None
+    while True:
+        ssh = target.droplet.connect(
+            user=settings.ssh_user if pinned else target.user or settings.ssh_user,
+            port=settings.ssh_port if pinned else target.port or settings.ssh_port,
+            key_filename=settings.ssh_key,
+            known_hosts=settings.known_hosts,
+            connect_timeout=connect_timeout,
+        )
+        if notice:  # first contact, or a new droplet on a reused address
+            ssh.on_notice = lambda text, name=target.name: notice(name, text)
+        try:
+            return ssh.open()
+        except SSHConnectError as exc:
+            if time.monotonic() + delay > deadline or (stop is not None and stop.is_set()):
+                raise
+            if notice:
+                notice(target.droplet.name, f"waiting for SSH ({exc}); again in {delay:.0f} s")
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from poseidon import executor, spec, steps
+from poseidon import executor, spec, steps, targets
 from poseidon.results import RunResult, StepResult
 from poseidon.sandbox import Sandbox
 from poseidon.settings import Settings
@@ -182,9 +182,9 @@ def test_steps_wait_until_cloud_init_has_finished(tmp_path: Path) -> None:
 def test_a_droplet_whose_ssh_port_never_answers_is_reported_unreachable_after_retries(
     sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clock = FakeClock()  # the executor's waits between attempts pass at once, and are counted
+    clock = FakeClock()  # the waits between attempts to connect pass at once, and are counted
     monkeypatch.setattr(
-        executor,
+        targets,
         "time",
         types.SimpleNamespace(
             time=clock.time, monotonic=clock.time, sleep=clock.sleep, strftime=time.strftime, gmtime=time.gmtime
