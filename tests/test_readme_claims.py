@@ -336,6 +336,10 @@ def test_without_the_variables_the_ssh_user_is_root_and_the_port_22(env: Sandbox
         assert (pointed_at.user, pointed_at.port) == (env.user, env.ssh_port)
     monkeypatch.delenv("POSEIDON_SSH_USER")
     monkeypatch.delenv("POSEIDON_SSH_PORT")
+    # The settings are read once, when the client is made: a client made now logs in by default.
+    with droplet.connect() as still:
+        assert (still.user, still.port) == (env.user, env.ssh_port)
+    droplet = po.connect().droplets.by_name("w1")
     with droplet.connect() as default:  # not opened: only what it would log in as
         assert (default.user, default.port, default.host) == ("root", 22, env.address("w1"))
 
