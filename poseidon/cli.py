@@ -432,6 +432,8 @@ def _sandbox_settings(settings: Settings, environ: dict[str, str]) -> Settings:
         ssh_key=environ["POSEIDON_SSH_KEY"],
         known_hosts=environ["POSEIDON_KNOWN_HOSTS"],
         login_pinned=True,
+        # The sandbox's port replaces this environment's, bad or not.
+        login_problems=tuple(p for p in settings.login_problems if p[0] != "POSEIDON_SSH_PORT"),
         # Sandbox droplets share one sshd and its host key: a key pinned at birth could not be served.
         pin_host_keys=False,
     )

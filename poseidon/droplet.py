@@ -13,6 +13,7 @@ reloaded: ``refresh()`` does that.
 
 from __future__ import annotations
 
+import enum
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from poseidon.errors import APIError, SSHError, UsageError, printable
@@ -22,6 +23,12 @@ if TYPE_CHECKING:
     from poseidon.ssh import SSHClient
 
 __all__ = ["Client", "Droplet", "DropletActions"]
+
+
+class _Settings(enum.Enum):
+    """A parameter's default: what the settings say."""
+
+    SAY = "as the settings say"
 
 
 class DropletActions(Protocol):
@@ -261,6 +268,7 @@ class Droplet:
         port: int | None = None,
         known_hosts: str | None = None,
         connect_timeout: float = 15.0,
+        keepalive: float | None | _Settings = _Settings.SAY,
     ) -> SSHClient:
         """Open an SSH connection to the droplet's public IPv4.
 
@@ -270,12 +278,13 @@ class Droplet:
         (else 22), ``POSEIDON_SSH_KEY`` (else ssh-agent and ``~/.ssh``) and
         ``POSEIDON_KNOWN_HOSTS`` (else ``~/.ssh/known_hosts``). A droplet silent
         for ``POSEIDON_SSH_KEEPALIVE`` seconds (else 15) during a command is asked
-        whether it still answers, and given up as long again later.
+        whether it still answers, and given up as long again later (``keepalive``
+        seconds when given; ``None``: never ask).
         """
         from poseidon.ssh import SSHClient
 
         settings = self.client.settings if self.client is not None else None
-        settings = settings if settings is not None else Settings.from_environ()
+        settings = (settings if settings is not None else Settings.from_environ()).check_login()
         host = self.ip_address
         if not host:
             raise SSHError(f"droplet {self.name} ({self.id}) has no public IPv4 address yet")
@@ -289,7 +298,7 @@ class Droplet:
             connect_timeout=connect_timeout,
             label=self.name,
             droplet_id=self.id,
-            keepalive=settings.ssh_keepalive,
+            keepalive=settings.ssh_keepalive if keepalive is _Settings.SAY else keepalive,
         )
 
     def __repr__(self) -> str:

@@ -486,6 +486,7 @@ def apply(
         playbook = spec.load(playbook)
     path = path or "<playbook>"
     settings = settings if settings is not None else Settings.from_environ()
+    settings.check_login()  # a bad POSEIDON_SSH_PORT is refused before any change
     options = options or RunOptions()
     if not 0 <= options.start_at < max(1, len(playbook.steps)):
         raise UsageError(f"there is no step {options.start_at + 1}: the playbook has {len(playbook.steps)}")

@@ -70,6 +70,14 @@ class CommandResult:
         """The exit status, as Fabric's ``Result`` names it too."""
         return self.exited
 
+    def __bool__(self) -> bool:
+        """True when the command succeeded, as Fabric's ``Result`` is: ``if ssh.run("test -e f"):``."""
+        return self.ok
+
+    def tail(self, stream: Literal["stdout", "stderr"], count: int = 10) -> str:
+        """The last ``count`` lines of ``stream``, as Fabric's ``Result.tail`` gives them."""
+        return "\n\n" + "\n".join(getattr(self, stream).splitlines()[-count:])
+
 
 # -- one apply at a time per droplet ------------------------------------------------
 

@@ -16,9 +16,10 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from poseidon.errors import UsageError
 
@@ -32,10 +33,18 @@ DEFAULT_KEEPALIVE = 15.0
 #: Where the API token is looked for, in this order (doctl's and Terraform's names).
 TOKEN_VARIABLES = ("DIGITALOCEAN_TOKEN", "DIGITALOCEAN_ACCESS_TOKEN", "DIGITALOCEAN_API_KEY")
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
 class Settings:
-    """What poseidon's variables say, checked; the defaults are those of an empty environment."""
+    """What poseidon's variables say, checked; the defaults are those of an empty environment.
+
+    A bad API setting is refused at once. A bad SSH setting (``POSEIDON_SSH_PORT``,
+    ``POSEIDON_SSH_KEEPALIVE``) is kept in :attr:`login_problems` and refused by
+    :meth:`check_login` where SSH is used, before anything changes: ``destroy`` or
+    ``droplets`` never log in, and a sandbox brings its own port.
+    """
 
     #: ``POSEIDON_API_URL``: the API's base URL.
     api_url: str = DEFAULT_API_URL
@@ -46,7 +55,7 @@ class Settings:
     #: Every token variable's value: masked in all output, whichever API the run talks to.
     tokens: tuple[str, ...] = field(default=(), repr=False)
     #: doctl's config file (``os.UserConfigDir()``/doctl/config.yaml) and ``DIGITALOCEAN_CONTEXT``.
-    doctl_config: Path | None = None
+    doctl_config: Path | None = field(default_factory=lambda: _doctl_config({}))
     doctl_context: str | None = None
     #: ``POSEIDON_SSH_USER``, ``POSEIDON_SSH_PORT``, ``POSEIDON_SSH_KEY`` (``None``: ssh-agent and ~/.ssh).
     ssh_user: str = "root"
@@ -60,8 +69,14 @@ class Settings:
     pin_host_keys: bool = True
     #: The login above wins over a playbook's ``user``/``port`` (a sandbox has one user, one port).
     login_pinned: bool = False
-    #: ``POSEIDON_DEBUG``: an unexpected error shows its traceback.
-    debug: bool = False
+    #: ``(variable, why)`` of each SSH variable that is not what it takes (its default stands meanwhile).
+    login_problems: tuple[tuple[str, str], ...] = ()
+
+    def check_login(self) -> Settings:
+        """These settings, when they can log in; else :class:`UsageError` naming the first bad variable."""
+        if self.login_problems:
+            raise UsageError(self.login_problems[0][1])
+        return self
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -72,21 +87,33 @@ class Settings:
             return env.get(name, "").strip()
 
         tokens = tuple(value for name in TOKEN_VARIABLES if (value := text(name)))
+        problems: list[tuple[str, str]] = []
         return cls(
-            api_url=text("POSEIDON_API_URL") or DEFAULT_API_URL,
+            # Set but blank is refused by the client, never taken for the public API.
+            api_url=env.get("POSEIDON_API_URL") or DEFAULT_API_URL,
             api_timeout=_api_timeout(text("POSEIDON_API_TIMEOUT")),
             token=tokens[0] if tokens else None,
             tokens=tokens,
             doctl_config=_doctl_config(env),
             doctl_context=text("DIGITALOCEAN_CONTEXT") or None,
             ssh_user=env.get("POSEIDON_SSH_USER") or "root",
-            ssh_port=_ssh_port(text("POSEIDON_SSH_PORT")),
+            ssh_port=_deferred(_ssh_port, text("POSEIDON_SSH_PORT"), "POSEIDON_SSH_PORT", 22, problems),
             ssh_key=env.get("POSEIDON_SSH_KEY") or None,
             known_hosts=env.get("POSEIDON_KNOWN_HOSTS") or None,
-            ssh_keepalive=_keepalive(text("POSEIDON_SSH_KEEPALIVE")),
+            ssh_keepalive=_deferred(_keepalive, text("POSEIDON_SSH_KEEPALIVE"), "POSEIDON_SSH_KEEPALIVE", None, problems),
             pin_host_keys=env.get("POSEIDON_PIN_HOST_KEYS", "1") != "0",
-            debug=debugging(env),
+            login_problems=tuple(problems),
         )
+
+
+def _deferred(parse: Callable[[str], T], text: str, name: str, default: T, problems: list[tuple[str, str]]) -> T:
+    """``parse(text)``; when it refuses, ``default`` (never used: :meth:`Settings.check_login` refuses
+    first), and why goes to ``problems`` under ``name``."""
+    try:
+        return parse(text)
+    except UsageError as exc:
+        problems.append((name, str(exc)))
+        return default
 
 
 def debugging(environ: Mapping[str, str] | None = None) -> bool:

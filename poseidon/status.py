@@ -32,7 +32,7 @@ def status(
     Changes nothing: ``chdir`` steps are followed (they only check), every
     other step but ``nohup`` is passed over.
     """
-    settings = settings if settings is not None else Settings.from_environ()
+    settings = (settings if settings is not None else Settings.from_environ()).check_login()
     environ = variables.environment(playbook)
     client = client or api.connect(settings=settings)
     masker = variables.masker(playbook, environ, variables.git_tokens(playbook), settings, client)

@@ -327,6 +327,7 @@ def connect(
             key_filename=settings.ssh_key,
             known_hosts=settings.known_hosts,
             connect_timeout=connect_timeout,
+            keepalive=settings.ssh_keepalive,
         )
         if notice:  # first contact, or a new droplet on a reused address
             ssh.on_notice = lambda text, name=target.name: notice(name, text)

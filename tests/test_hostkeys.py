@@ -19,7 +19,7 @@ import poseidon.api as po
 from poseidon import hostkeys
 from poseidon.droplet import Droplet
 from poseidon.errors import HostKeyChangedError, UsageError
-from poseidon.executor import Target, create_missing
+from poseidon.targets import Target, create_missing
 from poseidon.hostkeys import HostKey, address_name, alias
 from poseidon.sandbox import Sandbox
 from poseidon.spec import CreateDroplet

@@ -116,6 +116,23 @@ def test_a_port_variable_that_is_no_port_is_exit_2_naming_it_before_any_change(
     assert not (sandbox_env.home("test") / "never").exists()
 
 
+@pytest.mark.parametrize("variable", ["POSEIDON_SSH_PORT", "POSEIDON_SSH_KEEPALIVE"])
+def test_a_bad_ssh_variable_stops_what_logs_in_and_nothing_else(
+    variable: str, tmp_path: Path, sandbox_env: Sandbox, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``droplets`` and ``destroy`` never log in: a bad SSH setting is no reason to refuse them."""
+    monkeypatch.setenv(variable, "-1")
+    path = tmp_path / "site.yaml"
+    path.write_text("version: 1\nname: site\ndroplets: [test]\nsteps:\n  - run: touch never\n")
+    assert main(["droplets"]) == 0
+    assert main(["destroy", str(path), "--check"]) == 0
+    capsys.readouterr()
+    for command in (["status", str(path)], ["ps", "test"], ["plan", str(path)]):
+        assert main(command) == 2, command
+        assert f"{variable} must be" in capsys.readouterr().err, command
+    assert not (sandbox_env.home("test") / "never").exists()
+
+
 def test_no_key_anywhere_is_exit_3_at_once_and_says_where_keys_come_from(
     tmp_path: Path, sandbox_env: Sandbox, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
