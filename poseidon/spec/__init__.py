@@ -20,8 +20,8 @@ The modules, each importing only those above it::
     fields       field types and the checks of one value
     locations    where a value is: paths such as steps[3].apt, and Source
     models       the models of the parts: droplets, steps, secrets
-    checks       the checks across fields: duplicates, references, cycles
-    playbook     the Playbook model, which raises those checks
+    checks       the checks across fields, over plain data: duplicates, references, cycles
+    playbook     the Playbook model, which raises what the checks find
     expansion    substitutions() and expand()
     source       the YAML loader: loads(), load(), every problem located
     schema       the JSON Schema

@@ -1,29 +1,57 @@
-"""The checks across fields of a playbook: droplets or DNS records selected twice,
-references that resolve to nothing, variables that refer to each other in a cycle,
-two nohup steps managing one process.
+"""The checks across the fields of a playbook, written once, over plain data.
 
-Imports :mod:`.models`, :mod:`.locations` and :mod:`.references`.
+A playbook here is what ``Playbook.model_dump()`` gives, or what the YAML loader
+builds from a file: a mapping with ``droplets``, ``vars`` and ``steps``, each step in
+the models' shape ``{"kind": ..., field: ...}``. Any value may be anything: a check
+reads what it can and leaves the rest to the models. :func:`problems` returns
+``(location, message)`` pairs; :class:`~.playbook.Playbook` raises them (as one error
+of type :data:`ERROR_TYPE`), the YAML loader puts each on its own node.
+
+Imports :mod:`.models` (each kind's shell fields, a command's process name),
+:mod:`.locations` and :mod:`.references`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, TypeGuard
 
-from poseidon.spec.locations import render
-from poseidon.spec.models import STEP_MODELS, DNSRecord, NamedDroplet, NohupStep, TaggedDroplets, derived_process_name
+from pydantic_core import PydanticCustomError
+
+from poseidon.spec.locations import Where, render, strings
+from poseidon.spec.models import STEP_MODELS, NohupStep, derived_process_name
 from poseidon.spec.references import reference_errors, shell_errors, tokens
 
-def step_text_errors(
-    kind: str, loc: tuple[str | int, ...], text: str, var_names: set[str]
-) -> list[str]:
-    """The reference problems of one string of a step; ``loc`` is its place, from ``("steps", i, kind)``."""
-    errors = reference_errors(text, var_names)
-    model = STEP_MODELS.get(kind)
-    field = ".".join(str(part) for part in loc[3:])
-    if model is not None and field in model.shell_fields:
-        errors += shell_errors(text)
-    return errors
+#: A problem and where it is.
+Finding = tuple[Where, str]
+#: How a message names another place: ``droplets[0]`` from Python, ``line 3`` from a file.
+Cite = Callable[[Where], str]
+#: The type of the error :class:`~.playbook.Playbook` raises for them.
+ERROR_TYPE = "poseidon_playbook"
+
+
+def problems(playbook: Mapping[Any, Any], cite: Cite = render) -> list[Finding]:
+    """Every problem across the fields of ``playbook``: droplets or DNS records selected twice,
+    variables that refer to nothing or to each other in a cycle, step values whose references
+    resolve to nothing, two nohup steps managing one process."""
+    droplets, variables, steps = (playbook.get(key) for key in ("droplets", "vars", "steps"))
+    droplets = droplets if isinstance(droplets, list) else []
+    variables = variables if isinstance(variables, dict) else {}
+    steps = steps if isinstance(steps, list) else []
+    names = {name for name in variables if isinstance(name, str)}
+    named = [(index, name) for index, step in enumerate(steps) if (name := _process_name(step))]
+    return [
+        *_duplicate_droplets(droplets, cite),
+        *_var_problems(variables),
+        *_step_reference_problems(steps, names),
+        *_duplicate_processes(named),
+    ]
+
+
+def error(found: list[Finding]) -> PydanticCustomError:
+    """The one error that says each of them, ``where: message``, in order."""
+    message = "; ".join(f"{render(where)}: {text}" for where, text in found)
+    return PydanticCustomError(ERROR_TYPE, "{message}", {"message": message})
 
 
 def _var_references(value: object) -> list[str]:
@@ -35,7 +63,7 @@ def _var_references(value: object) -> list[str]:
     ]
 
 
-def var_problems(variables: Mapping[Any, Any]) -> Iterator[tuple[tuple[str | int, ...], str]]:
+def _var_problems(variables: Mapping[Any, Any]) -> Iterator[Finding]:
     """``(("vars", name), message)`` for each value referring to what does not exist, or to itself."""
     names = {name for name in variables if isinstance(name, str)}
     for name, value in variables.items():
@@ -76,10 +104,6 @@ def _cycle_from(start: str, uses: Mapping[str, list[str]]) -> list[str] | None:
 
 def _droplet_key(entry: object) -> tuple[str, str] | None:
     """What a droplet entry selects: ``("droplet", name)`` or ``("tag", tag)``."""
-    if isinstance(entry, NamedDroplet):
-        return "droplet", entry.name
-    if isinstance(entry, TaggedDroplets):
-        return "tag", entry.tag
     if isinstance(entry, str):
         return "droplet", entry
     if isinstance(entry, dict):
@@ -92,50 +116,66 @@ def _droplet_key(entry: object) -> tuple[str, str] | None:
 
 def _dns_key(entry: object) -> tuple[str, str] | None:
     """``("dns record", "www.example.com")`` for an entry with ``dns:``: two droplets cannot both own one."""
-    record = entry.dns if isinstance(entry, NamedDroplet) else entry.get("dns") if isinstance(entry, dict) else None
-    if isinstance(record, DNSRecord):
-        return "dns record", record.fqdn
+    record = entry.get("dns") if isinstance(entry, dict) else None
     if isinstance(record, dict) and isinstance(record.get("domain"), str):
         name = record.get("name", "@")
         return "dns record", record["domain"] if name == "@" else f"{name}.{record['domain']}"
     return None
 
 
-def duplicate_droplets(entries: list[Any]) -> Iterator[tuple[int, int, str]]:
-    """``(index, first index, message)`` for each entry selecting what an earlier one does,
-    or keeping a DNS record an earlier one keeps."""
+def _duplicate_droplets(entries: list[Any], cite: Cite) -> Iterator[Finding]:
+    """Each entry selecting what an earlier one does, or keeping a DNS record an earlier one keeps."""
     first: dict[tuple[str, str], int] = {}
     for index, entry in enumerate(entries):
         for key in (_droplet_key(entry), _dns_key(entry)):
             if key is None:
                 continue
             if key in first:
-                yield index, first[key], f"duplicate {key[0]} {key[1]!r}"
+                earlier = cite(("droplets", first[key]))
+                yield ("droplets", index), f"duplicate {key[0]} {key[1]!r} (first at {earlier})"
             else:
                 first[key] = index
 
 
-def nohup_name(body: object) -> str | None:
-    """The process name of a ``nohup`` step as written (a command, or a mapping), when it has one."""
-    if isinstance(body, str):
-        return derived_process_name(body)
-    if isinstance(body, dict):
-        name, cmd = body.get("name"), body.get("cmd")
-        if isinstance(name, str):
-            return name
-        if isinstance(cmd, str):
-            return derived_process_name(cmd)
+def _step_reference_problems(steps: list[Any], names: set[str]) -> Iterator[Finding]:
+    """Each reference of a step's values that resolves to nothing, or that shell the user wrote
+    could never receive as data."""
+    for index, step in enumerate(steps):
+        model = STEP_MODELS.get(step["kind"]) if _is_step(step) else None
+        if model is None:
+            continue
+        for where, text in strings(step, ("steps", index, step["kind"])):
+            for message in reference_errors(text, names):
+                yield where, message
+            if ".".join(str(part) for part in where[3:]) in model.shell_fields:
+                for message in shell_errors(text):
+                    yield where, message
+
+
+def _process_name(step: object) -> str | None:
+    """The process a ``nohup`` step manages, when its values tell."""
+    if not (_is_step(step) and step["kind"] == "nohup"):
+        return None
+    name, cmd = step.get("name"), step.get("cmd")
+    if isinstance(name, str):
+        return name
+    if isinstance(cmd, str):
+        return derived_process_name(cmd)
     return None
+
+
+def _is_step(step: object) -> TypeGuard[dict[str, Any]]:
+    return isinstance(step, dict) and isinstance(step.get("kind"), str)
 
 
 def process_conflicts(steps: Iterable[tuple[int, NohupStep]]) -> list[str]:
     """``steps[i]: …`` for each ``(index, nohup step)`` whose process an earlier one manages: for
     names made of values (``name: "${app}"``), once they are substituted."""
     named = [(index, step.process_name()) for index, step in steps]
-    return [f"{render(where)}: {message}" for where, message in duplicate_processes(named)]
+    return [f"{render(where)}: {message}" for where, message in _duplicate_processes(named)]
 
 
-def duplicate_processes(named: Iterable[tuple[int, str]]) -> Iterator[tuple[tuple[str | int, ...], str]]:
+def _duplicate_processes(named: Iterable[tuple[int, str]]) -> Iterator[Finding]:
     """``(("steps", i), message)`` for each nohup step that names an earlier one's process."""
     first: dict[str, int] = {}
     for index, name in named:

@@ -1,6 +1,7 @@
 """Substitution: the values a playbook's references take on a droplet
 (:func:`substitutions`), and a step with them substituted and checked again
-(:func:`expand`).
+(:func:`expand`) by its own model: the values it substitutes say they are final
+text (:class:`~.references.Substituted`), no flag does.
 
 Imports :mod:`.playbook`, :mod:`.models`, :mod:`.locations` and :mod:`.references`.
 """
@@ -80,10 +81,12 @@ def expand(step: _StepT, values: Mapping[str, str]) -> _StepT:
     those references as shell variables, so that a value never becomes syntax.
 
     Keys are ``app``, ``env:HOME``, ``droplet.name``; a missing one raises
-    ``KeyError`` naming it. The result is validated again, now with the real
-    values, so a variable cannot smuggle ``; rm`` into a package name: that
-    raises ``SpecError`` located where the step was written. Expand a step
-    once: ``$${`` has become a plain ``${`` in the copy.
+    ``KeyError`` naming it. The result is validated again by the same model, now
+    with the real values, so a variable cannot smuggle ``; rm`` into a package
+    name: that raises ``SpecError`` located where the step was written. The
+    substituted strings are :class:`~.references.Substituted`, so the field checks
+    read them as they are (a ``${`` in them is text) and split a list item of
+    words. Expand a step once: ``$${`` has become a plain ``${`` in the copy.
     """
     source = step.source or Source("<step>", 0, 0, step.model_dump()["kind"])
     try:
@@ -91,7 +94,7 @@ def expand(step: _StepT, values: Mapping[str, str]) -> _StepT:
     except ValueTooLong as exc:
         raise SpecError([Problem(source.file, source.line, source.column, source.path, str(exc))]) from None
     try:
-        expanded = type(step).model_validate(data, context={"expanded": True})
+        expanded = type(step).model_validate(data)
     except ValidationError as exc:
         problems = [
             Problem(

@@ -1,9 +1,10 @@
-"""The field types of the models and the checks each field makes on its own value.
+"""The field types of the models, and the checks each field makes of its own value.
 
-Each check raises a ``PydanticCustomError`` so that its message reads as written
-(:func:`fail`). A field that must match a pattern is checked with each reference
-standing for a plain word, and checked again by ``expand()`` once the real value is
-known. Imports :mod:`.references` only (to read references); knows no model.
+Each check raises a ``PydanticCustomError``, so that its message reads as written
+(:func:`fail`). A field that must match a pattern reads a written value with each
+reference standing for a plain word, and a :class:`~.references.Substituted` one (what
+``expand()`` validates) as it is: the value says which it is, so one set of models
+checks both. Knows no model; imports :mod:`.references` only.
 """
 
 from __future__ import annotations
@@ -11,15 +12,19 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
-from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    ValidatorFunctionWrapHandler,
+    WithJsonSchema,
+    WrapValidator,
+)
 from pydantic_core import PydanticCustomError
 
-from poseidon.spec.references import IDENT, IDENT_RE, rewrite
-
-# ---------------------------------------------------------------------------
-# Field checks. Each raises a PydanticCustomError so the message reads as written.
+from poseidon.spec.references import IDENT, IDENT_RE, Substituted, rewrite
 
 
 def fail(message: str) -> NoReturn:
@@ -27,15 +32,21 @@ def fail(message: str) -> NoReturn:
     raise PydanticCustomError("poseidon", "{message}", {"message": message})
 
 
-def _expanded(info: ValidationInfo) -> bool:
-    return isinstance(info.context, dict) and bool(info.context.get("expanded"))
+#: A check of a value that also takes the text its pattern sees.
+PatternCheck = Callable[[str, str], None]
 
 
-def _as_checked(value: str, info: ValidationInfo) -> str:
-    """The text a pattern check sees: before expansion a reference stands for a plain word."""
-    if _expanded(info):
-        return value
-    return rewrite(value, lambda name: "x")
+def checked_text(raw: Any, handler: ValidatorFunctionWrapHandler, check: PatternCheck) -> Any:
+    """Validate ``raw`` as its type says, then ``check`` it: a written value with each reference
+    standing for a plain word, a substituted one as it is."""
+    value = handler(raw)
+    if isinstance(value, str):
+        check(value, value if isinstance(raw, Substituted) else rewrite(value, lambda name: "x"))
+    return value
+
+
+def _checked(check: PatternCheck) -> WrapValidator:
+    return WrapValidator(lambda raw, handler: checked_text(raw, handler, check))
 
 
 def _text(value: str) -> str:
@@ -65,55 +76,54 @@ def _line(value: str) -> str:
     return value
 
 
-def _path(value: str, info: ValidationInfo) -> str:
+def _path(value: str, seen: str) -> None:
     _line(value)
     if not value:
         fail("must not be empty")
-    if _as_checked(value, info).startswith("-"):
+    if seen.startswith("-"):
         fail(f"{value!r} must not start with '-' (write ./{value} for a relative path)")
-    return value
 
 
-def matching(pattern: re.Pattern[str], what: str) -> Callable[[str, ValidationInfo], str]:
-    def check(value: str, info: ValidationInfo) -> str:
+def _matching(pattern: re.Pattern[str], what: str) -> PatternCheck:
+    def check(value: str, seen: str) -> None:
         _line(value)
-        checked = _as_checked(value, info)
-        if checked.startswith("-"):
+        if seen.startswith("-"):
             fail(f"{value!r} must not start with '-': options are not accepted here")
-        if not pattern.fullmatch(checked):
+        if not pattern.fullmatch(seen):
             fail(f"{value!r} is not {what}")
-        return value
 
     return check
 
 
-def _words(value: object, info: ValidationInfo) -> object:
+def _split(text: str) -> list[str]:
+    words = text.split()
+    return [Substituted(word) for word in words] if isinstance(text, Substituted) else words
+
+
+def _words(value: object) -> object:
     """A space-separated string is a list of words.
 
-    Once expanded, a list item split too: ``["${packages}"]`` may name several.
-    Before that, list items stay whole, so an error's index is the one written.
+    A substituted list item is split too: ``["${packages}"]`` may name several.
+    A written one stays whole, so an error's index is the one written.
     """
     if isinstance(value, str):
-        return value.split()
-    if isinstance(value, list) and _expanded(info):
-        items: list[object] = []
-        for item in value:
-            items.extend(item.split() if isinstance(item, str) else [item])
-        return items
+        return _split(value)
+    if isinstance(value, list):
+        return [word for item in value for word in (_split(item) if isinstance(item, Substituted) else [item])]
     return value
 
 
 _APT_RE = re.compile(r"[a-z0-9][a-z0-9+.-]*(?::[a-z0-9]+)?(?:=[A-Za-z0-9.+:~-]+)?")
 _PIP_RE = re.compile(r"[A-Za-z0-9._/][A-Za-z0-9._\[\],<>=!~*+@:/#%-]*")
 _GIT_REF_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_./+@-]*")
-LABEL_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
-DROPLET_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]*")
-TAG_RE = re.compile(r"[A-Za-z0-9_:][A-Za-z0-9_:-]*")
+_LABEL_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+_DROPLET_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]*")
+_TAG_RE = re.compile(r"[A-Za-z0-9_:][A-Za-z0-9_:-]*")
 _DNS_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?"
-DOMAIN_RE = re.compile(rf"(?=.{{1,253}}$)(?:{_DNS_LABEL}\.)+[a-z][a-z0-9-]{{0,61}}[a-z0-9]")
-RECORD_NAME_RE = re.compile(rf"@|\*|(?:\*\.)?{_DNS_LABEL}(?:\.{_DNS_LABEL})*")
-HOST_RE = re.compile(r"[A-Za-z0-9_.:-]+|\[[0-9A-Fa-f:.]+\]")
-HTTP_URL_RE = re.compile(r"https?://[A-Za-z0-9\[][A-Za-z0-9._:\[\]-]*(?:/[A-Za-z0-9._~:/?#@!$&'()*+,;=%-]*)?")
+_DOMAIN_RE = re.compile(rf"(?=.{{1,253}}$)(?:{_DNS_LABEL}\.)+[a-z][a-z0-9-]{{0,61}}[a-z0-9]")
+_RECORD_NAME_RE = re.compile(rf"@|\*|(?:\*\.)?{_DNS_LABEL}(?:\.{_DNS_LABEL})*")
+_HOST_RE = re.compile(r"[A-Za-z0-9_.:-]+|\[[0-9A-Fa-f:.]+\]")
+_HTTP_URL_RE = re.compile(r"https?://[A-Za-z0-9\[][A-Za-z0-9._:\[\]-]*(?:/[A-Za-z0-9._~:/?#@!$&'()*+,;=%-]*)?")
 _SHORTHAND_RE = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
 _URL_RE = re.compile(
     r"(?:https?|ssh)://(?:[A-Za-z0-9._~%+-]+(?::[A-Za-z0-9._~%+-]*)?@)?"
@@ -131,9 +141,8 @@ def is_shorthand(repo: str) -> bool:
     )
 
 
-def repository(value: str, info: ValidationInfo) -> str:
+def _repository(value: str, checked: str) -> None:
     _line(value)
-    checked = _as_checked(value, info)
     if checked.startswith("-"):
         fail(f"{value!r} must not start with '-': options are not accepted here")
     if not (
@@ -146,14 +155,16 @@ def repository(value: str, info: ValidationInfo) -> str:
             f"{value!r} is not a repository: write owner/name for GitHub, or an "
             "https://, http://, ssh://, file:// or git@host:path URL"
         )
-    return value
 
 
-def git_ref(value: str, info: ValidationInfo) -> str:
-    matching(_GIT_REF_RE, "a git branch, tag or commit")(value, info)
+def _git_ref(value: str, seen: str) -> None:
+    _matching(_GIT_REF_RE, "a git branch, tag or commit")(value, seen)
     if ".." in value:
         fail(f"{value!r} is not a git branch, tag or commit ('..' is not allowed)")
-    return value
+
+
+#: A nohup step's name also names its pid and log files, so it must be a plain word.
+process_name = _matching(_LABEL_RE, "a process name (letters, digits, _ . -)")
 
 
 def _identifier(value: str) -> str:
@@ -175,7 +186,7 @@ def _var_value(value: object) -> object:
 Text = Annotated[str, AfterValidator(_text)]
 Command = Annotated[str, AfterValidator(_nonempty_text)]
 Line = Annotated[str, AfterValidator(_line)]
-PathText = Annotated[str, AfterValidator(_path)]
+PathText = Annotated[str, _checked(_path)]
 Identifier = Annotated[
     str,
     AfterValidator(_identifier),
@@ -183,13 +194,13 @@ Identifier = Annotated[
 ]
 EnvName = Annotated[
     str,
-    AfterValidator(matching(IDENT_RE, "an environment variable name")),
+    _checked(_matching(IDENT_RE, "an environment variable name")),
     WithJsonSchema({"type": "string", "pattern": f"^{IDENT}$"}),
 ]
 _AptPackage = Annotated[
     str,
-    AfterValidator(
-        matching(
+    _checked(
+        _matching(
             _APT_RE,
             "a Debian package name (lowercase letters, digits, + . -; "
             "then optional :arch and =version)",
@@ -198,7 +209,7 @@ _AptPackage = Annotated[
 ]
 _PipRequirement = Annotated[
     str,
-    AfterValidator(matching(_PIP_RE, "a pip requirement (one word, such as flask or flask>=3)")),
+    _checked(_matching(_PIP_RE, "a pip requirement (one word, such as flask or flask>=3)")),
 ]
 
 
@@ -223,7 +234,7 @@ PlainValue = Annotated[str | bool | int | float, BeforeValidator(_var_value)]
 
 
 User = Annotated[
-    Annotated[str, AfterValidator(matching(LABEL_RE, "a user name"))] | None,
+    Annotated[str, _checked(_matching(_LABEL_RE, "a user name"))] | None,
     Field(description="SSH user; default root (or POSEIDON_SSH_USER)."),
 ]
 Port = Annotated[
@@ -232,13 +243,21 @@ Port = Annotated[
 ]
 
 
-Slug = Annotated[str, AfterValidator(matching(re.compile(r"[a-z0-9][a-z0-9.-]*"), "a slug (a-z, 0-9, . and -)"))]
+Slug = Annotated[str, _checked(_matching(re.compile(r"[a-z0-9][a-z0-9.-]*"), "a slug (a-z, 0-9, . and -)"))]
+DropletName = Annotated[str, _checked(_matching(_DROPLET_NAME_RE, "a droplet name (letters, digits, . and -)"))]
+DropletTag = Annotated[str, _checked(_matching(_TAG_RE, "a tag (letters, digits, _, : and -)"))]
+DomainName = Annotated[str, _checked(_matching(_DOMAIN_RE, "a domain name (lower-case, e.g. example.com)"))]
+RecordName = Annotated[str, _checked(_matching(_RECORD_NAME_RE, "a record name (www, a.b, @ for the domain itself)"))]
+Host = Annotated[str, _checked(_matching(_HOST_RE, "a host name or an IP address"))]
+HttpUrl = Annotated[str, _checked(_matching(_HTTP_URL_RE, "an http:// or https:// URL"))]
+Repository = Annotated[str, _checked(_repository)]
+GitRef = Annotated[str, _checked(_git_ref)]
 
 
 def droplet_name_problem(name: str) -> str | None:
     """Why ``name`` is no droplet name poseidon accepts (as a playbook may write one), or ``None``.
 
     Names the API gives for droplets found by tag are held to the same rule."""
-    if _CONTROL_RE.search(name) or not DROPLET_NAME_RE.fullmatch(name):
+    if _CONTROL_RE.search(name) or not _DROPLET_NAME_RE.fullmatch(name):
         return f"{name!r} is not a droplet name (letters, digits, . and -)"
     return None

@@ -1,5 +1,5 @@
-"""Where a value is in a playbook: its location as a path of keys and indexes
-(``("steps", 3, "apt", "packages")``), how that path reads (``steps[3].apt.packages``),
+"""Where a value is in a playbook: its location, a path of keys and indexes
+(``("steps", 3, "apt", "packages")``); how that path reads (``steps[3].apt.packages``);
 and where a step was written in its file (:class:`Source`).
 
 Imports nothing of poseidon.
@@ -10,6 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import NamedTuple
 
+#: A value's location: the keys and indexes that lead to it from the playbook's top.
+Where = tuple[str | int, ...]
+
+
 class Source(NamedTuple):
     """Where a step was written: ``site.yaml:12:5`` and ``steps[3].git``."""
 
@@ -19,9 +23,8 @@ class Source(NamedTuple):
     path: str
 
 
-def strings(
-    value: object, loc: tuple[str | int, ...]
-) -> Iterator[tuple[tuple[str | int, ...], str]]:
+def strings(value: object, loc: Where) -> Iterator[tuple[Where, str]]:
+    """Every string in ``value`` and its location under ``loc``; a ``kind`` key names a step, not a value."""
     if isinstance(value, str):
         yield loc, value
     elif isinstance(value, list):
@@ -37,7 +40,8 @@ class KeyText(str):
     """A non-string mapping key in a path, as the YAML writes it: ``[~]``, ``env[true]``."""
 
 
-def render(loc: tuple[str | int, ...]) -> str:
+def render(loc: Where) -> str:
+    """``loc`` as people read it: ``steps[3].apt.packages``."""
     text = ""
     for part in loc:
         if isinstance(part, (int, KeyText)):

@@ -3,9 +3,10 @@ tag, with what creates them and their DNS record), the steps, secret variables.
 
 Each step is written as a one-key mapping, ``{kind: body}``: a scalar or list body
 fills the step's ``primary`` field (the short form), a mapping body gives its options
-(the long form). :func:`_step_form` is the one place that turns the written form into
-the model's shape (``{"kind": "apt", "packages": [...]}``), so pydantic's error
-locations read ``("steps", 3, "apt", "packages")``.
+(the long form). :func:`written_step` is the one place that tells the kinds apart: it
+turns the written form into the models' shape (``{"kind": "apt", "packages": [...]}``),
+for the step union and for the YAML loader alike, so pydantic's error locations read
+``("steps", 3, "apt", "packages")``.
 
 Imports :mod:`.fields`, :mod:`.locations` and :mod:`.references`; knows nothing of the
 whole playbook (:mod:`.playbook`) or of YAML (:mod:`.source`).
@@ -20,7 +21,6 @@ import shlex
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -28,7 +28,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     Tag,
-    ValidationInfo,
+    ValidatorFunctionWrapHandler,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -36,30 +36,30 @@ from pydantic import (
 
 from poseidon.errors import did_you_mean
 from poseidon.spec.fields import (
-    DOMAIN_RE,
-    DROPLET_NAME_RE,
-    HOST_RE,
-    HTTP_URL_RE,
-    LABEL_RE,
-    RECORD_NAME_RE,
-    TAG_RE,
     AptPackages,
     Command,
+    DomainName,
+    DropletName,
+    DropletTag,
     EnvName,
+    GitRef,
+    Host,
+    HttpUrl,
     Identifier,
     Line,
     PathText,
     PipRequirements,
     PlainValue,
     Port,
+    RecordName,
+    Repository,
     Slug,
     Text,
     User,
+    checked_text,
     fail,
-    git_ref,
     is_shorthand,
-    matching,
-    repository,
+    process_name,
 )
 from poseidon.spec.locations import Source
 from poseidon.spec.references import IDENT
@@ -94,7 +94,7 @@ class CreateDroplet(Model):
     ssh_keys: list[Line | int] = Field(
         default_factory=list, description="SSH keys to install: names, ids or fingerprints."
     )
-    tags: list[Annotated[str, AfterValidator(matching(TAG_RE, "a tag (letters, digits, _, : and -)"))]] = Field(
+    tags: list[DropletTag] = Field(
         default_factory=list, description="Tags the new droplet carries."
     )
     user_data: Text | None = Field(default=None, description="cloud-init user data for the first boot.")
@@ -113,10 +113,10 @@ class DNSRecord(Model):
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"domain": "example.com", "name": "www", "ttl": 300}]})
 
-    domain: Annotated[str, AfterValidator(matching(DOMAIN_RE, "a domain name (lower-case, e.g. example.com)"))] = Field(
+    domain: DomainName = Field(
         description="The domain (created in the account when it has none of that name)."
     )
-    name: Annotated[str, AfterValidator(matching(RECORD_NAME_RE, "a record name (www, a.b, @ for the domain itself)"))] = Field(
+    name: RecordName = Field(
         default="@", description="The record's name in the domain: www, or @ for the domain itself."
     )
     ttl: int = Field(default=1800, ge=30, description="Seconds resolvers may keep the answer.")
@@ -134,10 +134,7 @@ class NamedDroplet(Model):
         json_schema_extra={"examples": [{"name": "web-2", "user": "root", "port": 22}]}
     )
 
-    name: Annotated[
-        str,
-        AfterValidator(matching(DROPLET_NAME_RE, "a droplet name (letters, digits, . and -)")),
-    ] = Field(description="The droplet's name, as the API lists it.")
+    name: DropletName = Field(description="The droplet's name, as the API lists it.")
     user: User = None
     port: Port = None
     create: CreateDroplet | None = Field(
@@ -156,9 +153,7 @@ class TaggedDroplets(Model):
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"tag": "workers"}]})
 
-    tag: Annotated[
-        str, AfterValidator(matching(TAG_RE, "a tag (letters, digits, _, : and -)"))
-    ] = Field(description="The tag; every droplet carrying it is selected.")
+    tag: DropletTag = Field(description="The tag; every droplet carrying it is selected.")
     user: User = None
     port: Port = None
 
@@ -267,13 +262,13 @@ class GitStep(StepBase):
     primary: ClassVar[str] = "repo"
 
     kind: Literal["git"] = Field(default="git", description="The step's kind.")
-    repo: Annotated[str, AfterValidator(repository)] = Field(
+    repo: Repository = Field(
         description="owner/name on GitHub, or a git URL (https, http, ssh, file, git@host:path)."
     )
     dest: PathText | None = Field(
         default=None, description="Directory to clone into; default: the repository's name."
     )
-    ref: Annotated[str, AfterValidator(git_ref)] | None = Field(
+    ref: GitRef | None = Field(
         default=None, description="Branch, tag or commit to check out; default: the remote's HEAD."
     )
     token_env: EnvName = Field(
@@ -345,10 +340,10 @@ class ReadyCheck(Model):
     )
 
     port: int | None = Field(default=None, ge=1, le=65535, description="Ready when this TCP port accepts a connection.")
-    host: Annotated[str, AfterValidator(matching(HOST_RE, "a host name or an IP address"))] | None = Field(
+    host: Host | None = Field(
         default=None, description="Where `port` is tried; default: the droplet's own address."
     )
-    http: Annotated[str, AfterValidator(matching(HTTP_URL_RE, "an http:// or https:// URL"))] | None = Field(
+    http: HttpUrl | None = Field(
         default=None, description="Ready when this URL answers with a 2xx status."
     )
     cmd: Command | None = Field(default=None, description="Ready when this shell command exits 0.")
@@ -418,13 +413,10 @@ class NohupStep(StepBase):
         description="Without ready: seconds to wait after starting before checking it still runs.",
     )
 
-    @field_validator("name")
+    @field_validator("name", mode="wrap")
     @classmethod
-    def _process_name(cls, value: str | None, info: ValidationInfo) -> str | None:
-        # The name also names the pid and log files, so it must be a plain word.
-        if value is not None:
-            matching(LABEL_RE, "a process name (letters, digits, _ . -)")(value, info)
-        return value
+    def _process_name(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        return checked_text(value, handler, process_name)
 
     def process_name(self) -> str:
         """``name``, or the command's program and a stable hash of it: ``python-1a2b3c4d``."""
@@ -486,18 +478,17 @@ STEP_MODELS: dict[str, type[StepBase]] = {
 STEP_KINDS: tuple[str, ...] = tuple(STEP_MODELS)
 
 
-def yaml_form(info: ValidationInfo) -> bool:
-    return isinstance(info.context, dict) and bool(info.context.get("yaml"))
-
-
 #: Step kinds people write from habit (Ansible, pyinfra, shell), and poseidon's word for them.
 _KIND_HABITS = {"shell": "run", "command": "run", "cmd": "run", "exec": "run", "cd": "chdir", "apt_get": "apt", "package": "apt"}
 
 
-def _step_form(value: Any, info: ValidationInfo) -> Any:
-    """Turn ``{"apt": body}`` into the model's shape, ``{"kind": "apt", ...}``."""
-    if isinstance(value, StepBase):
-        return value
+def written_step(value: object) -> tuple[dict[str, Any] | None, str | None]:
+    """A step as written, ``{kind: body}``, in the models' shape ``{"kind": kind, ...}``; and why
+    it is no step, when it is not. The one place that tells the kinds apart.
+
+    The shape is there whenever the body can be read, even with a problem
+    (``{run: {kind: x, cmd: ...}}``), so that the checks across fields still read its values.
+    """
     known = ", ".join(STEP_KINDS)
     if isinstance(value, dict) and len(value) == 1:
         ((kind, body),) = value.items()
@@ -506,24 +497,36 @@ def _step_form(value: Any, info: ValidationInfo) -> Any:
             hint = ""
             if isinstance(kind, str):
                 hint = f": did you mean {_KIND_HABITS[kind]!r}?" if kind in _KIND_HABITS else did_you_mean(kind, STEP_KINDS)
-            fail(f"unknown step kind {kind!r}{hint} (known kinds: {known})")
+            return None, f"unknown step kind {kind!r}{hint} (known kinds: {known})"
         if body is None:
             hint = ' (write "~" in quotes for the home directory)' if kind == "chdir" else ""
-            fail(f"{kind} needs a value{hint}")
-        if isinstance(body, dict):
-            if "kind" in body:
-                fail(f"{kind}: 'kind' is not an option: the step's key is its kind")
-            return {"kind": kind, **body}
-        return {"kind": kind, model.primary: body}
-    if isinstance(value, dict) and not yaml_form(info) and value.get("kind") in STEP_MODELS:
-        return value  # the models' own shape, as model_dump() writes it
+            return None, f"{kind} needs a value{hint}"
+        if not isinstance(body, dict):
+            return {"kind": kind, model.primary: body}, None
+        fields = {"kind": kind, **{key: item for key, item in body.items() if key != "kind"}}
+        if "kind" in body:
+            return fields, f"{kind}: 'kind' is not an option: the step's key is its kind"
+        return fields, None
     if isinstance(value, dict):
         keys = ", ".join(str(key) for key in value) or "none"
-        fail(
+        return None, (
             f"a step is a mapping with exactly one key, its kind (found: {keys}); "
             f"put options under it; known kinds: {known}"
         )
-    fail(f"a step is a one-key mapping such as 'run: make'; known kinds: {known}")
+    return None, f"a step is a one-key mapping such as 'run: make'; known kinds: {known}"
+
+
+def _step_form(value: Any) -> Any:
+    """What the step union validates: a step model, or the models' own shape (as
+    ``model_dump()`` writes it), as they are; the written form in the models' shape."""
+    if isinstance(value, StepBase):
+        return value
+    if isinstance(value, dict) and len(value) != 1 and value.get("kind") in STEP_MODELS:
+        return value
+    fields, problem = written_step(value)
+    if problem is not None:
+        fail(problem)
+    return fields
 
 
 Step = Annotated[

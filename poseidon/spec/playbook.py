@@ -1,5 +1,5 @@
-"""The model of a whole playbook: its droplets, variables and steps, and what holds
-across them (:mod:`.checks`).
+"""The model of a whole playbook: its droplets, variables and steps; it raises the
+problems across them that :mod:`.checks` finds, whoever builds it.
 
 Imports :mod:`.models`, :mod:`.checks`, :mod:`.fields`, :mod:`.locations` and
 :mod:`.references`.
@@ -10,17 +10,18 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from poseidon.spec.checks import duplicate_droplets, duplicate_processes, step_text_errors, var_problems
+from poseidon.spec import checks
 from poseidon.spec.fields import Identifier, Line, fail
-from poseidon.spec.locations import render, strings
-from poseidon.spec.models import DropletRef, Model, NamedDroplet, NohupStep, Report, SecretVar, Step, VarValue, yaml_form
+from poseidon.spec.locations import strings
+from poseidon.spec.models import DropletRef, Model, NamedDroplet, Report, SecretVar, Step, VarValue
 from poseidon.spec.references import to_text, tokens
+
 
 class Playbook(Model):
     """A poseidon playbook, version 1: which droplets, which steps, what to report."""
@@ -63,37 +64,14 @@ class Playbook(Model):
                 )
         return value
 
-    @field_validator("droplets", mode="after")
-    @classmethod
-    def _droplets_differ(cls, value: list[Any], info: ValidationInfo) -> list[Any]:
-        # The same droplet twice would run every step twice on it.
-        if yaml_form(info):
-            return value  # loads() reports these itself, each at its own entry
-        problems = [
-            f"droplets[{index}]: {message} (first at droplets[{first}])"
-            for index, first, message in duplicate_droplets(value)
-        ]
-        if problems:
-            fail("; ".join(problems))
-        return value
-
     @model_validator(mode="after")
-    def _references_resolve(self, info: ValidationInfo) -> Playbook:
-        if yaml_form(info):
-            return self  # loads() reports these itself, each at its own line
-        problems = [f"{render(loc)}: {message}" for loc, message in self.reference_errors()]
-        if problems:
-            fail("; ".join(problems))
+    def _parts_agree(self) -> Playbook:
+        # The same droplet twice would run every step twice on it; a reference to nothing
+        # would fail on every droplet; two nohup steps of one process would fight over it.
+        found = checks.problems(self.model_dump(warnings=False))
+        if found:
+            raise checks.error(found)
         return self
-
-    def reference_errors(self) -> Iterator[tuple[tuple[str | int, ...], str]]:
-        names = set(self.vars)
-        yield from var_problems(self.vars)
-        for index, step in enumerate(self.steps):
-            for loc, text in strings(step.model_dump(), ("steps", index, step.kind)):
-                for message in step_text_errors(step.kind, loc, text, names):
-                    yield loc, message
-        yield from duplicate_processes((index, step.process_name()) for index, step in enumerate(self.steps) if isinstance(step, NohupStep))
 
     def var_values(self, environ: Mapping[str, str] | None = None) -> dict[str, str]:
         """``vars`` as text, the way they are substituted (booleans as ``true``/``false``).

@@ -3,8 +3,9 @@ and ``$${`` for a literal ``${``.
 
 What a text refers to (:func:`references`, :func:`parts`), what is wrong with its
 references (:func:`reference_errors`), and the text with them substituted
-(:func:`rewrite`, :func:`substitute`, :func:`preview`). Knows text only, no model:
-imports :mod:`poseidon.shell` and nothing else of poseidon.
+(:func:`rewrite`, :func:`substitute`, :func:`preview`); text substitution wrote is
+:class:`Substituted`, final. Knows text only, no model: imports :mod:`poseidon.shell`
+and nothing else of poseidon.
 """
 
 from __future__ import annotations
@@ -160,14 +161,26 @@ def to_text(value: object) -> str:
     return str(value)
 
 
+class Substituted(str):
+    """Text that substitution wrote: final, no longer in the reference language (a ``${`` in
+    it is text). A field check reads it as it is, where it reads written text with each
+    reference standing for a plain word."""
+
+
 def substitute(value: object, values: Mapping[str, str], keep: frozenset[str] = frozenset(), at: str = "") -> object:
-    """``value`` with its references replaced, except in the fields named in ``keep`` (dotted paths)."""
+    """``value`` with its references replaced, except in the fields named in ``keep`` (dotted paths).
+
+    Every other string of it, mapping keys included, comes out :class:`Substituted`.
+    """
     if isinstance(value, str):
-        return value if at in keep else rewrite(value, lambda name: to_text(values[name]))
+        return value if at in keep else Substituted(rewrite(value, lambda name: to_text(values[name])))
     if isinstance(value, list):
         return [substitute(item, values, keep, at) for item in value]
     if isinstance(value, dict):
         return {
-            key: substitute(item, values, keep, f"{at}.{key}" if at else str(key)) for key, item in value.items()
+            Substituted(key) if isinstance(key, str) else key: substitute(
+                item, values, keep, f"{at}.{key}" if at else str(key)
+            )
+            for key, item in value.items()
         }
     return value

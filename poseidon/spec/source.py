@@ -3,9 +3,15 @@
 at its ``file:line:column``.
 
 The document is composed into nodes (no aliases, no merge keys, no tags beyond the
-plain ones), turned into plain data that remembers each value's node, and validated;
-each problem's location (pydantic's, or a cross-field check's) is mapped back onto
-the node that holds it.
+plain ones) and turned into plain data that remembers each value's node. Then every
+problem is put on the node that holds it:
+
+- a step that is none, as :func:`~.models.written_step` says (a file holds the
+  written form only, never the models' own shape);
+- the problems across fields, as :func:`~.checks.problems` finds them in the data as
+  read, so that they are reported even beside a field's own problems;
+- pydantic's errors, by their location, less the one error in which the model
+  repeats the problems across fields.
 
 Imports :mod:`.playbook`, :mod:`.models`, :mod:`.checks` and :mod:`.locations`.
 """
@@ -22,9 +28,9 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from poseidon.errors import Problem, SpecError, did_you_mean
-from poseidon.spec.checks import duplicate_droplets, duplicate_processes, nohup_name, step_text_errors, var_problems
-from poseidon.spec.locations import KeyText, Source, render, strings
-from poseidon.spec.models import DROPLET_TAGS, STEP_MODELS, CreateDroplet, Model
+from poseidon.spec import checks
+from poseidon.spec.locations import KeyText, Source, Where, render
+from poseidon.spec.models import DROPLET_TAGS, STEP_MODELS, CreateDroplet, Model, written_step
 from poseidon.spec.playbook import Playbook
 
 #: The longest playbook poseidon reads, in bytes.
@@ -253,8 +259,8 @@ class _Tree:
     def validation_problems(self, exc: ValidationError) -> list[Problem]:
         problems: list[Problem] = []
         for error in exc.errors(include_url=False):
-            if error.get("input") is _INVALID:
-                continue
+            if error.get("input") is _INVALID or error["type"] == checks.ERROR_TYPE:
+                continue  # reported already: a value as it was read, or across fields at each place
             loc = tuple(error["loc"])
             if len(loc) > 2 and loc[0] == "droplets" and loc[2] in DROPLET_TAGS:
                 loc = loc[:2] + loc[3:]
@@ -271,56 +277,33 @@ class _Tree:
             problems.append(Problem(self.file, mark.line + 1, mark.column + 1, render(shown), message))
         return problems
 
-    def droplet_problems(self, data: dict[Any, Any]) -> list[Problem]:
-        droplets = data.get("droplets")
-        problems: list[Problem] = []
-        for index, first, message in duplicate_droplets(
-            droplets if isinstance(droplets, list) else []
-        ):
-            mark = self.locate(("droplets", index)).start_mark
-            line = self.locate(("droplets", first)).start_mark.line + 1
-            problems.append(
-                Problem(
-                    self.file,
-                    mark.line + 1,
-                    mark.column + 1,
-                    f"droplets[{index}]",
-                    f"{message} (first at line {line})",
-                )
-            )
-        return problems
+    def written_steps(self, data: dict[Any, Any]) -> tuple[dict[Any, Any], dict[Any, Any]]:
+        """``data`` as the models validate it, and as the checks across fields read it.
 
-    def reference_problems(self, data: dict[Any, Any]) -> list[Problem]:
-        variables = data.get("vars")
-        names = (
-            {key for key in variables if isinstance(key, str)}
-            if isinstance(variables, dict)
-            else set()
-        )
+        A file holds steps in their written form only. Each is read here, by the models'
+        own :func:`~.models.written_step`: a step that is none is reported at its place and
+        stands as already reported for the models; the checks read each in the models' shape.
+        """
         steps = data.get("steps")
-        problems: list[Problem] = []
-        for index, item in enumerate(steps if isinstance(steps, list) else []):
-            if not (isinstance(item, dict) and len(item) == 1):
-                continue
-            ((kind, body),) = item.items()
-            model = STEP_MODELS.get(kind) if isinstance(kind, str) else None
-            if model is None:
-                continue
-            loc: tuple[str | int, ...] = ("steps", index, kind)
-            if not isinstance(body, dict):
-                loc = (*loc, model.primary)
-            for where, text in strings(body, loc):
-                for message in step_text_errors(kind, where, text, names):
-                    problems.append(self._at(where, message))
-        if isinstance(variables, dict):
-            problems += [self._at(where, message) for where, message in var_problems(variables)]
-        processes = [
-            (index, name)
-            for index, item in enumerate(steps if isinstance(steps, list) else [])
-            if isinstance(item, dict) and len(item) == 1 and (name := nohup_name(item.get("nohup")))
-        ]
-        problems += [self._at(where, message) for where, message in duplicate_processes(processes)]
-        return problems
+        if not isinstance(steps, list):
+            return data, data
+        for_models: list[Any] = []
+        for_checks: list[Any] = []
+        for index, item in enumerate(steps):
+            fields, problem = (None, None) if item is _INVALID else written_step(item)
+            if problem is not None:
+                self.problems.append(self._at(("steps", index), problem))
+            for_models.append(_INVALID if problem is not None else item)
+            for_checks.append(fields)
+        return {**data, "steps": for_models}, {**data, "steps": for_checks}
+
+    def cross_field_problems(self, data: dict[Any, Any]) -> list[Problem]:
+        """What :func:`~.checks.problems` finds, each at its own node; another place a message
+        names is cited by its line."""
+        return [self._at(where, message) for where, message in checks.problems(data, cite=self._line_of)]
+
+    def _line_of(self, where: Where) -> str:
+        return f"line {self.locate(where).start_mark.line + 1}"
 
     def _at(self, where: tuple[str | int, ...], message: str) -> Problem:
         mark = self.locate(where).start_mark
@@ -397,10 +380,11 @@ def loads(text: str, filename: str = "<string>") -> Playbook:
             tree.problem(root, "", "a playbook is a mapping with version, droplets and steps")
         raise SpecError(tree.problems)
 
-    problems = tree.problems + tree.reference_problems(data) + tree.droplet_problems(data)
+    for_models, for_checks = tree.written_steps(data)
+    problems = tree.problems + tree.cross_field_problems(for_checks)
     playbook: Playbook | None = None
     try:
-        playbook = Playbook.model_validate(data, context={"yaml": True})
+        playbook = Playbook.model_validate(for_models)
     except ValidationError as exc:
         problems += tree.validation_problems(exc)
     if problems or playbook is None:
