@@ -31,7 +31,7 @@ BOM = b"\xef\xbb\xbf"
 HEADER_RE = re.compile(r"# expect: (?P<line>\d+):(?P<column>\d+): (?P<path>.*?): (?P<fragment>.+)")
 LOCATED_RE = re.compile(r":\d+:\d+: ")
 
-# Files that show a bug in poseidon/spec.py: their header says what should be
+# Files that show a bug in poseidon/spec/: their header says what should be
 # reported; strict, so each one fails loudly once the bug is fixed.
 KNOWN_BUGS: dict[str, str] = {}
 
