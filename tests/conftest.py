@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from poseidon.sandbox import Sandbox
-from sandboxes import point_at
+from support.sandboxes import point_at
 
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent

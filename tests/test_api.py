@@ -41,7 +41,7 @@ from poseidon.errors import (
     ValidationError,
 )
 from poseidon.sandbox.emulator import Emulator
-from fakeclock import FakeClock
+from support.fakeclock import FakeClock
 
 TOKEN = "dop_v1_test0123456789abcdef"
 

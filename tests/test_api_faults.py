@@ -22,7 +22,7 @@ from requests.adapters import BaseAdapter
 import poseidon.api as po
 from poseidon.errors import APIConnectionError, AuthenticationError, NotFoundError, RateLimitError, ServerError
 from poseidon.sandbox.emulator import Emulator
-from fakeclock import FakeClock
+from support.fakeclock import FakeClock
 
 TOKEN = "dop_v1_faults0123456789"
 SIZE, IMAGE = "s-1vcpu-1gb", "ubuntu-24-04-x64"

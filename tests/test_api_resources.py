@@ -22,7 +22,7 @@ import poseidon.api as po
 from poseidon.droplet import Droplet
 from poseidon.errors import APIError, NotFoundError, ResolveError, UsageError, ValidationError
 from poseidon.sandbox.emulator import Emulator
-from fakeclock import FakeClock
+from support.fakeclock import FakeClock
 
 TOKEN = "dop_v1_resources0123456789"
 SIZE, IMAGE = "s-1vcpu-1gb", "ubuntu-24-04-x64"

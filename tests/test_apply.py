@@ -14,7 +14,7 @@ import pytest
 
 from poseidon.cli import main
 from poseidon.sandbox import Sandbox
-from wheels import build_wheel
+from support.wheels import build_wheel
 
 ROOT = Path(__file__).parent.parent
 

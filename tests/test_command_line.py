@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from poseidon.sandbox import Sandbox
-from sandboxes import PATIENCE
+from support.sandboxes import PATIENCE
 
 ROOT = Path(__file__).parent.parent
 

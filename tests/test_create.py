@@ -15,7 +15,7 @@ from poseidon import hostkeys
 from poseidon.cli import main
 from poseidon.hostkeys import HostKey
 from poseidon.sandbox import Sandbox
-from sandboxes import pointed
+from support.sandboxes import pointed
 
 PLAYBOOK = """
     version: 1

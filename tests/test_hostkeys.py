@@ -24,7 +24,7 @@ from poseidon.hostkeys import HostKey, address_name, alias
 from poseidon.sandbox import Sandbox
 from poseidon.spec import CreateDroplet
 from poseidon.ssh import SSHClient
-from sandboxes import pointed
+from support.sandboxes import pointed
 
 
 def new_key() -> str:

@@ -14,7 +14,7 @@ import pytest
 import poseidon.api as po
 from poseidon.cli import main
 from poseidon.sandbox import Sandbox
-from sandboxes import pointed, process_running
+from support.sandboxes import pointed, process_running
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -224,7 +224,7 @@ def test_destroy_deletes_its_own_droplet_and_not_a_stranger_s_of_the_same_name(
 
 
 def test_destroy_waits_until_the_api_no_longer_has_the_droplets(tmp_path: Path) -> None:
-    from fakeclock import FakeClock
+    from support.fakeclock import FakeClock
     from poseidon import spec, teardown
     from poseidon.sandbox.emulator import Emulator
 

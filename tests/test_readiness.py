@@ -23,8 +23,8 @@ import pytest
 from poseidon import executor, spec, steps
 from poseidon.results import RunResult, StepResult
 from poseidon.sandbox import Sandbox
-from fakeclock import FakeClock
-from sandboxes import PATIENCE, wait_for
+from support.fakeclock import FakeClock
+from support.sandboxes import PATIENCE, wait_for
 
 #: How long a test waits for an event before it fails: a safety net, never a pace.
 

@@ -27,8 +27,8 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from sandboxes import point_at, pointed, process_running, wait_for
-from wheels import build_wheel, offline_pip_env
+from support.sandboxes import point_at, pointed, process_running, wait_for
+from support.wheels import build_wheel, offline_pip_env
 
 import poseidon.api as po
 import poseidon.sandbox as sandbox_module

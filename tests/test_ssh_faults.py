@@ -10,7 +10,7 @@ import pytest
 
 from poseidon.cli import main
 from poseidon.sandbox import Sandbox
-from sandboxes import pointed
+from support.sandboxes import pointed
 
 
 def _apply(tmp_path: Path, steps: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, object]]:
