@@ -1,33 +1,21 @@
-"""Build tiny pure-Python wheels, so pip tests need no package index."""
+"""Tiny pure-Python wheels, so pip tests need no package index.
+
+The builder is the benchmark's (``bench/wheels.py``), loaded from its file:
+one copy, and nothing outside ``tests/`` imports from it.
+"""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import zipfile
+import importlib.util
 from pathlib import Path
 
+_BUILDER = Path(__file__).resolve().parents[2] / "bench" / "wheels.py"
+_spec = importlib.util.spec_from_file_location("poseidon_bench_wheels", _BUILDER)
+assert _spec is not None and _spec.loader is not None, f"no wheel builder at {_BUILDER}"
+_builder = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_builder)
 
-def _digest(data: bytes) -> str:
-    return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-
-
-def build_wheel(folder: Path, name: str = "tinyfoo", version: str = "1.0") -> Path:
-    """Write ``name-version-py3-none-any.whl`` into ``folder`` and return its path."""
-    info = f"{name}-{version}.dist-info"
-    files = {
-        f"{name}/__init__.py": f"VERSION = {version!r}\n",
-        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
-        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: poseidon-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-    }
-    record = [f"{path},sha256={_digest(text.encode())},{len(text.encode())}" for path, text in files.items()]
-    files[f"{info}/RECORD"] = "\n".join([*record, f"{info}/RECORD,,"]) + "\n"
-    folder.mkdir(parents=True, exist_ok=True)
-    wheel = folder / f"{name}-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w") as archive:
-        for path, text in files.items():
-            archive.writestr(path, text)
-    return wheel
+build_wheel = _builder.build_wheel
 
 
 def offline_pip_env(folder: Path) -> dict[str, str]:
