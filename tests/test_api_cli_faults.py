@@ -12,6 +12,8 @@ from poseidon.cli import main
 from poseidon.sandbox import Sandbox
 from support.sandboxes import pointed
 
+pytestmark = pytest.mark.sandbox
+
 
 @pytest.fixture
 def sandbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:

@@ -17,6 +17,8 @@ from poseidon.hostkeys import HostKey
 from poseidon.sandbox import Sandbox
 from support.sandboxes import pointed
 
+pytestmark = pytest.mark.sandbox
+
 PLAYBOOK = """
     version: 1
     name: fresh-ones

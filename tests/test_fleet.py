@@ -23,6 +23,8 @@ from poseidon.sandbox import Sandbox
 from support.fakeclock import FakeClock
 from support.sandboxes import PATIENCE, point_at, pointed, process_running, wait_for
 
+pytestmark = pytest.mark.sandbox
+
 NAMES = ["d1", "d2", "d3", "d4", "d5"]
 
 #: How long a test waits for an event before it fails: a safety net, never a pace.

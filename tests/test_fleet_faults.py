@@ -18,6 +18,8 @@ from poseidon.sandbox import Sandbox
 from poseidon.ssh import SSHClient
 from support.sandboxes import pointed, process_running
 
+pytestmark = pytest.mark.sandbox
+
 NAMES = [f"n{i}" for i in range(1, 9)]
 
 # On n5, the third step kills the sshd process serving this connection, once.

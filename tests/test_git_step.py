@@ -18,6 +18,8 @@ from poseidon.sandbox.repos import build_bare_repo
 from support.gitserver import private_git_server
 from support.sandboxes import command_lines_seen
 
+pytestmark = pytest.mark.sandbox
+
 IDENTITY = {
     "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
     "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid",

@@ -117,6 +117,7 @@ def copying_python3_stderr(sandbox: Sandbox, copy: Path) -> None:
     shim.chmod(0o755)
 
 
+@pytest.mark.sandbox
 def test_apt_waits_for_the_dpkg_lock_and_says_so(tmp_path: Path, lock_holders: list[subprocess.Popen[bytes]]) -> None:
     said = tmp_path / "python3-stderr"
     said.touch()
@@ -166,6 +167,7 @@ def test_the_dpkg_wait_is_bounded(tmp_path: Path, lock_holders: list[subprocess.
     ]
 
 
+@pytest.mark.sandbox
 def test_steps_wait_until_cloud_init_has_finished(tmp_path: Path) -> None:
     with Sandbox(["booting"]) as sandbox:
         done = tmp_path / "cloud-init-done"
@@ -184,6 +186,7 @@ def test_steps_wait_until_cloud_init_has_finished(tmp_path: Path) -> None:
     assert done.exists()
 
 
+@pytest.mark.sandbox
 def test_a_droplet_whose_ssh_port_never_answers_is_reported_unreachable_after_retries(
     sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:

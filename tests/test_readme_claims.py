@@ -38,6 +38,8 @@ from poseidon.results import RunResult
 from poseidon.sandbox import Sandbox, SandboxError
 from poseidon.ssh import SSHClient
 
+pytestmark = pytest.mark.sandbox
+
 WORKERS = ["w1", "w2", "w3", "w4"]
 #: A safety net for waits on events: never reached when things work.
 PATIENCE = 120.0

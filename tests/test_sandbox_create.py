@@ -14,6 +14,8 @@ from poseidon.errors import SandboxError
 from poseidon.sandbox import Sandbox
 from support.sandboxes import PATIENCE, pointed
 
+pytestmark = pytest.mark.sandbox
+
 
 def test_a_droplet_created_through_the_api_answers_over_ssh(monkeypatch: pytest.MonkeyPatch) -> None:
     with pointed(["first"], monkeypatch) as sandbox:

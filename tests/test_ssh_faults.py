@@ -41,6 +41,7 @@ SUDO_REFUSALS = {
 }
 
 
+@pytest.mark.sandbox
 @pytest.mark.parametrize("refusal", SUDO_REFUSALS, ids=list(SUDO_REFUSALS))
 def test_a_sudo_that_refuses_fails_the_step_and_says_what_to_do(
     refusal: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch

@@ -27,6 +27,8 @@ from poseidon.cli import main
 from poseidon.sandbox import Sandbox
 from support.sandboxes import pointed, process_running, wait_for
 
+pytestmark = pytest.mark.sandbox
+
 PORT = 5311
 
 APP = """\

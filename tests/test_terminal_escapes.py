@@ -104,6 +104,7 @@ def test_an_api_s_error_message_is_shown_escaped(
     assert "1 droplet(s), 1 ok in 0.1s: all droplets succeeded" in err  # there, but as text on the error's line
 
 
+@pytest.mark.sandbox
 def test_the_api_tokens_are_masked_in_reports(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
