@@ -44,7 +44,8 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 from poseidon.sandbox import Sandbox  # noqa: E402
-from tests.wheels import build_wheel  # noqa: E402
+# bench/wheels.py, found as the folder of a script run is on sys.path (the tests use it too).
+from wheels import build_wheel  # noqa: E402
 
 WORKLOAD = HERE / "workload"
 STEPS = 9  # 7 steps and 2 snapshots, in every tool's version of the workload

@@ -1,4 +1,11 @@
-"""Shared fixtures: a clean environment, and sandboxes over real OpenSSH."""
+"""Shared fixtures: a clean environment, and sandboxes over real OpenSSH.
+
+A test that starts a sandbox (OpenSSH's sshd and the API emulator), or runs
+poseidon against one, carries the ``sandbox`` marker, so that
+``pytest -m "not sandbox"`` runs the fast tests alone: the tests that use the
+shared sandbox get it here; the others are marked in their files. A test
+without the marker that starts a sandbox fails, saying so.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +18,31 @@ from pathlib import Path
 import pytest
 
 from poseidon.sandbox import Sandbox
-from sandboxes import point_at
+from support.sandboxes import point_at
 
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent
+
+
+#: The fixtures that start a sandbox: a test that uses one (sandbox_env does) starts it.
+SANDBOX_FIXTURES = {"shared_sandbox"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SANDBOX_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.sandbox)
+
+
+@pytest.fixture(autouse=True)
+def sandboxes_only_when_marked(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test without the ``sandbox`` marker cannot start one: its marker would lie to ``-m "not sandbox"``."""
+    if request.node.get_closest_marker("sandbox") is None:
+
+        def refuse(sandbox: Sandbox) -> Sandbox:
+            pytest.fail(f"{request.node.nodeid} starts a sandbox: mark it `@pytest.mark.sandbox`", pytrace=False)
+
+        monkeypatch.setattr(Sandbox, "start", refuse)
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,7 @@
 """poseidon.api's core against the real emulator, and against handler functions for what it cannot stage.
 
 The emulator runs in this process, on a thread; handler functions are mounted
-as a requests adapter, one scenario each (a foreign host in a pagination
+as a requests transport (`support.transport`), one scenario each (a foreign host in a pagination
 link, a redirect, a body that is not JSON). A fake clock stands in for time:
 the client's waits advance it instead of sleeping.
 
@@ -18,14 +18,12 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
-from requests.adapters import BaseAdapter
 
 import poseidon.api as po
 from poseidon.droplet import Droplet
@@ -41,7 +39,8 @@ from poseidon.errors import (
     ValidationError,
 )
 from poseidon.sandbox.emulator import Emulator
-from fakeclock import FakeClock
+from support.fakeclock import FakeClock
+from support.transport import Reply, Sent, mounted
 
 TOKEN = "dop_v1_test0123456789abcdef"
 
@@ -85,44 +84,6 @@ def client(emulator: Emulator, clock: FakeClock) -> Iterator[po.Client]:
 
 def droplet_gets(emulator: Emulator) -> list[str]:
     return [target for method, target in emulator.request_log if target.startswith("/v2/droplets")]
-
-
-# -- handler functions mounted as a transport ---------------------------------------
-
-Reply = tuple[int, dict[str, str], Any]
-
-
-class HandlerAdapter(BaseAdapter):
-    """A requests transport that answers with ``handler(request)`` and records what was sent."""
-
-    def __init__(self, handler: Callable[[requests.PreparedRequest], Reply]) -> None:
-        super().__init__()
-        self.handler = handler
-        self.sent: list[tuple[requests.PreparedRequest, Any]] = []
-
-    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
-        # requests passes the options by keyword: the timeout is the one to record.
-        self.sent.append((request, kwargs.get("timeout")))
-        status, headers, body = self.handler(request)
-        response = requests.Response()
-        response.status_code = status
-        response.headers.update(headers)
-        response._content = body if isinstance(body, bytes) else json.dumps(body).encode()
-        response.url = request.url or ""
-        response.request = request
-        response.reason = "reason"
-        return response
-
-    def close(self) -> None:
-        pass
-
-
-def mounted(handler: Callable[[requests.PreparedRequest], Reply]) -> tuple[requests.Session, HandlerAdapter]:
-    adapter = HandlerAdapter(handler)
-    session = requests.Session()
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session, adapter
 
 
 def droplet_data(droplet_id: int, name: str, ip: str = "203.0.113.10", region: str = "nyc3") -> dict[str, Any]:
@@ -432,11 +393,11 @@ def test_a_post_is_retried_on_rate_limiting(clock: FakeClock) -> None:
             (202, {}, {"droplet": droplet_data(7, "web-1")}),
         ]
     )
-    session, adapter = mounted(lambda request: next(replies))
+    session, transport = mounted(lambda request: next(replies))
     client = fake_timed(clock, "https://api.test", session=session)
 
     assert client.post("/v2/droplets", json={"name": "web-1"})["droplet"]["id"] == 7
-    assert len(adapter.sent) == 2 and clock.sleeps == [1.0]
+    assert len(transport.sent) == 2 and clock.sleeps == [1.0]
 
 
 def test_an_unreachable_api_raises_api_connection_error_after_retries(clock: FakeClock) -> None:
@@ -501,18 +462,18 @@ def test_a_post_that_never_reached_the_api_is_sent_again(clock: FakeClock) -> No
 
 
 def test_a_next_link_naming_another_host_is_followed_on_the_base_url_only() -> None:
-    def handler(request: requests.PreparedRequest) -> Reply:
-        page = parse_qs(urlsplit(request.url or "").query).get("page", ["1"])[0]
+    def handler(request: Sent) -> Reply:
+        page = request.query.get("page", "1")
         if page == "1":
             links = {"pages": {"next": "https://evil.example.com/v2/droplets?page=2&per_page=1"}}
             return 200, {}, {"droplets": [droplet_data(1, "a")], "links": links, "meta": {"total": 2}}
         return 200, {}, {"droplets": [droplet_data(2, "b")], "links": {}, "meta": {"total": 2}}
 
-    session, adapter = mounted(handler)
+    session, transport = mounted(handler)
     client = po.Client(TOKEN, api_url="https://api.test", session=session)
 
     assert [d.name for d in client.droplets.list(tag="web")] == ["a", "b"]
-    urls = [request.url for request, _ in adapter.sent]
+    urls = [sent.url for sent in transport.sent]
     assert urls == [
         "https://api.test/v2/droplets?per_page=200&tag_name=web",
         "https://api.test/v2/droplets?page=2&per_page=1",
@@ -520,14 +481,14 @@ def test_a_next_link_naming_another_host_is_followed_on_the_base_url_only() -> N
 
 
 def test_a_redirect_is_not_followed() -> None:
-    session, adapter = mounted(lambda request: (302, {"Location": "https://evil.example.com/v2/account"}, b""))
+    session, transport = mounted(lambda request: (302, {"Location": "https://evil.example.com/v2/account"}, b""))
     client = po.Client(TOKEN, api_url="https://api.test", session=session)
 
     with pytest.raises(APIError) as raised:
         client.account()
 
     assert raised.value.status == 302
-    assert [request.url for request, _ in adapter.sent] == ["https://api.test/v2/account"]
+    assert [sent.url for sent in transport.sent] == ["https://api.test/v2/account"]
 
 
 def test_pagination_that_loops_back_stops_with_an_error() -> None:
@@ -540,15 +501,15 @@ def test_pagination_that_loops_back_stops_with_an_error() -> None:
 
 
 def test_every_request_carries_the_token_a_user_agent_and_a_timeout() -> None:
-    session, adapter = mounted(lambda request: (200, {}, {"account": {}}))
+    session, transport = mounted(lambda request: (200, {}, {"account": {}}))
     client = po.Client(TOKEN, api_url="https://api.test", session=session, timeout=7)
 
     client.account()
 
-    request, timeout = adapter.sent[0]
-    assert request.headers["Authorization"] == f"Bearer {TOKEN}"
-    assert request.headers["User-Agent"].startswith(f"poseidon/{po._version()} ")
-    assert timeout == 7
+    sent = transport.sent[0]
+    assert sent.headers["Authorization"] == f"Bearer {TOKEN}"
+    assert sent.headers["User-Agent"].startswith(f"poseidon/{po._version()} ")
+    assert sent.timeout == 7
     assert "Authorization" not in session.headers
 
 

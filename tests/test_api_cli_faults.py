@@ -10,7 +10,9 @@ import pytest
 import poseidon.api as po
 from poseidon.cli import main
 from poseidon.sandbox import Sandbox
-from sandboxes import pointed
+from support.sandboxes import pointed
+
+pytestmark = pytest.mark.sandbox
 
 
 @pytest.fixture

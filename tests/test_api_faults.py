@@ -8,21 +8,20 @@ would wait, so the budget's pacing is asserted to the second without sleeping.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import pytest
 import requests
-from requests.adapters import BaseAdapter
 
 import poseidon.api as po
 from poseidon.errors import APIConnectionError, AuthenticationError, NotFoundError, RateLimitError, ServerError
 from poseidon.sandbox.emulator import Emulator
-from fakeclock import FakeClock
+from support.fakeclock import FakeClock
+from support.transport import Reply, Sent, Transport, mounted
 
 TOKEN = "dop_v1_faults0123456789"
 SIZE, IMAGE = "s-1vcpu-1gb", "ubuntu-24-04-x64"
@@ -66,45 +65,12 @@ def sent(emulator: Emulator, method: str, path: str) -> int:
     return sum(1 for m, target in emulator.request_log if m == method and urlsplit(target).path == path)
 
 
-Reply = tuple[int, dict[str, str], Any]
-
-
-class HandlerAdapter(BaseAdapter):
-    """A transport that answers with ``handler(method, path, query, body)`` and records the requests."""
-
-    def __init__(self, handler: Callable[[str, str, dict[str, str], Any], Reply]) -> None:
-        super().__init__()
-        self.handler = handler
-        self.sent: list[tuple[str, str, Any]] = []
-
-    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
-        parts = urlsplit(request.url or "")
-        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        body = json.loads(request.body) if request.body else None
-        self.sent.append((request.method or "", parts.path, body))
-        status, headers, answer = self.handler(request.method or "", parts.path, query, body)
-        response = requests.Response()
-        response.status_code = status
-        response.headers.update(headers)
-        response._content = json.dumps(answer).encode() if answer is not None else b""
-        response.url = request.url or ""
-        response.request = request
-        return response
-
-    def close(self) -> None:
-        pass
-
-
-def handled(
-    clock: FakeClock, handler: Callable[[str, str, dict[str, str], Any], Reply], **options: Any
-) -> tuple[po.Client, HandlerAdapter]:
-    adapter = HandlerAdapter(handler)
-    session = requests.Session()
-    session.mount("https://", adapter)
+def handled(clock: FakeClock, handler: Callable[[Sent], Reply], **options: Any) -> tuple[po.Client, Transport]:
+    session, transport = mounted(handler)
     client = po.Client(
         TOKEN, api_url="https://api.test", session=session, sleep=clock.sleep, clock=clock.time, **options
     )
-    return client, adapter
+    return client, transport
 
 
 def droplet_data(droplet_id: int, name: str, created_at: str, status: str = "active") -> dict[str, Any]:
@@ -268,13 +234,13 @@ def test_a_create_failing_every_time_raises_the_last_server_error(client: po.Cli
 def test_an_older_droplet_with_the_name_is_not_taken_for_the_one_asked_for(clock: FakeClock) -> None:
     posts = []
 
-    def handler(method: str, path: str, query: dict[str, str], body: Any) -> Reply:
-        if method == "POST":
-            posts.append(body)
+    def handler(request: Sent) -> Reply:
+        if request.method == "POST":
+            posts.append(request.body)
             if len(posts) == 1:
                 return 500, {}, {"id": "server_error", "message": "try again"}
             return 202, {}, {"droplet": droplet_data(2, "web-1", now_stamp(clock), "new"), "links": {}}
-        if path == "/v2/droplets" and query.get("type") != "gpus":
+        if request.path == "/v2/droplets" and request.query.get("type") != "gpus":
             # A droplet named web-1 made last year: not the one this create asked for.
             return (
                 200,
@@ -294,14 +260,14 @@ def test_an_older_droplet_with_the_name_is_not_taken_for_the_one_asked_for(clock
 def test_after_a_failure_that_made_some_droplets_only_the_missing_names_are_sent_again(clock: FakeClock) -> None:
     posts: list[Any] = []
 
-    def handler(method: str, path: str, query: dict[str, str], body: Any) -> Reply:
-        if method == "POST":
-            posts.append(body)
+    def handler(request: Sent) -> Reply:
+        if request.method == "POST":
+            posts.append(request.body)
             if len(posts) == 1:
                 return 504, {}, {"id": "gateway_timeout", "message": "late"}
-            return 202, {}, {"droplet": droplet_data(8, body["name"], now_stamp(clock), "new"), "links": {}}
+            return 202, {}, {"droplet": droplet_data(8, request.body["name"], now_stamp(clock), "new"), "links": {}}
         found = (
-            [droplet_data(7, "web-1", now_stamp(clock), "new")] if query == {"per_page": "200", "name": "web-1"} else []
+            [droplet_data(7, "web-1", now_stamp(clock), "new")] if request.query == {"per_page": "200", "name": "web-1"} else []
         )
         return 200, {}, {"droplets": found, "links": {}, "meta": {"total": len(found)}}
 
@@ -365,7 +331,7 @@ def budget_handler(clock: FakeClock, remaining: list[int], reset_in: float, limi
     """Answers whose ratelimit headers count down ``remaining``; a request past the limit gets 429."""
     reset = clock.now + reset_in
 
-    def handler(method: str, path: str, query: dict[str, str], body: Any) -> Reply:
+    def handler(request: Sent) -> Reply:
         headers = {"ratelimit-limit": str(limit), "ratelimit-reset": str(int(reset))}
         if not remaining or remaining[0] < 0:
             return 429, {**headers, "ratelimit-remaining": "0"}, {"id": "too_many_requests", "message": "slow down"}
@@ -376,7 +342,7 @@ def budget_handler(clock: FakeClock, remaining: list[int], reset_in: float, limi
 
 
 def test_the_client_does_not_slow_down_while_the_budget_is_plentiful(clock: FakeClock) -> None:
-    client, adapter = handled(clock, budget_handler(clock, list(range(99, 79, -1)), reset_in=60))
+    client, transport = handled(clock, budget_handler(clock, list(range(99, 79, -1)), reset_in=60))
     for _ in range(20):
         client.account()
     assert clock.sleeps == []
@@ -385,7 +351,7 @@ def test_the_client_does_not_slow_down_while_the_budget_is_plentiful(clock: Fake
 def test_the_client_spreads_its_last_requests_until_the_reset_instead_of_meeting_a_429(clock: FakeClock) -> None:
     # 10 of 100 left (the reserve is a tenth), the oldest request expires in 60 s.
     clock.now = float(int(clock.now))
-    client, adapter = handled(clock, budget_handler(clock, list(range(10, 0, -1)), reset_in=60))
+    client, transport = handled(clock, budget_handler(clock, list(range(10, 0, -1)), reset_in=60))
 
     for _ in range(6):
         client.account()
@@ -393,17 +359,17 @@ def test_the_client_spreads_its_last_requests_until_the_reset_instead_of_meeting
     # Once an answer shows the budget low, requests are spaced by an equal
     # share of what is left until the reset: 60 s / 10 left, 54 s / 9 left...
     assert clock.sleeps == pytest.approx([6.0] * 4)
-    assert len(adapter.sent) == 6  # no 429 was answered, none repeated
+    assert len(transport.sent) == 6  # no 429 was answered, none repeated
 
 
 def test_with_nothing_left_the_client_waits_for_the_reset_before_sending(clock: FakeClock) -> None:
-    client, adapter = handled(clock, budget_handler(clock, [0, 4999], reset_in=30, limit=5000))
+    client, transport = handled(clock, budget_handler(clock, [0, 4999], reset_in=30, limit=5000))
 
     client.account()
     client.account()
 
     assert clock.sleeps == pytest.approx([30.0], abs=1)
-    assert len(adapter.sent) == 2
+    assert len(transport.sent) == 2
 
 
 def test_the_client_slows_down_before_the_emulator_would_refuse(clock: FakeClock) -> None:
@@ -457,13 +423,13 @@ def test_a_429_holds_every_thread_of_the_client(clock: FakeClock) -> None:
 
 
 def test_a_429_after_all_attempts_raises_rate_limit_error_and_waits_are_bounded(clock: FakeClock) -> None:
-    def handler(method: str, path: str, query: dict[str, str], body: Any) -> Reply:
+    def handler(request: Sent) -> Reply:
         return 429, {"Retry-After": "7200"}, {"id": "too_many_requests", "message": "slow down"}
 
-    client, adapter = handled(clock, handler, max_wait=30)
+    client, transport = handled(clock, handler, max_wait=30)
 
     with pytest.raises(RateLimitError):
         client.account()
 
     assert clock.sleeps == [30.0, 30.0]
-    assert len(adapter.sent) == 3
+    assert len(transport.sent) == 3

@@ -12,7 +12,7 @@ import pytest
 import poseidon.api as po
 from poseidon.cli import main
 from poseidon.errors import APIError
-from stubhttp import JSONHandler, serving
+from support.stubhttp import JSONHandler, serving
 
 DROPLET = {"id": 1, "name": "web-1", "status": "active", "tags": [], "networks": {"v4": [{"ip_address": "203.0.113.1", "type": "public"}]}}
 

@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import requests
-from requests.adapters import BaseAdapter
 
 import poseidon.api as po
 from poseidon.droplet import Droplet
 from poseidon.errors import APIError, NotFoundError, ResolveError, UsageError, ValidationError
 from poseidon.sandbox.emulator import Emulator
-from fakeclock import FakeClock
+from support.fakeclock import FakeClock
+from support.transport import Reply, Sent, mounted
 
 TOKEN = "dop_v1_resources0123456789"
 SIZE, IMAGE = "s-1vcpu-1gb", "ubuntu-24-04-x64"
@@ -399,19 +397,12 @@ def test_an_action_that_does_not_complete_in_time_raises_wait_timeout_error(cloc
 def test_an_action_that_errors_raises_api_error(clock: FakeClock) -> None:
     action = {"id": 9, "status": "in-progress", "type": "reboot", "resource_id": 1, "resource_type": "droplet"}
 
-    class Adapter(BaseAdapter):
-        def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
-            response = requests.Response()
-            response.status_code = 201 if request.method == "POST" else 200
-            answer = action if request.method == "POST" else {**action, "status": "errored"}
-            response._content = json.dumps({"action": answer}).encode()
-            return response
+    def handler(request: Sent) -> Reply:
+        if request.method == "POST":
+            return 201, {}, {"action": action}
+        return 200, {}, {"action": {**action, "status": "errored"}}
 
-        def close(self) -> None:
-            pass
-
-    session = requests.Session()
-    session.mount("https://", Adapter())
+    session, _ = mounted(handler)
     client = po.Client(TOKEN, api_url="https://api.test", session=session, sleep=clock.sleep, clock=clock.time)
 
     with pytest.raises(APIError, match=r"action 9 \(reboot on droplet 1\) errored"):

@@ -14,7 +14,7 @@ import pytest
 
 from poseidon.cli import main
 from poseidon.sandbox import Sandbox
-from wheels import build_wheel
+from support.wheels import build_wheel
 
 ROOT = Path(__file__).parent.parent
 
@@ -36,6 +36,7 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.sandbox
 def test_the_demo_deploys_the_app_and_a_second_run_changes_nothing(tmp_path: Path, offline_pip: dict[str, str]) -> None:
     """What `make demo` runs, twice: the kept sandbox meets the first run's work. Flask comes from
     tests/.wheelhouse, through the pip settings a sandbox passes on to its droplets."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from poseidon.sandbox import Sandbox
-from sandboxes import PATIENCE
+from support.sandboxes import PATIENCE
 
 ROOT = Path(__file__).parent.parent
 
@@ -160,6 +160,7 @@ def test_droplets_into_a_pipe_keep_every_address_whole(sandbox_env: Sandbox) -> 
     assert "…" not in shown.stdout
 
 
+@pytest.mark.sandbox
 def test_ps_on_a_kept_sandbox_named_by_its_playbook(tmp_path: Path) -> None:
     path = playbook(tmp_path, "version: 1\ndroplets: [solo]\nsteps:\n  - run: 'true'\n")
     try:
@@ -171,6 +172,7 @@ def test_ps_on_a_kept_sandbox_named_by_its_playbook(tmp_path: Path) -> None:
         poseidon("sandbox", "reset", "--playbook", str(path))
 
 
+@pytest.mark.sandbox
 def test_quiet_prints_no_sandbox_banner(tmp_path: Path) -> None:
     path = playbook(tmp_path, "version: 1\ndroplets: [solo]\nsteps:\n  - run: 'true'\n")
     try:

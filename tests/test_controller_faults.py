@@ -23,6 +23,8 @@ from poseidon import runlog
 from poseidon.cli import main
 from poseidon.sandbox import Sandbox
 
+pytestmark = pytest.mark.sandbox
+
 FULL = Path("/dev/full")
 pytestmark = pytest.mark.skipif(not FULL.exists(), reason="needs /dev/full")
 

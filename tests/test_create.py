@@ -15,7 +15,9 @@ from poseidon import hostkeys
 from poseidon.cli import main
 from poseidon.hostkeys import HostKey
 from poseidon.sandbox import Sandbox
-from sandboxes import pointed
+from support.sandboxes import pointed
+
+pytestmark = pytest.mark.sandbox
 
 PLAYBOOK = """
     version: 1

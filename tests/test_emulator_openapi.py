@@ -31,7 +31,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,10 +43,11 @@ import yaml
 from openapi_schema_validator import OAS30ReadValidator, OAS30WriteValidator, oas30_format_checker
 from referencing import Registry
 from referencing.jsonschema import DRAFT4
-from requests.adapters import HTTPAdapter
 
 import poseidon.api as po
 from poseidon.sandbox.emulator import Emulator
+from support.fakeclock import FakeClock
+from support.transport import mounted
 
 # Read at import time: the autouse fixture of conftest.py removes POSEIDON_* variables.
 DOCUMENT = Path(os.environ.get("POSEIDON_DO_OPENAPI") or Path(__file__).parent / "openapi" / "openapi.yaml")
@@ -196,24 +196,6 @@ class Exchange:
         return f"{self.method} {self.target} {json.dumps(self.body)} -> {self.status}"
 
 
-class Recorder(HTTPAdapter):
-    """A transport that records every exchange it carries."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.exchanges: list[Exchange] = []
-
-    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
-        response = super().send(request, *args, **kwargs)
-        body = json.loads(request.body) if request.body else None
-        self.exchanges.append(
-            Exchange(
-                request.method or "", request.path_url, body, response.status_code, response.headers, response.content
-            )
-        )
-        return response
-
-
 def exchange_problems(openapi: OpenAPI, exchange: Exchange, *, check_request: bool = True) -> list[str]:
     """How an exchange departs from the document: its request body, then its answer."""
     assert exchange.operation is not None, f"no operation serves {exchange}"
@@ -255,17 +237,6 @@ def public_key(comment: str) -> str:
     point = hashlib.sha256(comment.encode()).digest()
     blob = len(algorithm).to_bytes(4, "big") + algorithm + len(point).to_bytes(4, "big") + point
     return f"ssh-ed25519 {base64.b64encode(blob).decode()} {comment}"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def time(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 # Every action the client can ask of a droplet, in an order the emulator accepts.
@@ -393,14 +364,18 @@ def run_scenario(client: po.Client, emulator: Emulator) -> None:
 
 @pytest.fixture(scope="module")
 def traffic() -> list[Exchange]:
-    recorder = Recorder()
-    session = requests.Session()
-    session.mount("http://", recorder)
+    session, transport = mounted()
     clock = FakeClock()
     with Emulator(TOKEN) as emulator, session:
         client = po.Client(TOKEN, api_url=emulator.url, session=session, sleep=clock.sleep, clock=clock.time)
         run_scenario(client, emulator)
-    return recorder.exchanges
+    return [
+        Exchange(
+            e.sent.method, e.sent.request.path_url, e.sent.body,
+            e.response.status_code, e.response.headers, e.response.content,
+        )  # fmt: skip
+        for e in transport.exchanges
+    ]
 
 
 # -- the exchanges, operation by operation -------------------------------------------------------

@@ -15,7 +15,7 @@ from poseidon.cli import main
 from poseidon.report import write_report_dir
 from poseidon.results import DropletRun, RunResult
 from poseidon.sandbox import Sandbox
-from sandboxes import point_at
+from support.sandboxes import point_at
 
 PLAYBOOK = """\
     version: 1

@@ -20,8 +20,10 @@ import pytest
 from poseidon import executor
 from poseidon.cli import main
 from poseidon.sandbox import Sandbox
-from fakeclock import FakeClock
-from sandboxes import PATIENCE, point_at, pointed, process_running, wait_for
+from support.fakeclock import FakeClock
+from support.sandboxes import PATIENCE, point_at, pointed, process_running, wait_for
+
+pytestmark = pytest.mark.sandbox
 
 NAMES = ["d1", "d2", "d3", "d4", "d5"]
 

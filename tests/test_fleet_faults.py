@@ -16,7 +16,9 @@ from poseidon.cli import main
 from poseidon.errors import SSHConnectError
 from poseidon.sandbox import Sandbox
 from poseidon.ssh import SSHClient
-from sandboxes import pointed, process_running
+from support.sandboxes import pointed, process_running
+
+pytestmark = pytest.mark.sandbox
 
 NAMES = [f"n{i}" for i in range(1, 9)]
 

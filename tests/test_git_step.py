@@ -15,8 +15,10 @@ from poseidon import steps
 from poseidon.cli import main
 from poseidon.sandbox import Sandbox
 from poseidon.sandbox.repos import build_bare_repo
-from gitserver import private_git_server
-from sandboxes import command_lines_seen
+from support.gitserver import private_git_server
+from support.sandboxes import command_lines_seen
+
+pytestmark = pytest.mark.sandbox
 
 IDENTITY = {
     "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",

@@ -19,7 +19,7 @@ from poseidon import steps
 from poseidon.errors import SpecError
 from poseidon.sandbox import Sandbox
 from poseidon.ssh import SSHClient
-from wheels import build_wheel, offline_pip_env
+from support.wheels import build_wheel, offline_pip_env
 
 PAYLOADS = [
     "; touch {m}",

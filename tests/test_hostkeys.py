@@ -24,7 +24,7 @@ from poseidon.hostkeys import HostKey, address_name, alias
 from poseidon.sandbox import Sandbox
 from poseidon.spec import CreateDroplet
 from poseidon.ssh import SSHClient
-from sandboxes import pointed
+from support.sandboxes import pointed
 
 
 def new_key() -> str:
@@ -160,6 +160,7 @@ def boot_with_the_keys_it_was_sent(sandbox: Sandbox, name: str) -> dict[str, str
     return keys
 
 
+@pytest.mark.sandbox
 def test_a_key_pinned_at_birth_is_verified_on_the_first_connection(
     known_hosts: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -212,6 +213,7 @@ def test_the_sandbox_s_own_known_hosts_gains_the_droplet_ids(sandbox_env: Sandbo
     assert key in [e.key for e in hostkeys.load(sandbox_env.known_hosts) if e.matches(alias(droplet.id))]
 
 
+@pytest.mark.sandbox
 def test_a_droplet_that_comes_back_with_a_new_host_key_is_stopped(tmp_path: Path) -> None:
     # A kept sandbox keeps its droplets' ids; removing its host key makes its sshd come back with another,
     # as a rebuilt droplet would (on another port, so only the droplet's id can tell).

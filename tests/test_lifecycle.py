@@ -14,7 +14,7 @@ import pytest
 import poseidon.api as po
 from poseidon.cli import main
 from poseidon.sandbox import Sandbox
-from sandboxes import pointed, process_running
+from support.sandboxes import pointed, process_running
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -39,6 +39,7 @@ def demo(tmp_path: Path, offline_pip: dict[str, str]) -> Iterator[Path]:
     Sandbox.wipe(tmp_path / ".poseidon" / "sandbox" / "demo-lifecycle")
 
 
+@pytest.mark.sandbox
 def test_the_demo_goes_from_nothing_to_an_app_at_a_dns_name_and_back_and_again(
     demo: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -119,6 +120,7 @@ def account(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:
         yield sandbox
 
 
+@pytest.mark.sandbox
 def test_destroy_refuses_a_droplet_the_playbook_did_not_create_and_deletes_its_own(
     tmp_path: Path, account: Sandbox, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -157,6 +159,7 @@ FOLLOWING = """
 """
 
 
+@pytest.mark.sandbox
 def test_the_record_follows_a_droplet_whose_address_changed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -191,6 +194,7 @@ def test_the_record_follows_a_droplet_whose_address_changed(
         assert record["detail"].startswith("2 A records answer for it") and "remove the others" in record["detail"]
 
 
+@pytest.mark.sandbox
 def test_destroy_deletes_its_own_droplet_and_not_a_stranger_s_of_the_same_name(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -224,7 +228,7 @@ def test_destroy_deletes_its_own_droplet_and_not_a_stranger_s_of_the_same_name(
 
 
 def test_destroy_waits_until_the_api_no_longer_has_the_droplets(tmp_path: Path) -> None:
-    from fakeclock import FakeClock
+    from support.fakeclock import FakeClock
     from poseidon import spec, teardown
     from poseidon.sandbox.emulator import Emulator
 
@@ -258,6 +262,7 @@ PRICED = """
 """
 
 
+@pytest.mark.sandbox
 def test_the_plan_prices_every_droplet_to_create_from_the_sizes_and_totals_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -279,6 +284,7 @@ def test_the_plan_prices_every_droplet_to_create_from_the_sizes_and_totals_them(
     assert plan["prices"] == {"droplets": 2, "monthly": round(monthly, 2), "hourly": round(hourly, 5)}
 
 
+@pytest.mark.sandbox
 def test_an_apply_that_creates_lists_the_sizes_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """The create check lists the sizes; the prices come from that listing, not a second request."""
     playbook = tmp_path / "priced.yaml"

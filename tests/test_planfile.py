@@ -12,7 +12,7 @@ import pytest
 import poseidon.api as po
 from poseidon.cli import main
 from poseidon.sandbox import Sandbox
-from sandboxes import pointed
+from support.sandboxes import pointed
 
 PLAYBOOK = """
     version: 1
@@ -38,6 +38,7 @@ def planned(tmp_path: Path, sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
     return tmp_path / "plan.json"
 
 
+@pytest.mark.sandbox
 def test_a_plan_records_each_droplet_and_applying_it_does_the_work(planned: Path, sandbox: Sandbox) -> None:
     document = json.loads(planned.read_text())
     assert document["playbook"] == "site.yaml"
@@ -49,6 +50,7 @@ def test_a_plan_records_each_droplet_and_applying_it_does_the_work(planned: Path
     assert (sandbox.home("alpha") / "planned").exists() and (sandbox.home("beta") / "planned").exists()
 
 
+@pytest.mark.sandbox
 def test_applying_a_plan_refuses_a_droplet_recreated_since(planned: Path, sandbox: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
     client = po.connect()
     old = client.droplets.by_name("beta")
@@ -61,6 +63,7 @@ def test_applying_a_plan_refuses_a_droplet_recreated_since(planned: Path, sandbo
     assert not (sandbox.home("alpha") / "planned").exists()  # refused before any step anywhere
 
 
+@pytest.mark.sandbox
 def test_applying_a_plan_refuses_when_the_playbook_changed_since(planned: Path, capsys: pytest.CaptureFixture[str]) -> None:
     playbook = planned.parent / "site.yaml"
     playbook.write_text(playbook.read_text().replace("touch planned", "touch other"))
@@ -75,6 +78,7 @@ def test_a_damaged_plan_file_is_refused_with_its_name(tmp_path: Path, capsys: py
     assert f"{broken}: cannot read this plan" in capsys.readouterr().err
 
 
+@pytest.mark.sandbox
 def test_applying_a_plan_refuses_when_an_environment_value_it_read_differs(
     tmp_path: Path, sandbox: Sandbox, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -98,6 +102,7 @@ def test_applying_a_plan_refuses_when_an_environment_value_it_read_differs(
     assert (sandbox.home("alpha") / "deployed-branch").read_text() == "main\n"
 
 
+@pytest.mark.sandbox
 def test_a_plan_made_on_the_sandbox_is_applied_there_and_one_made_elsewhere_is_not(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -116,6 +121,7 @@ def test_a_plan_made_on_the_sandbox_is_applied_there_and_one_made_elsewhere_is_n
     capsys.readouterr()
 
 
+@pytest.mark.sandbox
 def test_a_plan_made_against_the_api_refuses_the_sandbox(planned: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["apply", str(planned), "--sandbox"]) == 2
     assert "was made against the DigitalOcean API, not a sandbox" in capsys.readouterr().err

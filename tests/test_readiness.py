@@ -26,8 +26,8 @@ from poseidon import executor, spec, steps, targets
 from poseidon.results import RunResult, StepResult
 from poseidon.sandbox import Sandbox
 from poseidon.settings import Settings
-from fakeclock import FakeClock
-from sandboxes import PATIENCE, wait_for
+from support.fakeclock import FakeClock
+from support.sandboxes import PATIENCE, wait_for
 
 #: How long a test waits for an event before it fails: a safety net, never a pace.
 
@@ -112,6 +112,7 @@ def copying_python3_stderr(sandbox: Sandbox, copy: Path) -> None:
     shim.chmod(0o755)
 
 
+@pytest.mark.sandbox
 def test_apt_waits_for_the_dpkg_lock_and_says_so(tmp_path: Path, lock_holders: list[subprocess.Popen[bytes]]) -> None:
     said = tmp_path / "python3-stderr"
     said.touch()
@@ -161,6 +162,7 @@ def test_the_dpkg_wait_is_bounded(tmp_path: Path, lock_holders: list[subprocess.
     ]
 
 
+@pytest.mark.sandbox
 def test_steps_wait_until_cloud_init_has_finished(tmp_path: Path) -> None:
     with Sandbox(["booting"]) as sandbox:
         done = tmp_path / "cloud-init-done"
@@ -179,6 +181,7 @@ def test_steps_wait_until_cloud_init_has_finished(tmp_path: Path) -> None:
     assert done.exists()
 
 
+@pytest.mark.sandbox
 def test_a_droplet_whose_ssh_port_never_answers_is_reported_unreachable_after_retries(
     sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:

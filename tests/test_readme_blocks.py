@@ -113,6 +113,7 @@ def _python_blocks_script(folder: Path) -> Path:
     return script
 
 
+@pytest.mark.sandbox
 @pytest.mark.parametrize("block", [b for b in of_kind("sh") if b.line != 3], ids=str)
 def test_sh_blocks_run_as_written(block: Block, tmp_path: Path, demo_wheels: Path) -> None:
     shutil.copytree(ROOT / "examples", tmp_path / "examples", ignore=shutil.ignore_patterns(".poseidon"))

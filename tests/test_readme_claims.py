@@ -27,8 +27,8 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from sandboxes import point_at, pointed, process_running, wait_for
-from wheels import build_wheel, offline_pip_env
+from support.sandboxes import point_at, pointed, process_running, wait_for
+from support.wheels import build_wheel, offline_pip_env
 
 import poseidon.api as po
 import poseidon.sandbox as sandbox_module
@@ -38,6 +38,8 @@ from poseidon.cli import main
 from poseidon.results import RunResult
 from poseidon.sandbox import Sandbox, SandboxError
 from poseidon.ssh import SSHClient
+
+pytestmark = pytest.mark.sandbox
 
 WORKERS = ["w1", "w2", "w3", "w4"]
 #: A safety net for waits on events: never reached when things work.

@@ -10,7 +10,7 @@ import pytest
 
 from poseidon.cli import main
 from poseidon.sandbox import Sandbox
-from sandboxes import point_at
+from support.sandboxes import point_at
 
 SCHEMA = json.loads((Path(__file__).parent.parent / "schemas" / "report.schema.json").read_text())
 

@@ -12,7 +12,9 @@ import requests
 import poseidon.api as po
 from poseidon.errors import SandboxError
 from poseidon.sandbox import Sandbox
-from sandboxes import PATIENCE, pointed
+from support.sandboxes import PATIENCE, pointed
+
+pytestmark = pytest.mark.sandbox
 
 
 def test_a_droplet_created_through_the_api_answers_over_ssh(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -43,12 +45,12 @@ def test_a_farm_larger_than_one_sshd_serves_every_droplet(monkeypatch: pytest.Mo
 
 
 def _slow_sshd(folder: Path, monkeypatch: pytest.MonkeyPatch, delay: float) -> Path:
-    """Serve the sandbox with tests/slow_sshd.py: SIGHUP is taken ``delay`` seconds after it listens
+    """Serve the sandbox with tests/support/slow_sshd.py: SIGHUP is taken ``delay`` seconds after it listens
     (the number in the file returned, read at each start)."""
     from poseidon.sandbox import sshd
 
     stand_in = folder / "slow-sshd"
-    stand_in.write_text(f"#!{sys.executable}\n" + (Path(__file__).parent / "slow_sshd.py").read_text())
+    stand_in.write_text(f"#!{sys.executable}\n" + (Path(__file__).parent / "support" / "slow_sshd.py").read_text())
     stand_in.chmod(0o755)
     monkeypatch.setattr(sshd, "find_sshd", lambda: str(stand_in))
     delay_file = folder / "delay"

@@ -11,7 +11,9 @@ import pytest
 import poseidon.api as po
 from poseidon.errors import SSHError
 from poseidon.sandbox import Sandbox
-from sandboxes import point_at, pointed, process_running
+from support.sandboxes import point_at, pointed, process_running
+
+pytestmark = pytest.mark.sandbox
 
 DETACHED_SLEEP = "nohup setsid sleep 600 > /dev/null 2>&1 < /dev/null & echo $!"
 

@@ -11,8 +11,8 @@ import pytest
 import poseidon.api as po
 from poseidon.errors import CommandError
 from poseidon.sandbox import Sandbox
-from sandboxes import command_lines_seen, process_running, wait_for
-from wheels import build_wheel, offline_pip_env
+from support.sandboxes import command_lines_seen, process_running, wait_for
+from support.wheels import build_wheel, offline_pip_env
 
 
 def test_the_seed_walkthrough_runs_line_by_line(sandbox_env: Sandbox) -> None:

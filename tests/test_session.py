@@ -10,7 +10,7 @@ import poseidon.api as po
 from poseidon.errors import SSHError
 from poseidon.sandbox import Sandbox
 from poseidon.ssh import SSHClient
-from sandboxes import command_lines_seen
+from support.sandboxes import command_lines_seen
 
 
 @pytest.fixture

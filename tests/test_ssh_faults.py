@@ -10,7 +10,7 @@ import pytest
 
 from poseidon.cli import main
 from poseidon.sandbox import Sandbox
-from sandboxes import pointed
+from support.sandboxes import pointed
 
 
 def _apply(tmp_path: Path, steps: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, object]]:
@@ -41,6 +41,7 @@ SUDO_REFUSALS = {
 }
 
 
+@pytest.mark.sandbox
 @pytest.mark.parametrize("refusal", SUDO_REFUSALS, ids=list(SUDO_REFUSALS))
 def test_a_sudo_that_refuses_fails_the_step_and_says_what_to_do(
     refusal: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch

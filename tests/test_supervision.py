@@ -25,7 +25,9 @@ import pytest
 
 from poseidon.cli import main
 from poseidon.sandbox import Sandbox
-from sandboxes import pointed, process_running, wait_for
+from support.sandboxes import pointed, process_running, wait_for
+
+pytestmark = pytest.mark.sandbox
 
 PORT = 5311
 
@@ -219,7 +221,7 @@ def test_a_reused_pid_is_neither_taken_for_the_app_nor_signalled(
 def test_a_process_that_dies_before_it_is_ready_or_never_gets_ready_fails_with_its_log(
     shared_sandbox: Sandbox, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sandboxes import point_at
+    from support.sandboxes import point_at
 
     point_at(shared_sandbox, monkeypatch)
     cases = {
@@ -276,7 +278,7 @@ def test_an_env_secret_is_in_no_command_line_another_user_can_read(
     python = "/usr/bin/python3"  # one that another user may run (a virtualenv under /root is not)
     if os.geteuid() != 0 or not os.access(python, os.X_OK):
         pytest.skip("reading /proc as another user needs root to become that user, and the system's python3")
-    from sandboxes import point_at
+    from support.sandboxes import point_at
 
     point_at(shared_sandbox, monkeypatch)
     monkeypatch.setenv("DB_PASSWORD", "s3cret-in-env-4711")
@@ -318,7 +320,7 @@ def test_an_env_secret_is_in_no_command_line_another_user_can_read(
 def test_a_running_process_that_is_not_ready_is_restarted_and_a_check_that_fails_fails(
     shared_sandbox: Sandbox, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sandboxes import point_at
+    from support.sandboxes import point_at
 
     point_at(shared_sandbox, monkeypatch)
     playbook = tmp_path / "site.yaml"

@@ -16,8 +16,8 @@ import pytest
 
 from poseidon.cli import main
 from poseidon.sandbox import Sandbox
-from sandboxes import point_at
-from stubhttp import JSONHandler, serving
+from support.sandboxes import point_at
+from support.stubhttp import JSONHandler, serving
 
 #: Clear the screen, retitle the terminal, go back to the start of the line and print a fake verdict.
 HOSTILE = "\x1b[2J\x1b]0;pwned\x07\r\x1b[2K1 droplet(s), 1 ok in 0.1s: all droplets succeeded"
@@ -104,11 +104,12 @@ def test_an_api_s_error_message_is_shown_escaped(
     assert "1 droplet(s), 1 ok in 0.1s: all droplets succeeded" in err  # there, but as text on the error's line
 
 
+@pytest.mark.sandbox
 def test_the_api_tokens_are_masked_in_reports(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A step that prints the tokens (it found them somewhere) shows ***: the sandbox's and the operator's."""
-    from sandboxes import pointed
+    from support.sandboxes import pointed
 
     real = "dop_v1_real-operator-token-4711"
     monkeypatch.setenv("DIGITALOCEAN_ACCESS_TOKEN", real)  # the operator's, set when the sandbox starts

@@ -23,7 +23,7 @@ import poseidon.api as po
 from poseidon import shell, spec, steps
 from poseidon.errors import SpecError
 from poseidon.sandbox import Sandbox
-from sandboxes import point_at
+from support.sandboxes import point_at
 
 ROOT = Path(__file__).parent.parent
 

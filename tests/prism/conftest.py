@@ -28,7 +28,7 @@ import pytest
 import requests
 
 import poseidon.api
-from prism_support import TOKEN, PrismServer, Traffic
+from support.prism import TOKEN, PrismServer, Traffic
 
 HERE = Path(__file__).parent
 PRISM = HERE / "node_modules" / ".bin" / "prism"

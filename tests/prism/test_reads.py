@@ -10,7 +10,7 @@ import pytest
 
 from poseidon.api import Client
 from poseidon.errors import APIError, ResolveError
-from prism_support import Traffic
+from support.prism import Traffic
 
 EXAMPLE_DROPLETS = {3164444: "example.com", 3164459: "assets.example.com", 3164412: "stage.example.com"}
 

@@ -8,7 +8,7 @@ import requests
 import poseidon.api
 from poseidon.api import Client
 from poseidon.errors import ValidationError
-from prism_support import TOKEN, PrismServer, Traffic
+from support.prism import TOKEN, PrismServer, Traffic
 
 
 def test_a_droplet_body_without_a_size_is_refused_with_422(client: Client, traffic: Traffic) -> None:

@@ -8,7 +8,7 @@ so these tests check the request that was sent and that it was accepted.
 from __future__ import annotations
 
 from poseidon.api import Client
-from prism_support import Traffic
+from support.prism import Traffic
 
 PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBDd5v9aiy0cBh2R0g3pbs4UKZKmPm8fF0mDV4Nrqsyh me@laptop"
 

@@ -46,7 +46,7 @@ def private_git_server(root: Path, token: str, delay: float = 0.0) -> Iterator[t
     seen: list[str] = []
     handler = type("Handler", (_Handler,), {"token": token, "seen_authorizations": seen, "delay": delay})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}", seen

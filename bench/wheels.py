@@ -1,4 +1,4 @@
-"""Build tiny pure-Python wheels, so pip tests need no package index."""
+"""Build tiny pure-Python wheels, so that pip needs no package index: for the benchmark's workload and the tests."""
 
 from __future__ import annotations
 
@@ -29,7 +29,3 @@ def build_wheel(folder: Path, name: str = "tinyfoo", version: str = "1.0") -> Pa
             archive.writestr(path, text)
     return wheel
 
-
-def offline_pip_env(folder: Path) -> dict[str, str]:
-    """Step ``env`` that makes pip install from ``folder`` only."""
-    return {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(folder)}
