@@ -43,7 +43,10 @@ install-test: $(BIN)/python
 demo: system install
 	$(BIN)/poseidon apply examples/site.yaml --sandbox
 
+# ruff (lint, then format) and mypy first: seconds, where the tests take minutes.
 test: system install-test
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m ruff format --check .
 	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest
 

@@ -21,6 +21,7 @@ not do the work is an error, not a figure.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -44,6 +45,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 from poseidon.sandbox import Sandbox  # noqa: E402
+
 # bench/wheels.py, found as the folder of a script run is on sys.path (the tests use it too).
 from wheels import build_wheel  # noqa: E402
 
@@ -139,12 +141,16 @@ def _start_proxy(f: Farm) -> None:
         raise SystemExit("bench: the delay proxy did not start")
 
 
+def _has_entry(entry: bytes, environ: bytes) -> bool:
+    """Whether ``environ`` (a /proc/PID/environ) holds ``entry`` (``NAME=value``)."""
+    return entry in environ.split(b"\0")
+
+
 def reset(f: Farm) -> None:
     """Fresh droplets: end their processes, empty their homes (the sandbox's git redirect stays)."""
     for name in f.names:
         home = f.sandbox.home(name)
-        marker = f"HOME={home}".encode()
-        _kill_where(lambda environ: marker in environ.split(b"\0"))
+        _kill_where(functools.partial(_has_entry, f"HOME={home}".encode()))
         for child in home.iterdir():
             if child.name == ".gitconfig":
                 continue
@@ -176,7 +182,7 @@ def _kill_where(matches: Callable[[bytes], bool], what: str = "environ") -> None
 
 def verify(f: Farm) -> str | None:
     """What is missing on the droplets after a run, or None when the workload is in place."""
-    for name, address in zip(f.names, f.addresses):
+    for name, address in zip(f.names, f.addresses, strict=True):
         app = f.sandbox.home(name) / "site" / "app"
         if not list(app.glob(".venv/lib/python3*/site-packages/benchpkg/__init__.py")):
             return f"{name}: benchpkg is not installed in site/app/.venv"
@@ -227,9 +233,7 @@ class Poseidon(Tool):
             "POSEIDON_SSH_PORT": str(f.ssh_port(delayed)),
             "POSEIDON_KNOWN_HOSTS": str(f.known_hosts),
         }
-        return Command(
-            [self.executable, "apply", str(playbook), "--forks", str(len(f.names))], env, f.folder
-        )
+        return Command([self.executable, "apply", str(playbook), "--forks", str(len(f.names))], env, f.folder)
 
 
 class Ansible(Tool):
@@ -244,7 +248,7 @@ class Ansible(Tool):
         hosts = [
             f"{n} ansible_host={a} ansible_port={f.ssh_port(delayed)} ansible_user={s.user}"
             f" ansible_ssh_private_key_file={s.key_filename} ansible_python_interpreter=/usr/bin/python3"
-            for n, a in zip(f.names, f.addresses)
+            for n, a in zip(f.names, f.addresses, strict=True)
         ]
         inventory.write_text("[droplets]\n" + "\n".join(hosts) + "\n")
         config = run_dir / "ansible.cfg"
@@ -388,8 +392,13 @@ def measure(command: Command, output: Path, run_dir: Path) -> Sample:
     with open(output, "wb") as out:
         start = time.perf_counter()
         process = subprocess.Popen(
-            command.argv, env=command.env, cwd=command.cwd, stdout=out, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            command.argv,
+            env=command.env,
+            cwd=command.cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
         peak = 0
         done = threading.Event()
@@ -462,7 +471,7 @@ def compare(tools: Sequence[Tool], n: int, repeat: int, rtt_ms: float, work: Pat
     log(f"farm of {n} droplets, {len(tools)} tool(s), {repeat} repetition(s)")
     with farm(n, work / f"farm-{n}", rtt_ms) as f:
         for rep in range(repeat):
-            order = list(tools[rep % len(tools):]) + list(tools[: rep % len(tools)])
+            order = list(tools[rep % len(tools) :]) + list(tools[: rep % len(tools)])
             for tool in order:
                 reset(f)
                 run_once(tool, f, "cold", False, results, work)
@@ -572,14 +581,26 @@ def targets(results: Results, args: argparse.Namespace) -> list[str]:
     ]
     if rtt:
         checks += [
-            (f"warm, {rtt:g} ms: poseidon/ansible <= 0.10", _div(m("poseidon", "warm", n, rtt), m("ansible", "warm", n, rtt)), 0.10),
-            (f"warm, {rtt:g} ms: poseidon/pyinfra <= 0.50", _div(m("poseidon", "warm", n, rtt), m("pyinfra", "warm", n, rtt)), 0.50),
+            (
+                f"warm, {rtt:g} ms: poseidon/ansible <= 0.10",
+                _div(m("poseidon", "warm", n, rtt), m("ansible", "warm", n, rtt)),
+                0.10,
+            ),
+            (
+                f"warm, {rtt:g} ms: poseidon/pyinfra <= 0.50",
+                _div(m("poseidon", "warm", n, rtt), m("pyinfra", "warm", n, rtt)),
+                0.50,
+            ),
         ]
     if 50 in args.scale and 1 in args.scale:
         checks.append(("warm: N=50 / N=1 <= 3", _div(m("poseidon", "warm", 50, 0), m("poseidon", "warm", 1, 0)), 3.0))
         if rtt:
             checks.append(
-                (f"warm, {rtt:g} ms: N=50 / N=1 <= 3", _div(m("poseidon", "warm", 50, rtt), m("poseidon", "warm", 1, rtt)), 3.0)
+                (
+                    f"warm, {rtt:g} ms: N=50 / N=1 <= 3",
+                    _div(m("poseidon", "warm", 50, rtt), m("poseidon", "warm", 1, rtt)),
+                    3.0,
+                )
             )
     if results.startup:
         s = results.startup
@@ -632,11 +653,17 @@ def _sizes(text: str) -> list[int]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="poseidon against Ansible and pyinfra on one workload.")
     parser.add_argument("--n", type=int, default=10, help="droplets in the side-by-side cases (default 10)")
-    parser.add_argument("--scale", type=_sizes, default=[1, 50], help="poseidon alone, warm, at these sizes (default 1,50)")
-    parser.add_argument("--rtt-ms", type=float, default=40, help="added round trip for the delayed case (0: none; default 40)")
+    parser.add_argument(
+        "--scale", type=_sizes, default=[1, 50], help="poseidon alone, warm, at these sizes (default 1,50)"
+    )
+    parser.add_argument(
+        "--rtt-ms", type=float, default=40, help="added round trip for the delayed case (0: none; default 40)"
+    )
     parser.add_argument("--repeat", type=int, default=3, help="runs of each tool per case (default 3)")
     parser.add_argument("--tools", default="poseidon,ansible,pyinfra")
-    parser.add_argument("--peers", type=Path, default=ROOT / ".venv-bench" / "bin", help="where ansible-playbook and pyinfra are")
+    parser.add_argument(
+        "--peers", type=Path, default=ROOT / ".venv-bench" / "bin", help="where ansible-playbook and pyinfra are"
+    )
     parser.add_argument("--poseidon", default=str(ROOT / ".venv" / "bin" / "poseidon"))
     parser.add_argument("--quick", action="store_true", help="one repetition, no other sizes")
     parser.add_argument("--startup-runs", type=int, default=21, help="runs of each start-up command (default 21)")
@@ -663,7 +690,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         startup(args.poseidon, results, args.startup_runs)
     print(f"\nmachine: {_machine()}")
     print(f"peers: {_versions(args.peers)}")
-    print(f"medians of {args.repeat} run(s); the {args.rtt_ms:g} ms round trip is added by bench/delay.py, a TCP proxy (no netem here)")
+    print(
+        f"medians of {args.repeat} run(s); the {args.rtt_ms:g} ms round trip is added by bench/delay.py,"
+        " a TCP proxy (no netem here)"
+    )
     print("peak RSS: all processes of the controlling side together, sampled every 100 ms\n")
     print(table(results, names, args))
     print()
@@ -672,7 +702,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.json.write_text(
             json.dumps(
                 {
-                    "runs": {f"{t}/{c}/N={n}/rtt={r:g}": [s.__dict__ for s in v] for (t, c, n, r), v in results.samples.items()},
+                    "runs": {
+                        f"{t}/{c}/N={n}/rtt={r:g}": [s.__dict__ for s in v]
+                        for (t, c, n, r), v in results.samples.items()
+                    },
                     "startup": results.startup,
                 },
                 indent=1,

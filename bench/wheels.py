@@ -28,4 +28,3 @@ def build_wheel(folder: Path, name: str = "tinyfoo", version: str = "1.0") -> Pa
         for path, text in files.items():
             archive.writestr(path, text)
     return wheel
-

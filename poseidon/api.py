@@ -58,7 +58,6 @@ import requests
 import urllib3
 
 from poseidon.droplet import Droplet
-from poseidon.settings import DEFAULT_API_TIMEOUT, DEFAULT_API_URL, TOKEN_VARIABLES, Settings
 from poseidon.errors import (
     APIConnectionError,
     APIError,
@@ -72,6 +71,7 @@ from poseidon.errors import (
     ValidationError,
     WaitTimeoutError,
 )
+from poseidon.settings import DEFAULT_API_TIMEOUT, DEFAULT_API_URL, TOKEN_VARIABLES, Settings
 
 __all__ = [
     "DEFAULT_API_URL",
@@ -340,9 +340,7 @@ class Client:
         if base.username is not None or base.password is not None:
             # requests would send them as Basic auth in place of the token, and print them in errors.
             shown = base._replace(netloc="***@" + base.netloc.rpartition("@")[2]).geturl()
-            raise UsageError(
-                f"the API URL must not hold a user or password ({shown}): the token is the credential"
-            )
+            raise UsageError(f"the API URL must not hold a user or password ({shown}): the token is the credential")
         if base.scheme not in ("http", "https") or not base.netloc:
             raise UsageError(f"the API URL must look like https://host, not {api_url!r}")
         self._token = token
@@ -651,7 +649,9 @@ class Client:
             if not following:
                 return
             if not isinstance(following, str):
-                raise APIError(f"the API answered nonsense for {target}: links.pages.next: a URL, not {type(following).__name__}")
+                raise APIError(
+                    f"the API answered nonsense for {target}: links.pages.next: a URL, not {type(following).__name__}"
+                )
             if len(seen) >= self.max_pages:
                 raise APIError(
                     f"the API's pagination goes on past {self.max_pages} pages of {self.per_page} for {path}:"

@@ -50,14 +50,26 @@ def _parser() -> argparse.ArgumentParser:
     def run_options(command: argparse.ArgumentParser) -> None:
         command.add_argument("playbook", help="the playbook (YAML), or a plan file (JSON) from 'plan --out'")
         command.add_argument("--sandbox", action="store_true", help="run on a local sandbox of the playbook's droplets")
-        command.add_argument("--limit", metavar="PATTERNS", help="only these droplets (comma-separated names or patterns: web-*)")
-        command.add_argument("--forks", type=_at_least_one, default=20, metavar="N", help="droplets run at once (default 20)")
+        command.add_argument(
+            "--limit", metavar="PATTERNS", help="only these droplets (comma-separated names or patterns: web-*)"
+        )
+        command.add_argument(
+            "--forks", type=_at_least_one, default=20, metavar="N", help="droplets run at once (default 20)"
+        )
         command.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
         command.add_argument("--report", metavar="FILE.json", help="also write the JSON report to this file")
         command.add_argument("--start-at", metavar="STEP", help="start at this step (its number, or its name)")
-        command.add_argument("--resume", action="store_true", help="start each droplet at its first step that did not succeed in the last run")
-        command.add_argument("--fail-fast", action="store_true", help="after the first failure, start no new step anywhere")
-        command.add_argument("--shard", metavar="I/N", help="run the I-th of N equal slices of the droplets (for CI matrices)")
+        command.add_argument(
+            "--resume",
+            action="store_true",
+            help="start each droplet at its first step that did not succeed in the last run",
+        )
+        command.add_argument(
+            "--fail-fast", action="store_true", help="after the first failure, start no new step anywhere"
+        )
+        command.add_argument(
+            "--shard", metavar="I/N", help="run the I-th of N equal slices of the droplets (for CI matrices)"
+        )
         command.add_argument("--quiet", action="store_true", help="print only the summary table")
         command.add_argument("--report-dir", metavar="DIR", help="write report.json and one CSV per snapshot there")
 
@@ -66,7 +78,11 @@ def _parser() -> argparse.ArgumentParser:
     apply.add_argument("--check", action="store_true", help="only report what would change (as plan)")
     plan = commands.add_parser("plan", help="show what apply would change; changes nothing")
     run_options(plan)
-    plan.add_argument("--out", metavar="PLAN.json", help="record the plan; 'poseidon apply PLAN.json' then refuses if droplets changed")
+    plan.add_argument(
+        "--out",
+        metavar="PLAN.json",
+        help="record the plan; 'poseidon apply PLAN.json' then refuses if droplets changed",
+    )
     plan.add_argument(
         "--detailed-exitcode",
         action="store_true",
@@ -107,7 +123,9 @@ def _parser() -> argparse.ArgumentParser:
         help="up: run one in the background and print its variables; env: print them again; down: stop it;"
         " reset: stop it and remove it (with --playbook: the one --sandbox keeps for that playbook)",
     )
-    sandbox.add_argument("--droplet", action="append", metavar="NAME", help="a droplet to serve (repeatable; default: test)")
+    sandbox.add_argument(
+        "--droplet", action="append", metavar="NAME", help="a droplet to serve (repeatable; default: test)"
+    )
     sandbox.add_argument("--playbook", help="the playbook's kept sandbox: its droplets and example repositories")
     return parser
 
@@ -115,7 +133,9 @@ def _parser() -> argparse.ArgumentParser:
 class _Version(argparse.Action):
     """``--version``, looked up only when asked: importlib.metadata is not on every command's start-up."""
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: Any = None) -> None:
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: Any = None
+    ) -> None:
         print(f"poseidon {_version()}")
         parser.exit()
 
@@ -210,7 +230,7 @@ def _exit_status(handler: Callable[[argparse.Namespace], int], args: argparse.Na
     except errors.PoseidonError as exc:
         _say(exc)
         return EXIT_FAILED
-    except Exception as exc:  # noqa: BLE001 - a bug still gets one line, not a traceback
+    except Exception as exc:
         if debugging():
             raise
         _say(f"unexpected {type(exc).__name__}: {exc} (POSEIDON_DEBUG=1 shows where)")
@@ -329,7 +349,9 @@ def _apply(args: argparse.Namespace) -> int:
     if plan is not None:
         args.playbook = str(plan.playbook)
         if args.sandbox and not plan.sandbox:
-            raise errors.UsageError(f"{plan.path} was made against the DigitalOcean API, not a sandbox: apply it without --sandbox")
+            raise errors.UsageError(
+                f"{plan.path} was made against the DigitalOcean API, not a sandbox: apply it without --sandbox"
+            )
         args.sandbox = plan.sandbox  # a plan made on the sandbox is applied there
     playbook = _load(args.playbook)
     if plan is not None and (changed := plan.environment_changes(os.environ)):
@@ -347,9 +369,13 @@ def _apply(args: argparse.Namespace) -> int:
             raise errors.UsageError(f"--report-dir {args.report_dir}: {exc.strerror}") from exc
     reporter = Reporter(sys.stderr if args.json else None)
     with ExitStack() as stack:
-        settings = _settings(stack, None if args.quiet else reporter, (args.playbook, playbook) if args.sandbox else None)
+        settings = _settings(
+            stack, None if args.quiet else reporter, (args.playbook, playbook) if args.sandbox else None
+        )
         # A sandbox's runs are logged apart: --resume must never mix them with real droplets'.
-        runs = (_kept_sandbox_root(args.playbook) if args.sandbox else Path(args.playbook).resolve().parent / ".poseidon") / "runs"
+        runs = (
+            _kept_sandbox_root(args.playbook) if args.sandbox else Path(args.playbook).resolve().parent / ".poseidon"
+        ) / "runs"
         options = executor.RunOptions(
             mode=mode,
             limit=_limit(args.limit) if args.limit is not None else None,
@@ -532,7 +558,9 @@ def _limit(text: str) -> tuple[str, ...]:
     """``--limit``: comma-separated names or patterns; none at all is a mistake, not the whole fleet."""
     parts = tuple(part.strip() for part in text.split(","))
     if not any(parts):
-        raise errors.UsageError("--limit names no droplet (an empty value, as from an unset variable): give names or patterns")
+        raise errors.UsageError(
+            "--limit names no droplet (an empty value, as from an unset variable): give names or patterns"
+        )
     return tuple(part for part in parts if part)
 
 
@@ -570,7 +598,9 @@ def _write_records(args: argparse.Namespace, result: Any, reporter: Reporter) ->
 
     failed = False
     if result.run_log_error:
-        reporter.error(f"the run log {result.run_log} is incomplete: {result.run_log_error}; the report above has every step")
+        reporter.error(
+            f"the run log {result.run_log} is incomplete: {result.run_log_error}; the report above has every step"
+        )
         failed = True
     writes: list[tuple[str, str | None, Callable[[str], object]]] = [
         (

@@ -61,7 +61,9 @@ def _sync_one(record: DNSRecord, address: str | None, client: api.Client, domain
     if len(found) > 1:
         listed = ", ".join(str(r.get("data")) for r in found)
         return DNSResult(
-            record.fqdn, address, "failed",
+            record.fqdn,
+            address,
+            "failed",
             f"{len(found)} A records answer for it ({listed}): poseidon keeps one; remove the others",
         )
     current = found[0]

@@ -98,7 +98,6 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     return f": did you mean {' or '.join(repr(c) for c in close)}?"
 
 
-
 class SpecError(PoseidonError, ValueError):
     """Raised when a playbook is invalid; ``problems`` lists every one found."""
 

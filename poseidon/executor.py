@@ -103,9 +103,15 @@ def _lock(ssh: SSHClient, run: DropletRun, notice: Notice | None) -> None:
     answer = ssh.lock(holder)
     if answer.state == "busy":
         other = answer.detail or "an unknown run"
-        raise DropletBusyError(f"{run.name} is being provisioned by another poseidon run ({other}); try again when it ends")
+        raise DropletBusyError(
+            f"{run.name} is being provisioned by another poseidon run ({other}); try again when it ends"
+        )
     if answer.state == "none" and notice:
-        notice(run.name, f"no apply lock on the droplet ({answer.detail or 'no answer'}): this run is not protected from another at the same time")
+        notice(
+            run.name,
+            f"no apply lock on the droplet ({answer.detail or 'no answer'}):"
+            " this run is not protected from another at the same time",
+        )
 
 
 @dataclass(frozen=True)
@@ -130,7 +136,7 @@ def _started(before: _Before | None, ps: Any, sessions: Any, nohups: set[int]) -
     if before.session is not None:
         leaders.add(before.session)
     ours = set(sessions.loc[sessions["SID"].isin(leaders), "PID"]) - before.pids
-    parents = dict(zip(ps["PID"], ps["PPID"]))
+    parents = dict(zip(ps["PID"], ps["PPID"], strict=True))
     # Still under poseidon's shell: the snapshot being taken. A process a step left running was
     # handed to init when its step ended.
     ours = {pid for pid in ours if not _descends(pid, before.session, parents)}
@@ -173,7 +179,12 @@ def _ready(ssh: SSHClient, run: DropletRun, playbook: spec.Playbook, notice: Not
 
 
 def _snapshots(
-    ssh: SSHClient, run: DropletRun, before: _Before | None, playbook: spec.Playbook, masker: Masker, pid_files: list[str]
+    ssh: SSHClient,
+    run: DropletRun,
+    before: _Before | None,
+    playbook: spec.Playbook,
+    masker: Masker,
+    pid_files: list[str],
 ) -> None:
     """The report's ``ps`` and ``top`` of the droplet, each process's session and the pids in the
     ``nohup`` steps' pid files (``pid_files``), in one round trip."""
@@ -185,7 +196,7 @@ def _snapshots(
         wanted.append("sessions")
     args = [arguments[name] for name in wanted]
     *results, leaders = ssh.run_pipelined([*map(steps.ps_command, args), steps.pid_files(pid_files)])
-    frames = dict(zip(wanted, ps_frames(args, results)))
+    frames = dict(zip(wanted, ps_frames(args, results), strict=True))
     if "ps" in frames:
         run.ps = masker.frame(frames["ps"])
         nohups = {int(pid) for pid in leaders.stdout.split() if pid.isdecimal()}
@@ -310,14 +321,17 @@ def _run_droplet(target: Target, ctx: _Context) -> DropletRun:
         if conflicts:  # names made of values: the same on this droplet
             raise UsageError("; ".join(conflicts))
         ctx.doing(run.name, "connecting")
-        with connect(
-            target,
-            ctx.settings,
-            connect_timeout=ctx.options.connect_timeout,
-            ready_timeout=ctx.options.ready_timeout,
-            notice=ctx.notice,
-            stop=ctx.stop,
-        ) as ssh, ctx.holding(run.name, ssh):
+        with (
+            connect(
+                target,
+                ctx.settings,
+                connect_timeout=ctx.options.connect_timeout,
+                ready_timeout=ctx.options.ready_timeout,
+                notice=ctx.notice,
+                stop=ctx.stop,
+            ) as ssh,
+            ctx.holding(run.name, ssh),
+        ):
             if ctx.mode == "apply":
                 _lock(ssh, run, ctx.notice)  # held until the connection closes
             ctx.doing(run.name, "waiting until it is ready")
@@ -574,7 +588,7 @@ def _run_all(targets: list[Target], ctx: _Context, result: RunResult) -> list[Dr
             # The connections are closed: the workers end at once, or are given up on.
             wait(futures, timeout=STOP_PATIENCE)
     pool.shutdown(wait=False, cancel_futures=True)
-    return [f.result() if f.done() else _given_up(t, ctx) for f, t in zip(futures, targets)]
+    return [f.result() if f.done() else _given_up(t, ctx) for f, t in zip(futures, targets, strict=True)]
 
 
 def _given_up(target: Target, ctx: _Context) -> DropletRun:

@@ -327,7 +327,9 @@ def _notice(decision: Decision, *, address: str, droplet_id: int | None, droplet
         return f"first contact with {who} at {address}: recorded its host key {decision.key.describe()} in {file}"
     was = decision.was_key
     tenants = ", ".join(str(i) for i in decision.previous)
-    before = f"droplet {tenants}'s" if len(decision.previous) == 1 else (f"droplets {tenants}'" if tenants else "another")
+    before = (
+        f"droplet {tenants}'s" if len(decision.previous) == 1 else (f"droplets {tenants}'" if tenants else "another")
+    )
     return (
         f"{who} is a new droplet at {address}, which had {before} host key"
         f" ({was.describe() if was else 'unknown'}): DigitalOcean reuses addresses;"
@@ -433,7 +435,9 @@ def _point(path: Path, text: str, names: tuple[str, ...], key: HostKey) -> None:
         return
     added = f"{','.join(missing)} {key}"
     # Only lines poseidon wrote (they name a droplet id) give up a name: never OpenSSH's or a person's.
-    lines, changed = _without(text, missing, keep=lambda entry: bool(entry.marker) or entry.key == key or not _ours(entry))
+    lines, changed = _without(
+        text, missing, keep=lambda entry: bool(entry.marker) or entry.key == key or not _ours(entry)
+    )
     if changed:
         _rewrite(path, [*lines, added])
         return

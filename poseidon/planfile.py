@@ -48,7 +48,9 @@ class Plan:
     def environment_changes(self, environ: Mapping[str, str]) -> list[str]:
         """The variables whose value in ``environ`` is not the one planned with, by name."""
         return [
-            name for name, digest in sorted(self.environment.items()) if _env_digest(self.salt, environ.get(name)) != digest
+            name
+            for name, digest in sorted(self.environment.items())
+            if _env_digest(self.salt, environ.get(name)) != digest
         ]
 
 
@@ -69,7 +71,12 @@ def _env_digest(salt: str, value: str | None) -> str | None:
 
 
 def write(
-    out: str, result: RunResult, playbook: str, environ: Mapping[str, str | None] | None = None, *, sandbox: bool = False
+    out: str,
+    result: RunResult,
+    playbook: str,
+    environ: Mapping[str, str | None] | None = None,
+    *,
+    sandbox: bool = False,
 ) -> None:
     """Record ``result`` (a plan's) for ``apply``; the playbook path is kept relative to the plan file.
 

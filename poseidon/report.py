@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-import threading
 from typing import IO, TYPE_CHECKING, Any
 
 from poseidon import files
@@ -250,7 +250,9 @@ class Reporter:
         for record in found.records:
             self.console.print(f"  {verb}: {record}", markup=False)
         for refusal in found.refused:
-            self.console.print(f"  refused: {refusal.name} (id {refusal.id}): {refusal.reason}", style="bold red", markup=False)
+            self.console.print(
+                f"  refused: {refusal.name} (id {refusal.id}): {refusal.reason}", style="bold red", markup=False
+            )
         for name in found.kept:
             self.console.print(f"  kept: {name} (no create: in the playbook)", style="dim", markup=False)
         for record in found.left:
@@ -320,7 +322,7 @@ class Reporter:
         lines = _columns(header, rows, self.console.width).splitlines()
         self.console.print(_title(result), style="bold", markup=False)
         self.console.print(lines[0], style="bold", markup=False, highlight=False, soft_wrap=True)
-        for run, line in zip(result.droplets, lines[1:]):
+        for run, line in zip(result.droplets, lines[1:], strict=False):
             style = "red" if run.failed else None
             self.console.print(line, style=style, markup=False, highlight=False, soft_wrap=True)
 
@@ -424,10 +426,10 @@ def _cell(step: StepResult | None, *, timed: bool = True) -> Any:
 
 def _columns(header: list[str], rows: list[list[str]], width: int) -> str:
     """Aligned text columns, each line cut to ``width`` (the last column is the long one)."""
-    widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=False)]
     lines = []
     for cells in (header, *rows):
-        line = "  ".join(cell.ljust(w) for cell, w in zip(cells[:-1], widths[:-1]))
+        line = "  ".join(cell.ljust(w) for cell, w in zip(cells[:-1], widths[:-1], strict=False))
         line = f"  {line}  {cells[-1]}".rstrip() if len(cells) > 1 else f"  {cells[0]}"
         lines.append(line if len(line) <= width else line[: width - 1] + "…")
     return "\n".join(lines)

@@ -48,7 +48,11 @@ class RunLog:
         self.error: str | None = None
         self._lock = threading.Lock()
         # The descriptor of the file just created: never the name again, where a link could be by now.
-        self._file = os.fdopen(descriptor, "a", encoding="utf-8") if descriptor is not None else open(path, "a", encoding="utf-8")
+        self._file = (
+            os.fdopen(descriptor, "a", encoding="utf-8")
+            if descriptor is not None
+            else open(path, "a", encoding="utf-8")
+        )
 
     @classmethod
     def start(
@@ -63,7 +67,12 @@ class RunLog:
         except OSError as exc:
             raise UsageError(f"cannot write the run log in {folder}: {exc.strerror}") from exc
         playbook = os.path.abspath(result.playbook)
-        header: dict[str, Any] = {"playbook": playbook, "mode": result.mode, "started": result.started, "droplets": droplets}
+        header: dict[str, Any] = {
+            "playbook": playbook,
+            "mode": result.mode,
+            "started": result.started,
+            "droplets": droplets,
+        }
         header["sha256"] = _text_digest(playbook)
         if resumed is not None:
             header["resumed"] = dict(resumed)
@@ -199,7 +208,9 @@ def _read_log(path: Path, steps: int) -> tuple[dict[str, Any], dict[str, set[int
         droplet, index = record.get("droplet"), record.get("index")
         if not isinstance(droplet, str) or type(index) is not int or index < 0:
             raise UsageError(f"{path}:{number}: --resume: a step record needs a droplet name and a step number")
-        if index < steps and (record.get("status") in ("ok", "changed", DONE_EARLIER) or record.get("reason") == RESUMED):
+        if index < steps and (
+            record.get("status") in ("ok", "changed", DONE_EARLIER) or record.get("reason") == RESUMED
+        ):
             done.setdefault(droplet, set()).add(index)
     return header, done, ran
 

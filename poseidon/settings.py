@@ -100,7 +100,9 @@ class Settings:
             ssh_port=_deferred(_ssh_port, text("POSEIDON_SSH_PORT"), "POSEIDON_SSH_PORT", 22, problems),
             ssh_key=env.get("POSEIDON_SSH_KEY") or None,
             known_hosts=env.get("POSEIDON_KNOWN_HOSTS") or None,
-            ssh_keepalive=_deferred(_keepalive, text("POSEIDON_SSH_KEEPALIVE"), "POSEIDON_SSH_KEEPALIVE", None, problems),
+            ssh_keepalive=_deferred(
+                _keepalive, text("POSEIDON_SSH_KEEPALIVE"), "POSEIDON_SSH_KEEPALIVE", None, problems
+            ),
             pin_host_keys=env.get("POSEIDON_PIN_HOST_KEYS", "1") != "0",
             login_problems=tuple(problems),
         )

@@ -148,7 +148,7 @@ _REFUSED = {
     _SINGLE: (
         "${{{name}}} is inside single quotes, where the shell takes text literally: the value could only be"
         " pasted into text that may be code for another program (sh -c '...', awk '...'); write \"${{{name}}}\""
-        " in double quotes, or pass it through env: and use \"$NAME\" in the quoted code"
+        ' in double quotes, or pass it through env: and use "$NAME" in the quoted code'
     ),
     _QUOTED_HEREDOC: (
         "${{{name}}} is inside a quoted here-document (<<'EOF'), where the shell expands nothing:"

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -252,7 +251,7 @@ class SSHClient:
                 f"{where}: no key to log in with: set POSEIDON_SSH_KEY to a private key file,"
                 " add one to ssh-agent, or put one in ~/.ssh"
             ) from exc
-        except (socket.error, EOFError) as exc:
+        except (OSError, EOFError) as exc:
             raise SSHConnectError(f"{where}: cannot connect: {exc or type(exc).__name__}") from exc
         return connection
 
@@ -339,7 +338,9 @@ class SSHClient:
             raise self._lost(exc) from exc
         if result.exited == -1 and not self.connection.is_connected:
             # The channel closed without an exit status because the connection is gone.
-            raise SSHError(f"{self.label}: the connection was lost during a command (the droplet rebooted or the network dropped)")
+            raise SSHError(
+                f"{self.label}: the connection was lost during a command (the droplet rebooted or the network dropped)"
+            )
         return result
 
     @contextmanager
@@ -350,7 +351,8 @@ class SSHClient:
         if self._session is None:
             if self._locked:
                 raise SSHError(
-                    f"{self.label}: the shell session that held the apply lock ended; this run no longer holds the droplet"
+                    f"{self.label}: the shell session that held the apply lock ended;"
+                    " this run no longer holds the droplet"
                 )
             transport = self.connection.client.get_transport()
             if transport is None or not transport.is_active():
@@ -482,7 +484,9 @@ class SSHClient:
         # Printed with interactive=True, and named in errors: the git token masked as in reports.
         title = Masker((secrets or {}).values()).text(steps.describe(step))
         try:
-            result = self.run(rendered.command, stdin=rendered.stdin, title=title, deadline=deadline, keep=STEP_OUTPUT_KEPT)
+            result = self.run(
+                rendered.command, stdin=rendered.stdin, title=title, deadline=deadline, keep=STEP_OUTPUT_KEPT
+            )
             exited, stdout, stderr = result.exited, result.stdout, result.stderr
         except CommandError as exc:
             exited, stdout, stderr = exc.exited, exc.stdout, exc.stderr
@@ -585,7 +589,7 @@ class SSHClient:
 def ps_frames(args: Sequence[str], results: Sequence[CommandResult]) -> list[pd.DataFrame]:
     """The frames of ``ps`` commands run with ``args`` (:func:`steps.ps_command`); raises
     :class:`CommandError` for one that failed."""
-    for a, result in zip(args, results):
+    for a, result in zip(args, results, strict=True):
         if result.exited != 0:
             raise CommandError(f"ps {a}", result.exited, result.stdout, result.stderr)
     return [parse_ps(result.stdout) for result in results]

@@ -19,7 +19,6 @@ from poseidon.targets import Target, connect, resolve
 __all__ = ["status"]
 
 
-
 def status(
     playbook: spec.Playbook,
     *,

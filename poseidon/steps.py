@@ -168,7 +168,7 @@ def change_mark(step: spec.Step, user: str) -> str:
 
 # The login user's ~/.poseidon/changes, also under sudo (whose HOME is root's).
 _MARKS_DIR = (
-    '_pm=$HOME\n'
+    "_pm=$HOME\n"
     'if [ -n "${SUDO_USER-}" ] && [ "$(id -u)" -eq 0 ]; then'
     ' _pm=$(getent passwd "$SUDO_USER" | cut -d: -f6) && [ -n "$_pm" ] || _pm=$HOME; fi\n'
     "_pm=$_pm/.poseidon/changes"
@@ -203,7 +203,7 @@ _DPKG_INSTALLED = (
     "_installed() { n=${1%%=*}\n"
     "  s=$(dpkg-query -W -f='${Status}|${Version}' \"$n\" 2>/dev/null) || return 1\n"
     "  case \"$s\" in *' installed|'*) ;; *) return 1 ;; esac\n"
-    "  [ \"$n\" = \"$1\" ] || [ \"${s##*|}\" = \"${1#*=}\" ]; }"
+    '  [ "$n" = "$1" ] || [ "${s##*|}" = "${1#*=}" ]; }'
 )
 # cloud-init holds the dpkg lock right after a droplet boots: wait for it, bounded.
 _APT_GET = "DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout=300"
@@ -226,7 +226,7 @@ def apt(step: AptStep, ctx: StepContext) -> Script:
 # annotated tag first (it names the commit), then a branch, a tag, an exact ref
 # (HEAD, refs/...). Prints "SHA KIND", or nothing when the remote lacks the ref.
 _PICK_REF = (
-    "awk -v r=\"$ref\" '"
+    'awk -v r="$ref" \''
     '$2 == "refs/tags/" r "^{}" {t=$1} $2 == "refs/heads/" r {h=$1} '
     '$2 == "refs/tags/" r {g=$1} $2 == r {e=$1} '
     'END {if (t) print t, "tag"; else if (h) print h, "branch"; '
@@ -239,7 +239,7 @@ _ASKPASS = (
     "export POSEIDON_GIT_TOKEN\n"
     "askpass=$(mktemp) || exit 2; trap 'rm -f \"$askpass\"' EXIT\n"
     "printf '%s\\n' '#!/bin/sh' "
-    "'case \"$1\" in Username*) echo x-access-token ;; *) printf \"%s\\n\" \"$POSEIDON_GIT_TOKEN\" ;; esac'"
+    '\'case "$1" in Username*) echo x-access-token ;; *) printf "%s\\n" "$POSEIDON_GIT_TOKEN" ;; esac\''
     ' > "$askpass" && chmod 700 "$askpass" || exit 2\n'
     'export GIT_ASKPASS="$askpass"'
 )
@@ -254,7 +254,8 @@ def git(step: GitStep, ctx: StepContext, token: str | None = None) -> Script:
     )
     # What the remote has under the ref; a remote that cannot be read fails the check.
     resolve = (
-        f'out=$(git -C {dest} ls-remote -- origin "$ref" "refs/heads/$ref" "refs/tags/$ref" "refs/tags/$ref^{{}}") || return 2\n'
+        f"out=$(git -C {dest} ls-remote -- origin"
+        ' "$ref" "refs/heads/$ref" "refs/tags/$ref" "refs/tags/$ref^{}") || return 2\n'
         f'set -- $(printf "%s\\n" "$out" | {_PICK_REF}); want=${{1-}} kind=${{2-}}'
     )
     check = (
@@ -265,7 +266,7 @@ def git(step: GitStep, ctx: StepContext, token: str | None = None) -> Script:
         f'[ -n "$want" ] || {{ case "$head" in "$ref"*) ;; *) return 1 ;; esac; want=$head; }}\n'
         f'[ "$head" = "$want" ] && [ -z "$(git -C {dest} status --porcelain --untracked-files=no)" ]'
     )
-    checkout = ' && git -C {d} checkout -q "$ref"'.format(d=dest) if step.ref else ""
+    checkout = f' && git -C {dest} checkout -q "$ref"' if step.ref else ""
     apply = (
         f"if [ -d {dest}/.git ]; then\n"
         f'  if [ "$kind" = branch ]; then\n'
@@ -312,8 +313,8 @@ def _python(step: PipStep | PipRStep) -> _Python:
         # Modern Debian and Ubuntu refuse a system-wide pip (PEP 668) unless told;
         # pip before 23 has no such option and needs none.
         flag = (
-            'if python3 -m pip install --help 2>/dev/null | grep -q -- --break-system-packages;'
-            ' then set -- --break-system-packages; else set --; fi'
+            "if python3 -m pip install --help 2>/dev/null | grep -q -- --break-system-packages;"
+            " then set -- --break-system-packages; else set --; fi"
         )
         return _Python("python3", flag, '"$@"', "python3 --version 2>&1", ".poseidon")
     venv = quote_path(step.venv)
@@ -405,7 +406,8 @@ _stop() {  # TERM the group and every process carrying the token; KILL what is l
   [ -z "$_group" ] || kill -TERM "-$_group" 2>/dev/null || kill -TERM "$_group" 2>/dev/null
   [ -z "$_left" ] || kill -TERM $_left 2>/dev/null
   _n=0
-  while [ $_n -lt 100 ] && { { [ -n "$_group" ] && _procstat "$_group" && [ "$_pstart" = "$_gstart" ]; } || [ -n "$(_members)" ]; }; do
+  while [ $_n -lt 100 ] &&
+    { { [ -n "$_group" ] && _procstat "$_group" && [ "$_pstart" = "$_gstart" ]; } || [ -n "$(_members)" ]; }; do
     sleep 0.1; _n=$((_n+1))
   done
   if [ -n "$_group" ] && _procstat "$_group" && [ "$_pstart" = "$_gstart" ]; then kill -KILL "-$_group" 2>/dev/null; fi
@@ -419,7 +421,8 @@ _others() {  # the other processes recorded in this .poseidon that still run: na
   done; }
 _write() {  # _write FILE: standard input into FILE, through a new file of our own (never through a link)
   _tmp=$(mktemp "$1.XXXXXX") && cat > "$_tmp" && mv -f "$_tmp" "$1"; }
-_inputs() { for _k in "$@"; do printf '%s=' "$_k"; cat "$_pm/$_k" 2>/dev/null || echo; done | sha256sum | cut -c1-64; }"""
+_inputs() {
+  for _k in "$@"; do printf '%s=' "$_k"; cat "$_pm/$_k" 2>/dev/null || echo; done | sha256sum | cut -c1-64; }"""
 
 # The process runs under `sh -c 'eval "$(cat)"' poseidon:NAME`, reading this on its input:
 # it leads its own session and process group (setsid), and a TERM (a user's `kill PID`,
@@ -434,7 +437,9 @@ _WRAPPER = (
 
 _PORT_OPEN = (
     "import os, socket, sys\n"
-    "try:\n socket.create_connection((os.environ['POSEIDON_READY_HOST'], int(os.environ['POSEIDON_READY_PORT'])), 1).close()\n"
+    "try:\n"
+    " address = (os.environ['POSEIDON_READY_HOST'], int(os.environ['POSEIDON_READY_PORT']))\n"
+    " socket.create_connection(address, 1).close()\n"
     "except OSError:\n sys.exit(1)\n"
 )
 _HTTP_OK = (
@@ -490,22 +495,29 @@ def nohup(step: NohupStep, ctx: StepContext) -> Script:
     check = [f'[ {quote(step.restart)} != always ] || {{ _why="restart: always"; return 1; }}']
     check.append('_running || { _why="not running"; return 1; }')
     if step.restart == "on-change":
-        check.append('[ "$(_field definition)" = "$_def" ] || { _why="its command, env, user or directory changed"; return 1; }')
-        check.append('[ "$(_field inputs)" = "$_in" ] || { _why="an earlier step changed since it started"; return 1; }')
+        check.append(
+            '[ "$(_field definition)" = "$_def" ] || { _why="its command, env, user or directory changed"; return 1; }'
+        )
+        check.append(
+            '[ "$(_field inputs)" = "$_in" ] || { _why="an earlier step changed since it started"; return 1; }'
+        )
     if probe and step.restart != "never":
-        check.append(f'{probe} || {{ _why={quote(f"it runs but is not ready ({awaited})")}; return 1; }}')
+        check.append(f"{probe} || {{ _why={quote(f'it runs but is not ready ({awaited})')}; return 1; }}")
     token = _random.token_hex(8)
     start = (
         "_stop\n"
-        "if [ -L .poseidon ]; then echo 'poseidon: .poseidon is a symbolic link: poseidon does not write through links' >&2; exit 2; fi\n"
+        "if [ -L .poseidon ]; then\n"
+        "  echo 'poseidon: .poseidon is a symbolic link: poseidon does not write through links' >&2; exit 2\n"
+        "fi\n"
         "mkdir -p .poseidon || exit 2\n"
         # A log that exists is replaced by a new file of ours: set -C never opens one a link points to.
         f"rm -f -- {log} || exit 2\n"
     )
     if knocks:
         # What answers now cannot be the process about to start: the check could not tell them apart.
+        taken = f"poseidon: {awaited} answers before {name} starts: another process holds it"
         start += (
-            f"if {probe}; then _o=$(_others); printf '%s%s\\n' {quote(f'poseidon: {awaited} answers before {name} starts: another process holds it')}"
+            f"if {probe}; then _o=$(_others); printf '%s%s\\n' {quote(taken)}"
             ' "${_o:+ (still running here: ${_o% })}; stop it, or name the step as before (name:)" >&2; exit 1; fi\n'
         )
     start += (
@@ -514,7 +526,7 @@ def nohup(step: NohupStep, ctx: StepContext) -> Script:
         "_pid=$!\n"
         '_procstat "$_pid" || _pstart=gone\n'
         'printf \'%s\\n\' "$_pid" | _write "$_pidfile" || exit 2\n'
-        f"printf 'start=%s\\nboot=%s\\ntoken=%s\\ndefinition=%s\\ninputs=%s\\n' \"$_pstart\" \"$_boot\" {token}"
+        f'printf \'start=%s\\nboot=%s\\ntoken=%s\\ndefinition=%s\\ninputs=%s\\n\' "$_pstart" "$_boot" {token}'
         ' "$_def" "$_in" | _write "$_state" || exit 2\n'
     )
     if step.ready:
@@ -522,21 +534,20 @@ def nohup(step: NohupStep, ctx: StepContext) -> Script:
             f"poseidon: {name} is not ready after {step.ready.timeout:g} s (waited for {awaited});"
             " it is left running, and the next apply restarts it; the end of its log:"
         )
+        early = f"poseidon: {name} exited before it was ready; the end of its log:"
         wait = (
             f"_end=$(( $(date +%s) + {math.ceil(step.ready.timeout)} ))\n"
             "while :; do\n"
-            f"  _running || {_fail_with_log(log, f'poseidon: {name} exited before it was ready; the end of its log:')}\n"
+            f"  _running || {_fail_with_log(log, early)}\n"
             f"  {probe} && break\n"
-            f"  [ \"$(date +%s)\" -lt \"$_end\" ] || {_fail_with_log(log, not_ready)}\n"
+            f'  [ "$(date +%s)" -lt "$_end" ] || {_fail_with_log(log, not_ready)}\n'
             "  sleep 0.2\n"
             "done\n"
             f"_running || {_fail_with_log(log, f'poseidon: {name} exited as it became ready; the end of its log:')}\n"
         )
     elif step.grace > 0:  # grace: 0 starts it and does not wait to see it live
-        wait = (
-            f"sleep {step.grace:g}\n"
-            f"_running || {_fail_with_log(log, f'poseidon: {name} exited within {step.grace:g} s; the end of its log:')}\n"
-        )
+        ended = f"poseidon: {name} exited within {step.grace:g} s; the end of its log:"
+        wait = f"sleep {step.grace:g}\n_running || {_fail_with_log(log, ended)}\n"
     else:
         wait = ""
     started = f'printf \'%s started%s, pid %s\\n\' {quote(name)} "${{_why:+ ($_why)}}" "$_pid"'
@@ -626,7 +637,9 @@ _DPKG_LOCK_FREE = (
     " while True:\n"
     "  try:\n   fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); fcntl.lockf(fd, fcntl.LOCK_UN); break\n"
     "  except OSError:\n"
-    "   if not told:\n    print('poseidon: waiting for the dpkg lock (another apt or dpkg run)', file=sys.stderr, flush=True); told = True\n"
+    "   if not told:\n"
+    "    print('poseidon: waiting for the dpkg lock (another apt or dpkg run)', file=sys.stderr, flush=True)\n"
+    "    told = True\n"
     "   if time.time() > deadline:\n    sys.exit('poseidon: the dpkg lock is still held after %s s' % sys.argv[1])\n"
     "   time.sleep(1)\n"
 )
@@ -677,7 +690,7 @@ def ps_command(arguments: str) -> str:
 def pid_files(paths: Iterable[str]) -> str:
     """Shell text printing the pid each of these files holds (those that exist), one a line."""
     files = " ".join(quote_path(path) for path in paths)
-    return f"for f in {files}; do [ -f \"$f\" ] && head -n 1 -- \"$f\"; done; true" if files else "true"
+    return f'for f in {files}; do [ -f "$f" ] && head -n 1 -- "$f"; done; true' if files else "true"
 
 
 def stop_tree(pid: int) -> str:
@@ -692,13 +705,14 @@ def stop_tree(pid: int) -> str:
     # gives the tree (a step that forks without end cannot outrun one pgrep per process); a
     # second one, once the first tree is stopped, catches what was forked meanwhile.
     return (
-        "tree() { ps -e -o pid= -o ppid= | awk -v root=\"$1\" '{ up[$1] = $2 }\n"
+        'tree() { ps -e -o pid= -o ppid= | awk -v root="$1" \'{ up[$1] = $2 }\n'
         " END { want[root] = 1; more = 1; while (more) { more = 0; for (p in up)"
         " if (!(p in want) && (up[p] in want)) { want[p] = 1; more = 1 } } for (p in want) print p }'; }\n"
         f"first=$(tree {int(pid)}); kill -STOP $first 2>/dev/null\n"
         f"all=$(tree {int(pid)}); kill -STOP $all 2>/dev/null\n"
         "kill -TERM $first $all 2>/dev/null; kill -CONT $first $all 2>/dev/null\n"
     )
+
 
 def nohup_status(step: NohupStep, lines: int = 5) -> str:
     """A nohup step's process, read-only: 'STATE<TAB>PID<TAB>UPTIME<TAB>LEFTOVER PIDS' then the end of its log.
@@ -713,7 +727,7 @@ def nohup_status(step: NohupStep, lines: int = 5) -> str:
         f"_pidfile=.poseidon/{quote(name + '.pid')} _state=.poseidon/{quote(name + '.state')}\n"
         'if _running; then state=alive; up=$(ps -o etime= -p "$_pid" | tr -d " "); left=;'
         ' else state=dead; up=-; left=$(_members | tr "\\n" " "); fi\n'
-        "printf '%s\\t%s\\t%s\\t%s\\n' \"$state\" \"${_pid:--}\" \"$up\" \"${left% }\"\n"
+        'printf \'%s\\t%s\\t%s\\t%s\\n\' "$state" "${_pid:--}" "$up" "${left% }"\n'
         f"tail -n {int(lines)} {quote_path(step.log_path())} 2>/dev/null; exit 0"
     )
     return f"sh -c {quote(script)}"

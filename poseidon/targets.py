@@ -79,7 +79,6 @@ class Target:
         return (self.droplet.id, self.droplet.ip_address) if self.droplet else (None, None)
 
 
-
 def resolve(playbook: spec.Playbook, client: api.Client) -> list[Target]:
     """Every droplet the playbook names, in order, once each; every missing one reported at once.
 
@@ -88,14 +87,20 @@ def resolve(playbook: spec.Playbook, client: api.Client) -> list[Target]:
     """
     targets: dict[int | str, Target] = {}
     problems: list[str] = []
-    found_by_name = client.droplets.find_many(ref.name for ref in playbook.droplets if isinstance(ref, spec.NamedDroplet))
+    found_by_name = client.droplets.find_many(
+        ref.name for ref in playbook.droplets if isinstance(ref, spec.NamedDroplet)
+    )
     for ref in playbook.droplets:
         try:
             if isinstance(ref, spec.TaggedDroplets):
                 found = client.droplets.list(tag=ref.tag)
                 if not found:
                     raise ResolveError(f"no droplet carries the tag {ref.tag!r}")
-                refused = [f"{problem} (droplet {d.id}, tag {ref.tag!r})" for d in found if (problem := spec.droplet_name_problem(d.name))]
+                refused = [
+                    f"{problem} (droplet {d.id}, tag {ref.tag!r})"
+                    for d in found
+                    if (problem := spec.droplet_name_problem(d.name))
+                ]
                 if refused:
                     raise ResolveError("; ".join(refused))
             else:
@@ -141,11 +146,18 @@ def check_creates(targets: list[Target], client: api.Client) -> list[dict[str, A
 
     for name, create in creates:
         if create.region not in regions:
-            refuse(name, create, "region", f"{create.region!r} is not a region{errors.did_you_mean(create.region, regions)}")
+            refuse(
+                name,
+                create,
+                "region",
+                f"{create.region!r} is not a region{errors.did_you_mean(create.region, regions)}",
+            )
         elif not regions[create.region].get("available", True):
             refuse(name, create, "region", f"{create.region!r} takes no new droplets now")
         if create.size not in sizes:
-            refuse(name, create, "size", f"{create.size!r} is not a droplet size{errors.did_you_mean(create.size, sizes)}")
+            refuse(
+                name, create, "size", f"{create.size!r} is not a droplet size{errors.did_you_mean(create.size, sizes)}"
+            )
         elif create.region in regions and create.region not in sizes[create.size].get("regions", [create.region]):
             offered = ", ".join(sorted(sizes[create.size].get("regions", [])))
             refuse(name, create, "size", f"{create.size!r} is not offered in {create.region} (it is in: {offered})")
@@ -225,7 +237,10 @@ def create_missing(
                 say(name, f"waiting until it is active (at most {timeout:.0f} s)")
 
             def active(droplet: Droplet) -> None:
-                say(droplet.name, f"active: id {droplet.id}, {droplet.ip_address}, after {time.monotonic() - started:.0f} s")
+                say(
+                    droplet.name,
+                    f"active: id {droplet.id}, {droplet.ip_address}, after {time.monotonic() - started:.0f} s",
+                )
 
             listed = client.droplets.wait(list(made.values()), timeout=timeout, on_ready=active)
             ready = {d.id: d for d in listed}
@@ -272,7 +287,9 @@ def limit(targets: list[Target], patterns: Iterable[str] | None) -> list[Target]
     for pattern in patterns:
         matched = fnmatch.filter(names, pattern)
         if not matched:
-            raise UsageError(f"--limit {pattern}: no droplet of the playbook matches{errors.did_you_mean(pattern, names)}")
+            raise UsageError(
+                f"--limit {pattern}: no droplet of the playbook matches{errors.did_you_mean(pattern, names)}"
+            )
         wanted.update(matched)
     return [t for t in targets if t.name in wanted]
 

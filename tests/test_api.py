@@ -61,7 +61,6 @@ def emulator() -> Iterator[Emulator]:
         yield emulator
 
 
-
 @pytest.fixture()
 def clock() -> FakeClock:
     return FakeClock()
@@ -602,7 +601,9 @@ def test_a_malformed_api_url_is_refused() -> None:
         po.connect(token=TOKEN, api_url="api.digitalocean.com")
 
 
-@pytest.mark.parametrize("url", ["http://user:hunter2@127.0.0.1:9/", "https://hunter2@api.example.com", "https://:hunter2@h/v2"])
+@pytest.mark.parametrize(
+    "url", ["http://user:hunter2@127.0.0.1:9/", "https://hunter2@api.example.com", "https://:hunter2@h/v2"]
+)
 def test_an_api_url_with_credentials_is_refused_without_showing_them(url: str) -> None:
     """requests would send them as Basic auth in place of the token, and print them in errors."""
     with pytest.raises(UsageError, match=r"must not hold a user or password \(https?://\*\*\*@") as caught:

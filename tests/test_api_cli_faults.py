@@ -25,7 +25,9 @@ def sandbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:
 @pytest.fixture
 def playbook(tmp_path: Path) -> Path:
     path = tmp_path / "site.yaml"
-    path.write_text("version: 1\ndroplets: [api-a, api-b]\nsteps:\n  - run: touch ran\nreport: {ps: false, top: false}\n")
+    path.write_text(
+        "version: 1\ndroplets: [api-a, api-b]\nsteps:\n  - run: touch ran\nreport: {ps: false, top: false}\n"
+    )
     return path
 
 
@@ -33,13 +35,17 @@ def _ran(sandbox: Sandbox) -> list[str]:
     return [name for name in ("api-a", "api-b") if (sandbox.home(name) / "ran").exists()]
 
 
-def test_503_twice_then_an_answer_is_recovered(sandbox: Sandbox, playbook: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_503_twice_then_an_answer_is_recovered(
+    sandbox: Sandbox, playbook: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     sandbox.emulator.inject(503, 2)
     assert main(["apply", str(playbook)]) == 0
     assert _ran(sandbox) == ["api-a", "api-b"]
 
 
-def test_429_with_retry_after_is_waited_out(sandbox: Sandbox, playbook: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_429_with_retry_after_is_waited_out(
+    sandbox: Sandbox, playbook: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     sandbox.emulator.inject(429, 2, retry_after=0.2)
     assert main(["apply", str(playbook)]) == 0
     assert _ran(sandbox) == ["api-a", "api-b"]

@@ -27,7 +27,6 @@ TOKEN = "dop_v1_faults0123456789"
 SIZE, IMAGE = "s-1vcpu-1gb", "ubuntu-24-04-x64"
 
 
-
 @pytest.fixture()
 def clock() -> FakeClock:
     return FakeClock()
@@ -185,7 +184,9 @@ def test_a_delete_of_something_that_never_existed_still_raises_not_found(client:
         pytest.param(lambda e, _: e.inject(500, method="POST", processed=True), id="500 after creating"),
         pytest.param(lambda e, _: e.inject(503, method="POST", processed=True), id="503 after creating"),
         pytest.param(lambda e, _: e.drop(method="POST", processed=True), id="connection dropped after creating"),
-        pytest.param(lambda e, until: e.slow(HOLD_AT_MOST, method="POST", until=until), id="answer later than the timeout"),
+        pytest.param(
+            lambda e, until: e.slow(HOLD_AT_MOST, method="POST", until=until), id="answer later than the timeout"
+        ),
     ],
 )
 def test_a_droplet_create_that_failed_after_creating_returns_the_droplet_instead_of_a_second(
@@ -267,7 +268,9 @@ def test_after_a_failure_that_made_some_droplets_only_the_missing_names_are_sent
                 return 504, {}, {"id": "gateway_timeout", "message": "late"}
             return 202, {}, {"droplet": droplet_data(8, request.body["name"], now_stamp(clock), "new"), "links": {}}
         found = (
-            [droplet_data(7, "web-1", now_stamp(clock), "new")] if request.query == {"per_page": "200", "name": "web-1"} else []
+            [droplet_data(7, "web-1", now_stamp(clock), "new")]
+            if request.query == {"per_page": "200", "name": "web-1"}
+            else []
         )
         return 200, {}, {"droplets": found, "links": {}, "meta": {"total": len(found)}}
 

@@ -14,7 +14,13 @@ from poseidon.cli import main
 from poseidon.errors import APIError
 from support.stubhttp import JSONHandler, serving
 
-DROPLET = {"id": 1, "name": "web-1", "status": "active", "tags": [], "networks": {"v4": [{"ip_address": "203.0.113.1", "type": "public"}]}}
+DROPLET = {
+    "id": 1,
+    "name": "web-1",
+    "status": "active",
+    "tags": [],
+    "networks": {"v4": [{"ip_address": "203.0.113.1", "type": "public"}]},
+}
 
 
 class _Server(JSONHandler):
@@ -50,7 +56,17 @@ def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[_Server]]:
         ({"droplets": [{**DROPLET, "tags": "web"}]}, "tags: a list of text"),
         ({"droplets": [{**DROPLET, "networks": "zzz"}]}, "networks: an object"),
     ],
-    ids=["next-not-text", "object-for-list", "list-for-object", "no-id", "id-text", "no-name", "v4-text", "tags-text", "networks-text"],
+    ids=[
+        "next-not-text",
+        "object-for-list",
+        "list-for-object",
+        "no-id",
+        "id-text",
+        "no-name",
+        "v4-text",
+        "tags-text",
+        "networks-text",
+    ],
 )
 def test_nonsense_from_the_api_is_exit_3_naming_the_field(
     answer: Any, named: str, api: type[_Server], capsys: pytest.CaptureFixture[str]
@@ -65,7 +81,9 @@ def test_nonsense_from_the_api_is_exit_3_naming_the_field(
 def test_pages_that_never_end_are_followed_to_a_bound(api: type[_Server]) -> None:
     pages = iter(range(1, 10**6))
     # Every answer names a next page no answer named before: no loop to notice, only a bound.
-    api.given = staticmethod(lambda path: {"droplets": [], "links": {"pages": {"next": f"/v2/droplets?page={next(pages)}"}}})
+    api.given = staticmethod(
+        lambda path: {"droplets": [], "links": {"pages": {"next": f"/v2/droplets?page={next(pages)}"}}}
+    )
     client = po.connect()
     client.max_pages = 25
     with pytest.raises(APIError, match="pagination goes on past 25 pages"):
@@ -76,7 +94,7 @@ def test_pages_that_never_end_are_followed_to_a_bound(api: type[_Server]) -> Non
 class _Trickle(http.server.BaseHTTPRequestHandler):
     """Headers at once, then a byte of the body every 50 ms, for as long as the client listens."""
 
-    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+    def do_GET(self) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(10**6))
@@ -101,7 +119,10 @@ class _Huge(JSONHandler):
 def test_an_answer_that_trickles_in_is_given_up_at_the_whole_answer_s_deadline() -> None:
     from poseidon.errors import APIConnectionError
 
-    with serving(_Trickle) as url, pytest.raises(APIConnectionError, match=r"the answer took over 2 s to arrive \(4 times POSEIDON_API_TIMEOUT\)"):
+    with (
+        serving(_Trickle) as url,
+        pytest.raises(APIConnectionError, match=r"the answer took over 2 s to arrive \(4 times POSEIDON_API_TIMEOUT\)"),
+    ):
         # Every read is within its 0.5 s: only the whole answer's deadline ends it.
         po.Client("t0ken", api_url=url, timeout=0.5, max_attempts=1).droplets.list(tag="x")
 
@@ -128,5 +149,7 @@ def test_the_emulator_reads_no_body_before_the_token_and_answers_a_bad_length_wi
         # No token: refused before its (huge, never sent) body is waited for.
         answer = exchange(b"POST /v2/droplets HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n")
         assert answer.startswith(b"HTTP/1.1 401")
-        bad = exchange(b"POST /v2/droplets HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer the-token\r\nContent-Length: abc\r\n\r\n")
+        bad = exchange(
+            b"POST /v2/droplets HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer the-token\r\nContent-Length: abc\r\n\r\n"
+        )
         assert bad.startswith(b"HTTP/1.1 400") and b"Content-Length must be a number" in bad

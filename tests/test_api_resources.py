@@ -26,7 +26,6 @@ TOKEN = "dop_v1_resources0123456789"
 SIZE, IMAGE = "s-1vcpu-1gb", "ubuntu-24-04-x64"
 
 
-
 def public_key(comment: str) -> str:
     algorithm = b"ssh-ed25519"
     point = hashlib.sha256(comment.encode()).digest()
@@ -290,9 +289,7 @@ def test_each_plain_action_waits_for_completion_and_changes_the_droplets_state(
 
 
 @pytest.mark.parametrize("action", ["reboot", "power_cycle"])
-def test_reboot_and_power_cycle_restart_the_machine_and_leave_the_droplet_active(
-    clock: FakeClock, action: str
-) -> None:
+def test_reboot_and_power_cycle_restart_the_machine_and_leave_the_droplet_active(clock: FakeClock, action: str) -> None:
     restarted: list[tuple[str | None, str]] = []  # what the sandbox does to the droplet's SSH endpoint
     with (
         Emulator(TOKEN, on_power=lambda address, kind: restarted.append((address, kind))) as emulator,

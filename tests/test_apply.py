@@ -78,7 +78,9 @@ def test_the_demo_deploys_the_app_and_a_second_run_changes_nothing(tmp_path: Pat
     assert leftover == ""
 
 
-def test_apply_reports_json_with_every_step_and_the_snapshots(tmp_path: Path, shared_sandbox: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+def test_apply_reports_json_with_every_step_and_the_snapshots(
+    tmp_path: Path, shared_sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
     playbook = write(
         tmp_path / "site.yaml",
         """
@@ -103,7 +105,9 @@ def test_apply_reports_json_with_every_step_and_the_snapshots(tmp_path: Path, sh
     assert by_name["test"]["top"] and "%CPU" in by_name["test"]["top"][0]
 
 
-def test_a_second_apply_changes_nothing(tmp_path: Path, shared_sandbox: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_second_apply_changes_nothing(
+    tmp_path: Path, shared_sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
     wheels = build_wheel(tmp_path / "wheels").parent
     build_wheel(wheels, name="tinybar")
     playbook = write(
@@ -133,12 +137,21 @@ def test_a_second_apply_changes_nothing(tmp_path: Path, shared_sandbox: Sandbox,
     assert _apply_on(shared_sandbox, [str(playbook), "--json"]) == 0
     second = json.loads(capsys.readouterr().out)
     for droplet in first["droplets"]:
-        assert [s["status"] for s in droplet["steps"]][1:] == ["changed", "ok", "changed", "changed", "changed", "changed"]
+        assert [s["status"] for s in droplet["steps"]][1:] == [
+            "changed",
+            "ok",
+            "changed",
+            "changed",
+            "changed",
+            "changed",
+        ]
     for droplet in second["droplets"]:
         assert {s["status"] for s in droplet["steps"]} == {"ok"}, droplet["steps"]
 
 
-def test_an_unknown_droplet_stops_the_run_before_any_ssh_connection(tmp_path: Path, shared_sandbox: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unknown_droplet_stops_the_run_before_any_ssh_connection(
+    tmp_path: Path, shared_sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
     playbook = write(
         tmp_path / "site.yaml",
         """
@@ -154,7 +167,9 @@ def test_an_unknown_droplet_stops_the_run_before_any_ssh_connection(tmp_path: Pa
     assert not (shared_sandbox.home("test") / "should-not-exist").exists()
 
 
-def test_an_invalid_playbook_exits_2_with_file_line_and_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_invalid_playbook_exits_2_with_file_line_and_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     playbook = write(
         tmp_path / "bad.yaml",
         """
@@ -171,7 +186,9 @@ def test_an_invalid_playbook_exits_2_with_file_line_and_field(tmp_path: Path, ca
     assert "Traceback" not in err
 
 
-def test_a_failing_step_fails_its_droplet_only_and_skips_the_rest(tmp_path: Path, shared_sandbox: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_failing_step_fails_its_droplet_only_and_skips_the_rest(
+    tmp_path: Path, shared_sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
     playbook = write(
         tmp_path / "site.yaml",
         """
@@ -194,7 +211,9 @@ def test_a_failing_step_fails_its_droplet_only_and_skips_the_rest(tmp_path: Path
     assert "broken on purpose" in captured.err  # the progress lines show the failure's tail
 
 
-def test_plan_reports_what_would_change_and_changes_nothing(tmp_path: Path, shared_sandbox: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+def test_plan_reports_what_would_change_and_changes_nothing(
+    tmp_path: Path, shared_sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
     playbook = write(
         tmp_path / "site.yaml",
         """
@@ -241,7 +260,9 @@ def _apply_on(sandbox: Sandbox, args: list[str], command: str = "apply") -> int:
         os.environ.update(saved)
 
 
-def test_a_step_that_hangs_is_stopped_at_its_timeout_with_its_processes(tmp_path: Path, shared_sandbox: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_step_that_hangs_is_stopped_at_its_timeout_with_its_processes(
+    tmp_path: Path, shared_sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
     playbook = write(
         tmp_path / "site.yaml",
         """
@@ -262,7 +283,9 @@ def test_a_step_that_hangs_is_stopped_at_its_timeout_with_its_processes(tmp_path
     assert not [c for c in command_lines(shared_sandbox.pids("test")) if "sleep 313" in c]
 
 
-def test_start_at_skips_earlier_steps_but_keeps_their_directory(tmp_path: Path, shared_sandbox: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+def test_start_at_skips_earlier_steps_but_keeps_their_directory(
+    tmp_path: Path, shared_sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
     (shared_sandbox.home("test") / "start-at").mkdir(exist_ok=True)
     playbook = write(
         tmp_path / "site.yaml",
@@ -289,7 +312,9 @@ def test_start_at_skips_earlier_steps_but_keeps_their_directory(tmp_path: Path, 
     assert statuses == ["ok", "changed", "changed"]
 
 
-def test_an_unwritable_report_path_fails_before_any_change(tmp_path: Path, shared_sandbox: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unwritable_report_path_fails_before_any_change(
+    tmp_path: Path, shared_sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
     playbook = write(
         tmp_path / "site.yaml",
         """
@@ -409,7 +434,9 @@ def test_secret_values_are_masked_in_progress_reports_and_snapshots(
     assert "sh -c sleep 600 holds ***" in report
 
 
-def test_an_unset_secret_variable_stops_the_run_before_it_starts(tmp_path: Path, shared_sandbox: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unset_secret_variable_stops_the_run_before_it_starts(
+    tmp_path: Path, shared_sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
     playbook = write(
         tmp_path / "site.yaml",
         """
@@ -457,8 +484,13 @@ def test_a_plan_leaves_every_file_of_the_droplet_as_it_was(
     assert _tree(home) == before
 
 
-def test_limit_runs_only_the_named_droplets(tmp_path: Path, shared_sandbox: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
-    playbook = write(tmp_path / "site.yaml", "version: 1\ndroplets: [test, other]\nsteps: [{run: echo hi}]\nreport: {ps: false, top: false}\n")
+def test_limit_runs_only_the_named_droplets(
+    tmp_path: Path, shared_sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    playbook = write(
+        tmp_path / "site.yaml",
+        "version: 1\ndroplets: [test, other]\nsteps: [{run: echo hi}]\nreport: {ps: false, top: false}\n",
+    )
     assert _apply_on(shared_sandbox, [str(playbook), "--json", "--limit", "other"]) == 0
     assert [d["name"] for d in json.loads(capsys.readouterr().out)["droplets"]] == ["other"]
     assert _apply_on(shared_sandbox, [str(playbook), "--limit", "nosuch"]) == 2

@@ -96,7 +96,13 @@ def test_no_core_module_but_the_report_and_the_cli_imports_rich(module: str) -> 
 def test_the_sandbox_imports_nothing_from_the_core_but_its_errors_and_files(module: str) -> None:
     """Only the leaves: the errors it raises, and files (written whole, 0600, never through a link)."""
     core = {n for n in imports_of(MODULES[module]) if n.startswith("poseidon") and not n.startswith("poseidon.sandbox")}
-    assert core <= {"poseidon", "poseidon.files", "poseidon.errors", "poseidon.errors.SandboxError", "poseidon.errors.UsageError"}
+    assert core <= {
+        "poseidon",
+        "poseidon.files",
+        "poseidon.errors",
+        "poseidon.errors.SandboxError",
+        "poseidon.errors.UsageError",
+    }
 
 
 @pytest.mark.parametrize(
@@ -116,7 +122,9 @@ def test_the_leaves_import_only_what_the_map_gives_them(module: str, allowed: se
 def test_the_api_client_knows_nothing_of_ssh_or_playbooks() -> None:
     names = imports_of(MODULES["poseidon.api"])
     assert not any(n.split(".")[0] in ("fabric", "paramiko") for n in names)
-    assert not any(n.startswith(("poseidon.ssh", "poseidon.spec", "poseidon.steps", "poseidon.executor")) for n in names)
+    assert not any(
+        n.startswith(("poseidon.ssh", "poseidon.spec", "poseidon.steps", "poseidon.executor")) for n in names
+    )
 
 
 def test_the_run_and_status_are_siblings() -> None:
@@ -157,7 +165,7 @@ def test_only_the_settings_read_poseidons_variables(module: str) -> None:
 def test_the_cli_reads_poseidons_variables_only_from_a_sandboxs_own() -> None:
     """The cli reads a sandbox's variables (``Sandbox.environ``, a daemon's file), never this process's."""
     source = MODULES["poseidon.cli"].read_text()
-    assert "os.environ.get(\"POSEIDON_" not in source and "os.environ[\"POSEIDON_" not in source
+    assert 'os.environ.get("POSEIDON_' not in source and 'os.environ["POSEIDON_' not in source
     assert "os.getenv(" not in source
 
 
@@ -176,7 +184,20 @@ def test_nothing_outside_the_tests_imports_from_them(folder: str) -> None:
 
 def test_the_public_names_of_the_original_api_stay() -> None:
     assert callable(poseidon.api.connect)
-    for method in ("exec_command", "wait", "chdir", "nohup", "apt", "git", "pip", "pip_freeze", "pip_r", "ps", "top", "close"):
+    for method in (
+        "exec_command",
+        "wait",
+        "chdir",
+        "nohup",
+        "apt",
+        "git",
+        "pip",
+        "pip_freeze",
+        "pip_r",
+        "ps",
+        "top",
+        "close",
+    ):
         assert callable(getattr(poseidon.ssh.SSHClient, method)), method
 
 
@@ -201,4 +222,6 @@ def test_offline_commands_import_nothing_heavy(command: list[str]) -> None:
 def test_dns_and_teardown_talk_to_the_api_only(name: str) -> None:
     names = imports_of(MODULES[name])
     assert not any(n.split(".")[0] in ("fabric", "paramiko", "invoke") for n in names)
-    assert not any(n.startswith(("poseidon.ssh", "poseidon.steps", "poseidon.executor", "poseidon.report")) for n in names)
+    assert not any(
+        n.startswith(("poseidon.ssh", "poseidon.steps", "poseidon.executor", "poseidon.report")) for n in names
+    )

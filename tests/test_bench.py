@@ -24,8 +24,21 @@ def test_the_benchmark_runs_poseidons_workload_and_prints_the_table(tmp_path: Pa
     out = tmp_path / "bench.json"
     run = subprocess.run(
         [
-            sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--n", "2", "--tools", "poseidon",
-            "--rtt-ms", "20", "--startup-runs", "2", "--poseidon", str(poseidon), "--json", str(out),
+            sys.executable,
+            str(ROOT / "bench" / "run.py"),
+            "--quick",
+            "--n",
+            "2",
+            "--tools",
+            "poseidon",
+            "--rtt-ms",
+            "20",
+            "--startup-runs",
+            "2",
+            "--poseidon",
+            str(poseidon),
+            "--json",
+            str(out),
         ],
         capture_output=True,
         text=True,

@@ -187,7 +187,9 @@ def test_quiet_prints_no_sandbox_banner(tmp_path: Path) -> None:
         poseidon("sandbox", "reset", "--playbook", str(path))
 
 
-def test_plan_refuses_a_create_the_api_would_refuse_naming_each_field_and_the_choices(tmp_path: Path, sandbox_env: Sandbox) -> None:
+def test_plan_refuses_a_create_the_api_would_refuse_naming_each_field_and_the_choices(
+    tmp_path: Path, sandbox_env: Sandbox
+) -> None:
     path = playbook(
         tmp_path,
         """
@@ -205,8 +207,10 @@ def test_plan_refuses_a_create_the_api_would_refuse_naming_each_field_and_the_ch
         assert shown.returncode == 2, shown.stderr
         assert shown.stderr.splitlines() == [
             f"{path}:5:22: droplets[0].create.region: 'nyc9' is not a region: did you mean 'nyc3' or 'nyc2' or 'nyc1'?",
-            f"{path}:5:34: droplets[0].create.size: 's-1vcpu-1g' is not a droplet size: did you mean 's-1vcpu-1gb' or 's-1vcpu-2gb' or 's-8vcpu-16gb'?",
-            f"{path}:5:53: droplets[0].create.image: 'ubuntu-24-04-x46' is not an image slug: did you mean 'ubuntu-24-04-x64' or 'ubuntu-22-04-x64'?",
+            f"{path}:5:34: droplets[0].create.size: 's-1vcpu-1g' is not a droplet size:"
+            " did you mean 's-1vcpu-1gb' or 's-1vcpu-2gb' or 's-8vcpu-16gb'?",
+            f"{path}:5:53: droplets[0].create.image: 'ubuntu-24-04-x46' is not an image slug:"
+            " did you mean 'ubuntu-24-04-x64' or 'ubuntu-22-04-x64'?",
             f"{path}:5:81: droplets[0].create.ssh_keys: no SSH key is named 'laptop'; give its id or fingerprint",
         ]
     assert "web-1" not in poseidon("droplets").stdout, "nothing was created"
@@ -293,7 +297,9 @@ def test_make_stops_at_once_naming_the_debian_packages_to_install() -> None:
         "poseidon's sandbox needs: poseidon-no-such-package. Install them first:",
         "    sudo apt-get install -y poseidon-no-such-package",
     ]
-    present = subprocess.run(["make", "-s", "-f", str(ROOT / "Makefile"), "system", "DEBIAN_PACKAGES=git"], capture_output=True, text=True)
+    present = subprocess.run(
+        ["make", "-s", "-f", str(ROOT / "Makefile"), "system", "DEBIAN_PACKAGES=git"], capture_output=True, text=True
+    )
     assert present.returncode == 0 and present.stdout == present.stderr == "", "installed: nothing to do, nothing said"
 
 
@@ -341,11 +347,15 @@ def test_a_digit_that_is_not_a_decimal_is_no_number_anywhere(sandbox_env: Sandbo
     refused = poseidon("apply", "examples/site.yaml", "--shard", "²/3")
     assert refused.returncode == 2 and "--shard" in refused.stderr and "unexpected" not in refused.stderr
     with pytest.raises(ResolveError, match="no SSH key is named '²'"):
-        po.connect().droplets.create("never", region="nyc3", size="s-1vcpu-1gb", image="ubuntu-24-04-x64", ssh_keys=["²"])
+        po.connect().droplets.create(
+            "never", region="nyc3", size="s-1vcpu-1gb", image="ubuntu-24-04-x64", ssh_keys=["²"]
+        )
 
 
 def test_report_ps_and_top_false_takes_no_snapshot(tmp_path: Path, sandbox_env: Sandbox) -> None:
-    path = playbook(tmp_path, "version: 1\ndroplets: [test]\nsteps:\n  - run: 'true'\nreport: {ps: false, top: false}\n")
+    path = playbook(
+        tmp_path, "version: 1\ndroplets: [test]\nsteps:\n  - run: 'true'\nreport: {ps: false, top: false}\n"
+    )
     shown = poseidon("apply", str(path), "--json")
     assert shown.returncode == 0, shown.stderr
     (droplet,) = json.loads(shown.stdout)["droplets"]

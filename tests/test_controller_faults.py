@@ -85,7 +85,14 @@ def test_a_run_log_that_fills_the_disk_partway_keeps_the_steps_before_and_the_dr
     )
     (sandbox_env.home("test") / "partway").unlink(missing_ok=True)
     done = subprocess.run(
-        [sys.executable, "-c", "import sys; from poseidon.cli import main; sys.exit(main())", "apply", str(playbook), "--json"],
+        [
+            sys.executable,
+            "-c",
+            "import sys; from poseidon.cli import main; sys.exit(main())",
+            "apply",
+            str(playbook),
+            "--json",
+        ],
         env={**os.environ, **sandbox_env.environ},
         capture_output=True,
         text=True,

@@ -52,7 +52,9 @@ def test_plan_says_a_missing_droplet_will_be_created_and_creates_nothing(
     assert code == 0
     fresh = next(d for d in report["droplets"] if d["name"] == "fresh")
     assert fresh["to_create"] is True and fresh["created"] is False and fresh["id"] is None
-    assert [(s["status"], s["reason"]) for s in fresh["steps"]] == [("would-change", "the droplet will be created first")]
+    assert [(s["status"], s["reason"]) for s in fresh["steps"]] == [
+        ("would-change", "the droplet will be created first")
+    ]
     assert po.connect().droplets.find("fresh") == []
 
 
@@ -77,7 +79,9 @@ def test_apply_creates_the_missing_droplet_once_and_provisions_it(
     assert len(po.connect().droplets.find("fresh")) == 1
 
 
-def test_a_missing_droplet_without_create_is_still_an_error(tmp_path: Path, sandbox: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_missing_droplet_without_create_is_still_an_error(
+    tmp_path: Path, sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
     playbook = tmp_path / "site.yaml"
     playbook.write_text("version: 1\ndroplets: [existing, absent]\nsteps: [{run: ls}]\n")
     assert main(["apply", str(playbook)]) == 2
@@ -109,7 +113,9 @@ def test_a_created_droplets_host_key_is_pinned_at_birth_and_checked_on_first_con
     assert [s["status"] for s in existing["steps"]] == ["changed"]  # the others go on
 
 
-def test_creating_a_droplet_shows_its_progress(tmp_path: Path, sandbox: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+def test_creating_a_droplet_shows_its_progress(
+    tmp_path: Path, sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Creating takes seconds to a minute: each droplet says it is being created, then that it is active."""
     playbook = tmp_path / "site.yaml"
     playbook.write_text(textwrap.dedent(PLAYBOOK))

@@ -371,8 +371,12 @@ def traffic() -> list[Exchange]:
         run_scenario(client, emulator)
     return [
         Exchange(
-            e.sent.method, e.sent.request.path_url, e.sent.body,
-            e.response.status_code, e.response.headers, e.response.content,
+            e.sent.method,
+            e.sent.request.path_url,
+            e.sent.body,
+            e.response.status_code,
+            e.response.headers,
+            e.response.content,
         )  # fmt: skip
         for e in transport.exchanges
     ]

@@ -51,7 +51,9 @@ def test_report_plan_and_run_log_are_0600_in_0700_folders_and_no_planted_link_is
     capsys.readouterr()
     assert victim.read_text() == "precious\n"
     assert json.loads((tmp_path / "report.json").read_text())["droplets"][0]["name"] == "test"
-    assert not (tmp_path / "plan.json").is_symlink() and json.loads((tmp_path / "plan.json").read_text())["poseidon_plan"]
+    assert (
+        not (tmp_path / "plan.json").is_symlink() and json.loads((tmp_path / "plan.json").read_text())["poseidon_plan"]
+    )
     logs = list((tmp_path / ".poseidon" / "runs").glob("*.jsonl"))
     assert logs
     for path in [tmp_path / "report.json", tmp_path / "plan.json", tmp_path / "reports" / "report.json", *logs]:

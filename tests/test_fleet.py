@@ -44,7 +44,10 @@ def env(fleet: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Sandbox:
 
 def playbook(tmp_path: Path, steps: str, droplets: list[str] = NAMES) -> Path:
     path = tmp_path / "site.yaml"
-    path.write_text(f"version: 1\ndroplets: {json.dumps(droplets)}\nsteps:\n{textwrap.dedent(steps)}report: {{ps: false, top: false}}\n")
+    path.write_text(
+        f"version: 1\ndroplets: {json.dumps(droplets)}\nsteps:\n{textwrap.dedent(steps)}"
+        "report: {ps: false, top: false}\n"
+    )
     return path
 
 
@@ -52,13 +55,16 @@ def statuses(report: dict) -> dict[str, list[str]]:  # type: ignore[type-arg]
     return {d["name"]: [s["status"] for s in d["steps"]] for d in report["droplets"]}
 
 
-
-def test_fail_fast_starts_no_new_step_after_the_first_failure(tmp_path: Path, env: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+def test_fail_fast_starts_no_new_step_after_the_first_failure(
+    tmp_path: Path, env: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
     # d1 fails once every other droplet runs its first step; those end once d1's connection has
     # closed (its apply lock is free), which poseidon does after it counted d1's failure.
     others = " && ".join(f"[ -e {tmp_path}/started-{name} ]" for name in NAMES[1:])
     d1_lock = env.home("d1") / ".poseidon" / "apply.lock"
-    path = playbook(tmp_path, f"""\
+    path = playbook(
+        tmp_path,
+        f"""\
         - run:
             cmd: >-
               if [ "${{droplet.name}}" = d1 ]; then
@@ -67,7 +73,8 @@ def test_fail_fast_starts_no_new_step_after_the_first_failure(tmp_path: Path, en
               until [ -e {tmp_path}/failed-d1 ] && flock -n {d1_lock} true; do sleep 0.05; done
             timeout: {PATIENCE:g}
         - run: echo second
-        """)
+        """,
+    )
     assert main(["apply", str(path), "--json", "--fail-fast"]) == 1
     report = json.loads(capsys.readouterr().out)
     found = statuses(report)
@@ -77,7 +84,9 @@ def test_fail_fast_starts_no_new_step_after_the_first_failure(tmp_path: Path, en
     assert report["droplets"][1]["steps"][1]["reason"] == "stopped by --fail-fast"
 
 
-def test_shards_split_the_droplets_without_overlap(tmp_path: Path, env: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+def test_shards_split_the_droplets_without_overlap(
+    tmp_path: Path, env: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = playbook(tmp_path, "- run: echo hi\n")
     seen: list[str] = []
     for index in (1, 2, 3):
@@ -94,11 +103,14 @@ def test_the_run_log_records_every_step_and_resume_starts_where_each_droplet_sto
     tmp_path: Path, env: Sandbox, capsys: pytest.CaptureFixture[str]
 ) -> None:
     flag = tmp_path / "d3-may-pass"
-    path = playbook(tmp_path, f"""\
+    path = playbook(
+        tmp_path,
+        f"""\
         - run: echo one >> resume-count-1
         - run: '[ "${{droplet.name}}" != d3 ] || [ -e {flag} ]'
         - run: echo three >> resume-count-3
-        """)
+        """,
+    )
     assert main(["apply", str(path), "--json"]) == 1
     first = statuses(json.loads(capsys.readouterr().out))
     assert first["d3"] == ["changed", "failed", "skipped"]
@@ -135,7 +147,9 @@ def test_resume_after_the_playbook_changed_starts_from_the_first_step_and_says_w
     path = playbook(tmp_path, "- run: echo one >> changed-count\n- run: 'false'\n", droplets=["d1"])
     assert main(["apply", str(path), "--json"]) == 1
     capsys.readouterr()
-    path = playbook(tmp_path, "- run: echo new >> changed-new\n- run: echo one >> changed-count\n- run: 'true'\n", droplets=["d1"])
+    path = playbook(
+        tmp_path, "- run: echo new >> changed-new\n- run: echo one >> changed-count\n- run: 'true'\n", droplets=["d1"]
+    )
     assert main(["apply", str(path), "--json", "--resume"]) == 0
     out, err = capsys.readouterr()
     assert "--resume: the playbook changed since its last run: starting from the first step" in err
@@ -155,11 +169,15 @@ def test_two_runs_in_one_second_get_a_log_each_and_resume_takes_the_later(
         ),
     )
     one_second = float(int(clock.now))
-    path = playbook(tmp_path, f"""\
+    path = playbook(
+        tmp_path,
+        f"""\
         - run: echo one
         - run: '[ "${{droplet.name}}" != d2 ] || [ -e {tmp_path}/second-may-pass ]'
         - run: '[ "${{droplet.name}}" != d2 ] || [ -e {tmp_path}/third-may-pass ]'
-        """, droplets=["d1", "d2"])
+        """,
+        droplets=["d1", "d2"],
+    )
     clock.now = one_second + 0.25
     assert main(["apply", str(path), "--json"]) == 1  # d2 stops at the second step
     assert statuses(json.loads(capsys.readouterr().out))["d2"] == ["changed", "failed", "skipped"]
@@ -187,7 +205,9 @@ def test_two_runs_in_one_second_get_a_log_each_and_resume_takes_the_later(
     assert resumed["d1"] == ["done-earlier", "done-earlier", "done-earlier"]
 
 
-def test_quiet_prints_only_the_summary_and_report_dir_writes_csvs(tmp_path: Path, env: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+def test_quiet_prints_only_the_summary_and_report_dir_writes_csvs(
+    tmp_path: Path, env: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "site.yaml"
     path.write_text("version: 1\ndroplets: [d1, d2]\nsteps: [{run: echo hi}]\n")
     assert main(["apply", str(path), "--quiet", "--report-dir", str(tmp_path / "out")]) == 0
@@ -246,12 +266,18 @@ def _interrupted_once(path: Path, tmp_path: Path) -> tuple[subprocess.Popen[str]
 def test_ctrl_c_says_what_it_waits_for_lets_running_steps_end_and_exits_130(tmp_path: Path, env: Sandbox) -> None:
     stopped = tmp_path / "stopped"
     # Each first step runs until the test has seen Ctrl-C's notice: it ends after Ctrl-C, never before.
-    path = playbook(tmp_path, f"""\
+    path = playbook(
+        tmp_path,
+        f"""\
         - run:
-            cmd: touch {tmp_path}/running-${{droplet.name}}; until [ -e {stopped} ]; do sleep 0.05; done; echo slept > interrupted-first
+            cmd: >-
+              touch {tmp_path}/running-${{droplet.name}};
+              until [ -e {stopped} ]; do sleep 0.05; done; echo slept > interrupted-first
             timeout: {PATIENCE:g}
         - run: echo never > interrupted-second
-        """, droplets=["d4", "d5"])
+        """,
+        droplets=["d4", "d5"],
+    )
     process, out = _interrupted_once(path, tmp_path)
     try:
         assert out.count("Ctrl-C: waiting for it to end: step 1 (run touch") == 2
@@ -289,10 +315,14 @@ def _runs(text: str) -> bool:
 
 
 def test_a_second_ctrl_c_stops_the_running_steps_and_exits_130(tmp_path: Path, env: Sandbox) -> None:
-    path = playbook(tmp_path, f"""\
+    path = playbook(
+        tmp_path,
+        f"""\
         - run: touch {tmp_path}/running-${{droplet.name}}; sleep {PATIENCE + 0.123:g}; echo slept > aborted-first
         - run: echo never > aborted-second
-        """, droplets=["d4", "d5"])
+        """,
+        droplets=["d4", "d5"],
+    )
     process, out = _interrupted_once(path, tmp_path)
     took = _interrupted(process, times=1)
     text = out.text()
@@ -371,7 +401,9 @@ def test_a_second_apply_on_a_busy_droplet_refuses_and_says_who_holds_it(
     capsys.readouterr()
 
 
-def test_the_report_shows_the_processes_the_run_started(tmp_path: Path, env: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_report_shows_the_processes_the_run_started(
+    tmp_path: Path, env: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
     # Ready once its sleep runs (not when some time has passed); the rows that count are d2's own
     # processes: a sandbox droplet's ps lists the whole machine.
     ready = "ps -o args= -g $(cat .poseidon/started.pid) | grep -qx 'sleep 777'"
@@ -399,12 +431,16 @@ def test_the_report_shows_the_processes_the_run_started(tmp_path: Path, env: San
 def test_status_lists_each_managed_process_alive_or_dead_with_its_log(
     tmp_path: Path, env: Sandbox, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = playbook(tmp_path, """\
+    path = playbook(
+        tmp_path,
+        """\
         - run: {cmd: mkdir -p status-app, creates: status-app}
         - chdir: status-app
         - nohup: {cmd: "echo serving; sleep 900", name: server, grace: 0.2}
         - nohup: {cmd: "echo one-off", name: short, grace: 0}
-        """, droplets=["d3"])
+        """,
+        droplets=["d3"],
+    )
     assert main(["apply", str(path), "--quiet"]) == 0
     capsys.readouterr()
     short = int((env.home("d3") / "status-app" / ".poseidon" / "short.pid").read_text())
@@ -423,9 +459,13 @@ def test_status_lists_each_managed_process_alive_or_dead_with_its_log(
 def test_droplets_queued_behind_forks_never_start_after_a_fail_fast_stop(
     tmp_path: Path, env: Sandbox, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = playbook(tmp_path, """\
+    path = playbook(
+        tmp_path,
+        """\
         - run: '[ "${droplet.name}" != d1 ] || exit 4; touch queued-ran'
-        """, droplets=["d1", "d2", "d3"])
+        """,
+        droplets=["d1", "d2", "d3"],
+    )
     assert main(["apply", str(path), "--json", "--fail-fast", "--forks", "1"]) == 1
     runs = {d["name"]: d for d in json.loads(capsys.readouterr().out)["droplets"]}
     assert [s["status"] for s in runs["d1"]["steps"]] == ["failed"]
@@ -434,7 +474,9 @@ def test_droplets_queued_behind_forks_never_start_after_a_fail_fast_stop(
         assert not (env.home(name) / "queued-ran").exists()
 
 
-def test_status_masks_secrets_in_log_tails(tmp_path: Path, env: Sandbox, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_status_masks_secrets_in_log_tails(
+    tmp_path: Path, env: Sandbox, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("STATUS_SECRET", "status-secret-value")
     path = tmp_path / "site.yaml"
     path.write_text(
@@ -449,11 +491,15 @@ def test_status_masks_secrets_in_log_tails(tmp_path: Path, env: Sandbox, capsys:
     assert json.loads(out)[0]["log_tail"] == "using ***"
 
 
-def test_droplets_sharing_a_name_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_droplets_sharing_a_name_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     import poseidon.api as po
 
     with pointed([{"name": "twin", "tags": ["pair"]}], monkeypatch) as sandbox:
-        po.connect().droplets.create("twin", region="nyc3", size="s-1vcpu-1gb", image="ubuntu-24-04-x64", tags=["pair"], wait=True, timeout=30)
+        po.connect().droplets.create(
+            "twin", region="nyc3", size="s-1vcpu-1gb", image="ubuntu-24-04-x64", tags=["pair"], wait=True, timeout=30
+        )
         path = tmp_path / "site.yaml"
         path.write_text("version: 1\ndroplets: [{tag: pair}]\nsteps: [{run: touch twin-ran}]\n")
         assert main(["apply", str(path)]) == 2
@@ -461,13 +507,16 @@ def test_droplets_sharing_a_name_are_refused(tmp_path: Path, capsys: pytest.Capt
         assert not (sandbox.home("twin") / "twin-ran").exists()
 
 
-def test_a_run_that_cannot_write_its_log_creates_no_droplet(tmp_path: Path, env: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_run_that_cannot_write_its_log_creates_no_droplet(
+    tmp_path: Path, env: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
     import poseidon.api as po
 
     (tmp_path / ".poseidon").write_text("a file where the run log's folder should be\n")
     path = tmp_path / "site.yaml"
     path.write_text(
-        "version: 1\nname: never\ndroplets:\n  - {name: never-made, create: {region: nyc3, size: s-1vcpu-1gb, image: ubuntu-24-04-x64}}\n"
+        "version: 1\nname: never\ndroplets:\n"
+        "  - {name: never-made, create: {region: nyc3, size: s-1vcpu-1gb, image: ubuntu-24-04-x64}}\n"
         "steps: [{run: echo hi}]\n"
     )
     assert main(["apply", str(path)]) == 2

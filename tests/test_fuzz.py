@@ -35,8 +35,10 @@ KINDS = list(spec.STEP_MODELS)
 scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
 documents = st.recursive(
     scalars,
-    lambda inner: st.lists(inner, max_size=4)
-    | st.dictionaries(st.sampled_from(KEYS + KINDS) | st.text(max_size=6), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.sampled_from(KEYS + KINDS) | st.text(max_size=6), inner, max_size=4)
+    ),
     max_leaves=25,
 )
 playbooks = st.fixed_dictionaries(
@@ -100,7 +102,15 @@ def test_a_quoted_value_reaches_a_real_shell_as_one_unchanged_word(value: str) -
 
 
 _markers = itertools.count()
-INJECTIONS = ["$(touch {m})", "`touch {m}`", "; touch {m}", "\ntouch {m}\n", "' ; touch {m} ; '", '" ; touch {m} ; "', "&& touch {m} #"]
+INJECTIONS = [
+    "$(touch {m})",
+    "`touch {m}`",
+    "; touch {m}",
+    "\ntouch {m}\n",
+    "' ; touch {m} ; '",
+    '" ; touch {m} ; "',
+    "&& touch {m} #",
+]
 
 
 @pytest.mark.parametrize(("kind", "field", "others", "free_text"), FIELDS, ids=[f"{k}.{f}" for k, f, *_ in FIELDS])
@@ -112,7 +122,11 @@ def test_generated_values_with_an_injection_never_run_it(
     with po.connect().droplets.by_name("other").connect() as ssh:
 
         @settings(deadline=None, max_examples=15, suppress_health_check=list(HealthCheck))
-        @given(st.text(max_size=12).filter(lambda t: "\x00" not in t), st.sampled_from(INJECTIONS), st.text(max_size=12).filter(lambda t: "\x00" not in t))
+        @given(
+            st.text(max_size=12).filter(lambda t: "\x00" not in t),
+            st.sampled_from(INJECTIONS),
+            st.text(max_size=12).filter(lambda t: "\x00" not in t),
+        )
         def check(prefix: str, injection: str, suffix: str) -> None:
             marker = home / f"fuzz-pwned-{next(_markers)}"
             step = _step(kind, field, others, prefix + injection.format(m=marker) + suffix)

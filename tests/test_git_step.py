@@ -21,8 +21,10 @@ from support.sandboxes import command_lines_seen
 pytestmark = pytest.mark.sandbox
 
 IDENTITY = {
-    "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
-    "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid",
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@example.invalid",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@example.invalid",
 }
 
 
@@ -60,7 +62,9 @@ def run_git(ssh: object, **fields: object) -> str:
     ("ref", "expected"),
     [("v1", "A"), ("main", "B"), ("feature/main", "A"), (None, "B"), ("short-A", "A")],
 )
-def test_a_ref_is_cloned_then_left_alone(ref: str | None, expected: str, history: dict[str, str], sandbox_env: Sandbox) -> None:
+def test_a_ref_is_cloned_then_left_alone(
+    ref: str | None, expected: str, history: dict[str, str], sandbox_env: Sandbox
+) -> None:
     if ref == "short-A":
         ref = history["A"][:10]
     dest = f"refs-{(ref or 'head').replace('/', '-')}"
@@ -70,7 +74,9 @@ def test_a_ref_is_cloned_then_left_alone(ref: str | None, expected: str, history
         assert ssh.wait(f"git -C {dest} rev-parse HEAD").strip() == history[expected]
 
 
-def test_an_existing_clone_moves_to_a_new_ref_and_drops_local_edits(history: dict[str, str], sandbox_env: Sandbox) -> None:
+def test_an_existing_clone_moves_to_a_new_ref_and_drops_local_edits(
+    history: dict[str, str], sandbox_env: Sandbox
+) -> None:
     with po.connect().droplets.by_name("other").connect() as ssh:
         assert run_git(ssh, repo=history["url"], dest="moving", ref="v1") == "changed"
         assert run_git(ssh, repo=history["url"], dest="moving", ref="main") == "changed"
@@ -83,7 +89,9 @@ def test_an_existing_clone_moves_to_a_new_ref_and_drops_local_edits(history: dic
         assert ssh.wait("git -C moving rev-parse HEAD").strip() == history["A"]
 
 
-def test_an_unreachable_remote_fails_the_check_instead_of_passing_it(history: dict[str, str], sandbox_env: Sandbox, tmp_path: Path) -> None:
+def test_an_unreachable_remote_fails_the_check_instead_of_passing_it(
+    history: dict[str, str], sandbox_env: Sandbox, tmp_path: Path
+) -> None:
     bare = tmp_path / "gone.git"
     subprocess.run(["git", "clone", "-q", "--bare", history["url"], str(bare)], check=True)
     with po.connect().droplets.by_name("other").connect() as ssh:
@@ -104,13 +112,15 @@ def _served(tmp_path: Path) -> Path:
 def _private_playbook(tmp_path: Path, url: str, dest: str) -> Path:
     """A playbook cloning ``url``/private.git into ``dest`` with the token in DEPLOY_TOKEN."""
     playbook = tmp_path / "private.yaml"
-    playbook.write_text(textwrap.dedent(f"""
+    playbook.write_text(
+        textwrap.dedent(f"""
         version: 1
         droplets: [test]
         steps:
           - git: {{repo: "{url}/private.git", dest: {dest}, token_env: DEPLOY_TOKEN}}
         report: {{ps: false, top: false}}
-    """))
+    """)
+    )
     return playbook
 
 
@@ -139,7 +149,8 @@ def test_a_private_repository_is_cloned_with_a_token_that_leaves_no_trace(
     for path in home.rglob("*"):
         if path.is_file():
             assert token.encode() not in path.read_bytes(), path
-    # The askpass helper is a mktemp file of the droplet's (its TMPDIR, a folder of its own), removed when the step ends.
+    # The askpass helper is a mktemp file of the droplet's (its TMPDIR, a folder of its own),
+    # removed when the step ends.
     tmp = sandbox_env.tmpdir("test")
     with po.connect().droplets.by_name("test").connect() as ssh:
         made = Path(ssh.wait("mktemp").strip())

@@ -48,7 +48,7 @@ FIELDS = [
     ("nohup", "log", {"cmd": "sleep 1", "grace": 0}, True),
     ("nohup", "name", {"cmd": "sleep 1", "grace": 0}, False),
     ("run", "creates", {"cmd": "true"}, True),
-    ("run", "env", {"cmd": "echo \"$HOSTILE\""}, True),
+    ("run", "env", {"cmd": 'echo "$HOSTILE"'}, True),
     ("run", "env_name", {"cmd": "true"}, False),
     ("run", "name", {"cmd": "true"}, True),
     ("git", "token_env", {"repo": "changhiskhan/test", "dest": "hostile-token"}, False),

@@ -19,11 +19,11 @@ import poseidon.api as po
 from poseidon import hostkeys
 from poseidon.droplet import Droplet
 from poseidon.errors import HostKeyChangedError, UsageError
-from poseidon.targets import Target, create_missing
 from poseidon.hostkeys import HostKey, address_name, alias
 from poseidon.sandbox import Sandbox
 from poseidon.spec import CreateDroplet
 from poseidon.ssh import SSHClient
+from poseidon.targets import Target, create_missing
 from support.sandboxes import pointed
 
 
@@ -221,16 +221,18 @@ def test_a_droplet_that_comes_back_with_a_new_host_key_is_stopped(tmp_path: Path
     try:
         with Sandbox(["web"], root=root, keep=True) as first:
             droplet = po.connect(token=first.token, api_url=first.api_url).droplets.by_name("web")
-            with droplet.connect(known_hosts=str(known_hosts), port=first.ssh_port, user=first.user,
-                                 key_filename=first.key_filename) as ssh:
+            with droplet.connect(
+                known_hosts=str(known_hosts), port=first.ssh_port, user=first.user, key_filename=first.key_filename
+            ) as ssh:
                 ssh.wait("true")
         for key in (root / "etc").glob("ssh_host_ed25519_key*"):
             key.unlink()
         with Sandbox(["web"], root=root, keep=True) as second:
             again = po.connect(token=second.token, api_url=second.api_url).droplets.by_name("web")
             assert again.id == droplet.id
-            ssh = again.connect(known_hosts=str(known_hosts), port=second.ssh_port, user=second.user,
-                                key_filename=second.key_filename)
+            ssh = again.connect(
+                known_hosts=str(known_hosts), port=second.ssh_port, user=second.user, key_filename=second.key_filename
+            )
             with pytest.raises(HostKeyChangedError, match=f"droplet web \\(id {droplet.id}\\)"):
                 ssh.open()
     finally:
@@ -248,25 +250,57 @@ ADDRESS = "203.0.113.7"
     [
         pytest.param([], 7, A, "new", (ADDRESS, "poseidon-droplet-7"), id="nothing known: first contact"),
         pytest.param([], None, A, "new", (ADDRESS,), id="nothing known, no id"),
-        pytest.param([f"{ADDRESS},poseidon-droplet-7 {A}"], 7, A, "known", (ADDRESS, "poseidon-droplet-7"),
-                     id="the droplet's key"),
+        pytest.param(
+            [f"{ADDRESS},poseidon-droplet-7 {A}"],
+            7,
+            A,
+            "known",
+            (ADDRESS, "poseidon-droplet-7"),
+            id="the droplet's key",
+        ),
         pytest.param([f"{ADDRESS},poseidon-droplet-7 {A}"], 7, B, "changed", (), id="another key for the droplet"),
-        pytest.param([f"poseidon-droplet-7 {A}", f"{ADDRESS} {B}"], 7, B, "changed", (),
-                     id="the id decides over the address"),
-        pytest.param([f"poseidon-droplet-7 {A}", f"{ADDRESS} {B}"], 7, A, "known", (ADDRESS, "poseidon-droplet-7"),
-                     id="the droplet's key, the address another's"),
+        pytest.param(
+            [f"poseidon-droplet-7 {A}", f"{ADDRESS} {B}"], 7, B, "changed", (), id="the id decides over the address"
+        ),
+        pytest.param(
+            [f"poseidon-droplet-7 {A}", f"{ADDRESS} {B}"],
+            7,
+            A,
+            "known",
+            (ADDRESS, "poseidon-droplet-7"),
+            id="the droplet's key, the address another's",
+        ),
         pytest.param([f"{ADDRESS} {A}"], 7, A, "known", ("poseidon-droplet-7",), id="the address's key, id unknown"),
-        pytest.param([f"{ADDRESS},poseidon-droplet-3 {A}"], 7, B, "reused", (ADDRESS, "poseidon-droplet-7"),
-                     id="a new droplet on an old address"),
+        pytest.param(
+            [f"{ADDRESS},poseidon-droplet-3 {A}"],
+            7,
+            B,
+            "reused",
+            (ADDRESS, "poseidon-droplet-7"),
+            id="a new droplet on an old address",
+        ),
         pytest.param([f"{ADDRESS} {A}"], 7, B, "changed", (), id="another key at the address, known only to OpenSSH"),
-        pytest.param([f"{ADDRESS} {A}", f"poseidon-droplet-3 {C}"], 7, B, "changed", (),
-                     id="another droplet's key elsewhere does not make the address reused"),
+        pytest.param(
+            [f"{ADDRESS} {A}", f"poseidon-droplet-3 {C}"],
+            7,
+            B,
+            "changed",
+            (),
+            id="another droplet's key elsewhere does not make the address reused",
+        ),
         pytest.param([f"{ADDRESS} {A}"], None, B, "changed", (), id="another key at the address, no id"),
         pytest.param([f"{ADDRESS} {A}"], None, A, "known", (), id="the address's key, no id"),
-        pytest.param([f"[{ADDRESS}]:2222 {A}"], 7, B, "new", (ADDRESS, "poseidon-droplet-7"),
-                     id="another port is another name"),
-        pytest.param([f"@revoked {ADDRESS} {A}"], 7, A, "new", (ADDRESS, "poseidon-droplet-7"),
-                     id="marked lines are not host keys"),
+        pytest.param(
+            [f"[{ADDRESS}]:2222 {A}"], 7, B, "new", (ADDRESS, "poseidon-droplet-7"), id="another port is another name"
+        ),
+        pytest.param(
+            [f"@revoked {ADDRESS} {A}"],
+            7,
+            A,
+            "new",
+            (ADDRESS, "poseidon-droplet-7"),
+            id="marked lines are not host keys",
+        ),
     ],
 )
 def test_decide(
@@ -310,7 +344,12 @@ def test_a_replacement_keeps_every_line_it_does_not_concern(tmp_path: Path) -> N
     decision = hostkeys.verify(path, B, address=ADDRESS, droplet_id=9, on_notice=notices.append)
     assert decision.verdict == "reused"
     # OpenSSH's own (hashed) line for the address stays: poseidon rewrites only lines it wrote.
-    assert lines(path) == [*kept, f"{hashed(ADDRESS)} {A}", f"poseidon-droplet-3 {A} old", f"{ADDRESS},poseidon-droplet-9 {B}"]
+    assert lines(path) == [
+        *kept,
+        f"{hashed(ADDRESS)} {A}",
+        f"poseidon-droplet-3 {A} old",
+        f"{ADDRESS},poseidon-droplet-9 {B}",
+    ]
     assert len(notices) == 1
 
 
@@ -359,9 +398,10 @@ def test_forget_removes_a_droplet_s_names_and_nothing_else(tmp_path: Path) -> No
 
 
 def test_the_types_asked_for_first_are_the_recorded_ones() -> None:
-    ecdsa = "ecdsa-sha2-nistp256 " + base64.b64encode(
-        b"\0\0\0\x13ecdsa-sha2-nistp256\0\0\0\x08nistp256\0\0\0\x01\x04"
-    ).decode()
+    ecdsa = (
+        "ecdsa-sha2-nistp256 "
+        + base64.b64encode(b"\0\0\0\x13ecdsa-sha2-nistp256\0\0\0\x08nistp256\0\0\0\x01\x04").decode()
+    )
     entries = hostkeys.parse(f"{ADDRESS} {ecdsa}\nposeidon-droplet-7 {A}\n")
     assert hostkeys.preferred_types(entries, address=ADDRESS) == ["ecdsa-sha2-nistp256"]
     assert hostkeys.preferred_types(entries, address=ADDRESS, droplet_id=7) == ["ssh-ed25519"]

@@ -114,9 +114,7 @@ class Network:
 
 
 @pytest.fixture
-def network(
-    listeners: tuple[Listener, Listener], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> Network:
+def network(listeners: tuple[Listener, Listener], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Network:
     """The API and SSH settings point at the listeners."""
     api, ssh = listeners
     monkeypatch.setenv("POSEIDON_API_URL", f"http://127.0.0.1:{api.port}")
@@ -133,9 +131,7 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
     return status, out, err
 
 
-def _assert_refused(
-    playbook: Path, expected: Expected, network: Network, capsys: pytest.CaptureFixture[str]
-) -> None:
+def _assert_refused(playbook: Path, expected: Expected, network: Network, capsys: pytest.CaptureFixture[str]) -> None:
     before = network.connections()
     status, out, err = _run(["apply", str(playbook)], capsys)
     validated = _run(["validate", str(playbook)], capsys)
@@ -176,9 +172,7 @@ def test_an_invalid_playbook_is_refused_where_the_problem_is(
     _assert_refused(playbook, Expected.of(playbook), network, capsys)
 
 
-@pytest.mark.parametrize(
-    "content", [b"", b"\n\n", b"   \n  \n", BOM], ids=["0-bytes", "newlines", "blanks", "bom"]
-)
+@pytest.mark.parametrize("content", [b"", b"\n\n", b"   \n  \n", BOM], ids=["0-bytes", "newlines", "blanks", "bom"])
 def test_an_empty_file_is_refused(
     content: bytes, tmp_path: Path, network: Network, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -134,11 +134,19 @@ def test_destroy_refuses_a_droplet_the_playbook_did_not_create_and_deletes_its_o
     assert code == 1  # not everything asked for could be done
     assert [d["name"] for d in destroyed["droplets"]] == ["ours"]
     assert destroyed["refused"] == [
-        {"name": "shared", "id": shared.id, "reason": "it does not carry the tag poseidon:mixed: this playbook did not create it"}
+        {
+            "name": "shared",
+            "id": shared.id,
+            "reason": "it does not carry the tag poseidon:mixed: this playbook did not create it",
+        }
     ]
     assert destroyed["kept"] == ["existing"]
     client = po.connect()
-    assert client.droplets.find("ours") == [] and client.droplets.find("shared") != [] and client.droplets.find("existing") != []
+    assert (
+        client.droplets.find("ours") == []
+        and client.droplets.find("shared") != []
+        and client.droplets.find("existing") != []
+    )
     assert client.domains.records("example.org").list(type="A") == []
 
     code, _ = run(capsys, "destroy", str(playbook), "--yes")  # what is left is not its own
@@ -199,7 +207,8 @@ def test_destroy_deletes_its_own_droplet_and_not_a_stranger_s_of_the_same_name(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     playbook = tmp_path / "pair.yaml"
-    playbook.write_text(textwrap.dedent("""
+    playbook.write_text(
+        textwrap.dedent("""
         version: 1
         name: pair
         droplets:
@@ -207,14 +216,17 @@ def test_destroy_deletes_its_own_droplet_and_not_a_stranger_s_of_the_same_name(
         steps:
           - run: touch mine
         report: {ps: false, top: false}
-    """))
+    """)
+    )
     with pointed([], monkeypatch) as sandbox:
         code, applied = run(capsys, "apply", str(playbook))
         ours = droplet(applied, "web")
         assert code == 0 and ours["created"]
         client = po.connect()
         # Someone else makes a droplet of the same name, as the API allows.
-        stranger = client.droplets.create("web", region="nyc3", size="s-1vcpu-1gb", image="ubuntu-24-04-x64", wait=True, timeout=30)
+        stranger = client.droplets.create(
+            "web", region="nyc3", size="s-1vcpu-1gb", image="ubuntu-24-04-x64", wait=True, timeout=30
+        )
         with stranger.connect() as ssh:
             ssh.wait("touch theirs")
 
@@ -228,9 +240,9 @@ def test_destroy_deletes_its_own_droplet_and_not_a_stranger_s_of_the_same_name(
 
 
 def test_destroy_waits_until_the_api_no_longer_has_the_droplets(tmp_path: Path) -> None:
-    from support.fakeclock import FakeClock
     from poseidon import spec, teardown
     from poseidon.sandbox.emulator import Emulator
+    from support.fakeclock import FakeClock
 
     clock = FakeClock()
     with Emulator("t", pending_reads=2) as emulator:  # a deleted droplet shows by id for two more reads
@@ -285,12 +297,16 @@ def test_the_plan_prices_every_droplet_to_create_from_the_sizes_and_totals_them(
 
 
 @pytest.mark.sandbox
-def test_an_apply_that_creates_lists_the_sizes_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_apply_that_creates_lists_the_sizes_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The create check lists the sizes; the prices come from that listing, not a second request."""
     playbook = tmp_path / "priced.yaml"
     playbook.write_text(textwrap.dedent(PRICED))
     with pointed(["existing"], monkeypatch) as sandbox:
         code, applied = run(capsys, "apply", str(playbook))
         assert code == 0 and droplet(applied, "small")["price_monthly"] is not None
-        listings = [path for method, path in sandbox.emulator.request_log if method == "GET" and path.startswith("/v2/sizes")]
+        listings = [
+            path for method, path in sandbox.emulator.request_log if method == "GET" and path.startswith("/v2/sizes")
+        ]
         assert len(listings) == 1, listings

@@ -51,11 +51,15 @@ def test_a_plan_records_each_droplet_and_applying_it_does_the_work(planned: Path
 
 
 @pytest.mark.sandbox
-def test_applying_a_plan_refuses_a_droplet_recreated_since(planned: Path, sandbox: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+def test_applying_a_plan_refuses_a_droplet_recreated_since(
+    planned: Path, sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
     client = po.connect()
     old = client.droplets.by_name("beta")
     old.delete()
-    new = client.droplets.create("beta", region="nyc3", size="s-1vcpu-1gb", image="ubuntu-24-04-x64", wait=True, timeout=30)
+    new = client.droplets.create(
+        "beta", region="nyc3", size="s-1vcpu-1gb", image="ubuntu-24-04-x64", wait=True, timeout=30
+    )
     assert main(["apply", str(planned)]) == 2
     err = capsys.readouterr().err
     assert f"beta was {old.id} at {old.ip_address} when planned, is {new.id} at {new.ip_address} now" in err
@@ -64,7 +68,9 @@ def test_applying_a_plan_refuses_a_droplet_recreated_since(planned: Path, sandbo
 
 
 @pytest.mark.sandbox
-def test_applying_a_plan_refuses_when_the_playbook_changed_since(planned: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_applying_a_plan_refuses_when_the_playbook_changed_since(
+    planned: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     playbook = planned.parent / "site.yaml"
     playbook.write_text(playbook.read_text().replace("touch planned", "touch other"))
     assert main(["apply", str(planned)]) == 2

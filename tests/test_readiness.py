@@ -93,7 +93,6 @@ def let_go(holder: subprocess.Popen[bytes]) -> None:
     assert holder.wait(timeout=PATIENCE) == 0
 
 
-
 def copying_python3_stderr(sandbox: Sandbox, copy: Path) -> None:
     """Make the droplets' ``python3`` the real one whose standard error is copied to ``copy`` as it is written.
 
@@ -103,12 +102,14 @@ def copying_python3_stderr(sandbox: Sandbox, copy: Path) -> None:
     real = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin")
     assert real is not None
     shim = sandbox.root / "shims" / "python3"
-    shim.write_text(textwrap.dedent(f"""\
+    shim.write_text(
+        textwrap.dedent(f"""\
         #!/bin/bash
         set -o pipefail
         exec 3>&1
         {real} "$@" 2>&1 1>&3 3>&- | tee -a {copy} 1>&2 3>&-
-    """))
+    """)
+    )
     shim.chmod(0o755)
 
 
@@ -122,15 +123,19 @@ def test_apt_waits_for_the_dpkg_lock_and_says_so(tmp_path: Path, lock_holders: l
         holder = hold(sandbox.dpkg_dir("locked") / "lock-frontend", lock_holders)
         outcome: list[tuple[RunResult, list[tuple[str, str]]]] = []
         run = threading.Thread(
-            target=lambda: outcome.append(apply(
-                sandbox,
-                "version: 1\ndroplets: [locked]\nsteps: [{apt: [git]}]\nreport: {ps: false, top: false}\n",
-                progress=lambda droplet, step: ended.append(step),
-            )),
+            target=lambda: outcome.append(
+                apply(
+                    sandbox,
+                    "version: 1\ndroplets: [locked]\nsteps: [{apt: [git]}]\nreport: {ps: false, top: false}\n",
+                    progress=lambda droplet, step: ended.append(step),
+                )
+            ),
         )
         run.start()
         try:
-            wait_for("the gate says it waits for the dpkg lock", lambda: "waiting for the dpkg lock" in said.read_text())
+            wait_for(
+                "the gate says it waits for the dpkg lock", lambda: "waiting for the dpkg lock" in said.read_text()
+            )
             assert ended == []  # the step waits behind the gate
         finally:
             let_go(holder)
@@ -167,14 +172,18 @@ def test_steps_wait_until_cloud_init_has_finished(tmp_path: Path) -> None:
     with Sandbox(["booting"]) as sandbox:
         done = tmp_path / "cloud-init-done"
         fake = sandbox.root / "shims" / "cloud-init"
-        fake.write_text(textwrap.dedent(f"""\
+        fake.write_text(
+            textwrap.dedent(f"""\
             #!/bin/sh
             # A cloud-init that finishes one second after it is first asked to wait.
             if [ "$2" = --wait ]; then sleep 1; touch {done}; fi
             if [ -e {done} ]; then echo "status: done"; else echo "status: running"; fi
-        """))
+        """)
+        )
         fake.chmod(0o755)
-        result, notices = apply(sandbox, "version: 1\ndroplets: [booting]\nsteps: [{run: echo hi}]\nreport: {ps: false, top: false}\n")
+        result, notices = apply(
+            sandbox, "version: 1\ndroplets: [booting]\nsteps: [{run: echo hi}]\nreport: {ps: false, top: false}\n"
+        )
     run = result.droplets[0]
     assert [s.status for s in run.steps] == ["changed"], run.error
     assert ("booting", "waiting for cloud-init to finish") in notices

@@ -79,7 +79,13 @@ def test_the_first_block_is_the_two_make_targets_and_make_demo_runs_the_demo() -
 
 
 #: What a part of a playbook needs around it to be one.
-_AROUND: dict[str, Any] = {"version": 1, "name": "readme", "droplets": ["web-1"], "vars": {"port": 5000}, "steps": [{"run": "true"}]}
+_AROUND: dict[str, Any] = {
+    "version": 1,
+    "name": "readme",
+    "droplets": ["web-1"],
+    "vars": {"port": 5000},
+    "steps": [{"run": "true"}],
+}
 
 
 @pytest.mark.parametrize("block", of_kind("yaml"), ids=str)

@@ -27,8 +27,6 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from support.sandboxes import point_at, pointed, process_running, wait_for
-from support.wheels import build_wheel, offline_pip_env
 
 import poseidon.api as po
 import poseidon.sandbox as sandbox_module
@@ -38,6 +36,8 @@ from poseidon.cli import main
 from poseidon.results import RunResult
 from poseidon.sandbox import Sandbox, SandboxError
 from poseidon.ssh import SSHClient
+from support.sandboxes import point_at, pointed, process_running, wait_for
+from support.wheels import build_wheel, offline_pip_env
 
 pytestmark = pytest.mark.sandbox
 
@@ -76,7 +76,6 @@ def run_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, Any]:
     code = main([*args, "--json"])
     out = capsys.readouterr().out
     return code, json.loads(out) if out.strip() else None
-
 
 
 def user_environment(**more: str) -> dict[str, str]:
@@ -125,7 +124,9 @@ def test_apply_check_says_what_would_change_as_plan_does_and_changes_nothing(
 # -- droplets by tag: `poseidon droplets --tag T`, and `- tag: workers` in a playbook --------------
 
 
-def test_droplets_tag_lists_only_the_droplets_that_carry_the_tag(env: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+def test_droplets_tag_lists_only_the_droplets_that_carry_the_tag(
+    env: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, listed = run_json(capsys, "droplets", "--tag", "workers")
     assert code == 0
     assert sorted(d["name"] for d in listed) == WORKERS
@@ -218,7 +219,9 @@ def test_sandbox_up_with_a_playbook_serves_its_droplets_and_repositories_until_d
         poseidon droplets --json > droplets.json
         poseidon top web-1 > top.txt
         """
-    environment = user_environment(XDG_STATE_HOME=str(tmp_path / "state"), PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    environment = user_environment(
+        XDG_STATE_HOME=str(tmp_path / "state"), PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+    )
     try:
         done = subprocess.run(
             ["bash", "-c", textwrap.dedent(script)],
@@ -281,7 +284,12 @@ def test_status_sandbox_shows_each_process_alive_with_its_pid_and_uptime_then_de
         elapsed = time.monotonic() - started
         assert code == 0 and len(found) == 1
         napper = found[0]
-        assert (napper["droplet"], napper["name"], napper["state"], napper["log_tail"]) == ("status-1", "napper", "alive", "serving")
+        assert (napper["droplet"], napper["name"], napper["state"], napper["log_tail"]) == (
+            "status-1",
+            "napper",
+            "alive",
+            "serving",
+        )
         assert re.fullmatch(r"(\d+-)?(\d+:)?\d\d:\d\d", napper["uptime"]), napper["uptime"]
         assert 0 <= _seconds(napper["uptime"]) <= elapsed + 1
         pid = napper["pid"]
@@ -291,7 +299,13 @@ def test_status_sandbox_shows_each_process_alive_with_its_pid_and_uptime_then_de
         table = capsys.readouterr().out
         header = next(line for line in table.splitlines() if "uptime" in line)
         assert [c.strip() for c in header.strip().strip("|").split("|")] == [
-            "droplet", "process", "state", "pid", "uptime", "directory", "log",
+            "droplet",
+            "process",
+            "state",
+            "pid",
+            "uptime",
+            "directory",
+            "log",
         ]
         row = next(line for line in table.splitlines() if "napper" in line)
         cells = [c.strip() for c in row.strip("|").split("|")]
@@ -332,7 +346,9 @@ def test_a_droplet_s_user_is_the_ssh_login_the_playbook_names(
     assert not (env.home("w2") / "logged-in").exists()
 
 
-def test_without_the_variables_the_ssh_user_is_root_and_the_port_22(env: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_the_variables_the_ssh_user_is_root_and_the_port_22(
+    env: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
     droplet = po.connect().droplets.by_name("w1")
     with droplet.connect() as pointed_at:
         assert (pointed_at.user, pointed_at.port) == (env.user, env.ssh_port)
@@ -398,7 +414,9 @@ def test_apt_for_a_user_who_is_not_root_runs_under_sudo_n_and_for_root_without_s
             recorded = calls.read_text().splitlines() if calls.exists() else []
             assert recorded == sudo_calls  # never the first step, which needs no root
             assert report["droplets"][0]["steps"][2]["stdout_tail"] == sandbox.user  # the sandbox's sudo runs as you
-            assert steps.uses_sudo(steps.Script(apply=":", needs_root=True), steps.StepContext(user=user)) == (user != "root")
+            assert steps.uses_sudo(steps.Script(apply=":", needs_root=True), steps.StepContext(user=user)) == (
+                user != "root"
+            )
 
 
 # -- POSEIDON_SSH_KEY and POSEIDON_KNOWN_HOSTS unset: ssh-agent and ~/.ssh, ~/.ssh/known_hosts ------
@@ -537,7 +555,10 @@ def test_run_guards_say_when_nothing_is_to_do_and_a_check_is_ok_or_failed_never_
     assert code == 0 and statuses(first) == {"w2": ["changed", "changed", "ok", "ok", "changed"]}
     code, second = run_json(capsys, "apply", str(playbook))
     assert code == 0 and statuses(second) == {"w2": ["ok", "ok", "ok", "ok", "changed"]}  # no guard: every time
-    assert [s["reason"] for s in second["droplets"][0]["steps"][:2]] == ["guarded-creates exists", "the unless command succeeded"]
+    assert [s["reason"] for s in second["droplets"][0]["steps"][:2]] == [
+        "guarded-creates exists",
+        "the unless command succeeded",
+    ]
     assert (home / "guarded-creates").read_text() == "created\n" and (home / "guarded-unless").read_text() == "ran\n"
     assert (home / "unguarded").read_text() == "again\n" * 2
 
@@ -563,7 +584,9 @@ def test_restart_always_restarts_at_every_apply_and_never_only_starts_what_does_
     playbook = write(tmp_path / "site.yaml", text.replace("COMMAND", "3302"))
 
     def pids() -> tuple[int, int]:
-        return int((home / ".poseidon" / "every-time.pid").read_text()), int((home / ".poseidon" / "left-alone.pid").read_text())
+        return int((home / ".poseidon" / "every-time.pid").read_text()), int(
+            (home / ".poseidon" / "left-alone.pid").read_text()
+        )
 
     code, first = run_json(capsys, "apply", str(playbook))
     assert code == 0 and statuses(first) == {"w3": ["changed", "changed"]}
@@ -690,7 +713,9 @@ def _on_a_terminal(args: list[str], answer: str, *, cwd: Path, prompt: bytes = b
     try:
         while True:
             if time.monotonic() > deadline:
-                raise AssertionError(f"poseidon {' '.join(args)} still runs; it wrote: {screen.decode(errors='replace')}")
+                raise AssertionError(
+                    f"poseidon {' '.join(args)} still runs; it wrote: {screen.decode(errors='replace')}"
+                )
             readable, _, _ = select.select([primary], [], [], 1.0)
             if not readable:
                 continue
@@ -712,7 +737,9 @@ def _on_a_terminal(args: list[str], answer: str, *, cwd: Path, prompt: bytes = b
             process.wait()
 
 
-def test_destroy_asks_on_a_terminal_and_deletes_only_after_yes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_destroy_asks_on_a_terminal_and_deletes_only_after_yes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     playbook = write(
         tmp_path / "site.yaml",
         """
@@ -800,7 +827,9 @@ def test_interactive_prints_each_step_and_lets_sudo_ask_for_a_password(
 # -- one SSH connection per droplet, droplets in parallel --------------------------------------------
 
 
-def test_droplets_run_in_parallel_each_over_one_ssh_connection(tmp_path: Path, env: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+def test_droplets_run_in_parallel_each_over_one_ssh_connection(
+    tmp_path: Path, env: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
     met = tmp_path / "met"
     met.mkdir()
     # The middle step ends only once every droplet has reached it: one at a time, it would never end.
@@ -916,9 +945,13 @@ def test_two_sandboxes_take_two_blocks_even_when_the_random_choice_collides(monk
         with Sandbox(["three"]) as third:
             assert asked[0] == taken
             assert third.network not in (first.network, second.network)
-            with po.connect(token=third.token, api_url=third.api_url).droplets.by_name("three").connect(
-                user=third.user, port=third.ssh_port, key_filename=third.key_filename, known_hosts=third.known_hosts
-            ) as ssh:
+            with (
+                po.connect(token=third.token, api_url=third.api_url)
+                .droplets.by_name("three")
+                .connect(
+                    user=third.user, port=third.ssh_port, key_filename=third.key_filename, known_hosts=third.known_hosts
+                ) as ssh
+            ):
                 assert ssh.wait("pwd").strip() == str(third.home("three"))  # its own droplet answers
 
 
@@ -970,7 +1003,9 @@ def test_secrets_are_masked_in_the_run_log_and_in_errors(
     head = "version: 1\ndroplets: [w2]\nvars:\n  db_password: {secret: true, env: DB_PASSWORD}\n"
     playbook = write(
         tmp_path / "site.yaml",
-        head + 'steps:\n  - run: echo "password is ${db_password}"\n  - chdir: "${db_password}"\nreport: {ps: false, top: false}\n',
+        head
+        + 'steps:\n  - run: echo "password is ${db_password}"\n  - chdir: "${db_password}"\n'
+        + "report: {ps: false, top: false}\n",
     )
     assert main(["apply", str(playbook), "--json"]) == 1
     out, err = capsys.readouterr()
@@ -1008,7 +1043,10 @@ def test_executor_apply_returns_the_results_with_snapshots_as_dataframes(tmp_pat
         version: 1
         droplets: [w1]
         steps:
-          - nohup: {cmd: "sleep 1905", name: library-run, ready: {cmd: "ps -o args= -g $(cat .poseidon/library-run.pid) | grep -qx 'sleep 1905'"}}
+          - nohup:
+              cmd: "sleep 1905"
+              name: library-run
+              ready: {cmd: "ps -o args= -g $(cat .poseidon/library-run.pid) | grep -qx 'sleep 1905'"}
           - run: {cmd: "echo from the library", changes: false}
         """,
     )

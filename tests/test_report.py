@@ -18,10 +18,15 @@ GOLDEN = Path(__file__).parent / "golden"
 
 def a_run() -> RunResult:
     ps = pd.DataFrame(
-        [["root", 1, 0, 0, "10:00", "?", "00:00:01", "/sbin/init"], ["root", 4242, 1, 0, "10:01", "?", "00:00:00", "python app.py --port 5000"]],
+        [
+            ["root", 1, 0, 0, "10:00", "?", "00:00:01", "/sbin/init"],
+            ["root", 4242, 1, 0, "10:01", "?", "00:00:00", "python app.py --port 5000"],
+        ],
         columns=["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"],
     )
-    top = pd.DataFrame([[0.5, 1.0, "root", "init"], [12.5, 3.2, "root", "python"]], columns=["%CPU", "%MEM", "USER", "COMMAND"])
+    top = pd.DataFrame(
+        [[0.5, 1.0, "root", "init"], [12.5, 3.2, "root", "python"]], columns=["%CPU", "%MEM", "USER", "COMMAND"]
+    )
     web1 = DropletRun("web-1", 101, "10.0.0.2", ps=ps, top=top)
     web1.steps = [
         StepResult(0, "apt", "apt git curl", "ok", 0.21, reason="2 package(s) already installed"),
@@ -66,7 +71,9 @@ def test_on_a_terminal_a_long_command_line_is_cut_to_its_width_and_the_busiest_c
     web1 = run.droplets[0]
     web1.ps.loc[1, "CMD"] = "python app.py " + "--flag " * 40
     web1.started_processes = web1.ps.iloc[[1]]
-    web1.top = pd.DataFrame([[float(i), 0.1, "root", f"proc{i}"] for i in range(30)], columns=["%CPU", "%MEM", "USER", "COMMAND"])
+    web1.top = pd.DataFrame(
+        [[float(i), 0.1, "root", f"proc{i}"] for i in range(30)], columns=["%CPU", "%MEM", "USER", "COMMAND"]
+    )
     lines = render(lambda r: r.summary(run)).splitlines()
     assert max(len(line) for line in lines) <= 90
     assert lines[0] == "web-1: started by this run (1 of 1 rows)"
@@ -91,7 +98,10 @@ def test_a_fleet_too_wide_for_columns_gets_one_row_per_droplet() -> None:
     fleet = []
     for i in range(12):
         run = DropletRun(f"web-{i:02d}", 100 + i, f"10.0.0.{i}")
-        run.steps = [StepResult(s.index, s.kind, s.label, s.status, s.duration, exited=s.exited) for s in template.droplets[i % 2].steps]
+        run.steps = [
+            StepResult(s.index, s.kind, s.label, s.status, s.duration, exited=s.exited)
+            for s in template.droplets[i % 2].steps
+        ]
         fleet.append(run)
     result = RunResult("site.yaml", "fleet", "apply", fleet, started=0.0, duration=3.0)
     lines = render(lambda r: r.summary(result, snapshots=False)).splitlines()

@@ -29,7 +29,11 @@ def test_the_schema_itself_is_valid_and_rejects_a_report_missing_a_field() -> No
 
 @pytest.mark.parametrize("command", ["apply", "plan"])
 def test_json_reports_validate_against_the_schema(
-    command: str, tmp_path: Path, shared_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    command: str,
+    tmp_path: Path,
+    shared_sandbox: Sandbox,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     point_at(shared_sandbox, monkeypatch)
     playbook = tmp_path / "site.yaml"

@@ -36,12 +36,25 @@ def test_sandbox_up_prints_exports_that_reach_it_and_down_stops_it(tmp_path: Pat
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POSEIDON_", "DIGITALOCEAN_"))}
     env["XDG_STATE_HOME"] = str(tmp_path)
     # The operator's real token, in the shell that starts the sandbox: its daemon must not hold it.
-    up = poseidon("sandbox", "up", "--droplet", "alpha", "--droplet", "beta", env={**env, "DIGITALOCEAN_TOKEN": "dop_v1_real-4711"})
+    up = poseidon(
+        "sandbox",
+        "up",
+        "--droplet",
+        "alpha",
+        "--droplet",
+        "beta",
+        env={**env, "DIGITALOCEAN_TOKEN": "dop_v1_real-4711"},
+    )
     assert up.returncode == 0, up.stderr
     variables = exports(up.stdout)
     assert set(variables) == {
-        "POSEIDON_API_URL", "DIGITALOCEAN_TOKEN", "POSEIDON_SSH_USER",
-        "POSEIDON_SSH_PORT", "POSEIDON_SSH_KEY", "POSEIDON_KNOWN_HOSTS", "POSEIDON_PIN_HOST_KEYS",
+        "POSEIDON_API_URL",
+        "DIGITALOCEAN_TOKEN",
+        "POSEIDON_SSH_USER",
+        "POSEIDON_SSH_PORT",
+        "POSEIDON_SSH_KEY",
+        "POSEIDON_KNOWN_HOSTS",
+        "POSEIDON_PIN_HOST_KEYS",
     }
     state = json.loads((tmp_path / "poseidon" / "sandbox" / "state.json").read_text())
     assert b"dop_v1_real-4711" not in Path(f"/proc/{state['pid']}/environ").read_bytes()
@@ -56,13 +69,26 @@ def test_sandbox_up_prints_exports_that_reach_it_and_down_stops_it(tmp_path: Pat
         assert sorted(d["name"] for d in json.loads(listed.stdout)) == ["alpha", "beta"]
         table = poseidon("droplets", env=reached)
         assert table.returncode == 0, table.stderr
-        rows = {line.split("|")[1].strip(): line for line in table.stdout.splitlines() if "| alpha" in line or "| beta" in line}
+        rows = {
+            line.split("|")[1].strip(): line
+            for line in table.stdout.splitlines()
+            if "| alpha" in line or "| beta" in line
+        }
         assert set(rows) == {"alpha", "beta"}
         assert ".2 " in rows["alpha"] and "s-1vcpu-1gb" in rows["alpha"] and "active" in rows["alpha"]
         ps = poseidon("ps", "beta", env=reached)
         assert ps.returncode == 0, ps.stderr
         title, header = ps.stdout.splitlines()[:2]
-        assert title.startswith("beta: ps -Af (") and header.split() == ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"]
+        assert title.startswith("beta: ps -Af (") and header.split() == [
+            "UID",
+            "PID",
+            "PPID",
+            "C",
+            "STIME",
+            "TTY",
+            "TIME",
+            "CMD",
+        ]
     finally:
         down = poseidon("sandbox", "down", env=env)
     assert down.returncode == 0
@@ -118,11 +144,19 @@ def test_a_sandbox_apply_stopped_by_a_signal_leaves_no_server_behind_after_reset
     import time
 
     playbook = tmp_path / "site.yaml"
-    playbook.write_text("version: 1\ndroplets: [web]\nsteps:\n  - run: touch started; sleep 30\nreport: {ps: false, top: false}\n")
+    playbook.write_text(
+        "version: 1\ndroplets: [web]\nsteps:\n  - run: touch started; sleep 30\nreport: {ps: false, top: false}\n"
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POSEIDON_", "DIGITALOCEAN_"))}
     kept = tmp_path / ".poseidon" / "sandbox" / "site"
-    run = subprocess.Popen([sys.executable, "-m", "poseidon.cli", "apply", str(playbook), "--sandbox"], cwd=tmp_path, env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "poseidon.cli", "apply", str(playbook), "--sandbox"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while not list(kept.glob("hosts/*/started")):

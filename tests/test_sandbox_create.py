@@ -20,7 +20,9 @@ pytestmark = pytest.mark.sandbox
 def test_a_droplet_created_through_the_api_answers_over_ssh(monkeypatch: pytest.MonkeyPatch) -> None:
     with pointed(["first"], monkeypatch) as sandbox:
         client = po.connect()
-        created = client.droplets.create("second", region="nyc3", size="s-1vcpu-1gb", image="ubuntu-24-04-x64", wait=True, timeout=30)
+        created = client.droplets.create(
+            "second", region="nyc3", size="s-1vcpu-1gb", image="ubuntu-24-04-x64", wait=True, timeout=30
+        )
         assert created.status == "active"
         assert created.ip_address == f"{sandbox.network}.3"
         assert sandbox.address("second") == created.ip_address
@@ -37,7 +39,9 @@ def test_a_farm_larger_than_one_sshd_serves_every_droplet(monkeypatch: pytest.Mo
     with pointed(names, monkeypatch) as sandbox:
         client = po.connect()
         # The first sshd is full: the next droplet needs a second one, on the same port.
-        client.droplets.create("one-more", region="nyc3", size="s-1vcpu-1gb", image="ubuntu-24-04-x64", wait=True, timeout=30)
+        client.droplets.create(
+            "one-more", region="nyc3", size="s-1vcpu-1gb", image="ubuntu-24-04-x64", wait=True, timeout=30
+        )
         assert sandbox.farm is not None and len(sandbox.farm.pids) == 2
         for name in (names[0], names[-1], "one-more"):
             with client.droplets.by_name(name).connect() as ssh:
@@ -79,7 +83,9 @@ def test_reloads_in_a_row_reach_an_sshd_slow_to_take_signals(tmp_path: Path, mon
         assert _listens(sandbox.address("db"), sandbox.ssh_port)
 
 
-def test_a_reload_replaces_an_sshd_still_restarting_past_its_patience(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_reload_replaces_an_sshd_still_restarting_past_its_patience(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An sshd that has not finished setting up (a reload timed out on it) is replaced, not signalled in vain."""
     from poseidon.errors import SandboxError
     from poseidon.sandbox import sshd
@@ -101,7 +107,10 @@ def test_a_reload_replaces_an_sshd_still_restarting_past_its_patience(tmp_path: 
 
 @pytest.mark.parametrize(
     ("failure", "present"),
-    [(SandboxError("sshd did not listen within 10 s"), 1), (BlockingIOError(11, "Resource temporarily unavailable"), 16)],
+    [
+        (SandboxError("sshd did not listen within 10 s"), 1),
+        (BlockingIOError(11, "Resource temporarily unavailable"), 16),
+    ],
     ids=["sshd-too-slow", "fork-refused-for-a-new-sshd"],
 )
 def test_a_create_that_sshd_cannot_serve_is_undone_and_answers_500(
@@ -128,7 +137,12 @@ def test_a_create_that_sshd_cannot_serve_is_undone_and_answers_500(
         monkeypatch.setattr(SSHFarm, "reload", reload_then_fail)
         answer = requests.post(
             f"{sandbox.api_url}/v2/droplets",
-            json={"names": [f"web-{i}" for i in range(5)], "region": "nyc3", "size": "s-1vcpu-1gb", "image": "ubuntu-24-04-x64"},
+            json={
+                "names": [f"web-{i}" for i in range(5)],
+                "region": "nyc3",
+                "size": "s-1vcpu-1gb",
+                "image": "ubuntu-24-04-x64",
+            },
             headers={"Authorization": f"Bearer {sandbox.token}"},
             timeout=PATIENCE,
         )
@@ -140,7 +154,9 @@ def test_a_create_that_sshd_cannot_serve_is_undone_and_answers_500(
         for host in range(first_new, first_new + 5):  # the addresses the create had set up listen no more
             assert not _listens(f"{sandbox.network}.{host}", sandbox.ssh_port)
 
-        again = client.droplets.create("web-0", region="nyc3", size="s-1vcpu-1gb", image="ubuntu-24-04-x64", wait=True, timeout=30)
+        again = client.droplets.create(
+            "web-0", region="nyc3", size="s-1vcpu-1gb", image="ubuntu-24-04-x64", wait=True, timeout=30
+        )
         assert again.ip_address == f"{sandbox.network}.{first_new}", "the undone create's addresses are free again"
         with again.connect() as ssh:
             assert ssh.wait("ls -A | grep -v '^\\.' | wc -l") == "0\n"

@@ -87,7 +87,8 @@ def test_a_group_of_droplets_all_off_stops_its_sshd_and_the_others_go_on(monkeyp
 def test_a_power_action_right_after_a_reboot_wins_over_the_reboots_timer(
     then: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A reboot powers the droplet on again after its downtime, unless the droplet was deleted or powered off meanwhile."""
+    """A reboot powers the droplet on again after its downtime, unless the droplet was deleted
+    or powered off meanwhile."""
     with pointed(["web", "db"], monkeypatch) as sandbox:
         sandbox.reboot_downtime = 0.5
         web = po.connect().droplets.by_name("web")
@@ -106,7 +107,9 @@ def test_a_power_action_right_after_a_reboot_wins_over_the_reboots_timer(
             assert "web" not in sandbox.homes
 
 
-def test_a_kept_sandbox_brings_a_droplet_back_as_it_was_powered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_kept_sandbox_brings_a_droplet_back_as_it_was_powered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A droplet powered off through the API stays off when its kept sandbox starts again."""
     root = tmp_path / "kept"
     with Sandbox(["web", "db"], root=root, keep=True) as sandbox:

@@ -106,7 +106,6 @@ def test_nohup_fails_with_the_log_when_the_process_dies_at_once(sandbox_env: San
         assert "cannot start" in outcome.stderr
 
 
-
 def test_a_nohup_process_outlives_the_ssh_session(sandbox_env: Sandbox) -> None:
     droplet = po.connect().droplets.by_name("test")
     home = sandbox_env.home("test")

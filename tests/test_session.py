@@ -124,7 +124,9 @@ def test_output_a_left_process_writes_later_is_not_the_next_commands(ssh: SSHCli
     assert (later.stdout, later.stderr) == ("next\n", "next-err\n")
 
 
-def test_a_lock_file_that_cannot_be_opened_is_told_and_the_session_lives_on(ssh: SSHClient, sandbox_env: Sandbox) -> None:
+def test_a_lock_file_that_cannot_be_opened_is_told_and_the_session_lives_on(
+    ssh: SSHClient, sandbox_env: Sandbox
+) -> None:
     lock = sandbox_env.home("test") / ".poseidon" / "apply.lock"
     lock.parent.mkdir(exist_ok=True)
     lock.unlink(missing_ok=True)

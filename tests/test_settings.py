@@ -16,7 +16,12 @@ from poseidon.settings import DEFAULT_API_URL, Settings
 def test_an_empty_environment_gives_the_defaults() -> None:
     assert Settings.from_environ({}) == Settings()
     settings = Settings()
-    assert (settings.api_url, settings.api_timeout, settings.ssh_user, settings.ssh_port) == (DEFAULT_API_URL, 30.0, "root", 22)
+    assert (settings.api_url, settings.api_timeout, settings.ssh_user, settings.ssh_port) == (
+        DEFAULT_API_URL,
+        30.0,
+        "root",
+        22,
+    )
     assert (settings.ssh_keepalive, settings.pin_host_keys, settings.token) == (15.0, True, None)
     assert settings.doctl_config == Path.home() / ".config" / "doctl" / "config.yaml"
 
@@ -58,7 +63,12 @@ def test_a_sandbox_brings_its_port_but_not_its_keepalive() -> None:
     }
     mine = Settings.from_environ({"POSEIDON_SSH_PORT": "ssh", "DIGITALOCEAN_TOKEN": "real"})
     sandbox = _sandbox_settings(mine, environ)
-    assert (sandbox.ssh_port, sandbox.token, sandbox.tokens, sandbox.login_pinned) == (2222, "sandbox-token", ("real",), True)
+    assert (sandbox.ssh_port, sandbox.token, sandbox.tokens, sandbox.login_pinned) == (
+        2222,
+        "sandbox-token",
+        ("real",),
+        True,
+    )
     assert sandbox.check_login() is sandbox
     bad_keepalive = Settings.from_environ({"POSEIDON_SSH_KEEPALIVE": "forever"})
     with pytest.raises(UsageError, match="POSEIDON_SSH_KEEPALIVE"):

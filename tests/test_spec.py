@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
 import random
+import re
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -115,8 +115,7 @@ def test_defaults_fill_what_a_playbook_leaves_out() -> None:
         ),
         (
             "run: make",
-            "run: {cmd: make, creates: build/app, unless: test -x app, env: {CC: clang},"
-            " timeout: 30}",
+            "run: {cmd: make, creates: build/app, unless: test -x app, env: {CC: clang}, timeout: 30}",
             RunStep(
                 cmd="make",
                 creates="build/app",
@@ -127,9 +126,7 @@ def test_defaults_fill_what_a_playbook_leaves_out() -> None:
         ),
     ],
 )
-def test_every_step_kind_has_a_short_and_a_long_form(
-    short: str, long: str, expected: spec.StepBase
-) -> None:
+def test_every_step_kind_has_a_short_and_a_long_form(short: str, long: str, expected: spec.StepBase) -> None:
     short_step = one_step(short)
     long_step = one_step(long)
 
@@ -145,9 +142,7 @@ def test_a_space_separated_string_lists_packages() -> None:
 
 
 def test_a_droplet_given_as_a_string_is_a_named_droplet() -> None:
-    playbook = spec.loads(
-        "version: 1\ndroplets: [web-1, {tag: workers, port: 2222}]\nsteps: [{run: ls}]\n"
-    )
+    playbook = spec.loads("version: 1\ndroplets: [web-1, {tag: workers, port: 2222}]\nsteps: [{run: ls}]\n")
 
     assert playbook.droplets == [
         NamedDroplet(name="web-1"),
@@ -182,9 +177,7 @@ def test_playbooks_built_in_python_are_validated_the_same_way() -> None:
         == playbook
     )
 
-    with pytest.raises(
-        pydantic.ValidationError, match=r"steps\[0\]\.run\.cmd: undefined variable 'nope'"
-    ):
+    with pytest.raises(pydantic.ValidationError, match=r"steps\[0\]\.run\.cmd: undefined variable 'nope'"):
         Playbook(version=1, droplets=[NamedDroplet(name="a")], steps=[RunStep(cmd="echo ${nope}")])
 
 
@@ -296,21 +289,15 @@ def test_an_undefined_variable_is_reported_at_its_string() -> None:
 
 
 def test_a_bad_package_name_is_reported_with_its_index() -> None:
-    debian = (
-        "is not a Debian package name "
-        "(lowercase letters, digits, + . -; then optional :arch and =version)"
-    )
-    assert problems(
-        HEAD + "steps:\n  - apt: [git, Python3, 'curl=7.88.1-10+deb12u5', 'libc6:amd64']\n"
-    ) == [f"site.yaml:4:16: steps[0].apt.packages[1]: 'Python3' {debian}"]
+    debian = "is not a Debian package name (lowercase letters, digits, + . -; then optional :arch and =version)"
+    assert problems(HEAD + "steps:\n  - apt: [git, Python3, 'curl=7.88.1-10+deb12u5', 'libc6:amd64']\n") == [
+        f"site.yaml:4:16: steps[0].apt.packages[1]: 'Python3' {debian}"
+    ]
 
 
 def test_bad_variable_names_and_values_are_reported() -> None:
-    assert problems(
-        HEAD + "steps: [{run: ls}]\nvars: {ok: 1, bad-name: 2, when: 2024-01-01, list: [1]}\n"
-    ) == [
-        "site.yaml:4:15: vars.bad-name: 'bad-name' is not a name: "
-        "letters, digits and _, not starting with a digit",
+    assert problems(HEAD + "steps: [{run: ls}]\nvars: {ok: 1, bad-name: 2, when: 2024-01-01, list: [1]}\n") == [
+        "site.yaml:4:15: vars.bad-name: 'bad-name' is not a name: letters, digits and _, not starting with a digit",
         "site.yaml:4:34: vars.when: a variable's value is a string, a number or a boolean",
         "site.yaml:4:52: vars.list: a variable's value is a string, a number or a boolean",
     ]
@@ -356,9 +343,7 @@ HOSTILE = {
         ("nohup: {{cmd: ls, name: {v}}}", "steps[0].nohup.name"),
     ],
 )
-def test_hostile_values_are_rejected_where_the_field_forbids_them(
-    template: str, path: str, value: str
-) -> None:
+def test_hostile_values_are_rejected_where_the_field_forbids_them(template: str, path: str, value: str) -> None:
     found = problems(HEAD + "steps:\n  - " + template.format(v=value) + "\n")
 
     key = yaml.safe_load(value)
@@ -439,8 +424,7 @@ def test_yaml_syntax_errors_are_located() -> None:
         "site.yaml:3:6: while parsing a flow sequence, expected ',' or ']', but got ':'"
     ]
     assert problems("version: 1\n\tdroplets: x\n") == [
-        "site.yaml:2:1: while scanning for the next token, "
-        "found character '\\t' that cannot start any token"
+        "site.yaml:2:1: while scanning for the next token, found character '\\t' that cannot start any token"
     ]
 
 
@@ -454,15 +438,11 @@ def test_unsupported_yaml_features_are_problems() -> None:
 
 
 def test_a_document_that_is_not_a_playbook_is_one_problem() -> None:
-    assert problems("") == [
-        "site.yaml:1:1: the playbook is empty: it needs version, droplets and steps"
-    ]
+    assert problems("") == ["site.yaml:1:1: the playbook is empty: it needs version, droplets and steps"]
     assert problems("# only a comment\n") == [
         "site.yaml:1:1: the playbook is empty: it needs version, droplets and steps"
     ]
-    assert problems("- a\n- b\n") == [
-        "site.yaml:1:1: a playbook is a mapping with version, droplets and steps"
-    ]
+    assert problems("- a\n- b\n") == ["site.yaml:1:1: a playbook is a mapping with version, droplets and steps"]
     assert problems(HEAD + "steps: [{run: ls}]\n---\nb: 1\n") == [
         "site.yaml:4:1: expected a single document in the stream, but found another document"
     ]
@@ -550,11 +530,7 @@ def test_garbage_input_never_raises_anything_but_spec_error(tmp_path: Path) -> N
     for _ in range(200):
         inputs.append(bytes(rng.randrange(256) for _ in range(rng.randrange(120))))
         cut = rng.randrange(len(valid))
-        inputs.append(
-            valid[:cut]
-            + bytes(rng.randrange(256) for _ in range(3))
-            + valid[cut + rng.randrange(4) :]
-        )
+        inputs.append(valid[:cut] + bytes(rng.randrange(256) for _ in range(3)) + valid[cut + rng.randrange(4) :])
         structure = _random_structure(rng)
         playbook_like = {
             "version": 1,
@@ -622,9 +598,7 @@ def test_expand_names_a_missing_key() -> None:
 
 
 def test_expand_splits_a_variable_that_lists_packages() -> None:
-    playbook = spec.loads(
-        HEAD + "vars: {pkgs: git curl}\nsteps: [{apt: '${pkgs}'}, {apt: [vim, '${pkgs}']}]\n"
-    )
+    playbook = spec.loads(HEAD + "vars: {pkgs: git curl}\nsteps: [{apt: '${pkgs}'}, {apt: [vim, '${pkgs}']}]\n")
     values = playbook.var_values()
 
     assert spec.expand(playbook.steps[0], values) == AptStep(packages=["git", "curl"])
@@ -632,9 +606,7 @@ def test_expand_splits_a_variable_that_lists_packages() -> None:
 
 
 def test_expand_checks_the_substituted_values_again() -> None:
-    playbook = spec.loads(
-        HEAD + "vars: {pkg: 'git;rm'}\nsteps:\n  - apt: ['${pkg}']\n", "site.yaml"
-    )
+    playbook = spec.loads(HEAD + "vars: {pkg: 'git;rm'}\nsteps:\n  - apt: ['${pkg}']\n", "site.yaml")
 
     with pytest.raises(SpecError) as caught:
         spec.expand(playbook.steps[0], playbook.var_values())
@@ -646,17 +618,13 @@ def test_expand_checks_the_substituted_values_again() -> None:
 
 
 def test_var_values_are_text_with_lowercase_booleans() -> None:
-    playbook = spec.loads(
-        HEAD + "vars: {a: true, b: false, n: 3, f: 1.5, s: x}\nsteps: [{run: ls}]\n"
-    )
+    playbook = spec.loads(HEAD + "vars: {a: true, b: false, n: 3, f: 1.5, s: x}\nsteps: [{run: ls}]\n")
 
     assert playbook.var_values() == {"a": "true", "b": "false", "n": "3", "f": "1.5", "s": "x"}
 
 
 def test_substitutions_gather_vars_environment_and_the_droplet() -> None:
-    playbook = spec.loads(
-        HEAD + "vars: {app: hello}\nsteps: [{run: 'echo ${env:HOME} ${env:USER}'}]\n"
-    )
+    playbook = spec.loads(HEAD + "vars: {app: hello}\nsteps: [{run: 'echo ${env:HOME} ${env:USER}'}]\n")
     droplet = {
         "name": "web-1",
         "id": 42,
@@ -720,9 +688,7 @@ def test_json_schema_accepts_the_example_and_rejects_a_bad_one() -> None:
     assert list(validator.iter_errors(example)) == []
     assert len(documented) >= len(spec.STEP_KINDS)
     assert list(validator.iter_errors({**example, "steps": documented})) == []
-    assert len(spec.loads(yaml.safe_dump({**example, "steps": documented})).steps) == len(
-        documented
-    )
+    assert len(spec.loads(yaml.safe_dump({**example, "steps": documented})).steps) == len(documented)
     for bad in (
         {**example, "steps": [{"shell": "ls"}]},
         {**example, "steps": [{"apt": "git", "run": "ls"}]},
@@ -816,7 +782,9 @@ def test_every_example_playbook_validates_against_the_json_schema() -> None:
 
 def test_owner_tags_are_the_name_when_a_tag_can_spell_it_and_never_shared_by_two_names() -> None:
     def tag(name: str) -> str:
-        return spec.loads(f"version: 1\nname: {json.dumps(name)}\ndroplets: [a]\nsteps: [{{run: 'true'}}]\n").owner_tag("site.yaml")
+        return spec.loads(f"version: 1\nname: {json.dumps(name)}\ndroplets: [a]\nsteps: [{{run: 'true'}}]\n").owner_tag(
+            "site.yaml"
+        )
 
     assert tag("hello-demo") == "poseidon:hello-demo"
     names = ["web app", "web/app!", "web-app", "web  app", "wëb app"]
@@ -831,7 +799,9 @@ def test_a_playbook_over_the_size_bound_is_refused_before_it_is_parsed(tmp_path:
     big.write_text("version: 1\n# " + "x" * spec.MAX_PLAYBOOK_BYTES + "\n")
     with pytest.raises(SpecError) as caught:
         spec.load(big)
-    assert [str(p) for p in caught.value.problems] == [f"{big}:1:1: the playbook is over 1,048,576 bytes, the most poseidon reads"]
+    assert [str(p) for p in caught.value.problems] == [
+        f"{big}:1:1: the playbook is over 1,048,576 bytes, the most poseidon reads"
+    ]
     with pytest.raises(SpecError):
         spec.loads(big.read_text(), "big.yaml")
 

@@ -35,9 +35,18 @@ def test_a_key_the_droplet_refuses_is_exit_3_and_names_the_variable_to_fix(
 
 # What sudo (or the shell, when there is none) says on each kind of droplet, and what poseidon adds.
 SUDO_REFUSALS = {
-    "wants-a-password": ("echo 'sudo: a password is required' >&2; exit 1", "without one (a NOPASSWD line in /etc/sudoers.d/), or connect as root"),
-    "not-a-sudoer": ("echo \"$(id -un) is not in the sudoers file.\" >&2; exit 1", "may not use sudo on test: allow it (a NOPASSWD line in /etc/sudoers.d/), or connect as root"),
-    "no-sudo": ("echo 'bash: line 1: sudo: command not found' >&2; exit 127", "test has no sudo: install it (apt-get install sudo), or connect as root"),
+    "wants-a-password": (
+        "echo 'sudo: a password is required' >&2; exit 1",
+        "without one (a NOPASSWD line in /etc/sudoers.d/), or connect as root",
+    ),
+    "not-a-sudoer": (
+        'echo "$(id -un) is not in the sudoers file." >&2; exit 1',
+        "may not use sudo on test: allow it (a NOPASSWD line in /etc/sudoers.d/), or connect as root",
+    ),
+    "no-sudo": (
+        "echo 'bash: line 1: sudo: command not found' >&2; exit 127",
+        "test has no sudo: install it (apt-get install sudo), or connect as root",
+    ),
 }
 
 
@@ -71,7 +80,10 @@ def test_timeout_s_words_for_a_missing_sudo_get_the_same_advice() -> None:
     from poseidon.ssh import _sudo_hint
 
     said = "timeout: failed to run command \u2018sudo\u2019: No such file or directory"
-    assert _sudo_hint(said, 127, "deploy", "web-1") == "web-1 has no sudo: install it (apt-get install sudo), or connect as root"
+    assert (
+        _sudo_hint(said, 127, "deploy", "web-1")
+        == "web-1 has no sudo: install it (apt-get install sudo), or connect as root"
+    )
 
 
 def test_the_digitalocean_token_appears_in_no_output_log_report_error_or_droplet(
@@ -107,7 +119,11 @@ def test_the_digitalocean_token_appears_in_no_output_log_report_error_or_droplet
 
 @pytest.mark.parametrize("value", ["ssh", "0", "70000", "２２"])
 def test_a_port_variable_that_is_no_port_is_exit_2_naming_it_before_any_change(
-    value: str, tmp_path: Path, sandbox_env: Sandbox, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    value: str,
+    tmp_path: Path,
+    sandbox_env: Sandbox,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("POSEIDON_SSH_PORT", value)
     path = tmp_path / "site.yaml"
@@ -119,7 +135,11 @@ def test_a_port_variable_that_is_no_port_is_exit_2_naming_it_before_any_change(
 
 @pytest.mark.parametrize("variable", ["POSEIDON_SSH_PORT", "POSEIDON_SSH_KEEPALIVE"])
 def test_a_bad_ssh_variable_stops_what_logs_in_and_nothing_else(
-    variable: str, tmp_path: Path, sandbox_env: Sandbox, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    variable: str,
+    tmp_path: Path,
+    sandbox_env: Sandbox,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """``droplets`` and ``destroy`` never log in: a bad SSH setting is no reason to refuse them."""
     monkeypatch.setenv(variable, "-1")

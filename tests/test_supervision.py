@@ -64,8 +64,14 @@ report: {{ps: false, top: false}}
 
 
 def _git(repo: Path, *args: str) -> None:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t", "GIT_CONFIG_GLOBAL": os.devnull}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+        "GIT_CONFIG_GLOBAL": os.devnull,
+    }
     subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, env=env)
 
 
@@ -137,7 +143,10 @@ def test_a_new_commit_and_a_changed_env_each_restart_the_app_and_the_new_one_ans
     )
     code, report = _cli("apply", str(playbook), capsys=capsys)
     assert code == 0
-    assert (_nohup(report)["status"], _nohup(report)["reason"]) == ("changed", "an earlier step changed since it started")
+    assert (_nohup(report)["status"], _nohup(report)["reason"]) == (
+        "changed",
+        "an earlier step changed since it started",
+    )
     assert _answer(sandbox) == "v2 hello"
 
     monkeypatch.setenv("GREETING", "bonjour")
@@ -225,15 +234,19 @@ def test_a_process_that_dies_before_it_is_ready_or_never_gets_ready_fails_with_i
 
     point_at(shared_sandbox, monkeypatch)
     cases = {
-        'cmd: "echo starting; sleep 1.5; echo boom >&2; exit 3", name: late-crash, ready: {port: 5399}':
-            "late-crash exited before it was ready; the end of its log:\nstarting\nboom",
-        'cmd: "echo up; exec sleep 60", name: never-ready, ready: {http: "http://127.0.0.1:5398/", timeout: 1.5}':
+        'cmd: "echo starting; sleep 1.5; echo boom >&2; exit 3", name: late-crash, ready: {port: 5399}': (
+            "late-crash exited before it was ready; the end of its log:\nstarting\nboom"
+        ),
+        'cmd: "echo up; exec sleep 60", name: never-ready, ready: {http: "http://127.0.0.1:5398/", timeout: 1.5}': (
             "never-ready is not ready after 1.5 s (waited for a 2xx answer from http://127.0.0.1:5398/);"
-            " it is left running, and the next apply restarts it; the end of its log:\nup",
+            " it is left running, and the next apply restarts it; the end of its log:\nup"
+        ),
     }
     for step, told in cases.items():
         playbook = tmp_path / "site.yaml"
-        playbook.write_text(f"version: 1\ndroplets: [test]\nsteps: [{{nohup: {{{step}}}}}]\nreport: {{ps: false, top: false}}\n")
+        playbook.write_text(
+            f"version: 1\ndroplets: [test]\nsteps: [{{nohup: {{{step}}}}}]\nreport: {{ps: false, top: false}}\n"
+        )
         assert main(["apply", str(playbook), "--json"]) == 1
         result = json.loads(capsys.readouterr().out)["droplets"][0]["steps"][0]
         assert result["status"] == "failed"
@@ -255,7 +268,11 @@ def test_a_frozen_droplet_ends_the_run_at_its_timeout_or_its_keepalives_and_the_
             env = {**os.environ, "POSEIDON_SSH_KEEPALIVE": keepalive}
             run = subprocess.Popen(
                 [sys.executable, "-m", "poseidon.cli", "apply", str(playbook), "--json"],
-                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=tmp_path,
             )
             frozen: set[int] = set()
             try:
@@ -330,7 +347,8 @@ def test_a_running_process_that_is_not_ready_is_restarted_and_a_check_that_fails
             version: 1
             droplets: [test]
             steps:
-              - nohup: {cmd: "rm -f broken; exec sleep 120", name: repairs, ready: {cmd: "test ! -f broken", timeout: 5}}
+              - nohup:
+                  {cmd: "rm -f broken; exec sleep 120", name: repairs, ready: {cmd: "test ! -f broken", timeout: 5}}
               - run: {cmd: "echo checked; exit ${env:CHECK_EXIT}", changes: false}
             report: {ps: false, top: false}
             """
@@ -354,7 +372,10 @@ def test_a_running_process_that_is_not_ready_is_restarted_and_a_check_that_fails
     )
     assert main(["apply", str(playbook), "--json"]) == 1
     second = json.loads(capsys.readouterr().out)["droplets"][0]["steps"]
-    assert (second[0]["status"], second[0]["reason"]) == ("changed", "it runs but is not ready (its ready command to succeed)")
+    assert (second[0]["status"], second[0]["reason"]) == (
+        "changed",
+        "it runs but is not ready (its ready command to succeed)",
+    )
     assert (shared_sandbox.home("test") / ".poseidon" / "repairs.pid").read_text() != pid
     assert (second[1]["status"], second[1]["exited"], second[1]["stdout_tail"]) == ("failed", 4, "checked")
     assert "the check failed (exit 4)" in second[1]["stderr_tail"]
@@ -406,12 +427,18 @@ def test_a_forged_identity_a_planted_link_and_a_taken_port_are_refused_not_obeye
             assert victim.read_text() == "precious\n", "the log was written through a planted link"
             assert (home / "forged" / "linked.log").read_text() == "app output\n"
             # A port that answers before the process starts: another holds it, and ready cannot tell them apart.
-            holder = ssh.nohup(f"exec python3 -m http.server --bind {sandbox_env.address('test')} 5377", name="holder",
-                               ready={"port": 5377, "timeout": 10})
+            holder = ssh.nohup(
+                f"exec python3 -m http.server --bind {sandbox_env.address('test')} 5377",
+                name="holder",
+                ready={"port": 5377, "timeout": 10},
+            )
             assert holder.changed, holder
             taken = ssh.run_step(steps.build("nohup", cmd="exec sleep 305", name="latecomer", ready={"port": 5377}))
             assert taken.status == "failed"
-            assert f"port 5377 on {sandbox_env.address('test')} answers before latecomer starts: another process holds it" in taken.stderr
+            assert (
+                f"port 5377 on {sandbox_env.address('test')} answers before latecomer starts: another process holds it"
+                in taken.stderr
+            )
             assert "still running here: " in taken.stderr and "holder (pid" in taken.stderr
             ssh.wait("for f in .poseidon/*.pid; do kill $(cat $f) 2>/dev/null; done; true")
     finally:

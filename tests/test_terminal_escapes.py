@@ -39,9 +39,9 @@ def site(tmp_path: Path, shared_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatc
     playbook = tmp_path / "site.yaml"
     playbook.write_text(
         "version: 1\ndroplets: [test]\nsteps:\n"
-        "  - nohup: {cmd: 'printf \"%s\\\\n\" \"$HOSTILE\"; exec sleep 60', name: hostile-log, grace: 0.3,"
+        '  - nohup: {cmd: \'printf "%s\\\\n" "$HOSTILE"; exec sleep 60\', name: hostile-log, grace: 0.3,'
         " env: {HOSTILE: '${env:HOSTILE}'}}\n"
-        "  - run: {cmd: 'printf \"%s\\\\n\" \"$HOSTILE\"; printf \"%s\\\\n\" \"$HOSTILE\" >&2; exit 1',"
+        '  - run: {cmd: \'printf "%s\\\\n" "$HOSTILE"; printf "%s\\\\n" "$HOSTILE" >&2; exit 1\','
         " env: {HOSTILE: '${env:HOSTILE}'}}\n"
         "report: {ps: false, top: false}\n"
     )
@@ -69,7 +69,9 @@ def test_json_keeps_the_raw_text(site: Path, capsys: pytest.CaptureFixture[str])
     assert steps[1]["stdout_tail"] == HOSTILE.replace("\r", "\n")  # the tail is kept by lines
 
 
-def test_an_api_s_droplet_data_is_shown_escaped(shared_sandbox: Sandbox, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_api_s_droplet_data_is_shown_escaped(
+    shared_sandbox: Sandbox, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     point_at(shared_sandbox, monkeypatch)
     shared_sandbox.emulator.add_droplet("hostile-data", "203.0.113.77", tags=[HOSTILE])
     assert main(["droplets"]) == 0
@@ -118,7 +120,9 @@ def test_the_api_tokens_are_masked_in_reports(
         playbook = tmp_path / "site.yaml"
         playbook.write_text(
             "version: 1\ndroplets: [test]\nsteps:\n"
-            "  - run: {cmd: 'echo \"$A $B\"', env: {A: '${env:DIGITALOCEAN_TOKEN}', B: '${env:DIGITALOCEAN_ACCESS_TOKEN}'}}\n"
+            "  - run:\n"
+            "      cmd: 'echo \"$A $B\"'\n"
+            "      env: {A: '${env:DIGITALOCEAN_TOKEN}', B: '${env:DIGITALOCEAN_ACCESS_TOKEN}'}\n"
             "report: {ps: false, top: false}\n"
         )
         assert main(["apply", str(playbook), "--json"]) == 0

@@ -36,11 +36,11 @@ SOURCES = ["app", "env:BRANCH", "droplet.name", "droplet.tags", "droplet.private
 FORMS = {
     "unquoted": ("${REF}", "{v}"),
     "double quotes": ('"b=${REF}"', "b={v}"),
-    "here-document": ("\"$(cat <<EOF\nh=${REF}\nEOF\n)\"", "h={v}"),
-    "command in a here-document": ("\"$(cat <<EOF\nc=$(printf %s ${REF})\nEOF\n)\"", "c={v}"),
-    "case pattern in $( )": ("\"$(case x in x) printf %s ${REF};; esac)\"", "{v}"),
-    "shell default": ("\"$${UNSET_HERE:-${REF}}\"", "{v}"),
-    "after ${#VAR}": ("\"$${#HOME}\" ${REF}", "{n}{v}"),
+    "here-document": ('"$(cat <<EOF\nh=${REF}\nEOF\n)"', "h={v}"),
+    "command in a here-document": ('"$(cat <<EOF\nc=$(printf %s ${REF})\nEOF\n)"', "c={v}"),
+    "case pattern in $( )": ('"$(case x in x) printf %s ${REF};; esac)"', "{v}"),
+    "shell default": ('"$${UNSET_HERE:-${REF}}"', "{v}"),
+    "after ${#VAR}": ('"$${#HOME}" ${REF}', "{n}{v}"),
 }
 
 _counter = itertools.count()
@@ -48,9 +48,7 @@ _counter = itertools.count()
 
 def _values(markers: Path) -> dict[str, str]:
     """Every source's value: the payload, each with a marker of its own."""
-    playbook = spec.loads(
-        "version: 1\ndroplets: [x]\nvars: {app: '${env:APP}'}\nsteps: [{run: 'true'}]\n", "site.yaml"
-    )
+    playbook = spec.loads("version: 1\ndroplets: [x]\nvars: {app: '${env:APP}'}\nsteps: [{run: 'true'}]\n", "site.yaml")
     payload = {source: PAYLOAD.format(m=markers / source.replace(":", "-").replace(".", "-")) for source in SOURCES}
     droplet = {
         "name": payload["droplet.name"],
@@ -104,8 +102,9 @@ def test_a_value_in_arithmetic_must_be_a_number_and_one_in_a_quoted_here_documen
         assert hostile.status == "failed"
         assert "must be a whole number" in hostile.stderr
     problems = _problems("steps:\n  - run: |\n      cat <<'EOF'\n      ${app}\n      EOF\n")
-    assert problems == ["site.yaml:6:10: steps[0].run.cmd: " + shell.check([
-        "cat <<'EOF'\n", shell.Reference("app"), "\nEOF\n"])[0]]
+    assert problems == [
+        "site.yaml:6:10: steps[0].run.cmd: " + shell.check(["cat <<'EOF'\n", shell.Reference("app"), "\nEOF\n"])[0]
+    ]
 
 
 @pytest.mark.parametrize(
@@ -212,7 +211,8 @@ def test_two_nohup_steps_with_one_process_name_are_refused() -> None:
     ) == [
         "site.yaml:8:5: steps[2]: process 'web' is already started by steps[0]: two nohup steps would fight"
         " over it; give one another name:",
-        "site.yaml:10:5: steps[4]: process 'sleep-" + spec.NohupStep(cmd="sleep 3").process_name()[6:]
+        "site.yaml:10:5: steps[4]: process 'sleep-"
+        + spec.NohupStep(cmd="sleep 3").process_name()[6:]
         + "' is already started by steps[3]: two nohup steps would fight over it; give one another name:",
     ]
 
@@ -268,7 +268,8 @@ def test_two_nohup_steps_whose_names_become_one_on_a_droplet_stop_it_before_any_
     playbook = tmp_path / "site.yaml"
     playbook.write_text(
         "version: 1\ndroplets: [test]\nvars: {a: web, b: '${env:OTHER}'}\nsteps:\n"
-        "  - run: touch must-not-run\n  - nohup: {cmd: sleep 1, name: '${a}'}\n  - nohup: {cmd: sleep 2, name: '${b}'}\n"
+        "  - run: touch must-not-run\n"
+        "  - nohup: {cmd: sleep 1, name: '${a}'}\n  - nohup: {cmd: sleep 2, name: '${b}'}\n"
         "report: {ps: false, top: false}\n"
     )
     monkeypatch.setenv("OTHER", "web")

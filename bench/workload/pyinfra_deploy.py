@@ -16,7 +16,7 @@ pip.packages(
 server.shell(
     name="start the server in the background",
     commands=[
-        "cd site/app && { [ -f web.pid ] && kill -0 \"$(cat web.pid)\" 2>/dev/null"
+        'cd site/app && { [ -f web.pid ] && kill -0 "$(cat web.pid)" 2>/dev/null'
         f" || {{ setsid nohup .venv/bin/python -m http.server --bind {host.name} 8000"
         " > web.log 2>&1 < /dev/null & echo $! > web.pid; }; }"
     ],

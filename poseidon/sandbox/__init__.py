@@ -146,14 +146,20 @@ class Sandbox:
             if status == "off":
                 farm.off.add(address)
             self.emulator.add_droplet(
-                spec["name"], address, tags=tuple(spec.get("tags", ())), droplet_id=spec.get("id"), status=status, **kind
+                spec["name"],
+                address,
+                tags=tuple(spec.get("tags", ())),
+                droplet_id=spec.get("id"),
+                status=status,
+                **kind,
             )
         farm.start()
         self._started = True
         self._save_account()
 
     def _add_home(self, name: str, host: int | None = None) -> str:
-        """Give the droplet ``name`` its loopback address (``.host``, else the next one) and a home; return the address."""
+        """Give the droplet ``name`` its loopback address (``.host``, else the next one) and a home;
+        return the address."""
         assert self.farm is not None
         if host is None:
             host, self._next_host = self._next_host, self._next_host + 1

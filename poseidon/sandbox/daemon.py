@@ -72,7 +72,8 @@ def up(droplets: list[dict[str, Any]], repos: dict[str, Path], folder: Path, *, 
     if _read_state(folder) is not None:
         # The environment is not as the command needs (exit 2), nothing failed to start.
         raise UsageError(
-            f"a sandbox is already up in {folder}: 'poseidon sandbox env' (with the same --playbook) prints its variables again"
+            f"a sandbox is already up in {folder}:"
+            " 'poseidon sandbox env' (with the same --playbook) prints its variables again"
         )
     # A playbook's folder may be a shared checkout: whole files, for this user only, never through a link.
     files.folder(folder)

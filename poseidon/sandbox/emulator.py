@@ -61,7 +61,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
@@ -235,7 +235,7 @@ _COMPILED = tuple((method, _compile(template), handler) for method, template, ha
 
 
 def _timestamp(when: float | None = None) -> str:
-    moment = datetime.now(timezone.utc) if when is None else datetime.fromtimestamp(when, timezone.utc)
+    moment = datetime.now(UTC) if when is None else datetime.fromtimestamp(when, UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -1520,7 +1520,7 @@ def _size_document(slug: str) -> dict[str, Any]:
 
 
 def _backup_window() -> dict[str, str]:
-    start = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) + timedelta(days=1)
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(days=1)
     return {"start": _timestamp(start.timestamp()), "end": _timestamp((start + timedelta(hours=4)).timestamp())}
 
 
@@ -1649,7 +1649,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if answer is None:
             try:
                 answer = self.server.emulator._handle(self.command, self.path, self.headers.get("Authorization"), body)
-            except Exception as exc:  # a bug in the emulator shows up as a 500 the test can read
+            except Exception as exc:  # noqa: BLE001 - a bug in the emulator shows up as a 500 the test can read
                 answer = _Answer(500, {}, {"id": "server_error", "message": f"emulator: {exc!r}"})
         assert answer is not None
         if answer.until is not None:
@@ -1670,7 +1670,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(payload)
 
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve  # noqa: N815 - the http.server API
 
     #: The largest request body read (the API's own bodies are a few kilobytes).
     MAX_BODY = 1 << 20
@@ -1685,7 +1685,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         text = self.headers.get("Content-Length") or "0"
         if not text.isascii() or not text.isdigit() or int(text) > self.MAX_BODY:
             self.close_connection = True
-            return _Answer(400, {}, _error_body(400, f"Content-Length must be a number of bytes up to {self.MAX_BODY}."))
+            return _Answer(
+                400, {}, _error_body(400, f"Content-Length must be a number of bytes up to {self.MAX_BODY}.")
+            )
         return None
 
     def log_message(self, format: str, *args: Any) -> None:

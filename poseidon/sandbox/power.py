@@ -102,7 +102,7 @@ def connections_to(address: str, port: int) -> set[int]:
 def _sockets_to(address: str, port: int) -> set[str]:
     """The inodes of the TCP sockets whose local end is ``address:port`` (/proc/net/tcp)."""
     # The kernel prints the address as the hex of its 32 bits read in this machine's byte order.
-    local = "%08X:%04X" % (struct.unpack("=I", socket.inet_aton(address))[0], port)
+    local = f"{struct.unpack('=I', socket.inet_aton(address))[0]:08X}:{port:04X}"
     try:
         lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
     except OSError:

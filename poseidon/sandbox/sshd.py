@@ -105,7 +105,9 @@ def _keygen(path: Path, comment: str) -> str:
             capture_output=True,
         )
     except FileNotFoundError:
-        raise SandboxError("the sandbox needs ssh-keygen: install OpenSSH (Debian: apt-get install openssh-client)") from None
+        raise SandboxError(
+            "the sandbox needs ssh-keygen: install OpenSSH (Debian: apt-get install openssh-client)"
+        ) from None
     except subprocess.CalledProcessError as exc:
         raise SandboxError(f"ssh-keygen failed: {exc.stderr.decode(errors='replace').strip()}") from None
     return path.with_suffix(".pub").read_text().strip()
@@ -115,9 +117,7 @@ def find_sshd() -> str:
     for candidate in (shutil.which("sshd"), "/usr/sbin/sshd"):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
-    raise SandboxError(
-        "the sandbox needs OpenSSH's server: install it (Debian: apt-get install openssh-server)"
-    )
+    raise SandboxError("the sandbox needs OpenSSH's server: install it (Debian: apt-get install openssh-server)")
 
 
 #: Seconds sshd may take to set up (listen, then catch SIGHUP and write its pid file) at a start or
@@ -342,7 +342,8 @@ LogLevel ERROR
         self.known_hosts.write_text("\n".join(lines) + "\n")
 
     def _wait_until_serving(self, process: subprocess.Popen[bytes], index: int, addresses: list[str]) -> None:
-        """Wait until the sshd ``process`` has written its pid file (it then takes SIGHUP) and answers on ``addresses``."""
+        """Wait until the sshd ``process`` has written its pid file (it then takes SIGHUP)
+        and answers on ``addresses``."""
         timeout = SETUP_PATIENCE
         deadline = time.monotonic() + timeout
         pending = list(addresses)

@@ -42,7 +42,6 @@ from poseidon.spec.models import (
     AptStep,
     ChdirStep,
     CreateDroplet,
-    DNSRecord as DNSRecord,
     DropletRef,
     GitStep,
     NamedDroplet,
@@ -56,6 +55,9 @@ from poseidon.spec.models import (
     Step,
     StepBase,
     TaggedDroplets,
+)
+from poseidon.spec.models import (
+    DNSRecord as DNSRecord,
 )
 from poseidon.spec.playbook import Playbook
 from poseidon.spec.references import DROPLET_ATTRIBUTES, MAX_VALUE_CHARS, parts, references

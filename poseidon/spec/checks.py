@@ -58,9 +58,7 @@ def _var_references(value: object) -> list[str]:
     """The variables a ``vars:`` value refers to (not ``env:`` or ``droplet.``)."""
     if not isinstance(value, str):
         return []
-    return [
-        t.text for t in tokens(value) if t.kind == "reference" and ":" not in t.text and "." not in t.text
-    ]
+    return [t.text for t in tokens(value) if t.kind == "reference" and ":" not in t.text and "." not in t.text]
 
 
 def _var_problems(variables: Mapping[Any, Any]) -> Iterator[Finding]:

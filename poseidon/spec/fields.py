@@ -130,15 +130,11 @@ _URL_RE = re.compile(
     r"[A-Za-z0-9\[][A-Za-z0-9._:\[\]-]*(?:/[A-Za-z0-9._~:/?#@+,=%-]*)?"
 )
 _FILE_URL_RE = re.compile(r"file://[A-Za-z0-9._~:/@+,=%-]*/[A-Za-z0-9._~:/@+,=%-]*")
-_SCP_RE = re.compile(
-    r"[A-Za-z0-9_][A-Za-z0-9_.-]*@[A-Za-z0-9][A-Za-z0-9.-]*:[A-Za-z0-9._~/+@%][A-Za-z0-9._~/+@%-]*"
-)
+_SCP_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*@[A-Za-z0-9][A-Za-z0-9.-]*:[A-Za-z0-9._~/+@%][A-Za-z0-9._~/+@%-]*")
 
 
 def is_shorthand(repo: str) -> bool:
-    return bool(_SHORTHAND_RE.fullmatch(repo)) and not any(
-        part in (".", "..") for part in repo.split("/")
-    )
+    return bool(_SHORTHAND_RE.fullmatch(repo)) and not any(part in (".", "..") for part in repo.split("/"))
 
 
 def _repository(value: str, checked: str) -> None:
@@ -202,8 +198,7 @@ _AptPackage = Annotated[
     _checked(
         _matching(
             _APT_RE,
-            "a Debian package name (lowercase letters, digits, + . -; "
-            "then optional :arch and =version)",
+            "a Debian package name (lowercase letters, digits, + . -; then optional :arch and =version)",
         )
     ),
 ]
@@ -224,12 +219,8 @@ def _words_schema(what: str) -> WithJsonSchema:
     )
 
 
-AptPackages = Annotated[
-    list[_AptPackage], BeforeValidator(_words), _words_schema("Debian package names")
-]
-PipRequirements = Annotated[
-    list[_PipRequirement], BeforeValidator(_words), _words_schema("pip requirements")
-]
+AptPackages = Annotated[list[_AptPackage], BeforeValidator(_words), _words_schema("Debian package names")]
+PipRequirements = Annotated[list[_PipRequirement], BeforeValidator(_words), _words_schema("pip requirements")]
 PlainValue = Annotated[str | bool | int | float, BeforeValidator(_var_value)]
 
 

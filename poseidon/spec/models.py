@@ -64,6 +64,7 @@ from poseidon.spec.fields import (
 from poseidon.spec.locations import Source
 from poseidon.spec.references import IDENT
 
+
 class Model(BaseModel):
     # strict: YAML's `yes` is a boolean and must not become the string "True".
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, defer_build=True)
@@ -94,9 +95,7 @@ class CreateDroplet(Model):
     ssh_keys: list[Line | int] = Field(
         default_factory=list, description="SSH keys to install: names, ids or fingerprints."
     )
-    tags: list[DropletTag] = Field(
-        default_factory=list, description="Tags the new droplet carries."
-    )
+    tags: list[DropletTag] = Field(default_factory=list, description="Tags the new droplet carries.")
     user_data: Text | None = Field(default=None, description="cloud-init user data for the first boot.")
     ipv6: bool = Field(default=False, description="Give it a public IPv6 address too.")
     monitoring: bool = Field(default=False, description="Install the monitoring agent.")
@@ -113,9 +112,7 @@ class DNSRecord(Model):
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"domain": "example.com", "name": "www", "ttl": 300}]})
 
-    domain: DomainName = Field(
-        description="The domain (created in the account when it has none of that name)."
-    )
+    domain: DomainName = Field(description="The domain (created in the account when it has none of that name).")
     name: RecordName = Field(
         default="@", description="The record's name in the domain: www, or @ for the domain itself."
     )
@@ -130,9 +127,7 @@ class DNSRecord(Model):
 class NamedDroplet(Model):
     """One droplet, found by its name. A plain string entry is its name."""
 
-    model_config = ConfigDict(
-        json_schema_extra={"examples": [{"name": "web-2", "user": "root", "port": 22}]}
-    )
+    model_config = ConfigDict(json_schema_extra={"examples": [{"name": "web-2", "user": "root", "port": 22}]})
 
     name: DropletName = Field(description="The droplet's name, as the API lists it.")
     user: User = None
@@ -194,9 +189,7 @@ class StepBase(Model):
 
     name: Line | None = Field(default=None, description="A label for the step, shown in reports.")
     sudo: bool = Field(default=False, description="Run the step with `sudo -n`.")
-    env: dict[EnvName, Text] = Field(
-        default_factory=dict, description="Environment variables for the step's commands."
-    )
+    env: dict[EnvName, Text] = Field(default_factory=dict, description="Environment variables for the step's commands.")
     timeout: float | None = Field(
         default=None,
         gt=0,
@@ -231,9 +224,7 @@ class ChdirStep(StepBase):
     primary: ClassVar[str] = "path"
 
     kind: Literal["chdir"] = Field(default="chdir", description="The step's kind.")
-    path: PathText = Field(
-        description="Directory, relative to the previous one; `~` at the start is home."
-    )
+    path: PathText = Field(description="Directory, relative to the previous one; `~` at the start is home.")
 
 
 class AptStep(StepBase):
@@ -246,9 +237,7 @@ class AptStep(StepBase):
     primary: ClassVar[str] = "packages"
 
     kind: Literal["apt"] = Field(default="apt", description="The step's kind.")
-    packages: AptPackages = Field(
-        min_length=1, description="Package names, with optional :arch and =version."
-    )
+    packages: AptPackages = Field(min_length=1, description="Package names, with optional :arch and =version.")
     update: bool = Field(default=False, description="Refresh the package lists first.")
 
 
@@ -262,12 +251,8 @@ class GitStep(StepBase):
     primary: ClassVar[str] = "repo"
 
     kind: Literal["git"] = Field(default="git", description="The step's kind.")
-    repo: Repository = Field(
-        description="owner/name on GitHub, or a git URL (https, http, ssh, file, git@host:path)."
-    )
-    dest: PathText | None = Field(
-        default=None, description="Directory to clone into; default: the repository's name."
-    )
+    repo: Repository = Field(description="owner/name on GitHub, or a git URL (https, http, ssh, file, git@host:path).")
+    dest: PathText | None = Field(default=None, description="Directory to clone into; default: the repository's name.")
     ref: GitRef | None = Field(
         default=None, description="Branch, tag or commit to check out; default: the remote's HEAD."
     )
@@ -294,9 +279,7 @@ class GitStep(StepBase):
 class _PythonTarget(StepBase):
     """Where pip steps install: a virtualenv by default."""
 
-    venv: PathText = Field(
-        default=".venv", description="The virtualenv, relative to the working directory."
-    )
+    venv: PathText = Field(default=".venv", description="The virtualenv, relative to the working directory.")
     system: bool = Field(
         default=False,
         description=(
@@ -336,16 +319,14 @@ class ReadyCheck(Model):
     """When a started process counts as ready: exactly one of ``port``, ``http`` or ``cmd``."""
 
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"port": 5000}, {"http": "http://127.0.0.1:5000/health"}, {"cmd": "test -S app.sock"}]}
+        json_schema_extra={
+            "examples": [{"port": 5000}, {"http": "http://127.0.0.1:5000/health"}, {"cmd": "test -S app.sock"}]
+        }
     )
 
     port: int | None = Field(default=None, ge=1, le=65535, description="Ready when this TCP port accepts a connection.")
-    host: Host | None = Field(
-        default=None, description="Where `port` is tried; default: the droplet's own address."
-    )
-    http: HttpUrl | None = Field(
-        default=None, description="Ready when this URL answers with a 2xx status."
-    )
+    host: Host | None = Field(default=None, description="Where `port` is tried; default: the droplet's own address.")
+    http: HttpUrl | None = Field(default=None, description="Ready when this URL answers with a 2xx status.")
     cmd: Command | None = Field(default=None, description="Ready when this shell command exits 0.")
     timeout: float = Field(
         default=30, gt=0, allow_inf_nan=False, description="Seconds to wait for readiness before the step fails."
@@ -454,9 +435,7 @@ class RunStep(StepBase):
     kind: Literal["run"] = Field(default="run", description="The step's kind.")
     cmd: Command = Field(description="The shell command.")
     creates: Text | None = Field(default=None, description="Skip the step when this path exists.")
-    unless: Text | None = Field(
-        default=None, description="Skip the step when this shell command exits 0."
-    )
+    unless: Text | None = Field(default=None, description="Skip the step when this shell command exits 0.")
     changes: bool = Field(
         default=True,
         description=(
@@ -479,7 +458,15 @@ STEP_KINDS: tuple[str, ...] = tuple(STEP_MODELS)
 
 
 #: Step kinds people write from habit (Ansible, pyinfra, shell), and poseidon's word for them.
-_KIND_HABITS = {"shell": "run", "command": "run", "cmd": "run", "exec": "run", "cd": "chdir", "apt_get": "apt", "package": "apt"}
+_KIND_HABITS = {
+    "shell": "run",
+    "command": "run",
+    "cmd": "run",
+    "exec": "run",
+    "cd": "chdir",
+    "apt_get": "apt",
+    "package": "apt",
+}
 
 
 def written_step(value: object) -> tuple[dict[str, Any] | None, str | None]:
@@ -496,7 +483,11 @@ def written_step(value: object) -> tuple[dict[str, Any] | None, str | None]:
         if model is None:
             hint = ""
             if isinstance(kind, str):
-                hint = f": did you mean {_KIND_HABITS[kind]!r}?" if kind in _KIND_HABITS else did_you_mean(kind, STEP_KINDS)
+                hint = (
+                    f": did you mean {_KIND_HABITS[kind]!r}?"
+                    if kind in _KIND_HABITS
+                    else did_you_mean(kind, STEP_KINDS)
+                )
             return None, f"unknown step kind {kind!r}{hint} (known kinds: {known})"
         if body is None:
             hint = ' (write "~" in quotes for the home directory)' if kind == "chdir" else ""

@@ -110,7 +110,9 @@ class Playbook(Model):
     def env_names(self) -> list[str]:
         """The environment variables the steps and vars refer to with ``${env:NAME}``, and the
         secrets read from the environment, in order."""
-        texts = [text for index, step in enumerate(self.steps) for _, text in strings(step.model_dump(), ("steps", index))]
+        texts = [
+            text for index, step in enumerate(self.steps) for _, text in strings(step.model_dump(), ("steps", index))
+        ]
         texts += [value for value in self.vars.values() if isinstance(value, str)]
         names = [
             token.text.removeprefix("env:")

@@ -70,8 +70,7 @@ def _all_models() -> list[type[BaseModel]]:
 
 _MAX_DEPTH = 64
 _SCALAR_TAGS = frozenset(
-    f"tag:yaml.org,2002:{name}"
-    for name in ("null", "bool", "int", "float", "str", "timestamp", "binary")
+    f"tag:yaml.org,2002:{name}" for name in ("null", "bool", "int", "float", "str", "timestamp", "binary")
 )
 _SEQ_TAG = "tag:yaml.org,2002:seq"
 _MAP_TAG = "tag:yaml.org,2002:map"
@@ -158,9 +157,7 @@ class _Tree:
         self.problem(node, render(loc), "unsupported YAML node")
         return _INVALID
 
-    def _mapping(
-        self, node: yaml.MappingNode, loc: tuple[str | int, ...]
-    ) -> dict[Any, Any] | _Invalid:
+    def _mapping(self, node: yaml.MappingNode, loc: tuple[str | int, ...]) -> dict[Any, Any] | _Invalid:
         result: dict[Any, Any] = {}
         entries: dict[Any, tuple[yaml.Node, yaml.Node]] = {}
         self.entries[id(node)] = entries
@@ -321,9 +318,7 @@ class _Tree:
         for index, step in enumerate(playbook.steps):
             node = self.locate(("steps", index))
             mark = node.start_mark
-            step._source = Source(
-                self.file, mark.line + 1, mark.column + 1, f"steps[{index}].{step.kind}"
-            )
+            step._source = Source(self.file, mark.line + 1, mark.column + 1, f"steps[{index}].{step.kind}")
 
 
 _BREAK_RE = re.compile("\r\n|[\n\r\x85\u2028\u2029]")
@@ -346,9 +341,7 @@ def _yaml_error(filename: str, text: str, exc: yaml.YAMLError) -> Problem:
         return Problem(filename, 1, 1, "", message)
     if isinstance(exc, yaml.reader.ReaderError):
         line, column = _position(text[: exc.position])
-        return Problem(
-            filename, line, column, "", f"character U+{exc.character:04X} is not allowed in YAML"
-        )
+        return Problem(filename, line, column, "", f"character U+{exc.character:04X} is not allowed in YAML")
     return Problem(filename, 1, 1, "", str(exc))
 
 
@@ -402,9 +395,7 @@ def load(path: str | os.PathLike[str]) -> Playbook:
             raw = stream.read(MAX_PLAYBOOK_BYTES + 1)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        raise SpecError(
-            [Problem(filename, 1, 1, "", f"cannot read the playbook: {reason}")]
-        ) from exc
+        raise SpecError([Problem(filename, 1, 1, "", f"cannot read the playbook: {reason}")]) from exc
     if len(raw) > MAX_PLAYBOOK_BYTES:
         raise SpecError([Problem(filename, 1, 1, "", _TOO_BIG)])
     body = raw.removeprefix(codecs.BOM_UTF8)  # as YAML does, columns do not count a BOM

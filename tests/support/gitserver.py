@@ -18,7 +18,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     seen_authorizations: list[str] = []
     delay = 0.0
 
-    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+    def do_GET(self) -> None:
         time.sleep(self.delay)  # a slow server keeps the clone running long enough to be watched
         header = self.headers.get("Authorization", "")
         self.seen_authorizations.append(header)

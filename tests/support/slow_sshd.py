@@ -2,9 +2,10 @@
 
 It does what sshd does around a reload, in the same order: listen on the
 config's ``ListenAddress`` lines, set up (here: sleep as many seconds as the
-file named by ``SLOW_SSHD_DELAY_FILE`` says, read at each start), catch SIGHUP, then write its ``PidFile``. On SIGHUP it closes its
-sockets, removes the pid file and re-executes itself with SIGHUP ignored, so a
-second SIGHUP sent before it has set up again is lost, as with sshd. A first
+file named by ``SLOW_SSHD_DELAY_FILE`` says, read at each start), catch
+SIGHUP, then write its ``PidFile``. On SIGHUP it closes its sockets, removes
+the pid file and re-executes itself with SIGHUP ignored, so a second SIGHUP
+sent before it has set up again is lost, as with sshd. A first
 start has SIGHUP's default action: an early SIGHUP ends it.
 """
 

@@ -18,7 +18,7 @@ class JSONHandler(http.server.BaseHTTPRequestHandler):
     def answer(self) -> Any:
         raise NotImplementedError
 
-    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+    def do_GET(self) -> None:
         send_json(self, self.status, self.answer())
 
     def log_message(self, format: str, *args: object) -> None:

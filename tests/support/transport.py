@@ -92,14 +92,16 @@ class Transport(HTTPAdapter):
         sent = Sent(request, timeout)
         if self.handler is None:
             response = super().send(request, stream=stream, timeout=timeout, verify=verify, cert=cert, proxies=proxies)
-            response.content  # read whole, so that the record has it whatever the client does next
+            _ = response.content  # read whole, so that the record has it whatever the client does next
         else:
             response = _response(request, *self.handler(sent))
         self.exchanges.append(Exchange(sent, response))
         return response
 
 
-def _response(request: requests.PreparedRequest, status: int, headers: Mapping[str, str], body: Any) -> requests.Response:
+def _response(
+    request: requests.PreparedRequest, status: int, headers: Mapping[str, str], body: Any
+) -> requests.Response:
     response = requests.Response()
     response.status_code = status
     response.reason = http.client.responses.get(status, "")
