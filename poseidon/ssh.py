@@ -9,8 +9,10 @@
     ssh.ps()                         # a pandas DataFrame
 
 The connection opens lazily on the first command and is reused for every
-command after it: commands go to one shell session on it, one round trip
-each (a pseudo-terminal or a local timeout takes a channel of its own).
+command after it: commands go to one shell session on it
+(:mod:`poseidon.session`), one round trip each (a pseudo-terminal or a local
+timeout takes a channel of its own). Every command returns a
+:class:`~poseidon.session.CommandResult`.
 The conveniences (``apt``, ``git``, ``pip``…) are the
 playbook's steps (:mod:`poseidon.steps`): one round trip each, ``ok`` when
 there was nothing to do.

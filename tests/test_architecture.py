@@ -225,3 +225,12 @@ def test_dns_and_teardown_talk_to_the_api_only(name: str) -> None:
     assert not any(
         n.startswith(("poseidon.ssh", "poseidon.steps", "poseidon.executor", "poseidon.report")) for n in names
     )
+
+
+def test_the_readmes_layout_names_every_module_and_subpackage() -> None:
+    """README.md's map stays the map: a module added or renamed shows there."""
+    readme = (ROOT / "README.md").read_text()
+    layout = readme[readme.index("## Layout") :].split("```")[1]
+    names = [p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py"]
+    names += [f"{p.name}/" for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()]
+    assert [n for n in sorted(names) if n not in layout] == []
