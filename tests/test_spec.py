@@ -861,3 +861,48 @@ def test_a_playbook_that_creates_droplets_needs_a_name() -> None:
         "site.yaml:3:3: droplets: web-1 would be created: give the playbook a name: (it tags what it creates,"
         " and 'poseidon destroy' deletes only droplets carrying that tag)"
     ]
+
+
+@pytest.mark.parametrize(
+    ("droplet", "path"),
+    [
+        ("{name: 'web-${n}'}", "droplets[0].name"),
+        ("{name: web, user: '${u}'}", "droplets[0].user"),
+        ("{tag: '${t}'}", "droplets[0].tag"),
+        ("{name: web, dns: {domain: '${d}.com'}}", "droplets[0].dns.domain"),
+        ("{name: web, dns: {domain: example.com, name: '${n}'}}", "droplets[0].dns.name"),
+        ("{name: web, create: {region: '${r}', size: s, image: i}}", "droplets[0].create.region"),
+        ("{name: web, create: {region: r, size: s, image: i, tags: ['${t}']}}", "droplets[0].create.tags[0]"),
+    ],
+)
+def test_a_reference_where_nothing_is_substituted_is_refused_at_its_place(droplet: str, path: str) -> None:
+    """The droplets' fields go to the API and to SSH as written: a ``${…}`` there would stay one."""
+    text = (
+        f"version: 1\nname: site\nvars: {{n: a, u: b, t: c, d: e, r: f}}\ndroplets: [{droplet}]\nsteps: [run: make]\n"
+    )
+    found = problems(text)
+    assert len(found) == 1, found
+    assert f": {path}: ${{…}} is substituted in the values of steps only: write the value itself here" in found[0]
+
+
+def test_an_env_name_is_what_it_is_written_and_a_value_under_the_name_kind_is_checked() -> None:
+    """``env:`` names are never substituted; a value is a value whatever its name (``kind`` too)."""
+    found = problems("version: 1\ndroplets: [web]\nsteps:\n  - run: {cmd: make, env: {'${zz}': x, kind: '${yy}'}}\n")
+    assert found == [
+        "site.yaml:4:28: steps[0].run.env.${zz}: ${…} is substituted in the values of steps only:"
+        " write the value itself here",
+        "site.yaml:4:46: steps[0].run.env.kind: undefined variable 'yy'",
+    ]
+    playbook = spec.loads("version: 1\ndroplets: [web]\nsteps:\n  - run: {cmd: make, env: {kind: '${env:HOME}'}}\n")
+    assert playbook.env_names() == ["HOME"]
+
+
+def test_a_value_of_the_wrong_type_in_a_union_is_placed_at_its_field() -> None:
+    """``image:`` takes a slug or an id: the error names the field, not pydantic's union members."""
+    found = problems(
+        "version: 1\nname: x\ndroplets: [{name: a, create: {region: r, size: s, image: 1.5}}]\nsteps: [run: make]\n"
+    )
+    assert found == [
+        "site.yaml:3:58: droplets[0].create.image: Input should be a valid integer",
+        "site.yaml:3:58: droplets[0].create.image: Input should be a valid string",
+    ]

@@ -18,7 +18,7 @@ from typing import Any, TypeGuard
 
 from pydantic_core import PydanticCustomError
 
-from poseidon.spec.locations import Where, render, strings
+from poseidon.spec.locations import Where, render, step_strings
 from poseidon.spec.models import STEP_MODELS, NohupStep, derived_process_name
 from poseidon.spec.references import reference_errors, shell_errors, tokens
 
@@ -142,7 +142,7 @@ def _step_reference_problems(steps: list[Any], names: set[str]) -> Iterator[Find
         model = STEP_MODELS.get(step["kind"]) if _is_step(step) else None
         if model is None:
             continue
-        for where, text in strings(step, ("steps", index, step["kind"])):
+        for where, text in step_strings(step, ("steps", index, step["kind"])):
             for message in reference_errors(text, names):
                 yield where, message
             if ".".join(str(part) for part in where[3:]) in model.shell_fields:

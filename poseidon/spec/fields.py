@@ -1,10 +1,11 @@
 """The field types of the models, and the checks each field makes of its own value.
 
 Each check raises a ``PydanticCustomError``, so that its message reads as written
-(:func:`fail`). A field that must match a pattern reads a written value with each
-reference standing for a plain word, and a :class:`~.references.Substituted` one (what
-``expand()`` validates) as it is: the value says which it is, so one set of models
-checks both. Knows no model; imports :mod:`.references` only.
+(:func:`fail`). A field of a step that must match a pattern reads a written value with
+each reference standing for a plain word, and a :class:`~.references.Substituted` one
+(what ``expand()`` validates) as it is: the value says which it is, so one set of models
+checks both. A field that is never substituted (the droplets' names, slugs, tags, DNS
+names, users; ``env:`` and ``token_env`` names) takes no reference at all. Knows no model; imports :mod:`.references` only.
 """
 
 from __future__ import annotations
@@ -46,7 +47,23 @@ def checked_text(raw: Any, handler: ValidatorFunctionWrapHandler, check: Pattern
 
 
 def _checked(check: PatternCheck) -> WrapValidator:
-    return WrapValidator(lambda raw, handler: checked_text(raw, handler, check))
+    def checked(raw: Any, handler: ValidatorFunctionWrapHandler) -> Any:  # pydantic names a union's member after it
+        return checked_text(raw, handler, check)
+
+    return WrapValidator(checked)
+
+
+def _literal(check: PatternCheck) -> AfterValidator:
+    """The check of a field that is never substituted (a droplet's name, a slug, an ``env:``
+    name): its value as written, where a reference would stay ``${…}`` for good."""
+
+    def literal(value: str) -> str:
+        if "${" in value:
+            fail("${…} is substituted in the values of steps only: write the value itself here")
+        check(value, value)
+        return value
+
+    return AfterValidator(literal)
 
 
 def _text(value: str) -> str:
@@ -190,7 +207,7 @@ Identifier = Annotated[
 ]
 EnvName = Annotated[
     str,
-    _checked(_matching(IDENT_RE, "an environment variable name")),
+    _literal(_matching(IDENT_RE, "an environment variable name")),
     WithJsonSchema({"type": "string", "pattern": f"^{IDENT}$"}),
 ]
 _AptPackage = Annotated[
@@ -225,7 +242,7 @@ PlainValue = Annotated[str | bool | int | float, BeforeValidator(_var_value)]
 
 
 User = Annotated[
-    Annotated[str, _checked(_matching(_LABEL_RE, "a user name"))] | None,
+    Annotated[str, _literal(_matching(_LABEL_RE, "a user name"))] | None,
     Field(description="SSH user; default root (or POSEIDON_SSH_USER)."),
 ]
 Port = Annotated[
@@ -234,11 +251,11 @@ Port = Annotated[
 ]
 
 
-Slug = Annotated[str, _checked(_matching(re.compile(r"[a-z0-9][a-z0-9.-]*"), "a slug (a-z, 0-9, . and -)"))]
-DropletName = Annotated[str, _checked(_matching(_DROPLET_NAME_RE, "a droplet name (letters, digits, . and -)"))]
-DropletTag = Annotated[str, _checked(_matching(_TAG_RE, "a tag (letters, digits, _, : and -)"))]
-DomainName = Annotated[str, _checked(_matching(_DOMAIN_RE, "a domain name (lower-case, e.g. example.com)"))]
-RecordName = Annotated[str, _checked(_matching(_RECORD_NAME_RE, "a record name (www, a.b, @ for the domain itself)"))]
+Slug = Annotated[str, _literal(_matching(re.compile(r"[a-z0-9][a-z0-9.-]*"), "a slug (a-z, 0-9, . and -)"))]
+DropletName = Annotated[str, _literal(_matching(_DROPLET_NAME_RE, "a droplet name (letters, digits, . and -)"))]
+DropletTag = Annotated[str, _literal(_matching(_TAG_RE, "a tag (letters, digits, _, : and -)"))]
+DomainName = Annotated[str, _literal(_matching(_DOMAIN_RE, "a domain name (lower-case, e.g. example.com)"))]
+RecordName = Annotated[str, _literal(_matching(_RECORD_NAME_RE, "a record name (www, a.b, @ for the domain itself)"))]
 Host = Annotated[str, _checked(_matching(_HOST_RE, "a host name or an IP address"))]
 HttpUrl = Annotated[str, _checked(_matching(_HTTP_URL_RE, "an http:// or https:// URL"))]
 Repository = Annotated[str, _checked(_repository)]

@@ -7,8 +7,8 @@ Imports nothing of poseidon.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import NamedTuple
+from collections.abc import Iterator, Mapping
+from typing import Any, NamedTuple
 
 #: A value's location: the keys and indexes that lead to it from the playbook's top.
 Where = tuple[str | int, ...]
@@ -24,7 +24,7 @@ class Source(NamedTuple):
 
 
 def strings(value: object, loc: Where) -> Iterator[tuple[Where, str]]:
-    """Every string in ``value`` and its location under ``loc``; a ``kind`` key names a step, not a value."""
+    """Every string in ``value`` and its location under ``loc``."""
     if isinstance(value, str):
         yield loc, value
     elif isinstance(value, list):
@@ -32,8 +32,15 @@ def strings(value: object, loc: Where) -> Iterator[tuple[Where, str]]:
             yield from strings(item, (*loc, index))
     elif isinstance(value, dict):
         for key, item in value.items():
-            if key != "kind":
-                yield from strings(item, (*loc, key))
+            yield from strings(item, (*loc, key))
+
+
+def step_strings(step: Mapping[Any, Any], loc: Where) -> Iterator[tuple[Where, str]]:
+    """Every string of a step's values (in the models' shape) and its location under ``loc``.
+    The step's own ``kind`` names it, and is no value; a ``kind`` deeper (an ``env:`` name) is."""
+    for key, item in step.items():
+        if key != "kind":
+            yield from strings(item, (*loc, key))
 
 
 class KeyText(str):

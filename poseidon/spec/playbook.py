@@ -18,7 +18,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from poseidon.spec import checks
 from poseidon.spec.fields import Identifier, Line, fail
-from poseidon.spec.locations import strings
+from poseidon.spec.locations import step_strings
 from poseidon.spec.models import DropletRef, Model, NamedDroplet, Report, SecretVar, Step, VarValue
 from poseidon.spec.references import to_text, tokens
 
@@ -111,7 +111,9 @@ class Playbook(Model):
         """The environment variables the steps and vars refer to with ``${env:NAME}``, and the
         secrets read from the environment, in order."""
         texts = [
-            text for index, step in enumerate(self.steps) for _, text in strings(step.model_dump(), ("steps", index))
+            text
+            for index, step in enumerate(self.steps)
+            for _, text in step_strings(step.model_dump(), ("steps", index))
         ]
         texts += [value for value in self.vars.values() if isinstance(value, str)]
         names = [

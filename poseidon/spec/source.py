@@ -246,9 +246,11 @@ class _Tree:
                 key_node, node = None, node.value[part]
                 shown.append(part)
             elif isinstance(part, str):
-                # A short form's value is the step's primary field itself.
+                # A short form's value is the step's primary field itself; a member of a
+                # union (`str`, `int`, `function-wrap[…]`) is pydantic's, not a place to show.
                 key_node = None
-                shown.append(part)
+                if not _UNION_MEMBER_RE.fullmatch(part):
+                    shown.append(part)
             else:
                 return node, (*shown, *rest)
         return (key_node if at_key and key_node is not None else node), tuple(shown)
@@ -319,6 +321,10 @@ class _Tree:
             node = self.locate(("steps", index))
             mark = node.start_mark
             step._source = Source(self.file, mark.line + 1, mark.column + 1, f"steps[{index}].{step.kind}")
+
+
+#: How pydantic names the member of a union a value failed: never a field of a model.
+_UNION_MEMBER_RE = re.compile(r"str|int|float|bool|[a-z-]+\[.*\]")
 
 
 _BREAK_RE = re.compile("\r\n|[\n\r\x85\u2028\u2029]")
