@@ -5,7 +5,8 @@ Each check raises a ``PydanticCustomError``, so that its message reads as writte
 each reference standing for a plain word, and a :class:`~.references.Substituted` one
 (what ``expand()`` validates) as it is: the value says which it is, so one set of models
 checks both. A field that is never substituted (the droplets' names, slugs, tags, DNS
-names, users; ``env:`` and ``token_env`` names) takes no reference at all. Knows no model; imports :mod:`.references` only.
+names, users; ``env:`` and ``token_env`` names) takes no reference at all.
+Knows no model; imports :mod:`.references` only.
 """
 
 from __future__ import annotations

@@ -386,6 +386,8 @@ def loads(text: str, filename: str = "<string>") -> Playbook:
         playbook = Playbook.model_validate(for_models)
     except ValidationError as exc:
         problems += tree.validation_problems(exc)
+        if not problems:  # the checks over the file's data missed what the model's found: its words, unplaced
+            problems = [Problem(filename, 1, 1, "", error["msg"]) for error in exc.errors(include_url=False)]
     if problems or playbook is None:
         unique = sorted(set(problems), key=lambda p: (p.line, p.column, p.path, p.message))
         raise SpecError(unique)
