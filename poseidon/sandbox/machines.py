@@ -1,0 +1,467 @@
+"""Sandbox droplets that are real machines: Debian booted with ``systemd-nspawn``.
+
+One base system is made once with ``debootstrap`` (:func:`build_base`, cached
+in the user's cache folder); each droplet is a copy-on-write overlay of it
+(:class:`Machine`), booted with ``systemd-nspawn --boot``. Inside, ``apt-get``
+installs, ``ps`` shows the droplet's own processes, users and ``sudo`` are
+real, and a reboot is systemd's. A machine shares this machine's network: its
+sshd listens on the droplet's loopback address, on the sandbox's port.
+
+Power, as the emulator asks for it: :meth:`Machine.stop` shuts it down (its
+files stay), :meth:`Machine.start` boots it, :meth:`Machine.reboot` reboots
+it (nspawn ends with 133 and is started again), :meth:`Machine.cut` kills
+every process of it at once (its cgroup), :meth:`Machine.remove` stops it,
+unmounts it and only then removes its files: the base is never touched.
+
+Needs root, Debian's ``debootstrap`` and ``systemd-container`` and overlayfs;
+:func:`unavailable` says, in one line, why machines cannot run here.
+Imports only :mod:`poseidon.errors`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from poseidon.errors import SandboxError
+
+__all__ = ["BASE_PACKAGES", "Machine", "build_base", "unavailable"]
+
+#: The release the base system is made of.
+SUITE = "bookworm"
+#: What the base system holds besides debootstrap's minimal base.
+BASE_PACKAGES = (
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "openssh-server",
+    "sudo",
+    "python3",
+    "python3-venv",
+    "procps",
+    "ca-certificates",
+    "curl",
+    "git",
+)
+#: The exit status of systemd-nspawn when the machine rebooted.
+_REBOOTED = 133
+#: Seconds a machine may take to shut down before its processes are killed.
+STOP_PATIENCE = 30.0
+
+
+def unavailable() -> str | None:
+    """Why machines cannot run here, in one line; ``None`` when they can."""
+    if os.geteuid() != 0:
+        return "machines need root (systemd-nspawn and overlay mounts): run as root, or use --sandbox (light)"
+    missing = [tool for tool in ("debootstrap", "systemd-nspawn") if shutil.which(tool) is None]
+    if missing:
+        packages = {"debootstrap": "debootstrap", "systemd-nspawn": "systemd-container"}
+        names = " ".join(packages[tool] for tool in missing)
+        return f"machines need {', '.join(missing)}: apt-get install -y {names}"
+    try:
+        if "overlay" not in Path("/proc/filesystems").read_text():
+            return "machines need overlayfs, which this kernel does not offer"
+    except OSError as exc:
+        return f"cannot tell whether this kernel offers overlayfs: {exc.strerror}"
+    return None
+
+
+# -- the base system ------------------------------------------------------------------------
+
+
+def debian_mirror(sources: Path = Path("/etc/apt")) -> str:
+    """The Debian mirror this machine's apt uses (its sources), else deb.debian.org."""
+    for path in sorted(sources.glob("sources.list.d/*.sources")):
+        fields = _deb822_first(path.read_text(errors="replace"))
+        if "deb" in fields.get("types", "").split() and "main" in fields.get("components", "").split():
+            uri = fields.get("uris", "").split()
+            if uri and "security" not in uri[0]:
+                return uri[0]
+    for path in [sources / "sources.list", *sorted(sources.glob("sources.list.d/*.list"))]:
+        try:
+            lines = path.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            words = line.split("#", 1)[0].split()
+            if len(words) >= 3 and words[0] == "deb" and "security" not in words[1] and not words[1].startswith("["):
+                return words[1]
+    return "http://deb.debian.org/debian"
+
+
+def _deb822_first(text: str) -> dict[str, str]:
+    """The first stanza of a deb822 file, its field names in lower case."""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            if fields:
+                break
+            continue
+        if line.startswith("#") or line[:1].isspace():
+            continue
+        name, _, value = line.partition(":")
+        fields[name.strip().lower()] = value.strip()
+    return fields
+
+
+def build_base(cache: Path, *, mirror: str | None = None, progress: Callable[[str], None] | None = None) -> Path:
+    """The base system, made once by debootstrap into ``cache`` and reused after; its path.
+
+    Built beside its final name and renamed into place when complete, under a
+    lock: a build cut short, or two at once, never leave half a base in use.
+    """
+    mirror = mirror or debian_mirror()
+    key = hashlib.sha256(f"{SUITE} {mirror} {' '.join(BASE_PACKAGES)}".encode()).hexdigest()[:12]
+    base = cache / f"{SUITE}-{key}"
+    if (base / "etc" / "os-release").exists():
+        return base
+    cache.mkdir(parents=True, exist_ok=True)
+    with _locked(cache / f"{base.name}.lock"):
+        if (base / "etc" / "os-release").exists():
+            return base
+        building = cache / f"{base.name}.building"
+        shutil.rmtree(building, ignore_errors=True)
+        _debootstrap(building, mirror, progress)
+        _settle_base(building)
+        building.rename(base)
+    return base
+
+
+def _debootstrap(target: Path, mirror: str, progress: Callable[[str], None] | None) -> None:
+    command = [
+        "debootstrap",
+        "--variant=minbase",
+        f"--include={','.join(BASE_PACKAGES)}",
+        SUITE,
+        str(target),
+        mirror,
+    ]
+    say = progress or (lambda line: None)
+    say(f"building the machines' base system ({SUITE}, about a minute, once): {' '.join(command)}")
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert process.stdout is not None
+    tail: list[str] = []
+    for line in process.stdout:
+        tail = [*tail[-9:], line.rstrip()]
+        if line.startswith("I: ") and any(w in line for w in ("Retrieving", "Installing", "Configuring", "Base")):
+            say(line[3:].rstrip())
+    if process.wait() != 0:
+        shutil.rmtree(target, ignore_errors=True)
+        raise SandboxError(f"debootstrap failed (exit {process.returncode}): " + " / ".join(tail[-3:]))
+
+
+def _settle_base(root: Path) -> None:
+    """What every machine shares: no host keys of its own (each gets the sandbox's), no cache."""
+    for key in (root / "etc" / "ssh").glob("ssh_host_*"):
+        key.unlink()
+    shutil.rmtree(root / "var" / "cache" / "apt" / "archives", ignore_errors=True)
+    (root / "var" / "cache" / "apt" / "archives" / "partial").mkdir(parents=True, exist_ok=True)
+    # A terminal login on the console is nobody's: machines are reached over SSH.
+    for getty in (root / "etc" / "systemd" / "system" / "getty.target.wants").glob("*"):
+        getty.unlink()
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)
+
+
+# -- one machine ---------------------------------------------------------------------------
+
+
+class Machine:
+    """One droplet: an overlay of ``base`` in ``folder``, booted by systemd-nspawn.
+
+    ``folder`` holds ``upper`` (the droplet's own files), ``work`` (overlayfs's)
+    and ``root`` (where the overlay is mounted while the machine runs).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        address: str,
+        port: int,
+        folder: Path,
+        base: Path,
+        *,
+        authorized_key: str,
+        host_key: Path,
+        network_files: dict[str, Path] | None = None,
+    ) -> None:
+        self.name = name
+        self.address = address
+        self.port = port
+        self.folder = folder
+        self.base = base
+        self.authorized_key = authorized_key
+        self.host_key = host_key
+        #: Files of this machine copied in at each start: path inside → path here (CA certificates, pip's settings).
+        self.network_files = network_files or {}
+        self.root = folder / "root"
+        #: Its cgroups (one per hierarchy nspawn needs here): all its processes, for a power cut.
+        self.cgroups = _cgroup_folders(f"poseidon-{address}")
+        self._process: subprocess.Popen[bytes] | None = None
+        self._supervisor: threading.Thread | None = None
+        self._wanted = False
+        self._lock = threading.RLock()
+        #: Boots so far (a reboot counts one more).
+        self.boots = 0
+
+    # -- power ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Mount its files and boot it; return at once (:meth:`wait_for_ssh` waits)."""
+        with self._lock:
+            if self._wanted:
+                return
+            self._mount()
+            self._configure()
+            self._wanted = True
+            self._boot()
+            self._supervisor = threading.Thread(target=self._supervise, name=f"machine {self.name}", daemon=True)
+            self._supervisor.start()
+
+    def stop(self, patience: float = STOP_PATIENCE) -> None:
+        """Shut it down as ``poweroff`` would (SIGTERM to nspawn), its files kept; cut it past ``patience``."""
+        with self._lock:
+            self._wanted = False
+            process = self._process
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=patience)
+            except subprocess.TimeoutExpired:
+                self.cut()
+        self._join()
+        self._unmount()
+
+    def cut(self) -> None:
+        """Cut the power: every process of the machine killed at once; its files stay."""
+        with self._lock:
+            self._wanted = False
+            process = self._process
+        _kill_cgroups(self.cgroups)
+        if process is not None:
+            process.kill()
+            process.wait()
+        self._join()
+        self._unmount()
+
+    def reboot(self) -> None:
+        """Reboot it as ``reboot`` would: SIGINT to its init; nspawn ends with 133 and boots it again."""
+        init = self.init_pid()
+        if init is None:
+            raise SandboxError(f"machine {self.name} is not running: nothing to reboot")
+        os.kill(init, signal.SIGINT)
+
+    def remove(self) -> None:
+        """Stop it, unmount it, and only then remove its own files."""
+        self.stop()
+        if _mounted(self.root):
+            raise SandboxError(f"{self.root} is still mounted: its files are left where they are")
+        shutil.rmtree(self.folder, ignore_errors=True)
+        _remove_cgroups(self.cgroups)
+
+    @property
+    def running(self) -> bool:
+        process = self._process
+        return process is not None and process.poll() is None
+
+    def init_pid(self) -> int | None:
+        """The pid, here, of the machine's init (systemd), once it runs."""
+        for cgroup in self.cgroups:
+            scope = cgroup / "payload" / "init.scope" / "cgroup.procs"
+            try:
+                pids = scope.read_text().split()
+            except OSError:
+                continue
+            if pids:
+                return int(pids[0])
+        return None
+
+    def wait_for_ssh(self, timeout: float = 60.0) -> None:
+        """Wait until its sshd accepts connections; :class:`SandboxError` with nspawn's last words if not."""
+        import socket
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection((self.address, self.port), timeout=1):
+                    return
+            except OSError:
+                if self._process is not None and self._process.poll() not in (None, _REBOOTED):
+                    break
+                time.sleep(0.1)
+        raise SandboxError(f"machine {self.name} did not answer on {self.address}:{self.port}: {self.log_tail()}")
+
+    def log_tail(self, lines: int = 3) -> str:
+        try:
+            text = (self.folder / "nspawn.log").read_text(errors="replace")
+        except OSError:
+            return "no log"
+        return " / ".join(line.strip() for line in text.splitlines()[-lines:] if line.strip()) or "no log"
+
+    # -- inside ---------------------------------------------------------------------------
+
+    def _mount(self) -> None:
+        upper, work = self.folder / "upper", self.folder / "work"
+        for folder in (upper, work, self.root):
+            folder.mkdir(parents=True, exist_ok=True)
+        if _mounted(self.root):
+            return
+        options = f"lowerdir={self.base},upperdir={upper},workdir={work}"
+        done = subprocess.run(
+            ["mount", "-t", "overlay", "overlay", "-o", options, str(self.root)], capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            raise SandboxError(f"cannot mount machine {self.name}'s files: {done.stderr.strip()}")
+
+    def _unmount(self) -> None:
+        if _mounted(self.root):
+            done = subprocess.run(["umount", str(self.root)], capture_output=True, text=True)
+            if done.returncode != 0:
+                raise SandboxError(f"cannot unmount machine {self.name}'s files: {done.stderr.strip()}")
+
+    def _configure(self) -> None:
+        """What makes it this droplet: its name, its sshd's address and key, root's key, this network's settings."""
+        root = self.root
+        _write(root / "etc" / "hostname", f"{self.name}\n")
+        _write(
+            root / "etc" / "ssh" / "sshd_config.d" / "poseidon.conf",
+            f"ListenAddress {self.address}:{self.port}\n"
+            "HostKey /etc/ssh/ssh_host_ed25519_key\n"
+            "PasswordAuthentication no\n"
+            "PermitRootLogin prohibit-password\n",
+        )
+        _write(root / "etc" / "ssh" / "ssh_host_ed25519_key", self.host_key.read_text(), 0o600)
+        _write(root / "root" / ".ssh" / "authorized_keys", self.authorized_key.rstrip("\n") + "\n", 0o600)
+        (root / "root" / ".ssh").chmod(0o700)
+        for inside, here in self.network_files.items():
+            _write(root / inside.lstrip("/"), here.read_text(errors="replace"))
+        if any(inside.startswith("/usr/local/share/ca-certificates/") for inside in self.network_files):
+            # update-ca-certificates's result, made here: the bundle with this machine's authorities in it.
+            bundle = Path("/etc/ssl/certs/ca-certificates.crt")
+            if bundle.exists():
+                _write(root / "etc" / "ssl" / "certs" / "ca-certificates.crt", bundle.read_text(errors="replace"))
+
+    def _boot(self) -> None:
+        for cgroup in self.cgroups:
+            cgroup.mkdir(parents=True, exist_ok=True)
+        command = [
+            "systemd-nspawn",
+            "--quiet",
+            "--boot",
+            "--register=no",
+            "--keep-unit",
+            "--console=passive",
+            "--link-journal=no",
+            "--resolv-conf=copy-host",
+            "--timezone=copy",
+            f"--machine={self.name}",
+            f"--directory={self.root}",
+        ]
+        # Its own cgroups first, as systemd would give a unit: the shell joins them, then becomes nspawn.
+        joins = [str(cgroup / "cgroup.procs") for cgroup in self.cgroups]
+        script = 'for procs in "$@"; do echo $$ > "$procs" || exit 125; done; exec ' + shlex.join(command)
+        log = open(self.folder / "nspawn.log", "ab")
+        try:
+            self._process = subprocess.Popen(
+                ["sh", "-c", script, "sh", *joins], stdin=subprocess.DEVNULL, stdout=log, stderr=log
+            )
+        finally:
+            log.close()
+        self.boots += 1
+
+    def _supervise(self) -> None:
+        """Boot it again after a reboot (nspawn's exit 133), for as long as it is wanted on."""
+        while True:
+            process = self._process
+            if process is None:
+                return
+            code = process.wait()
+            with self._lock:
+                if not self._wanted or code != _REBOOTED:
+                    self._wanted = self._wanted and code == _REBOOTED
+                    return
+                self._boot()
+
+    def _join(self) -> None:
+        supervisor = self._supervisor
+        if supervisor is not None and supervisor is not threading.current_thread():
+            supervisor.join(timeout=STOP_PATIENCE)
+        self._supervisor = None
+
+
+def _write(path: Path, text: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_symlink():
+        path.unlink()
+    path.write_text(text)
+    path.chmod(mode)
+
+
+def _mounted(path: Path) -> bool:
+    """Whether something is mounted at ``path`` (/proc/self/mountinfo)."""
+    target = str(path.resolve())
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return False
+    # The fifth field is the mount point, with spaces and the like escaped as octal.
+    return any(line.split()[4].encode().decode("unicode_escape") == target for line in lines if len(line.split()) > 4)
+
+
+def _cgroup_folders(name: str) -> list[Path]:
+    """The cgroups a machine takes: under the ``systemd`` and ``unified`` hierarchies of a
+    hybrid layout (PID 1 is not systemd here), or under the one cgroup2 tree."""
+    root = Path("/sys/fs/cgroup")
+    hybrid = [root / hierarchy for hierarchy in ("systemd", "unified") if (root / hierarchy / "cgroup.procs").exists()]
+    trees = hybrid or ([root] if (root / "cgroup.procs").exists() else [])
+    return [tree / "poseidon" / name for tree in trees]
+
+
+def _kill_cgroups(cgroups: list[Path]) -> None:
+    """SIGKILL every process in ``cgroups`` and their children, as a power cut would."""
+    for cgroup in cgroups:
+        kill = cgroup / "cgroup.kill"
+        if kill.exists():
+            try:
+                kill.write_text("1")
+                continue
+            except OSError:
+                pass
+        for folder, _, _ in os.walk(cgroup):
+            try:
+                pids = (Path(folder) / "cgroup.procs").read_text().split()
+            except OSError:
+                continue
+            for pid in pids:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except OSError:
+                    pass
+
+
+def _remove_cgroups(cgroups: list[Path]) -> None:
+    """Remove the (empty) cgroups, the deepest first."""
+    for cgroup in cgroups:
+        for folder, _, _ in os.walk(cgroup, topdown=False):
+            try:
+                os.rmdir(folder)
+            except OSError:
+                pass
