@@ -9,24 +9,27 @@ from __future__ import annotations
 
 import os
 import subprocess
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from poseidon.sandbox import machines
+import poseidon.api as po
+from poseidon import executor, spec
+from poseidon.results import RunResult
+from poseidon.sandbox import Sandbox, machines
 from poseidon.sandbox.machines import Machine
+from poseidon.settings import Settings
 from poseidon.ssh import SSHClient
+
+TESTS = Path(__file__).parent
 
 pytestmark = pytest.mark.sandbox
 
 #: Seconds a machine may take to boot to SSH on a busy machine: a safety net, never a pace.
 BOOT_PATIENCE = 60.0
-
-
-def _cache() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "poseidon" / "machines"
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +39,7 @@ def base() -> Path:
         if os.environ.get("CI") == "true":
             pytest.fail(f"machines cannot run on this CI machine: {reason}")
         pytest.skip(reason)
-    return machines.build_base(_cache())
+    return machines.build_base(machines.cache_folder())
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +157,86 @@ def test_removing_a_machine_unmounts_it_first_and_leaves_the_base_as_it_was(
     assert sorted(p.name for p in (base / "etc").iterdir()) == before
     assert (base / "etc" / "apt").is_dir() and (base / "usr" / "share" / "doc").is_dir()
     assert not (base / "etc" / "only-here").exists()
+
+
+# -- droplets of a sandbox, driven by the API emulator -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fleet(base: Path) -> Iterator[Sandbox]:
+    with Sandbox(["m1", "m2"], machines=True, repos={"changhiskhan/test": TESTS / "apps" / "tiny"}) as sandbox:
+        yield sandbox
+
+
+def run(sandbox: Sandbox, text: str) -> RunResult:
+    """Apply ``text`` on the machines, logging in as each droplet entry says (machines have real users)."""
+    settings = Settings.from_environ(sandbox.environ)
+    return executor.apply(spec.loads(textwrap.dedent(text)), settings=settings)
+
+
+def statuses(result: RunResult) -> dict[str, list[str]]:
+    return {droplet.name: [step.status for step in droplet.steps] for droplet in result.droplets}
+
+
+def test_a_playbook_installs_with_apt_for_real_and_a_second_run_is_ok(fleet: Sandbox) -> None:
+    playbook = """\
+        version: 1
+        droplets: [m1, m2]
+        steps:
+          - apt: hello
+          - run: {cmd: hello > greeting, creates: greeting}
+          - git: changhiskhan/test
+        """
+    first = run(fleet, playbook)
+    assert statuses(first) == {"m1": ["changed"] * 3, "m2": ["changed"] * 3}, [d.error for d in first.droplets]
+    again = run(fleet, playbook)
+    assert statuses(again) == {"m1": ["ok"] * 3, "m2": ["ok"] * 3}
+    assert (fleet.home("m1") / "greeting").read_text() == "Hello, world!\n"
+    # The snapshots are the droplet's own: its init is PID 1, poseidon and this test are not there.
+    frame = again.droplets[0].ps
+    assert frame is not None
+    assert frame.loc[frame["PID"] == 1, "CMD"].str.contains("systemd|/sbin/init").all()
+    assert not frame["CMD"].str.contains("pytest").any()
+
+
+def test_a_user_with_sudo_installs_and_one_without_is_told_why_not(fleet: Sandbox) -> None:
+    users = """\
+        version: 1
+        droplets: [m2]
+        steps:
+          - run:
+              cmd: >-
+                for u in deploy nosudo; do id "$u" >/dev/null 2>&1 || useradd -m -s /bin/bash "$u";
+                install -d -m 700 -o "$u" -g "$u" "/home/$u/.ssh";
+                install -m 600 -o "$u" -g "$u" /root/.ssh/authorized_keys "/home/$u/.ssh/"; done;
+                echo 'deploy ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/deploy
+        report: {ps: false, top: false}
+        """
+    assert statuses(run(fleet, users)) == {"m2": ["changed"]}
+    as_deploy = run(fleet, "version: 1\ndroplets: [{name: m2, user: deploy}]\nsteps: [{apt: cowsay}]\n")
+    assert statuses(as_deploy) == {"m2": ["changed"]}, as_deploy.droplets[0].error
+    as_nosudo = run(fleet, "version: 1\ndroplets: [{name: m2, user: nosudo}]\nsteps: [{apt: sl}]\n")
+    step = as_nosudo.droplets[0].steps[0]
+    assert step.status == "failed"
+    # A user sudo does not know is asked for a password, which -n refuses: as on a droplet.
+    assert "sudo on m2 wants a password for nosudo" in step.stderr
+    assert "unable to resolve host" not in step.stderr
+
+
+def test_power_off_and_on_through_the_api_keeps_the_files_and_delete_removes_the_machine(
+    fleet: Sandbox, base: Path
+) -> None:
+    client = po.connect(token=fleet.token, settings=Settings.from_environ(fleet.environ))
+    droplet = client.droplets.by_name("m1")
+    address = fleet.address("m1")
+    run(fleet, "version: 1\ndroplets: [m1]\nsteps: [{run: {cmd: touch kept, creates: kept}}]\n")
+    droplet.power_off()
+    assert not fleet.is_on("m1")
+    droplet.power_on()
+    assert fleet.is_on("m1")
+    again = run(fleet, "version: 1\ndroplets: [m1]\nsteps: [{run: {cmd: touch kept, creates: kept}}]\n")
+    assert statuses(again) == {"m1": ["ok"]}
+    etc_before = sorted(p.name for p in (base / "etc").iterdir())
+    droplet.delete()
+    assert not (fleet.root / "hosts" / address).exists()
+    assert sorted(p.name for p in (base / "etc").iterdir()) == etc_before

@@ -29,14 +29,15 @@ import shutil
 import signal
 import tempfile
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from poseidon.errors import SandboxError
-from poseidon.sandbox import power
+from poseidon.sandbox import machines, power
 from poseidon.sandbox.emulator import Emulator, public_ipv4
+from poseidon.sandbox.machines import MachineFarm
 from poseidon.sandbox.repos import build_bare_repo, github_redirect
 from poseidon.sandbox.sshd import SSHFarm
 
@@ -67,6 +68,8 @@ class Sandbox:
         repos: Mapping[str, str | os.PathLike[str]] | None = None,
         root: str | os.PathLike[str] | None = None,
         keep: bool = False,
+        machines: bool = False,
+        progress: Callable[[str], None] | None = None,
     ) -> None:
         self._droplets = [{"name": d} if isinstance(d, str) else dict(d) for d in droplets]
         if len(self._droplets) > _LAST_HOST - _FIRST_HOST + 1:
@@ -77,6 +80,10 @@ class Sandbox:
         self._own_root = root is None
         self._given_root = Path(root).resolve() if root else None
         self.keep = keep
+        #: Droplets are machines (Debian booted by systemd-nspawn), not homes on this machine.
+        self.machines = machines
+        #: Told of slow preparations (the machines' base system, built once).
+        self.progress = progress
         self.root = Path()
         #: The first three bytes of the droplets' addresses (``127.A.B``): chosen at start, this sandbox's alone.
         self.network = ""
@@ -90,7 +97,7 @@ class Sandbox:
             on_delete=self._droplet_deleted,
             on_change=self._save_account,
         )
-        self.farm: SSHFarm | None = None
+        self.farm: SSHFarm | MachineFarm | None = None
         self._gitconfig = ""
         self._next_host = _FIRST_HOST
         # Reentrant: a hook that holds it saves the account, which takes it too.
@@ -122,7 +129,13 @@ class Sandbox:
             self.root.mkdir(parents=True, exist_ok=True)
             self.root.chmod(0o700)
         self.network, self._block_lock = _claim_network(self._given_root, self.root / "hosts")
-        farm = self.farm = SSHFarm(self.root)
+        farm: SSHFarm | MachineFarm
+        if self.machines:
+            farm = MachineFarm(self.root, machines.cache_folder(), binds=[self.root / "repos"])
+            farm.progress = self.progress
+        else:
+            farm = SSHFarm(self.root)
+        self.farm = farm
         pip_cache = _pip_cache()
         pip_cache.mkdir(parents=True, exist_ok=True)
         farm.prepare(pip_cache)
@@ -166,13 +179,18 @@ class Sandbox:
         address = f"{self.network}.{host}"
         home = self.farm.add_host(address)
         (home / ".gitconfig").write_text(self._gitconfig)
+        if isinstance(self.farm, MachineFarm):
+            self.farm.name(address, name)
         self._named[address] = name
         return address
 
     @property
     def homes(self) -> dict[str, Path]:
         """Each droplet's home by its name; of two droplets of one name (the API allows it), the later one's."""
-        return {name: self.root / "hosts" / address for address, name in self._named.items()}
+        farm = self.farm
+        if farm is None:
+            return {name: self.root / "hosts" / address for address, name in self._named.items()}
+        return {name: farm.home(address) for address, name in self._named.items()}
 
     # A kept sandbox remembers its droplets (name, id, address, tags, size,
     # region, image) and its domains and records, so that the emulator shows
@@ -239,8 +257,7 @@ class Sandbox:
                 return  # a droplet the sandbox had no address for
             self._power_off(address)  # a reboot under way is cancelled with it
             del self._named[address]
-            shutil.rmtree(self.farm.hosts / address, ignore_errors=True)
-            shutil.rmtree(self.farm.system / address, ignore_errors=True)
+            self.farm.forget_host(address)
 
     # -- power -------------------------------------------------------------------
 
@@ -353,6 +370,7 @@ class Sandbox:
             if not self.keep:
                 power.end_droplet_processes(self.farm.hosts)
                 if self._own_root:
+                    machines.unmount_under(self.root)  # never remove a folder with a machine mounted in it
                     shutil.rmtree(self.root, ignore_errors=True)
         self.farm = None
         self._started = False
@@ -371,6 +389,7 @@ class Sandbox:
             return False
         power.end_droplet_processes(folder / "hosts")
         power.kill(power.servers_of(folder))  # an sshd left listening by a command that was killed
+        machines.unmount_under(folder)  # machines a killed command left running, cut and unmounted
         shutil.rmtree(folder, ignore_errors=True)
         return True
 
@@ -388,7 +407,7 @@ class Sandbox:
     # -- what clients need ---------------------------------------------------
 
     @property
-    def _running(self) -> SSHFarm:
+    def _running(self) -> SSHFarm | MachineFarm:
         if self.farm is None or not self._started:
             raise SandboxError("the sandbox is not running")
         return self.farm
@@ -428,8 +447,11 @@ class Sandbox:
         return self.homes[name]
 
     def address(self, name: str) -> str:
-        """The loopback address of the droplet called ``name`` (its home is named after it)."""
-        return self.homes[name].name
+        """The loopback address of the droplet called ``name`` (of two of one name, the later one's)."""
+        found = [address for address, named in self._named.items() if named == name]
+        if not found:
+            raise KeyError(name)
+        return found[-1]
 
     def tmpdir(self, name: str) -> Path:
         """The droplet ``name``'s temporary folder (its ``TMPDIR``, where ``mktemp`` creates files): its /tmp."""

@@ -34,8 +34,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from poseidon.errors import SandboxError
+from poseidon.sandbox.sshd import free_port, keygen
 
-__all__ = ["BASE_PACKAGES", "Machine", "build_base", "unavailable"]
+__all__ = ["BASE_PACKAGES", "Machine", "MachineFarm", "build_base", "cache_folder", "unavailable", "unmount_under"]
 
 #: The release the base system is made of.
 SUITE = "bookworm"
@@ -57,6 +58,11 @@ BASE_PACKAGES = (
 _REBOOTED = 133
 #: Seconds a machine may take to shut down before its processes are killed.
 STOP_PATIENCE = 30.0
+
+
+def cache_folder() -> Path:
+    """Where the base system is kept between sandboxes: the user's cache folder."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "poseidon" / "machines"
 
 
 def unavailable() -> str | None:
@@ -202,6 +208,7 @@ class Machine:
         authorized_key: str,
         host_key: Path,
         network_files: dict[str, Path] | None = None,
+        binds: list[Path] | None = None,
     ) -> None:
         self.name = name
         self.address = address
@@ -212,6 +219,8 @@ class Machine:
         self.host_key = host_key
         #: Files of this machine copied in at each start: path inside → path here (CA certificates, pip's settings).
         self.network_files = network_files or {}
+        #: Folders of this machine it sees at the same path, read-only.
+        self.binds = binds or []
         self.root = folder / "root"
         #: Its cgroups (one per hierarchy nspawn needs here): all its processes, for a power cut.
         self.cgroups = _cgroup_folders(f"poseidon-{address}")
@@ -341,6 +350,10 @@ class Machine:
         """What makes it this droplet: its name, its sshd's address and key, root's key, this network's settings."""
         root = self.root
         _write(root / "etc" / "hostname", f"{self.name}\n")
+        # Its name resolves, as on a droplet (sudo looks it up).
+        _write(
+            root / "etc" / "hosts", f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n{self.address}\t{self.name}\n"
+        )
         _write(
             root / "etc" / "ssh" / "sshd_config.d" / "poseidon.conf",
             f"ListenAddress {self.address}:{self.port}\n"
@@ -374,6 +387,7 @@ class Machine:
             "--timezone=copy",
             f"--machine={self.name}",
             f"--directory={self.root}",
+            *(f"--bind-ro={folder}" for folder in self.binds if folder.is_dir()),
         ]
         # Its own cgroups first, as systemd would give a unit: the shell joins them, then becomes nspawn.
         joins = [str(cgroup / "cgroup.procs") for cgroup in self.cgroups]
@@ -417,13 +431,7 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
 
 def _mounted(path: Path) -> bool:
     """Whether something is mounted at ``path`` (/proc/self/mountinfo)."""
-    target = str(path.resolve())
-    try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
-        return False
-    # The fifth field is the mount point, with spaces and the like escaped as octal.
-    return any(line.split()[4].encode().decode("unicode_escape") == target for line in lines if len(line.split()) > 4)
+    return str(path.resolve()) in _mount_points()
 
 
 def _cgroup_folders(name: str) -> list[Path]:
@@ -465,3 +473,170 @@ def _remove_cgroups(cgroups: list[Path]) -> None:
                 os.rmdir(folder)
             except OSError:
                 pass
+
+
+# -- the sandbox's droplets -------------------------------------------------------------------
+
+#: This machine's files that machines carry, so that they reach the network as it does: the
+#: certificate authorities it added (a TLS-inspecting proxy's among them) and pip's settings.
+_NETWORK_FILES = ("/etc/pip.conf", "/etc/xdg/pip/pip.conf", "/etc/xdg/pip/constraints.txt")
+
+
+def network_files() -> dict[str, Path]:
+    """Inside path → path here, of each file :data:`_NETWORK_FILES` names that exists here, and the
+    certificate authorities in /usr/local/share/ca-certificates."""
+    found = {path: Path(path) for path in _NETWORK_FILES if Path(path).is_file()}
+    for authority in sorted(Path("/usr/local/share/ca-certificates").glob("*.crt")):
+        found[str(authority)] = authority
+    return found
+
+
+class MachineFarm:
+    """The sandbox's droplets as machines: what :class:`~poseidon.sandbox.sshd.SSHFarm` is to light ones.
+
+    Each address has a machine in ``hosts/<address>``; its sshd listens on that
+    address and :attr:`port`, logs in ``root`` with the sandbox's key and shows
+    the sandbox's host key. ``binds`` are folders of this machine each machine
+    sees at the same path, read-only (the local git repositories).
+    """
+
+    user = "root"
+
+    def __init__(self, root: Path, cache: Path, *, binds: list[Path] | None = None) -> None:
+        self.root = root
+        self.cache = cache
+        self.etc = root / "etc"
+        self.hosts = root / "hosts"
+        self.system = root / "system"
+        self.binds = binds or []
+        self.port = 0
+        self.addresses: list[str] = []
+        #: Addresses whose machine is powered off.
+        self.off: set[str] = set()
+        self.key_filename = self.etc / "id_ed25519"
+        self.known_hosts = self.etc / "known_hosts"
+        self.machines: dict[str, Machine] = {}
+        self.running = False
+        self.base: Path | None = None
+        self._host_key_line = ""
+        self._client_key = ""
+        #: Told of the base's making (the first start only).
+        self.progress: Callable[[str], None] | None = None
+
+    @property
+    def pids(self) -> list[int]:
+        """No process here listens for the droplets: each machine's sshd is its own."""
+        return []
+
+    def home(self, address: str) -> Path:
+        """Root's home in the droplet's own files (what it changed of the base)."""
+        return self.hosts / address / "upper" / "root"
+
+    def forget_host(self, address: str) -> None:
+        """The droplet at ``address`` was deleted: its machine stops and its files go, unmounted first."""
+        self.remove_host(address)
+
+    def prepare(self, pip_cache: Path) -> None:
+        reason = unavailable()
+        if reason:
+            raise SandboxError(reason)
+        for folder in (self.etc, self.hosts):
+            folder.mkdir(parents=True, exist_ok=True)
+        self._host_key_line = keygen(self.etc / "ssh_host_ed25519_key", "poseidon-sandbox-host")
+        self._client_key = keygen(self.key_filename, "poseidon-sandbox-client")
+        self.base = build_base(self.cache, progress=self.progress)
+
+    def add_host(self, address: str) -> Path:
+        """Give the droplet at ``address`` a machine (not started); return root's home in its own files."""
+        assert self.base is not None
+        machine = Machine(
+            address,
+            address,
+            self.port,
+            self.hosts / address,
+            self.base,
+            authorized_key=self._client_key,
+            host_key=self.etc / "ssh_host_ed25519_key",
+            network_files=network_files(),
+            binds=self.binds,
+        )
+        self.machines[address] = machine
+        self.addresses.append(address)
+        home = machine.folder / "upper" / "root"
+        home.mkdir(parents=True, exist_ok=True)
+        return home
+
+    def name(self, address: str, name: str) -> None:
+        """The machine at ``address`` is the droplet ``name`` (its host name)."""
+        self.machines[address].name = name
+
+    def remove_host(self, address: str) -> None:
+        """Stop the machine at ``address`` and remove its files, once they are unmounted."""
+        self.addresses.remove(address)
+        self.off.discard(address)
+        machine = self.machines.pop(address, None)
+        if machine is not None:
+            machine.remove()
+
+    def start(self) -> None:
+        if not self.port:
+            self.port = free_port(self.addresses[0] if self.addresses else "127.0.0.1")
+            for machine in self.machines.values():
+                machine.port = self.port
+        self.running = True
+        self.reload()
+
+    def reload(self) -> None:
+        """Power the machines as the droplets now are: on, unless off; wait until those on answer."""
+        if not self.running:
+            raise SandboxError("the machines are not running")
+        started = []
+        for address, machine in self.machines.items():
+            machine.port = self.port
+            if address in self.off and machine.running:
+                machine.cut()
+            elif address not in self.off and not machine.running:
+                machine.start()
+                started.append(machine)
+        for machine in started:
+            machine.wait_for_ssh()
+        self._write_known_hosts()
+
+    def _write_known_hosts(self) -> None:
+        lines = [f"[{address}]:{self.port} {self._host_key_line}" for address in self.addresses]
+        self.known_hosts.write_text("\n".join(lines) + "\n")
+
+    def stop(self) -> None:
+        """Cut every machine and unmount it; its files stay (a kept sandbox boots them again)."""
+        self.running = False
+        for machine in self.machines.values():
+            machine.cut()
+
+
+def unmount_under(folder: Path) -> None:
+    """Cut the machines whose files are mounted under ``folder`` and unmount them: what a
+    sandbox killed before it could stop leaves. :class:`SandboxError` when one stays mounted,
+    so that nobody removes a folder with a machine's files mounted in it."""
+    prefix = str(folder.resolve()) + "/"
+    for point in _mount_points():
+        if not point.startswith(prefix):
+            continue
+        address = Path(point).parent.name
+        _kill_cgroups(_cgroup_folders(f"poseidon-{address}"))
+        subprocess.run(["umount", point], capture_output=True)
+        if _mounted(Path(point)):
+            subprocess.run(["umount", "--lazy", point], capture_output=True)
+        _remove_cgroups(_cgroup_folders(f"poseidon-{address}"))
+    left = [point for point in _mount_points() if point.startswith(prefix)]
+    if left:
+        raise SandboxError(f"machines' files are still mounted at {', '.join(left)}: nothing removed")
+
+
+def _mount_points() -> list[str]:
+    """Every mount point of this mount namespace; the fifth field of mountinfo, spaces and the
+    like escaped as octal there."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return []
+    return [line.split()[4].encode().decode("unicode_escape") for line in lines if len(line.split()) > 4]

@@ -82,7 +82,7 @@ def _pip_settings(environ: Mapping[str, str]) -> str:
     return "".join(f"export {name}={shlex.quote(environ[name])}\n" for name in names)
 
 
-def _free_port(address: str) -> int:
+def free_port(address: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((address, 0))
         return int(sock.getsockname()[1])
@@ -93,7 +93,7 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
     path.chmod(mode)
 
 
-def _keygen(path: Path, comment: str) -> str:
+def keygen(path: Path, comment: str) -> str:
     """Create an ed25519 key pair without a passphrase, unless one is there; return the public key line."""
     if path.exists() and path.with_suffix(".pub").exists():
         return path.with_suffix(".pub").read_text().strip()
@@ -157,8 +157,8 @@ class SSHFarm:
     def prepare(self, pip_cache: Path) -> None:
         for folder in (self.etc, self.hosts, self.system, self.shims):
             folder.mkdir(parents=True, exist_ok=True)
-        self._host_key_line = _keygen(self.etc / "ssh_host_ed25519_key", "poseidon-sandbox-host")
-        client_key = _keygen(self.key_filename, "poseidon-sandbox-client")
+        self._host_key_line = keygen(self.etc / "ssh_host_ed25519_key", "poseidon-sandbox-host")
+        client_key = keygen(self.key_filename, "poseidon-sandbox-client")
         wrapper = self.etc / "droplet-shell"
         _write(
             wrapper,
@@ -189,6 +189,15 @@ class SSHFarm:
             (system / "dpkg" / lock).touch()
         self.addresses.append(address)
         return home
+
+    def home(self, address: str) -> Path:
+        """The home of the droplet at ``address``."""
+        return self.hosts / address
+
+    def forget_host(self, address: str) -> None:
+        """The droplet at ``address`` was deleted (and is off): its files go."""
+        shutil.rmtree(self.hosts / address, ignore_errors=True)
+        shutil.rmtree(self.system / address, ignore_errors=True)
 
     def remove_host(self, address: str) -> None:
         """Forget the droplet at ``address`` and its files (the next :meth:`reload` stops listening there)."""
@@ -249,7 +258,7 @@ LogLevel ERROR
         for attempt in range(attempts):
             # The port is chosen free, then bound by sshd: another program may take
             # it in between, on any of the addresses. Then choose again.
-            self.port = _free_port(self.addresses[0] if self.addresses else "127.0.0.1")
+            self.port = free_port(self.addresses[0] if self.addresses else "127.0.0.1")
             try:
                 self.running = True
                 for index, group in enumerate(self._groups()):
