@@ -49,7 +49,12 @@ def _parser() -> argparse.ArgumentParser:
 
     def run_options(command: argparse.ArgumentParser) -> None:
         command.add_argument("playbook", help="the playbook (YAML), or a plan file (JSON) from 'plan --out'")
-        command.add_argument("--sandbox", action="store_true", help="run on a local sandbox of the playbook's droplets")
+        command.add_argument(
+            "--sandbox",
+            action="store_true",
+            help="run on a local sandbox of the playbook's droplets: --sandbox=machines makes each a Debian machine"
+            " (root, systemd-nspawn), --sandbox=light (the default; POSEIDON_SANDBOX sets it) a home on this machine",
+        )
         command.add_argument(
             "--limit", metavar="PATTERNS", help="only these droplets (comma-separated names or patterns: web-*)"
         )
@@ -127,6 +132,11 @@ def _parser() -> argparse.ArgumentParser:
         "--droplet", action="append", metavar="NAME", help="a droplet to serve (repeatable; default: test)"
     )
     sandbox.add_argument("--playbook", help="the playbook's kept sandbox: its droplets and example repositories")
+    sandbox.add_argument(
+        "--machines",
+        action="store_true",
+        help="up: each droplet a Debian machine booted by systemd-nspawn (root; POSEIDON_SANDBOX=machines too)",
+    )
     return parser
 
 
@@ -168,9 +178,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout, sys.stderr = streams
 
 
+#: The commands whose ``--sandbox`` takes a kind (``--sandbox=machines``); ps and top take a playbook.
+_SANDBOX_KIND_COMMANDS = ("apply", "plan", "destroy", "status")
+SANDBOX_KINDS = ("light", "machines")
+
+
+def _sandbox_kind(argv: list[str]) -> tuple[list[str], str | None]:
+    """``--sandbox=KIND`` as ``--sandbox`` and the kind: argparse cannot give a flag an optional
+    value without taking the playbook after it (``--sandbox site.yaml``) for one."""
+    command = next((word for word in argv if not word.startswith("-")), None)
+    if command not in _SANDBOX_KIND_COMMANDS:
+        return argv, None
+    kind = None
+    kept = []
+    for word in argv:
+        if word.startswith("--sandbox="):
+            kind = word.partition("=")[2]
+            word = "--sandbox"
+        kept.append(word)
+    return kept, kind
+
+
 def _main(argv: Sequence[str] | None) -> int:
+    words, kind = _sandbox_kind(list(sys.argv[1:] if argv is None else argv))
     try:
-        args = _parser().parse_args(argv)
+        parser = _parser()
+        if kind is not None and kind not in SANDBOX_KINDS:
+            parser.error(f"argument --sandbox: {kind!r} is no sandbox: --sandbox (light) or --sandbox=machines")
+        args = parser.parse_args(words)
+        args.sandbox_kind = kind
     except SystemExit as exc:  # a usage error (2), or --help and --version (0)
         given = sys.argv[1:] if argv is None else list(argv)
         if exc.code == EXIT_INVALID and "--detailed-exitcode" in given:
@@ -370,7 +406,10 @@ def _apply(args: argparse.Namespace) -> int:
     reporter = Reporter(sys.stderr if args.json else None)
     with ExitStack() as stack:
         settings = _settings(
-            stack, None if args.quiet else reporter, (args.playbook, playbook) if args.sandbox else None
+            stack,
+            None if args.quiet else reporter,
+            (args.playbook, playbook) if args.sandbox else None,
+            args.sandbox_kind,
         )
         # A sandbox's runs are logged apart: --resume must never mix them with real droplets'.
         runs = (
@@ -414,27 +453,40 @@ def _apply(args: argparse.Namespace) -> int:
 
 
 def _settings(
-    stack: ExitStack, reporter: Reporter | None, sandbox: tuple[str, spec.Playbook] | None = None
+    stack: ExitStack,
+    reporter: Reporter | None,
+    sandbox: tuple[str, spec.Playbook] | None = None,
+    kind: str | None = None,
 ) -> Settings:
     """poseidon's settings for this command, read once: this environment's, or with ``sandbox``
-    (--sandbox: a playbook's path and the playbook) pointed at the playbook's kept sandbox."""
+    (--sandbox: a playbook's path and the playbook) pointed at the playbook's kept sandbox, of
+    ``kind`` (--sandbox=KIND) when given."""
     settings = Settings.from_environ()
-    return _enter_sandbox(stack, *sandbox, settings, reporter) if sandbox else settings
+    return _enter_sandbox(stack, *sandbox, settings, reporter, kind) if sandbox else settings
 
 
 def _enter_sandbox(
-    stack: ExitStack, path: str, playbook: spec.Playbook, settings: Settings, reporter: Reporter | None
+    stack: ExitStack,
+    path: str,
+    playbook: spec.Playbook,
+    settings: Settings,
+    reporter: Reporter | None,
+    asked: str | None = None,
 ) -> Settings:
     """The playbook's kept sandbox for this command: the one 'sandbox up --playbook' serves in
     the background, else started here (saying so to ``reporter``); ``settings`` pointed at it."""
-    from poseidon.sandbox import daemon
+    from poseidon.sandbox import Sandbox, daemon
 
-    environ = daemon.running(_kept_sandbox_root(path))
+    root = _kept_sandbox_root(path)
+    environ = daemon.running(root)
+    kept = environ.get("POSEIDON_SANDBOX", "light") if environ else Sandbox.kept_kind(root)
+    kind = _kind(asked, settings, path, kept)
     if environ is not None:
         if reporter is not None:
             reporter.message(f"sandbox: the one 'poseidon sandbox up' serves for {path}", "dim")
         return _sandbox_settings(settings, environ)
-    sandbox = stack.enter_context(_sandbox_for(path, playbook))
+    say = (lambda text: reporter.message(f"sandbox: {text}", "dim")) if reporter is not None else None
+    sandbox = stack.enter_context(_sandbox_for(path, playbook, kind, say))
     if reporter is not None:
         reporter.message(
             f"sandbox: {_count(len(sandbox.homes), 'droplet')} on {sandbox.network}.2+, kept in"
@@ -444,9 +496,30 @@ def _enter_sandbox(
     return _sandbox_settings(settings, sandbox.environ)
 
 
+def _kind(asked: str | None, settings: Settings, path: str, kept: str | None) -> str:
+    """The sandbox's kind: --sandbox=KIND, else POSEIDON_SANDBOX, else the kept one's, else light.
+    A kept sandbox is of one kind: asking another is refused, with how to start afresh."""
+    wanted = asked or settings.sandbox or kept or "light"
+    if wanted not in SANDBOX_KINDS:
+        raise errors.UsageError(f"POSEIDON_SANDBOX must be light or machines, not {wanted!r}")
+    if wanted == "machines":
+        from poseidon.sandbox import machines
+
+        reason = machines.unavailable()
+        if reason:
+            raise errors.UsageError(f"--sandbox=machines: {reason}")
+    if kept is not None and wanted != kept:
+        raise errors.UsageError(
+            f"the sandbox kept for {path} has {kept} droplets, not {wanted}:"
+            f" 'poseidon sandbox reset --playbook {path}' removes it, and the next --sandbox={wanted} makes them"
+        )
+    return wanted
+
+
 def _sandbox_settings(settings: Settings, environ: dict[str, str]) -> Settings:
     """``settings`` pointed at a sandbox, from the variables that reach it (:attr:`Sandbox.environ`).
-    The tokens of this environment stay, to be masked; the sandbox's login wins over a playbook's."""
+    The tokens of this environment stay, to be masked. A light sandbox's login wins over a
+    playbook's (it has one user); machines have the users the playbook makes."""
     import dataclasses
 
     return dataclasses.replace(
@@ -457,7 +530,7 @@ def _sandbox_settings(settings: Settings, environ: dict[str, str]) -> Settings:
         ssh_port=int(environ["POSEIDON_SSH_PORT"]),
         ssh_key=environ["POSEIDON_SSH_KEY"],
         known_hosts=environ["POSEIDON_KNOWN_HOSTS"],
-        login_pinned=True,
+        login_pinned=environ.get("POSEIDON_SANDBOX", "light") != "machines",
         # The sandbox's port replaces this environment's, bad or not.
         login_problems=tuple(p for p in settings.login_problems if p[0] != "POSEIDON_SSH_PORT"),
         # Sandbox droplets share one sshd and its host key: a key pinned at birth could not be served.
@@ -474,7 +547,7 @@ def _destroy(args: argparse.Namespace) -> int:
     playbook = _load(args.playbook)
     reporter = Reporter(sys.stderr if args.json else None)
     with ExitStack() as stack:
-        settings = _settings(stack, reporter, (args.playbook, playbook) if args.sandbox else None)
+        settings = _settings(stack, reporter, (args.playbook, playbook) if args.sandbox else None, args.sandbox_kind)
         client = api.connect(settings=settings)
         found = teardown.survey(playbook, args.playbook, client)
         reporter.teardown(found, check=args.check)
@@ -518,7 +591,7 @@ def _status(args: argparse.Namespace) -> int:
     playbook = _load(args.playbook)
     reporter = Reporter(sys.stderr if args.json else None)
     with ExitStack() as stack:
-        settings = _settings(stack, reporter, (args.playbook, playbook) if args.sandbox else None)
+        settings = _settings(stack, reporter, (args.playbook, playbook) if args.sandbox else None, args.sandbox_kind)
         found = status.status(playbook, settings=settings)
     if args.json:
         print(json.dumps([p.to_dict() for p in found], indent=2))
@@ -688,12 +761,15 @@ def _kept_sandbox_root(path: str) -> Path:
     return playbook.parent / ".poseidon" / "sandbox" / playbook.stem
 
 
-def _sandbox_for(path: str, playbook: spec.Playbook) -> Sandbox:
+def _sandbox_for(
+    path: str, playbook: spec.Playbook, kind: str = "light", say: Callable[[str], None] | None = None
+) -> Sandbox:
     """The playbook's sandbox, kept between runs like real droplets, until 'sandbox reset'."""
     from poseidon.sandbox import Sandbox
 
     droplets, repos = _sandbox_contents(path, playbook)
-    return Sandbox(droplets, repos=repos, root=_kept_sandbox_root(path), keep=True)
+    root = _kept_sandbox_root(path)
+    return Sandbox(droplets, repos=repos, root=root, keep=True, machines=kind == "machines", progress=say)
 
 
 def _sandbox(args: argparse.Namespace) -> int:
@@ -723,7 +799,13 @@ def _sandbox(args: argparse.Namespace) -> int:
     if args.playbook:
         more, repos = _sandbox_contents(args.playbook, _load(args.playbook))
         droplets += more
-    _print_exports(daemon.up(droplets or [{"name": "test"}], repos, folder, kept=bool(args.playbook)))
+    settings = Settings.from_environ()
+    kept = Sandbox.kept_kind(folder) if args.playbook else None
+    kind = _kind("machines" if args.machines else None, settings, args.playbook or "these droplets", kept)
+    environ = daemon.up(
+        droplets or [{"name": "test"}], repos, folder, kept=bool(args.playbook), machines=kind == "machines"
+    )
+    _print_exports(environ)
     return EXIT_OK
 
 

@@ -67,6 +67,8 @@ class Settings:
     ssh_keepalive: float | None = DEFAULT_KEEPALIVE
     #: ``POSEIDON_PIN_HOST_KEYS``: give droplets poseidon creates a host key made here.
     pin_host_keys: bool = True
+    #: ``POSEIDON_SANDBOX``: the kind of sandbox ``--sandbox`` means (``light``, ``machines``), when set.
+    sandbox: str | None = None
     #: The login above wins over a playbook's ``user``/``port`` (a sandbox has one user, one port).
     login_pinned: bool = False
     #: ``(variable, why)`` of each SSH variable that is not what it takes (its default stands meanwhile).
@@ -104,6 +106,7 @@ class Settings:
                 _keepalive, text("POSEIDON_SSH_KEEPALIVE"), "POSEIDON_SSH_KEEPALIVE", None, problems
             ),
             pin_host_keys=env.get("POSEIDON_PIN_HOST_KEYS", "1") != "0",
+            sandbox=text("POSEIDON_SANDBOX") or None,
             login_problems=tuple(problems),
         )
 

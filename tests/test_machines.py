@@ -7,6 +7,7 @@ The base is built once into the user's cache folder and reused by later runs.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import textwrap
@@ -240,3 +241,49 @@ def test_power_off_and_on_through_the_api_keeps_the_files_and_delete_removes_the
     droplet.delete()
     assert not (fleet.root / "hosts" / address).exists()
     assert sorted(p.name for p in (base / "etc").iterdir()) == etc_before
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+
+def test_apply_sandbox_machines_keeps_machines_for_the_playbook_until_reset(
+    base: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from poseidon.cli import main
+
+    path = tmp_path / "site.yaml"
+    path.write_text("version: 1\nname: site\ndroplets: [box]\nsteps:\n  - apt: hello\n  - run: hello > said\n")
+    try:
+        assert main(["apply", str(path), "--sandbox=machines", "--json"]) == 0
+        capsys.readouterr()
+        # --sandbox alone is the kept sandbox's kind; another kind is refused, saying how to start afresh.
+        assert main(["plan", str(path), "--sandbox", "--json"]) == 0
+        capsys.readouterr()
+        assert main(["apply", str(path), "--sandbox=light"]) == 2
+        assert "has machines droplets, not light: 'poseidon sandbox reset --playbook" in capsys.readouterr().err
+        assert main(["ps", "box", "--sandbox", str(path), "--json"]) == 0
+        rows = json.loads(capsys.readouterr().out)
+        init = [row["CMD"] for row in rows if row["PID"] == 1]
+        assert len(init) == 1 and "systemd" in init[0], rows
+        assert not any("pytest" in row["CMD"] for row in rows)
+    finally:
+        assert main(["sandbox", "reset", "--playbook", str(path)]) == 0
+    assert "removed the sandbox kept in" in capsys.readouterr().out
+    assert not (tmp_path / ".poseidon" / "sandbox" / "site").exists()
+    assert not [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if str(tmp_path) in line]
+
+
+def test_a_sandbox_kind_that_does_not_exist_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from poseidon.cli import main
+
+    path = tmp_path / "site.yaml"
+    path.write_text("version: 1\ndroplets: [box]\nsteps: [{run: echo}]\n")
+    with pytest.raises(SystemExit) as exited:
+        main(["apply", str(path), "--sandbox=heavy"])
+    assert exited.value.code == 2
+    assert "'heavy' is no sandbox: --sandbox (light) or --sandbox=machines" in capsys.readouterr().err
+    monkeypatch.setenv("POSEIDON_SANDBOX", "vm")
+    assert main(["apply", str(path), "--sandbox"]) == 2
+    assert "POSEIDON_SANDBOX must be light or machines, not 'vm'" in capsys.readouterr().err

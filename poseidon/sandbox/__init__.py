@@ -34,7 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from poseidon.errors import SandboxError
+from poseidon.errors import SandboxError, UsageError
 from poseidon.sandbox import machines, power
 from poseidon.sandbox.emulator import Emulator, public_ipv4
 from poseidon.sandbox.machines import MachineFarm
@@ -128,6 +128,7 @@ class Sandbox:
             self.root = self._given_root
             self.root.mkdir(parents=True, exist_ok=True)
             self.root.chmod(0o700)
+        self._check_kind()
         self.network, self._block_lock = _claim_network(self._given_root, self.root / "hosts")
         farm: SSHFarm | MachineFarm
         if self.machines:
@@ -169,6 +170,25 @@ class Sandbox:
         farm.start()
         self._started = True
         self._save_account()
+
+    def _check_kind(self) -> None:
+        """A kept sandbox is of one kind, light or machines, for good: its files say which."""
+        if not self.keep:
+            return
+        kind = "machines" if self.machines else "light"
+        kept = self.kept_kind(self.root)
+        if kept and kept != kind:
+            raise UsageError(f"the sandbox kept in {self.root} has {kept} droplets, not {kind}: reset it first")
+        (self.root / "kind").write_text(f"{kind}\n")
+
+    @staticmethod
+    def kept_kind(root: str | os.PathLike[str]) -> str | None:
+        """``light`` or ``machines``: the kind of the sandbox kept in ``root``; ``None`` when none is."""
+        folder = Path(root)
+        try:
+            return (folder / "kind").read_text().strip() or None
+        except OSError:
+            return "light" if (folder / "hosts").is_dir() else None
 
     def _add_home(self, name: str, host: int | None = None) -> str:
         """Give the droplet ``name`` its loopback address (``.host``, else the next one) and a home;
@@ -440,6 +460,8 @@ class Sandbox:
             "POSEIDON_KNOWN_HOSTS": self.known_hosts,
             # One sshd serves every sandbox droplet with one host key: a key pinned at birth could not be served.
             "POSEIDON_PIN_HOST_KEYS": "0",
+            # Machines have real users: a playbook's user: logs in as itself there.
+            **({"POSEIDON_SANDBOX": "machines"} if self.machines else {}),
         }
 
     def home(self, name: str) -> Path:

@@ -29,6 +29,7 @@ from poseidon.errors import SandboxError, UsageError
 __all__ = ["down", "running", "state_dir", "up"]
 
 _START_TIMEOUT = 30.0
+_MACHINES_START_TIMEOUT = 600.0
 
 
 def state_dir() -> Path:
@@ -66,9 +67,12 @@ def _is_daemon(pid: int) -> bool:
     return pid > 1 and owner == os.getuid() and b"poseidon.sandbox.daemon" in words[:4]
 
 
-def up(droplets: list[dict[str, Any]], repos: dict[str, Path], folder: Path, *, kept: bool = False) -> dict[str, str]:
+def up(
+    droplets: list[dict[str, Any]], repos: dict[str, Path], folder: Path, *, kept: bool = False, machines: bool = False
+) -> dict[str, str]:
     """Start a background sandbox in ``folder`` (``kept``: a playbook's kept sandbox, whose
-    droplets and files outlive it); return the environment that reaches it."""
+    droplets and files outlive it; ``machines``: its droplets are machines); return the
+    environment that reaches it."""
     if _read_state(folder) is not None:
         # The environment is not as the command needs (exit 2), nothing failed to start.
         raise UsageError(
@@ -78,7 +82,13 @@ def up(droplets: list[dict[str, Any]], repos: dict[str, Path], folder: Path, *, 
     # A playbook's folder may be a shared checkout: whole files, for this user only, never through a link.
     files.folder(folder)
     request = folder / "request.json"
-    document = {"droplets": droplets, "repos": {k: str(v) for k, v in repos.items()}, "root": str(folder), "kept": kept}
+    document = {
+        "droplets": droplets,
+        "repos": {k: str(v) for k, v in repos.items()},
+        "root": str(folder),
+        "kept": kept,
+        "machines": machines,
+    }
     files.write(request, json.dumps(document))
     (folder / "daemon.log").unlink(missing_ok=True)
     log = os.fdopen(files.create_new(folder / "daemon.log"), "wb")
@@ -93,7 +103,9 @@ def up(droplets: list[dict[str, Any]], repos: dict[str, Path], folder: Path, *, 
         env=environment,
     )
     log.close()
-    deadline = time.monotonic() + _START_TIMEOUT
+    # Machines build their base system at the first start: a minute or two, once.
+    patience = _MACHINES_START_TIMEOUT if machines else _START_TIMEOUT
+    deadline = time.monotonic() + patience
     while time.monotonic() < deadline:
         state = _read_state(folder)
         if state is not None:
@@ -103,7 +115,7 @@ def up(droplets: list[dict[str, Any]], repos: dict[str, Path], folder: Path, *, 
             raise SandboxError(f"the sandbox did not start: {text.splitlines()[-1] if text else process.returncode}")
         time.sleep(0.1)
     process.terminate()
-    raise SandboxError(f"the sandbox did not start within {_START_TIMEOUT:.0f} s")
+    raise SandboxError(f"the sandbox did not start within {patience:.0f} s")
 
 
 def down(folder: Path) -> str:
@@ -132,7 +144,14 @@ def _serve(request_path: str) -> None:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     folder = Path(request["root"])
     root = folder if request.get("kept") else None
-    with Sandbox(request["droplets"], repos=request["repos"], root=root, keep=bool(request.get("kept"))) as sandbox:
+    with Sandbox(
+        request["droplets"],
+        repos=request["repos"],
+        root=root,
+        keep=bool(request.get("kept")),
+        machines=bool(request.get("machines")),
+        progress=lambda text: print(text, flush=True),
+    ) as sandbox:
         state = {"pid": os.getpid(), "environ": sandbox.environ, "root": str(sandbox.root)}
         path = folder / "state.json"
         # It holds the sandbox's token: for this user only, written whole, never through a link.

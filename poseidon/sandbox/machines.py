@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from poseidon.errors import SandboxError
+from poseidon.errors import SandboxError, UsageError
 from poseidon.sandbox.sshd import free_port, keygen
 
 __all__ = ["BASE_PACKAGES", "Machine", "MachineFarm", "build_base", "cache_folder", "unavailable", "unmount_under"]
@@ -539,7 +539,7 @@ class MachineFarm:
     def prepare(self, pip_cache: Path) -> None:
         reason = unavailable()
         if reason:
-            raise SandboxError(reason)
+            raise UsageError(f"--sandbox=machines: {reason}")
         for folder in (self.etc, self.hosts):
             folder.mkdir(parents=True, exist_ok=True)
         self._host_key_line = keygen(self.etc / "ssh_host_ed25519_key", "poseidon-sandbox-host")
