@@ -8,6 +8,8 @@ BIN    := $(VENV)/bin
 # What the sandbox needs from Debian or Ubuntu: OpenSSH's server, git, Python's venv and pip,
 # curl. As root (CI, a container) they are installed; otherwise the command that does it is shown.
 DEBIAN_PACKAGES := openssh-server git python3-venv python3-pip curl
+# What the machines sandbox adds (--sandbox=machines): installed as root, never required.
+MACHINE_PACKAGES := debootstrap systemd-container
 
 system:
 	@missing=""; \
@@ -24,6 +26,12 @@ system:
 	        echo "    sudo apt-get install -y$$missing" >&2; \
 	        exit 1; \
 	    fi; \
+	fi; \
+	if [ "$$(id -u)" -eq 0 ]; then \
+	    for package in $(MACHINE_PACKAGES); do \
+	        dpkg-query -W -f='$${Status}' $$package 2>/dev/null | grep -q "ok installed" || \
+	            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$package >/dev/null || true; \
+	    done; \
 	fi
 
 $(BIN)/python: | system
@@ -40,8 +48,17 @@ install-test: $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[test]'
 	$(BIN)/python -m pip download -q -d $(WHEELHOUSE) -r examples/apps/hello/requirements.txt
 
+# On machines where this machine allows it (root, debootstrap, systemd-nspawn), else on the light
+# sandbox, saying why; a sandbox kept from an earlier demo keeps its kind.
 demo: system install
-	$(BIN)/poseidon apply examples/site.yaml --sandbox
+	@kind=; \
+	if [ ! -d examples/.poseidon/sandbox/site ]; then \
+	    why=$$($(BIN)/python -c 'from poseidon.sandbox import machines; print(machines.unavailable() or "")'); \
+	    if [ -z "$$why" ]; then kind==machines; echo "make demo: on machines (Debian booted by systemd-nspawn)"; \
+	    else echo "make demo: on the light sandbox ($$why)"; fi; \
+	fi; \
+	echo "$(BIN)/poseidon apply examples/site.yaml --sandbox$$kind"; \
+	$(BIN)/poseidon apply examples/site.yaml --sandbox$$kind
 
 # ruff (lint, then format) and mypy first: seconds, where the tests take minutes.
 test: system install-test

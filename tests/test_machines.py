@@ -19,7 +19,7 @@ import pytest
 
 import poseidon.api as po
 from poseidon import executor, spec
-from poseidon.results import RunResult
+from poseidon.results import RunResult, StepResult
 from poseidon.sandbox import Sandbox, machines
 from poseidon.sandbox.machines import Machine
 from poseidon.settings import Settings
@@ -287,3 +287,58 @@ def test_a_sandbox_kind_that_does_not_exist_is_a_usage_error(
     monkeypatch.setenv("POSEIDON_SANDBOX", "vm")
     assert main(["apply", str(path), "--sandbox"]) == 2
     assert "POSEIDON_SANDBOX must be light or machines, not 'vm'" in capsys.readouterr().err
+
+
+def test_a_reboot_through_the_api_mid_run_then_resume_finishes_the_run(fleet: Sandbox, tmp_path: Path) -> None:
+    """The droplet reboots under a running step (its systemd shuts down and boots again); the
+    run says so, and --resume starts again at that step once the droplet is back."""
+    import threading
+
+    from poseidon import runlog
+
+    client = po.connect(token=fleet.token, settings=Settings.from_environ(fleet.environ))
+    droplet = client.droplets.by_name("m2")
+    assert isinstance(fleet.farm, machines.MachineFarm)
+    machine = fleet.farm.machines[fleet.address("m2")]
+    boots = machine.boots
+    text = textwrap.dedent("""\
+        version: 1
+        droplets: [m2]
+        steps:
+          - run: {cmd: echo one > one, creates: one}
+          - run: {cmd: "sleep 30; echo two > two", creates: two}
+        report: {ps: false, top: false}
+        """)
+    path = tmp_path / "site.yaml"
+    path.write_text(text)
+    playbook = spec.load(path)
+    runs = tmp_path / "runs"
+
+    def reboot_at_the_second_step(name: str, step: StepResult) -> None:
+        if step.index == 0:
+            threading.Timer(1.0, droplet.reboot, kwargs={"wait": False}).start()
+
+    settings = Settings.from_environ(fleet.environ)
+    first = executor.apply(
+        playbook,
+        path=str(path),
+        settings=settings,
+        options=executor.RunOptions(run_log=runs),
+        progress=reboot_at_the_second_step,
+    )
+    one, two = first.droplets[0].steps
+    assert one.status == "changed"
+    assert two.status == "failed" and "the connection was lost during a command (the droplet rebooted" in two.stderr
+    deadline = time.monotonic() + BOOT_PATIENCE
+    while machine.boots == boots and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert machine.boots == boots + 1, "the machine did not boot again"
+    machine.wait_for_ssh(BOOT_PATIENCE)
+    resumed = executor.apply(
+        playbook,
+        path=str(path),
+        settings=settings,
+        options=executor.RunOptions(run_log=runs, resume=runlog.resume_points(runs, playbook, str(path))),
+    )
+    assert [s.status for s in resumed.droplets[0].steps] == ["done-earlier", "changed"], resumed.droplets[0].error
+    assert (fleet.home("m2") / "two").read_text() == "two\n"

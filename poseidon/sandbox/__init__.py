@@ -368,6 +368,10 @@ class Sandbox:
             self._power_off(address)
         elif kind == "power_on":
             self._power_on(address)
+        elif kind == "reboot" and isinstance(self.farm, MachineFarm):
+            with self._lock:  # a machine reboots as a droplet does: its systemd shuts down and boots again
+                self._cancel_boot(address)
+                self.farm.reboot(address)
         else:  # reboot, power_cycle
             self._reboot(address, self.reboot_downtime)
 
@@ -386,7 +390,10 @@ class Sandbox:
         self.emulator.stop()
         if self.farm is not None:
             with self._lock:
-                self.farm.stop()
+                if isinstance(self.farm, MachineFarm):
+                    self.farm.stop(leave_running=self.keep)  # a kept sandbox's droplets go on, as light ones' processes
+                else:
+                    self.farm.stop()
             if not self.keep:
                 power.end_droplet_processes(self.farm.hosts)
                 if self._own_root:

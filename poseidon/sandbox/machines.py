@@ -54,8 +54,6 @@ BASE_PACKAGES = (
     "curl",
     "git",
 )
-#: The exit status of systemd-nspawn when the machine rebooted.
-_REBOOTED = 133
 #: Seconds a machine may take to shut down before its processes are killed.
 STOP_PATIENCE = 30.0
 
@@ -224,52 +222,58 @@ class Machine:
         self.root = folder / "root"
         #: Its cgroups (one per hierarchy nspawn needs here): all its processes, for a power cut.
         self.cgroups = _cgroup_folders(f"poseidon-{address}")
-        self._process: subprocess.Popen[bytes] | None = None
-        self._supervisor: threading.Thread | None = None
-        self._wanted = False
         self._lock = threading.RLock()
-        #: Boots so far (a reboot counts one more).
-        self.boots = 0
 
     # -- power ----------------------------------------------------------------------------
+    #
+    # A launcher (sh, in a session of its own) joins the machine's cgroups and runs nspawn,
+    # again after each reboot (exit 133), until nspawn ends otherwise. It outlives the
+    # command that started it, as a droplet outlives an apply: the next command finds the
+    # machine running (its cgroups hold processes) and takes it as it is.
+
+    @property
+    def boots(self) -> int:
+        """Boots so far of this machine's current power-on (a reboot counts one more)."""
+        try:
+            return len((self.folder / "boots").read_text().splitlines())
+        except OSError:
+            return 0
+
+    @property
+    def running(self) -> bool:
+        """Whether any process of the machine runs (its launcher, nspawn, or what they started)."""
+        return bool(_cgroup_pids(self.cgroups))
 
     def start(self) -> None:
-        """Mount its files and boot it; return at once (:meth:`wait_for_ssh` waits)."""
+        """Mount its files and boot it, unless it runs already; return at once (:meth:`wait_for_ssh` waits)."""
         with self._lock:
-            if self._wanted:
+            if self.running:
                 return
             self._mount()
             self._configure()
-            self._wanted = True
-            self._boot()
-            self._supervisor = threading.Thread(target=self._supervise, name=f"machine {self.name}", daemon=True)
-            self._supervisor.start()
+            self._launch()
 
     def stop(self, patience: float = STOP_PATIENCE) -> None:
         """Shut it down as ``poweroff`` would (SIGTERM to nspawn), its files kept; cut it past ``patience``."""
         with self._lock:
-            self._wanted = False
-            process = self._process
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=patience)
-            except subprocess.TimeoutExpired:
-                self.cut()
-        self._join()
-        self._unmount()
+            launcher = self._launcher_pid()
+            if launcher is not None:
+                try:
+                    os.kill(launcher, signal.SIGTERM)
+                except OSError:
+                    pass
+            deadline = time.monotonic() + patience
+            while self.running and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if self.running:
+                _kill_cgroups(self.cgroups)
+            self._settle()
 
     def cut(self) -> None:
         """Cut the power: every process of the machine killed at once; its files stay."""
         with self._lock:
-            self._wanted = False
-            process = self._process
-        _kill_cgroups(self.cgroups)
-        if process is not None:
-            process.kill()
-            process.wait()
-        self._join()
-        self._unmount()
+            _kill_cgroups(self.cgroups)
+            self._settle()
 
     def reboot(self) -> None:
         """Reboot it as ``reboot`` would: SIGINT to its init; nspawn ends with 133 and boots it again."""
@@ -280,16 +284,29 @@ class Machine:
 
     def remove(self) -> None:
         """Stop it, unmount it, and only then remove its own files."""
-        self.stop()
+        self.cut()
         if _mounted(self.root):
             raise SandboxError(f"{self.root} is still mounted: its files are left where they are")
         shutil.rmtree(self.folder, ignore_errors=True)
         _remove_cgroups(self.cgroups)
 
-    @property
-    def running(self) -> bool:
-        process = self._process
-        return process is not None and process.poll() is None
+    def _settle(self, patience: float = STOP_PATIENCE) -> None:
+        """Once every process is gone: unmount the files."""
+        deadline = time.monotonic() + patience
+        while self.running and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self.running:
+            raise SandboxError(f"the processes of machine {self.name} did not end")
+        self._unmount()
+        _remove_cgroups(self.cgroups)
+
+    def _launcher_pid(self) -> int | None:
+        try:
+            text = (self.folder / "launcher.pid").read_text().strip()
+        except OSError:
+            return None
+        pid = int(text) if text.isdecimal() else None
+        return pid if pid is not None and pid in _cgroup_pids(self.cgroups) else None
 
     def init_pid(self) -> int | None:
         """The pid, here, of the machine's init (systemd), once it runs."""
@@ -313,7 +330,7 @@ class Machine:
                 with socket.create_connection((self.address, self.port), timeout=1):
                     return
             except OSError:
-                if self._process is not None and self._process.poll() not in (None, _REBOOTED):
+                if not self.running:
                     break
                 time.sleep(0.1)
         raise SandboxError(f"machine {self.name} did not answer on {self.address}:{self.port}: {self.log_tail()}")
@@ -372,7 +389,7 @@ class Machine:
             if bundle.exists():
                 _write(root / "etc" / "ssl" / "certs" / "ca-certificates.crt", bundle.read_text(errors="replace"))
 
-    def _boot(self) -> None:
+    def _launch(self) -> None:
         for cgroup in self.cgroups:
             cgroup.mkdir(parents=True, exist_ok=True)
         command = [
@@ -389,36 +406,46 @@ class Machine:
             f"--directory={self.root}",
             *(f"--bind-ro={folder}" for folder in self.binds if folder.is_dir()),
         ]
-        # Its own cgroups first, as systemd would give a unit: the shell joins them, then becomes nspawn.
+        (self.folder / "boots").write_text("")
         joins = [str(cgroup / "cgroup.procs") for cgroup in self.cgroups]
-        script = 'for procs in "$@"; do echo $$ > "$procs" || exit 125; done; exec ' + shlex.join(command)
+        (self.folder / "launcher.pid").unlink(missing_ok=True)
         log = open(self.folder / "nspawn.log", "ab")
         try:
-            self._process = subprocess.Popen(
-                ["sh", "-c", script, "sh", *joins], stdin=subprocess.DEVNULL, stdout=log, stderr=log
+            launcher = subprocess.Popen(
+                ["sh", "-c", _LAUNCHER.format(nspawn=shlex.join(command)), "sh", str(self.folder), *joins],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,  # Ctrl-C to poseidon is no signal to the machine
             )
         finally:
             log.close()
-        self.boots += 1
+        # Running means "its cgroups hold processes": wait until the launcher has joined them.
+        deadline = time.monotonic() + 10
+        while self._launcher_pid() != launcher.pid:
+            if launcher.poll() is not None or time.monotonic() > deadline:
+                raise SandboxError(f"machine {self.name} did not start (exit {launcher.poll()}): {self.log_tail()}")
+            time.sleep(0.01)
 
-    def _supervise(self) -> None:
-        """Boot it again after a reboot (nspawn's exit 133), for as long as it is wanted on."""
-        while True:
-            process = self._process
-            if process is None:
-                return
-            code = process.wait()
-            with self._lock:
-                if not self._wanted or code != _REBOOTED:
-                    self._wanted = self._wanted and code == _REBOOTED
-                    return
-                self._boot()
 
-    def _join(self) -> None:
-        supervisor = self._supervisor
-        if supervisor is not None and supervisor is not threading.current_thread():
-            supervisor.join(timeout=STOP_PATIENCE)
-        self._supervisor = None
+#: The launcher: ``sh -c LAUNCHER sh FOLDER CGROUP_PROCS...``. It joins the machine's cgroups, notes
+#: its pid and each boot in FOLDER, and runs nspawn again after a reboot (exit 133). A TERM (power
+#: off) goes on to nspawn, which shuts the machine down; the launcher ends with it.
+_LAUNCHER = """folder=$1; shift
+for procs in "$@"; do echo $$ > "$procs" || exit 125; done
+echo $$ > "$folder/launcher.pid"
+child=
+trap '[ -n "$child" ] && kill -TERM "$child" 2>/dev/null; stopping=1' TERM
+stopping=
+while :; do
+  echo boot >> "$folder/boots"
+  {nspawn} &
+  child=$!
+  wait "$child"; rc=$?
+  while kill -0 "$child" 2>/dev/null; do wait "$child"; rc=$?; done
+  [ -z "$stopping" ] && [ "$rc" -eq 133 ] || exit "$rc"
+done
+"""
 
 
 def _write(path: Path, text: str, mode: int = 0o644) -> None:
@@ -463,6 +490,18 @@ def _kill_cgroups(cgroups: list[Path]) -> None:
                     os.kill(int(pid), signal.SIGKILL)
                 except OSError:
                     pass
+
+
+def _cgroup_pids(cgroups: list[Path]) -> set[int]:
+    """Every process in ``cgroups`` and their children."""
+    found: set[int] = set()
+    for cgroup in cgroups:
+        for folder, _, _ in os.walk(cgroup):
+            try:
+                found.update(int(pid) for pid in (Path(folder) / "cgroup.procs").read_text().split())
+            except (OSError, ValueError):
+                continue
+    return found
 
 
 def _remove_cgroups(cgroups: list[Path]) -> None:
@@ -579,10 +618,15 @@ class MachineFarm:
             machine.remove()
 
     def start(self) -> None:
+        saved = self.etc / "port"
+        if not self.port and saved.exists() and saved.read_text().strip().isdecimal():
+            # Kept machines still running listen where they did.
+            self.port = int(saved.read_text().strip())
         if not self.port:
             self.port = free_port(self.addresses[0] if self.addresses else "127.0.0.1")
             for machine in self.machines.values():
                 machine.port = self.port
+            saved.write_text(f"{self.port}\n")
         self.running = True
         self.reload()
 
@@ -602,15 +646,26 @@ class MachineFarm:
             machine.wait_for_ssh()
         self._write_known_hosts()
 
+    def reboot(self, address: str) -> None:
+        """Reboot the machine at ``address`` from inside (systemd's reboot); boot it when it is off."""
+        machine = self.machines[address]
+        if machine.init_pid() is None:
+            self.off.discard(address)
+            machine.start()
+        else:
+            machine.reboot()
+
     def _write_known_hosts(self) -> None:
         lines = [f"[{address}]:{self.port} {self._host_key_line}" for address in self.addresses]
         self.known_hosts.write_text("\n".join(lines) + "\n")
 
-    def stop(self) -> None:
-        """Cut every machine and unmount it; its files stay (a kept sandbox boots them again)."""
+    def stop(self, *, leave_running: bool = False) -> None:
+        """Cut every machine and unmount it, its files kept; or, ``leave_running`` (a kept sandbox),
+        leave them running as droplets go on between two applies."""
         self.running = False
-        for machine in self.machines.values():
-            machine.cut()
+        if not leave_running:
+            for machine in self.machines.values():
+                machine.cut()
 
 
 def unmount_under(folder: Path) -> None:
@@ -622,11 +677,15 @@ def unmount_under(folder: Path) -> None:
         if not point.startswith(prefix):
             continue
         address = Path(point).parent.name
-        _kill_cgroups(_cgroup_folders(f"poseidon-{address}"))
+        cgroups = _cgroup_folders(f"poseidon-{address}")
+        _kill_cgroups(cgroups)
+        deadline = time.monotonic() + STOP_PATIENCE
+        while _cgroup_pids(cgroups) and time.monotonic() < deadline:
+            time.sleep(0.05)
         subprocess.run(["umount", point], capture_output=True)
         if _mounted(Path(point)):
             subprocess.run(["umount", "--lazy", point], capture_output=True)
-        _remove_cgroups(_cgroup_folders(f"poseidon-{address}"))
+        _remove_cgroups(cgroups)
     left = [point for point in _mount_points() if point.startswith(prefix)]
     if left:
         raise SandboxError(f"machines' files are still mounted at {', '.join(left)}: nothing removed")
