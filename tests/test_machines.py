@@ -19,6 +19,7 @@ import pytest
 
 import poseidon.api as po
 from poseidon import executor, spec
+from poseidon.errors import SandboxError
 from poseidon.results import RunResult, StepResult
 from poseidon.sandbox import Sandbox, machines
 from poseidon.sandbox.machines import Machine
@@ -342,3 +343,35 @@ def test_a_reboot_through_the_api_mid_run_then_resume_finishes_the_run(fleet: Sa
     )
     assert [s.status for s in resumed.droplets[0].steps] == ["done-earlier", "changed"], resumed.droplets[0].error
     assert (fleet.home("m2") / "two").read_text() == "two\n"
+
+
+def test_links_a_machine_plants_never_lead_its_next_start_to_write_on_this_machine(
+    machine: Machine, keys: dict[str, Path], tmp_path: Path
+) -> None:
+    """Root in a machine may make any link in its files; the files poseidon writes into them at
+    each start (its name, sshd's settings, root's key…) go into the machine, whatever they point at."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "hostname").write_text("this machine's\n")
+    with login(machine, keys) as ssh:
+        ssh.wait(
+            f"ln -sf {outside}/hostname /etc/hostname"  # a link at a file's name
+            f" && rm -rf /etc/ssh/sshd_config.d && ln -s {outside} /etc/ssh/sshd_config.d"  # a link as a folder
+            f" && mv /root/.ssh /root/ssh.away && ln -s {outside} /root/.ssh"
+        )
+    machine.cut()
+    machine.start()
+    machine.wait_for_ssh(BOOT_PATIENCE)
+    assert sorted(p.name for p in outside.iterdir()) == ["hostname"]
+    assert (outside / "hostname").read_text() == "this machine's\n"
+    with login(machine, keys) as ssh:
+        assert ssh.wait("hostname").strip() == "m1"
+        assert ssh.run("test -L /etc/hostname || test -L /etc/ssh/sshd_config.d || test -L /root/.ssh").exited == 1
+        assert ssh.wait("stat -c %a /root/.ssh").strip() == "700"
+
+
+def test_a_path_out_of_the_machine_is_refused(tmp_path: Path) -> None:
+    for inside in ("../escape", "etc/../../escape", ""):
+        with pytest.raises(SandboxError):
+            machines.write_inside(tmp_path, inside, b"x")
+    assert not (tmp_path.parent / "escape").exists()

@@ -197,10 +197,13 @@ class Sandbox:
         if host is None:
             host, self._next_host = self._next_host, self._next_host + 1
         address = f"{self.network}.{host}"
-        home = self.farm.add_host(address)
-        (home / ".gitconfig").write_text(self._gitconfig)
         if isinstance(self.farm, MachineFarm):
+            # Written by the machine's start, never through a link the machine made.
+            self.farm.add_host(address, files={"/root/.gitconfig": self._gitconfig})
             self.farm.name(address, name)
+        else:
+            home = self.farm.add_host(address)
+            (home / ".gitconfig").write_text(self._gitconfig)
         self._named[address] = name
         return address
 

@@ -26,6 +26,7 @@ import os
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import threading
 import time
@@ -207,6 +208,7 @@ class Machine:
         host_key: Path,
         network_files: dict[str, Path] | None = None,
         binds: list[Path] | None = None,
+        files: dict[str, str] | None = None,
     ) -> None:
         self.name = name
         self.address = address
@@ -219,6 +221,8 @@ class Machine:
         self.network_files = network_files or {}
         #: Folders of this machine it sees at the same path, read-only.
         self.binds = binds or []
+        #: Files written into it at each start: path inside → text (root's .gitconfig).
+        self.files = files or {}
         self.root = folder / "root"
         #: Its cgroups (one per hierarchy nspawn needs here): all its processes, for a power cut.
         self.cgroups = _cgroup_folders(f"poseidon-{address}")
@@ -364,30 +368,38 @@ class Machine:
                 raise SandboxError(f"cannot unmount machine {self.name}'s files: {done.stderr.strip()}")
 
     def _configure(self) -> None:
-        """What makes it this droplet: its name, its sshd's address and key, root's key, this network's settings."""
-        root = self.root
-        _write(root / "etc" / "hostname", f"{self.name}\n")
-        # Its name resolves, as on a droplet (sudo looks it up).
-        _write(
-            root / "etc" / "hosts", f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n{self.address}\t{self.name}\n"
-        )
-        _write(
-            root / "etc" / "ssh" / "sshd_config.d" / "poseidon.conf",
-            f"ListenAddress {self.address}:{self.port}\n"
-            "HostKey /etc/ssh/ssh_host_ed25519_key\n"
-            "PasswordAuthentication no\n"
-            "PermitRootLogin prohibit-password\n",
-        )
-        _write(root / "etc" / "ssh" / "ssh_host_ed25519_key", self.host_key.read_text(), 0o600)
-        _write(root / "root" / ".ssh" / "authorized_keys", self.authorized_key.rstrip("\n") + "\n", 0o600)
-        (root / "root" / ".ssh").chmod(0o700)
+        """What makes it this droplet: its name, its sshd's address and key, root's key, this
+        network's settings, the files the sandbox gives it. Written into the machine's tree
+        without following any link in it: what the machine made of its files is its own, and
+        a link it planted (``/etc/hostname -> /etc/shadow``, ``/root -> /``) must never lead
+        a write out of it onto this machine."""
+        files: dict[str, tuple[str, int]] = {
+            "etc/hostname": (f"{self.name}\n", 0o644),
+            # Its name resolves, as on a droplet (sudo looks it up).
+            "etc/hosts": (f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n{self.address}\t{self.name}\n", 0o644),
+            "etc/ssh/sshd_config.d/poseidon.conf": (
+                f"ListenAddress {self.address}:{self.port}\n"
+                "HostKey /etc/ssh/ssh_host_ed25519_key\n"
+                "PasswordAuthentication no\n"
+                "PermitRootLogin prohibit-password\n",
+                0o644,
+            ),
+            "etc/ssh/ssh_host_ed25519_key": (self.host_key.read_text(), 0o600),
+            "root/.ssh/authorized_keys": (self.authorized_key.rstrip("\n") + "\n", 0o600),
+        }
         for inside, here in self.network_files.items():
-            _write(root / inside.lstrip("/"), here.read_text(errors="replace"))
+            files[inside.lstrip("/")] = (here.read_text(errors="replace"), 0o644)
         if any(inside.startswith("/usr/local/share/ca-certificates/") for inside in self.network_files):
             # update-ca-certificates's result, made here: the bundle with this machine's authorities in it.
             bundle = Path("/etc/ssl/certs/ca-certificates.crt")
             if bundle.exists():
-                _write(root / "etc" / "ssl" / "certs" / "ca-certificates.crt", bundle.read_text(errors="replace"))
+                files["etc/ssl/certs/ca-certificates.crt"] = (bundle.read_text(errors="replace"), 0o644)
+        for inside, text in self.files.items():
+            files[inside.lstrip("/")] = (text, 0o644)
+        for inside, (text, mode) in files.items():
+            write_inside(
+                self.root, inside, text.encode(), mode, folder_mode=0o700 if "/.ssh/" in f"/{inside}" else 0o755
+            )
 
     def _launch(self) -> None:
         for cgroup in self.cgroups:
@@ -448,12 +460,60 @@ done
 """
 
 
-def _write(path: Path, text: str, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_symlink():
-        path.unlink()
-    path.write_text(text)
-    path.chmod(mode)
+def write_inside(root: Path, inside: str, data: bytes, mode: int = 0o644, *, folder_mode: int = 0o755) -> None:
+    """Write ``data`` at ``inside`` (a path relative to ``root``), following no link on the way.
+
+    Each folder is opened from the one above it with ``O_NOFOLLOW``: a link or a file where
+    a folder belongs is removed and a folder made (``folder_mode`` for the last one); what is
+    at the file's own name (a link, a folder) is removed, and the file created anew with
+    ``O_EXCL``. Nothing outside ``root`` is ever written, whatever links are inside it.
+    """
+    parts = [part for part in inside.split("/") if part]
+    if not parts or any(part in (".", "..") for part in parts):
+        raise SandboxError(f"not a path inside a machine: {inside!r}")
+    folder = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        for index, name in enumerate(parts[:-1]):
+            last = index == len(parts) - 2
+            inner = _folder_at(folder, name, folder_mode if last else 0o755)
+            os.close(folder)
+            folder = inner
+        if folder_mode != 0o755:
+            os.fchmod(folder, folder_mode)
+        name = parts[-1]
+        _remove_at(folder, name)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        descriptor = os.open(name, flags, mode, dir_fd=folder)
+        with os.fdopen(descriptor, "wb") as stream:
+            os.fchmod(stream.fileno(), mode)
+            stream.write(data)
+    finally:
+        os.close(folder)
+
+
+def _folder_at(parent: int, name: str, mode: int) -> int:
+    """A descriptor on the folder ``name`` in ``parent``, made when missing; a link or a file there is replaced."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(name, flags, dir_fd=parent)
+    except FileNotFoundError:
+        pass
+    except OSError:  # ELOOP (a link) or ENOTDIR (a file): not a folder of this machine's tree
+        _remove_at(parent, name)
+    os.mkdir(name, mode, dir_fd=parent)
+    return os.open(name, flags, dir_fd=parent)
+
+
+def _remove_at(parent: int, name: str) -> None:
+    """Remove whatever ``name`` is in ``parent``: a link (never followed), a file, a folder and all in it."""
+    try:
+        info = os.stat(name, dir_fd=parent, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(info.st_mode):
+        shutil.rmtree(name, dir_fd=parent)
+    else:
+        os.unlink(name, dir_fd=parent)
 
 
 def _mounted(path: Path) -> bool:
@@ -585,8 +645,10 @@ class MachineFarm:
         self._client_key = keygen(self.key_filename, "poseidon-sandbox-client")
         self.base = build_base(self.cache, progress=self.progress)
 
-    def add_host(self, address: str) -> Path:
-        """Give the droplet at ``address`` a machine (not started); return root's home in its own files."""
+    def add_host(self, address: str, files: dict[str, str] | None = None) -> Path:
+        """Give the droplet at ``address`` a machine (not started), with ``files`` (path inside →
+        text) written at each start; return root's home in its own files (to read, never to
+        write: a link in it is the machine's)."""
         assert self.base is not None
         machine = Machine(
             address,
@@ -598,12 +660,11 @@ class MachineFarm:
             host_key=self.etc / "ssh_host_ed25519_key",
             network_files=network_files(),
             binds=self.binds,
+            files=files,
         )
         self.machines[address] = machine
         self.addresses.append(address)
-        home = machine.folder / "upper" / "root"
-        home.mkdir(parents=True, exist_ok=True)
-        return home
+        return self.home(address)
 
     def name(self, address: str, name: str) -> None:
         """The machine at ``address`` is the droplet ``name`` (its host name)."""
