@@ -375,3 +375,41 @@ def test_a_path_out_of_the_machine_is_refused(tmp_path: Path) -> None:
         with pytest.raises(SandboxError):
             machines.write_inside(tmp_path, inside, b"x")
     assert not (tmp_path.parent / "escape").exists()
+
+
+def test_the_demo_runs_on_machines_and_a_second_run_changes_nothing(
+    base: Path, tmp_path: Path, offline_pip: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """examples/site.yaml on machines, pip as the suite sets it (offline, from the wheels here)."""
+    import shutil
+
+    from poseidon.cli import main
+
+    shutil.copytree(TESTS.parent / "examples", tmp_path / "examples", ignore=shutil.ignore_patterns(".poseidon"))
+    path = tmp_path / "examples" / "site.yaml"
+    try:
+        assert main(["apply", str(path), "--sandbox=machines", "--json"]) == 0, capsys.readouterr().err
+        first = json.loads(capsys.readouterr().out)
+        assert main(["apply", str(path), "--sandbox", "--json"]) == 0, capsys.readouterr().err
+        second = json.loads(capsys.readouterr().out)
+    finally:
+        main(["sandbox", "reset", "--playbook", str(path)])
+    assert [d["name"] for d in first["droplets"]] == ["web-1", "web-2"]
+    # apt finds git, python3-venv and curl in the base; chdir and the smoke test only check.
+    expected = ["ok", "changed", "ok", "changed", "changed", "ok"]
+    assert [[s["status"] for s in d["steps"]] for d in first["droplets"]] == [expected, expected]
+    assert {s["status"] for d in second["droplets"] for s in d["steps"]} == {"ok"}
+
+
+def test_pip_settings_reach_machines_as_sessions_read_them(tmp_path: Path) -> None:
+    lines, folders = machines.pip_environment(
+        {
+            "PIP_NO_INDEX": "1",
+            "PIP_FIND_LINKS": f"{tmp_path} https://example.com/wheels",
+            "PIP_CACHE_DIR": "/mine",
+            "PIP_INDEX_URL": 'https://x"\nPATH=/evil',
+            "HOME": "/root",
+        }
+    )
+    assert lines == f'PIP_FIND_LINKS="{tmp_path} https://example.com/wheels"\nPIP_NO_INDEX="1"\n'
+    assert folders == [tmp_path]

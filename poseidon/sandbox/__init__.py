@@ -132,7 +132,8 @@ class Sandbox:
         self.network, self._block_lock = _claim_network(self._given_root, self.root / "hosts")
         farm: SSHFarm | MachineFarm
         if self.machines:
-            farm = MachineFarm(self.root, machines.cache_folder(), binds=[self.root / "repos"])
+            # pip as where the sandbox starts: its PIP_* settings, as the light sandbox's droplets have them.
+            farm = MachineFarm(self.root, machines.cache_folder(), binds=[self.root / "repos"], environ=os.environ)
             farm.progress = self.progress
         else:
             farm = SSHFarm(self.root)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -30,7 +31,7 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -590,6 +591,23 @@ def network_files() -> dict[str, Path]:
     return found
 
 
+def pip_environment(environ: Mapping[str, str]) -> tuple[str, list[Path]]:
+    """The ``PIP_*`` settings of ``environ`` as ``/etc/environment`` lines (which SSH sessions
+    read, through pam_env), and the local folders they name (``PIP_FIND_LINKS``), to be seen
+    at the same path inside: pip in a machine as pip where the sandbox started. A value
+    pam_env could not carry (a quote, a line break) is left out."""
+    own = ("PIP_CACHE_DIR", "PIP_DISABLE_PIP_VERSION_CHECK")
+    lines, folders = [], []
+    for name in sorted(environ):
+        value = environ[name]
+        if not re.fullmatch(r"PIP_[A-Z0-9_]+", name) or name in own or any(c in value for c in '"\n\r\\'):
+            continue
+        lines.append(f'{name}="{value}"\n')
+        if name == "PIP_FIND_LINKS":
+            folders += [Path(word) for word in value.split() if word.startswith("/") and Path(word).is_dir()]
+    return "".join(lines), folders
+
+
 class MachineFarm:
     """The sandbox's droplets as machines: what :class:`~poseidon.sandbox.sshd.SSHFarm` is to light ones.
 
@@ -601,13 +619,16 @@ class MachineFarm:
 
     user = "root"
 
-    def __init__(self, root: Path, cache: Path, *, binds: list[Path] | None = None) -> None:
+    def __init__(
+        self, root: Path, cache: Path, *, binds: list[Path] | None = None, environ: Mapping[str, str] | None = None
+    ) -> None:
         self.root = root
         self.cache = cache
         self.etc = root / "etc"
         self.hosts = root / "hosts"
         self.system = root / "system"
-        self.binds = binds or []
+        self._pip_lines, pip_folders = pip_environment(environ or {})
+        self.binds = [*(binds or []), *pip_folders]
         self.port = 0
         self.addresses: list[str] = []
         #: Addresses whose machine is powered off.
@@ -660,7 +681,7 @@ class MachineFarm:
             host_key=self.etc / "ssh_host_ed25519_key",
             network_files=network_files(),
             binds=self.binds,
-            files=files,
+            files={**({"/etc/environment": self._pip_lines} if self._pip_lines else {}), **(files or {})},
         )
         self.machines[address] = machine
         self.addresses.append(address)
