@@ -413,3 +413,33 @@ def test_pip_settings_reach_machines_as_sessions_read_them(tmp_path: Path) -> No
     )
     assert lines == f'PIP_FIND_LINKS="{tmp_path} https://example.com/wheels"\nPIP_NO_INDEX="1"\n'
     assert folders == [tmp_path]
+
+
+def test_droplet_names_the_api_allows_make_machines_too(base: Path) -> None:
+    """nspawn knows a machine by its address; the droplet's name (``a..b``, 70 characters) is its host name."""
+    long = "n" * 70
+    with Sandbox(["a..b", long], machines=True) as sandbox:
+        settings = Settings.from_environ(sandbox.environ)
+        client = po.connect(settings=settings)
+        for name in ("a..b", long):
+            with client.droplets.by_name(name).connect() as ssh:
+                assert ssh.wait("echo up").strip() == "up"
+
+
+def test_a_playbook_in_a_folder_of_any_name_gets_machines_and_reset_removes_them(
+    base: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A comma, a colon and non-ASCII letters in the path: the mount takes them, and reset finds
+    the mount (mountinfo's bytes, read as such) before it removes anything."""
+    from poseidon.cli import main
+
+    folder = tmp_path / "café, a:b"
+    folder.mkdir()
+    path = folder / "site.yaml"
+    path.write_text("version: 1\nname: site\ndroplets: [box]\nsteps: [{run: {cmd: touch made, creates: made}}]\n")
+    try:
+        assert main(["apply", str(path), "--sandbox=machines", "--json"]) == 0, capsys.readouterr().err
+    finally:
+        assert main(["sandbox", "reset", "--playbook", str(path)]) == 0
+    assert not (folder / ".poseidon" / "sandbox" / "site").exists()
+    assert not [point for point in machines._mount_points() if point.startswith(str(folder))]

@@ -15,7 +15,8 @@ unmounts it and only then removes its files: the base is never touched.
 
 Needs root, Debian's ``debootstrap`` and ``systemd-container`` and overlayfs;
 :func:`unavailable` says, in one line, why machines cannot run here.
-Imports only :mod:`poseidon.errors`.
+Imports :mod:`poseidon.errors` and the light droplets' key and port helpers
+(:mod:`poseidon.sandbox.sshd`).
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ def build_base(cache: Path, *, mirror: str | None = None, progress: Callable[[st
         if (base / "etc" / "os-release").exists():
             return base
         building = cache / f"{base.name}.building"
-        shutil.rmtree(building, ignore_errors=True)
+        _discard(building)  # a build cut short: what debootstrap mounted in it goes first
         _debootstrap(building, mirror, progress)
         _settle_base(building)
         building.rename(base)
@@ -154,16 +155,42 @@ def _debootstrap(target: Path, mirror: str, progress: Callable[[str], None] | No
     ]
     say = progress or (lambda line: None)
     say(f"building the machines' base system ({SUITE}, about a minute, once): {' '.join(command)}")
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # A session of its own: a Ctrl-C or a kill of poseidon ends it here (finally), never halfway alone.
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     assert process.stdout is not None
     tail: list[str] = []
-    for line in process.stdout:
-        tail = [*tail[-9:], line.rstrip()]
-        if line.startswith("I: ") and any(w in line for w in ("Retrieving", "Installing", "Configuring", "Base")):
-            say(line[3:].rstrip())
-    if process.wait() != 0:
-        shutil.rmtree(target, ignore_errors=True)
-        raise SandboxError(f"debootstrap failed (exit {process.returncode}): " + " / ".join(tail[-3:]))
+    try:
+        for line in process.stdout:
+            tail = [*tail[-9:], line.rstrip()]
+            if line.startswith("I: ") and any(w in line for w in ("Retrieving", "Installing", "Configuring", "Base")):
+                say(line[3:].rstrip())
+        code = process.wait()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    if code != 0:
+        why = _log_tail(target / "debootstrap" / "debootstrap.log") or " / ".join(tail[-3:])
+        _discard(target)
+        raise SandboxError(f"debootstrap failed (exit {code}): {why}")
+
+
+def _log_tail(path: Path, lines: int = 3) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return " / ".join(line.strip() for line in text.splitlines()[-lines:] if line.strip())
+
+
+def _discard(folder: Path) -> None:
+    """Remove ``folder``, once nothing is mounted in it (debootstrap mounts /proc and /sys in
+    its target); refused, naming the mounts, when something stays."""
+    if folder.exists():
+        unmount_under(folder)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _settle_base(root: Path) -> None:
@@ -227,6 +254,9 @@ class Machine:
         self.root = folder / "root"
         #: Its cgroups (one per hierarchy nspawn needs here): all its processes, for a power cut.
         self.cgroups = _cgroup_folders(f"poseidon-{address}")
+        #: The name systemd-nspawn knows it by: a host name whatever the droplet's name (which
+        #: the API lets be longer, or have ``..``); the droplet's own is in its /etc/hostname.
+        self.machine_name = "poseidon-" + address.replace(".", "-").replace(":", "-")
         self._lock = threading.RLock()
 
     # -- power ----------------------------------------------------------------------------
@@ -355,12 +385,21 @@ class Machine:
             folder.mkdir(parents=True, exist_ok=True)
         if _mounted(self.root):
             return
-        options = f"lowerdir={self.base},upperdir={upper},workdir={work}"
+        # Every path of the options relative to the machine's folder (the base through a link
+        # there): a comma or a colon in a path would split the options otherwise.
+        lower = self.folder / "lower"
+        if lower.is_symlink() or lower.exists():
+            lower.unlink()
+        lower.symlink_to(self.base)
         done = subprocess.run(
-            ["mount", "-t", "overlay", "overlay", "-o", options, str(self.root)], capture_output=True, text=True
+            ["mount", "-t", "overlay", "overlay", "-o", "lowerdir=lower,upperdir=upper,workdir=work", "root"],
+            cwd=self.folder,
+            capture_output=True,
+            text=True,
         )
         if done.returncode != 0:
-            raise SandboxError(f"cannot mount machine {self.name}'s files: {done.stderr.strip()}")
+            why = " ".join(done.stderr.split())
+            raise SandboxError(f"cannot mount machine {self.name}'s files: {why}")
 
     def _unmount(self) -> None:
         if _mounted(self.root):
@@ -415,11 +454,12 @@ class Machine:
             "--link-journal=no",
             "--resolv-conf=copy-host",
             "--timezone=copy",
-            f"--machine={self.name}",
+            f"--machine={self.machine_name}",
             f"--directory={self.root}",
             *(f"--bind-ro={folder}" for folder in self.binds if folder.is_dir()),
         ]
         (self.folder / "boots").write_text("")
+        (self.folder / "cgroup").write_text(self.cgroups[0].name if self.cgroups else "")
         joins = [str(cgroup / "cgroup.procs") for cgroup in self.cgroups]
         (self.folder / "launcher.pid").unlink(missing_ok=True)
         log = open(self.folder / "nspawn.log", "ab")
@@ -551,6 +591,15 @@ def _kill_cgroups(cgroups: list[Path]) -> None:
                     os.kill(int(pid), signal.SIGKILL)
                 except OSError:
                     pass
+
+
+def _cgroup_name(folder: Path) -> str:
+    """The cgroups' name of the machine whose files are in ``folder`` (as its launch wrote it)."""
+    try:
+        name = (folder / "cgroup").read_text().strip()
+    except OSError:
+        name = ""
+    return name if name.startswith("poseidon-") and "/" not in name else f"poseidon-{folder.name}"
 
 
 def _cgroup_pids(cgroups: list[Path]) -> set[int]:
@@ -755,29 +804,36 @@ def unmount_under(folder: Path) -> None:
     sandbox killed before it could stop leaves. :class:`SandboxError` when one stays mounted,
     so that nobody removes a folder with a machine's files mounted in it."""
     prefix = str(folder.resolve()) + "/"
-    for point in _mount_points():
+    for point in sorted(_mount_points(), key=len, reverse=True):  # the deepest first
         if not point.startswith(prefix):
             continue
-        address = Path(point).parent.name
-        cgroups = _cgroup_folders(f"poseidon-{address}")
+        cgroups = _cgroup_folders(_cgroup_name(Path(point).parent))
         _kill_cgroups(cgroups)
         deadline = time.monotonic() + STOP_PATIENCE
         while _cgroup_pids(cgroups) and time.monotonic() < deadline:
             time.sleep(0.05)
         subprocess.run(["umount", point], capture_output=True)
-        if _mounted(Path(point)):
-            subprocess.run(["umount", "--lazy", point], capture_output=True)
         _remove_cgroups(cgroups)
     left = [point for point in _mount_points() if point.startswith(prefix)]
     if left:
         raise SandboxError(f"machines' files are still mounted at {', '.join(left)}: nothing removed")
 
 
+#: How mountinfo writes a space, a tab, a line break or a backslash in a path: ``\040``.
+_OCTAL = re.compile(rb"\\([0-7]{3})")
+
+
 def _mount_points() -> list[str]:
-    """Every mount point of this mount namespace; the fifth field of mountinfo, spaces and the
-    like escaped as octal there."""
+    """Every mount point of this mount namespace, as Python names paths (``os.fsdecode``): the
+    fifth field of mountinfo, its bytes as they are but for the octal escapes (a path may be
+    any bytes: ``café``, a space)."""
     try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+        lines = Path("/proc/self/mountinfo").read_bytes().splitlines()
     except OSError:
         return []
-    return [line.split()[4].encode().decode("unicode_escape") for line in lines if len(line.split()) > 4]
+    points = []
+    for line in lines:
+        fields = line.split(b" ")
+        if len(fields) > 4:
+            points.append(os.fsdecode(_OCTAL.sub(lambda found: bytes([int(found.group(1), 8)]), fields[4])))
+    return points
