@@ -55,18 +55,22 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 _addresses = iter(range(2, 250))
 
 
-@pytest.fixture
-def machine(base: Path, keys: dict[str, Path], tmp_path: Path) -> Iterator[Machine]:
-    address = f"127.211.{os.getpid() % 200}.{next(_addresses)}"
-    made = Machine(
-        "m1",
-        address,
+def new_machine(name: str, base: Path, keys: dict[str, Path], folder: Path) -> Machine:
+    """A machine on an address of its own (this test run's block of 127.211.0.0/16), not started."""
+    return Machine(
+        name,
+        f"127.211.{os.getpid() % 200}.{next(_addresses)}",
         2222,
-        tmp_path / "m1",
+        folder / name,
         base,
         authorized_key=(keys["client"].with_suffix(".pub")).read_text(),
         host_key=keys["host"],
     )
+
+
+@pytest.fixture
+def machine(base: Path, keys: dict[str, Path], tmp_path: Path) -> Iterator[Machine]:
+    made = new_machine("m1", base, keys, tmp_path)
     made.start()
     try:
         made.wait_for_ssh(BOOT_PATIENCE)
@@ -141,15 +145,7 @@ def test_removing_a_machine_unmounts_it_first_and_leaves_the_base_as_it_was(
     base: Path, keys: dict[str, Path], tmp_path: Path
 ) -> None:
     before = sorted(p.name for p in (base / "etc").iterdir())
-    made = Machine(
-        "gone",
-        f"127.211.{os.getpid() % 200}.{next(_addresses)}",
-        2222,
-        tmp_path / "gone",
-        base,
-        authorized_key=(keys["client"].with_suffix(".pub")).read_text(),
-        host_key=keys["host"],
-    )
+    made = new_machine("gone", base, keys, tmp_path)
     made.start()
     made.wait_for_ssh(BOOT_PATIENCE)
     with login(made, keys) as ssh:
