@@ -21,6 +21,7 @@ there was nothing to do.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -42,6 +43,11 @@ if TYPE_CHECKING:
     from paramiko import ChannelFile, ChannelStderrFile, ChannelStdinFile
 
 __all__ = ["StepOutcome", "SSHClient", "parse_ps"]
+
+# paramiko logs what failed in its own thread (a banner that never came, a reset) with a traceback,
+# which logging prints on stderr when the application set up no logging; poseidon says each of
+# those failures itself (SSHConnectError, SSHError). Its records still reach a handler set up.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 #: ``ps -Afo`` as the original documents it is refused by procps-ng: ``-f`` and ``-o`` both set the format.
 TOP_ARGS = "-Ao %cpu,%mem,user,comm"

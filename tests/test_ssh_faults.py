@@ -171,3 +171,33 @@ def test_no_key_anywhere_is_exit_3_at_once_and_says_where_keys_come_from(
     )
     assert "waiting for SSH" not in capsys.readouterr().err, "a missing key is no droplet still booting"
     assert not (sandbox_env.home("test") / "never").exists()
+
+
+#: A server that answers "not ssh", and a client that connects to it, in a process of its own:
+#: pytest's own logging handlers would hide what an application without any shows on stderr.
+_NOT_SSH = """
+import socket, threading
+from poseidon.errors import SSHConnectError
+from poseidon.ssh import SSHClient
+server = socket.socket()
+server.bind(("127.0.0.1", 0))
+server.listen(1)
+def answer():
+    connection, _ = server.accept()
+    connection.sendall(b"not ssh\\r\\n")
+    connection.close()
+threading.Thread(target=answer, daemon=True).start()
+try:
+    SSHClient("127.0.0.1", port=server.getsockname()[1], known_hosts="/dev/null", connect_timeout=5).open()
+except SSHConnectError as exc:
+    print(exc)
+"""
+
+
+def test_a_server_that_is_no_ssh_server_is_one_error_without_paramikos_traceback() -> None:
+    """paramiko logs the banner it could not read with a traceback; poseidon's error says it."""
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _NOT_SSH], capture_output=True, text=True, timeout=60)
+    assert "cannot connect: Error reading SSH protocol banner" in done.stdout, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
