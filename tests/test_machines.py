@@ -439,3 +439,19 @@ def test_a_playbook_in_a_folder_of_any_name_gets_machines_and_reset_removes_them
         assert main(["sandbox", "reset", "--playbook", str(path)]) == 0
     assert not (folder / ".poseidon" / "sandbox" / "site").exists()
     assert not [point for point in machines._mount_points() if point.startswith(str(folder))]
+
+
+def test_a_poweroff_inside_a_machine_is_off_for_the_api_until_power_on(base: Path) -> None:
+    with Sandbox(["alone"], machines=True) as sandbox:
+        client = po.connect(settings=Settings.from_environ(sandbox.environ))
+        droplet = client.droplets.by_name("alone")
+        with droplet.connect() as ssh:
+            ssh.run("systemctl poweroff")
+        deadline = time.monotonic() + BOOT_PATIENCE
+        while droplet.refresh().status != "off" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert droplet.status == "off" and not sandbox.is_on("alone")
+        droplet.power_on()
+        with droplet.connect() as ssh:
+            assert ssh.wait("echo back").strip() == "back"
+        assert droplet.refresh().status == "active"

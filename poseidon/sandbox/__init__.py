@@ -29,6 +29,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -171,6 +172,26 @@ class Sandbox:
         farm.start()
         self._started = True
         self._save_account()
+        if isinstance(farm, MachineFarm):
+            watcher = threading.Thread(target=self._watch_machines, name="sandbox machines", daemon=True)
+            watcher.start()
+
+    #: Seconds between two looks at whether a machine went off by itself.
+    WATCH_INTERVAL = 0.5
+
+    def _watch_machines(self) -> None:
+        """A machine that went off from inside (``poweroff``, ``shutdown -h``) is off for the API
+        too, and stays off until a power action: as a droplet does."""
+        while True:
+            time.sleep(self.WATCH_INTERVAL)
+            with self._lock:
+                farm = self.farm
+                if not self._started or not isinstance(farm, MachineFarm):
+                    return
+                for address in farm.went_off():
+                    farm.off.add(address)
+                    if self.emulator.powered_off(address):
+                        self._save_account()
 
     def _check_kind(self) -> None:
         """A kept sandbox is of one kind, light or machines, for good: its files say which."""

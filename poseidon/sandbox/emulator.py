@@ -532,6 +532,16 @@ class Emulator:
         with self._lock:
             self._forget_droplet(droplet_id)
 
+    def powered_off(self, address: str) -> bool:
+        """The droplet at ``address`` went off by itself (``poweroff`` inside it): the API says
+        ``off``, as DigitalOcean's does. Whether there was an active droplet there to say it of."""
+        with self._lock:
+            for droplet in self._droplets.values():
+                if droplet.get("status") == "active" and public_ipv4(droplet) == address:
+                    droplet["status"] = "off"
+                    return True
+        return False
+
     def droplets(self) -> list[dict[str, Any]]:
         """Every droplet's API document (copies), in id order, with the addresses it will have once active."""
         with self._lock:

@@ -777,6 +777,14 @@ class MachineFarm:
             machine.wait_for_ssh()
         self._write_known_hosts()
 
+    def went_off(self) -> list[str]:
+        """The addresses of machines that are meant on but run no more (a ``poweroff`` inside)."""
+        if not self.running:
+            return []
+        return [
+            address for address, machine in self.machines.items() if address not in self.off and not machine.running
+        ]
+
     def reboot(self, address: str) -> None:
         """Reboot the machine at ``address`` from inside (systemd's reboot); boot it when it is off."""
         machine = self.machines[address]
