@@ -111,20 +111,20 @@ def test_apt_installs_in_the_machine_and_only_there(machine: Machine, keys: dict
 
 def test_power_off_then_on_keeps_the_files_and_a_cut_does_too(machine: Machine, keys: dict[str, Path]) -> None:
     with login(machine, keys) as ssh:
-        ssh.wait("echo kept > /root/note && sync")
+        ssh.wait("echo kept > ~/note && sync")
     machine.stop()
     assert not machine.running
     machine.start()
     machine.wait_for_ssh(BOOT_PATIENCE)
     with login(machine, keys) as ssh:
-        assert ssh.wait("cat /root/note").strip() == "kept"
-        ssh.wait("echo cut > /root/note && sync")
+        assert ssh.wait("cat ~/note").strip() == "kept"
+        ssh.wait("echo cut > ~/note && sync")
     machine.cut()
     assert not machine.running
     machine.start()
     machine.wait_for_ssh(BOOT_PATIENCE)
     with login(machine, keys) as ssh:
-        assert ssh.wait("cat /root/note").strip() == "cut"
+        assert ssh.wait("cat ~/note").strip() == "cut"
 
 
 def test_a_reboot_inside_brings_the_machine_back(machine: Machine, keys: dict[str, Path]) -> None:
@@ -206,7 +206,7 @@ def test_a_user_with_sudo_installs_and_one_without_is_told_why_not(fleet: Sandbo
               cmd: >-
                 for u in deploy nosudo; do id "$u" >/dev/null 2>&1 || useradd -m -s /bin/bash "$u";
                 install -d -m 700 -o "$u" -g "$u" "/home/$u/.ssh";
-                install -m 600 -o "$u" -g "$u" /root/.ssh/authorized_keys "/home/$u/.ssh/"; done;
+                install -m 600 -o "$u" -g "$u" ~root/.ssh/authorized_keys "/home/$u/.ssh/"; done;
                 echo 'deploy ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/deploy
         report: {ps: false, top: false}
         """
@@ -353,7 +353,7 @@ def test_links_a_machine_plants_never_lead_its_next_start_to_write_on_this_machi
         ssh.wait(
             f"ln -sf {outside}/hostname /etc/hostname"  # a link at a file's name
             f" && rm -rf /etc/ssh/sshd_config.d && ln -s {outside} /etc/ssh/sshd_config.d"  # a link as a folder
-            f" && mv /root/.ssh /root/ssh.away && ln -s {outside} /root/.ssh"
+            f" && mv ~/.ssh ~/ssh.away && ln -s {outside} ~/.ssh"
         )
     machine.cut()
     machine.start()
@@ -362,8 +362,8 @@ def test_links_a_machine_plants_never_lead_its_next_start_to_write_on_this_machi
     assert (outside / "hostname").read_text() == "this machine's\n"
     with login(machine, keys) as ssh:
         assert ssh.wait("hostname").strip() == "m1"
-        assert ssh.run("test -L /etc/hostname || test -L /etc/ssh/sshd_config.d || test -L /root/.ssh").exited == 1
-        assert ssh.wait("stat -c %a /root/.ssh").strip() == "700"
+        assert ssh.run("test -L /etc/hostname || test -L /etc/ssh/sshd_config.d || test -L ~/.ssh").exited == 1
+        assert ssh.wait("stat -c %a ~/.ssh").strip() == "700"
 
 
 def test_a_path_out_of_the_machine_is_refused(tmp_path: Path) -> None:
@@ -404,7 +404,7 @@ def test_pip_settings_reach_machines_as_sessions_read_them(tmp_path: Path) -> No
             "PIP_FIND_LINKS": f"{tmp_path} https://example.com/wheels",
             "PIP_CACHE_DIR": "/mine",
             "PIP_INDEX_URL": 'https://x"\nPATH=/evil',
-            "HOME": "/root",
+            "HOME": "/home/me",
         }
     )
     assert lines == f'PIP_FIND_LINKS="{tmp_path} https://example.com/wheels"\nPIP_NO_INDEX="1"\n'

@@ -221,7 +221,7 @@ class Sandbox:
         address = f"{self.network}.{host}"
         if isinstance(self.farm, MachineFarm):
             # Written by the machine's start, never through a link the machine made.
-            self.farm.add_host(address, files={"/root/.gitconfig": self._gitconfig})
+            self.farm.add_host(address, files={"root/.gitconfig": self._gitconfig})
             self.farm.name(address, name)
         else:
             home = self.farm.add_host(address)
