@@ -428,7 +428,8 @@ class Machine:
             "root/.ssh/authorized_keys": (self.authorized_key.rstrip("\n") + "\n", 0o600),
         }
         for inside, here in self.network_files.items():
-            files[inside.lstrip("/")] = (here.read_text(errors="replace"), 0o644)
+            # As readable as here: a pip.conf with an index password in it is root's alone in the machine too.
+            files[inside.lstrip("/")] = (here.read_text(errors="replace"), stat.S_IMODE(here.stat().st_mode) & 0o644)
         if any(inside.startswith("/usr/local/share/ca-certificates/") for inside in self.network_files):
             # update-ca-certificates's result, made here: the bundle with this machine's authorities in it.
             bundle = Path("/etc/ssl/certs/ca-certificates.crt")
