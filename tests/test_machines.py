@@ -161,8 +161,18 @@ def test_removing_a_machine_unmounts_it_first_and_leaves_the_base_as_it_was(
 
 
 @pytest.fixture(scope="module")
-def fleet(base: Path) -> Iterator[Sandbox]:
-    with Sandbox(["m1", "m2"], machines=True, repos={"changhiskhan/test": TESTS / "apps" / "tiny"}) as sandbox:
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of this machine the fleet's machines read at the same path."""
+    folder = tmp_path_factory.mktemp("shared")
+    (folder / "note").write_text("read from here\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def fleet(base: Path, shared: Path) -> Iterator[Sandbox]:
+    with Sandbox(
+        ["m1", "m2"], machines=True, repos={"changhiskhan/test": TESTS / "apps" / "tiny"}, shared=[shared]
+    ) as sandbox:
         yield sandbox
 
 
@@ -195,6 +205,25 @@ def test_a_playbook_installs_with_apt_for_real_and_a_second_run_is_ok(fleet: San
     assert frame is not None
     assert frame.loc[frame["PID"] == 1, "CMD"].str.contains("systemd|/sbin/init").all()
     assert not frame["CMD"].str.contains("pytest").any()
+
+
+def test_a_shared_folder_is_read_at_its_own_path_and_never_written(fleet: Sandbox, shared: Path) -> None:
+    note = shared / "note"
+    result = run(
+        fleet,
+        f"""\
+        version: 1
+        droplets: [m1]
+        steps:
+          - run: cat {note}
+          - run: touch {shared}/written
+        report: {{ps: false, top: false}}
+        """,
+    )
+    read, write = result.droplets[0].steps
+    assert (read.status, read.stdout) == ("changed", "read from here")
+    assert write.status == "failed" and "Read-only file system" in write.stderr
+    assert sorted(p.name for p in shared.iterdir()) == ["note"]
 
 
 def test_a_user_with_sudo_installs_and_one_without_is_told_why_not(fleet: Sandbox) -> None:
@@ -409,6 +438,32 @@ def test_pip_settings_reach_machines_as_sessions_read_them(tmp_path: Path) -> No
     )
     assert lines == f'PIP_FIND_LINKS="{tmp_path} https://example.com/wheels"\nPIP_NO_INDEX="1"\n'
     assert folders == [tmp_path]
+
+
+def test_network_files_are_as_readable_inside_as_here(tmp_path: Path) -> None:
+    """A pip.conf holding an index password is root's alone here: in the machine too."""
+    secret, public = tmp_path / "pip.conf", tmp_path / "company.crt"
+    secret.write_text("[global]\nindex-url = https://me:password@index.example/simple\n")
+    secret.chmod(0o600)
+    public.write_text("-----BEGIN CERTIFICATE-----\n")
+    public.chmod(0o755)
+    (tmp_path / "host").write_text("host key\n")
+    machine = Machine(
+        "m1",
+        "127.211.0.1",
+        2222,
+        tmp_path / "m1",
+        tmp_path,
+        authorized_key="ssh-ed25519 AAAA client\n",
+        host_key=tmp_path / "host",
+        network_files={"/etc/pip.conf": secret, "/usr/local/share/company.crt": public},
+    )
+    machine.root.mkdir(parents=True)  # what the overlay would be, unmounted
+    machine._configure()
+    modes = {
+        path: (machine.root / path).stat().st_mode & 0o777 for path in ("etc/pip.conf", "usr/local/share/company.crt")
+    }
+    assert modes == {"etc/pip.conf": 0o600, "usr/local/share/company.crt": 0o644}
 
 
 def test_droplet_names_the_api_allows_make_machines_too(base: Path) -> None:

@@ -59,7 +59,9 @@ class Sandbox:
 
     ``droplets`` lists names, or mappings with ``name`` and ``tags``;
     ``repos`` maps GitHub shorthands (``owner/name``) to folders whose files
-    become that repository's ``main`` branch.
+    become that repository's ``main`` branch; ``shared`` lists folders of this
+    machine every droplet reads at the same path (a light droplet reads this
+    machine's files anyway; a machine gets each bound in, read-only).
     """
 
     def __init__(
@@ -67,6 +69,7 @@ class Sandbox:
         droplets: Iterable[str | Mapping[str, Any]] = ("test",),
         *,
         repos: Mapping[str, str | os.PathLike[str]] | None = None,
+        shared: Iterable[str | os.PathLike[str]] = (),
         root: str | os.PathLike[str] | None = None,
         keep: bool = False,
         machines: bool = False,
@@ -78,6 +81,7 @@ class Sandbox:
         if keep and root is None:
             raise SandboxError("a sandbox kept between runs needs a root folder")
         self._repos = {k: Path(v) for k, v in (repos or {}).items()}
+        self._shared = [Path(folder).resolve() for folder in shared]
         self._own_root = root is None
         self._given_root = Path(root).resolve() if root else None
         self.keep = keep
@@ -134,7 +138,9 @@ class Sandbox:
         farm: SSHFarm | MachineFarm
         if self.machines:
             # pip as where the sandbox starts: its PIP_* settings, as the light sandbox's droplets have them.
-            farm = MachineFarm(self.root, machines.cache_folder(), binds=[self.root / "repos"], environ=os.environ)
+            farm = MachineFarm(
+                self.root, machines.cache_folder(), binds=[self.root / "repos", *self._shared], environ=os.environ
+            )
             farm.progress = self.progress
         else:
             farm = SSHFarm(self.root)
