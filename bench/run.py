@@ -7,8 +7,10 @@ local wheel folder, a background server, ``ps -Af`` and ``ps -Ao``.
 
 Cases: *cold* (fresh droplets) and *warm* (the re-apply: everything already
 in place), at N droplets, and warm again through a proxy that adds a round
-trip (bench/delay.py); then poseidon alone, warm, at other farm sizes; then
-start-up times. Tools run alternately, several times each; the table shows
+trip (bench/delay.py); then poseidon alone, warm, at other farm sizes; with
+``--sandbox machines``, poseidon cold and warm on N sandbox machines (Debian
+booted by systemd-nspawn, as ``poseidon apply --sandbox=machines`` makes
+them); then start-up times. Tools run alternately, several times each; the table shows
 medians, the ratios poseidon/peer, and the peak memory of the controlling
 side. Every run is checked afterwards (the package importable in the
 virtualenv, the server answering on the droplet's address): a run that did
@@ -16,6 +18,7 @@ not do the work is an error, not a figure.
 
     python bench/run.py                     # the full benchmark (about 10 minutes here)
     python bench/run.py --quick             # one repetition, N=10 only
+    python bench/run.py --sandbox machines  # and a column for poseidon on machines (root)
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from poseidon.sandbox import Sandbox  # noqa: E402
+from poseidon.sandbox import Sandbox, machines  # noqa: E402
+from poseidon.sandbox.machines import MachineFarm  # noqa: E402
 
 # bench/wheels.py, found as the folder of a script run is on sys.path (the tests use it too).
 from wheels import build_wheel  # noqa: E402
@@ -73,6 +77,12 @@ class Farm:
     proxy: subprocess.Popen[bytes] | None = None
     proxy_ssh_port: int = 0
     proxy_api_port: int = 0
+
+    @property
+    def machines(self) -> MachineFarm | None:
+        """The machines, when the droplets are machines (not homes on this machine)."""
+        farm = self.sandbox.farm
+        return farm if isinstance(farm, MachineFarm) else None
 
     @property
     def addresses(self) -> list[str]:
@@ -107,10 +117,14 @@ def app_source(folder: Path) -> Path:
 
 
 @contextmanager
-def farm(n: int, folder: Path, rtt_ms: float) -> Iterator[Farm]:
+def farm(n: int, folder: Path, rtt_ms: float, *, on_machines: bool = False) -> Iterator[Farm]:
     names = [f"bench-{i:02d}" for i in range(1, n + 1)]
     folder.mkdir(parents=True, exist_ok=True)
-    with Sandbox(names, repos={"bench/app": app_source(folder)}) as sandbox:
+    app = app_source(folder)
+    # Machines read the wheels at the path the requirements file gives, as light droplets do.
+    with Sandbox(
+        names, repos={"bench/app": app}, shared=[folder / "wheels"], machines=on_machines, progress=log
+    ) as sandbox:
         f = Farm(sandbox, names, folder, rtt_ms)
         try:
             lines = Path(sandbox.known_hosts).read_text().splitlines()
@@ -148,6 +162,14 @@ def _has_entry(entry: bytes, environ: bytes) -> bool:
 
 def reset(f: Farm) -> None:
     """Fresh droplets: end their processes, empty their homes (the sandbox's git redirect stays)."""
+    if f.machines is not None:
+        _reset_machines(f)
+    else:
+        _reset_homes(f)
+    _nothing_listens(f)
+
+
+def _reset_homes(f: Farm) -> None:
     for name in f.names:
         home = f.sandbox.home(name)
         _kill_where(functools.partial(_has_entry, f"HOME={home}".encode()))
@@ -158,6 +180,31 @@ def reset(f: Farm) -> None:
                 shutil.rmtree(child)
             else:
                 child.unlink()
+
+
+def _reset_machines(f: Farm) -> None:
+    """Each machine powered off (its processes end, its files unmounted), root's home emptied
+    in its own files, powered on, and booted to the end: a droplet as it is just made."""
+    for name in f.names:
+        f.sandbox.power_off(name)
+        shutil.rmtree(f.sandbox.home(name), ignore_errors=True)  # the sandbox writes its files again at boot
+        f.sandbox.power_on(name)
+    for address in f.addresses:
+        _booted(f, address)
+
+
+def _booted(f: Farm, address: str) -> None:
+    """Wait until the machine's systemd says the boot is over: its start-up is not the run's work."""
+    s = f.sandbox
+    argv = ["ssh", "-i", s.key_filename, "-p", str(s.ssh_port), "-o", f"UserKnownHostsFile={s.known_hosts}"]
+    argv += ["-o", "BatchMode=yes", f"{s.user}@{address}", "systemctl is-system-running --wait"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    state = done.stdout.strip()
+    if state not in ("running", "degraded"):
+        raise SystemExit(f"bench: machine {address} did not finish booting: {state} {done.stderr.strip()}")
+
+
+def _nothing_listens(f: Farm) -> None:
     for address in f.addresses:  # else a cold run could pass on the last tool's server
         with socket.socket() as probe:
             probe.settimeout(1)
@@ -329,13 +376,28 @@ def _sessions_ended(f: Farm, timeout: float = 10.0) -> None:
 
 
 def droplets_cpu(f: Farm) -> float:
-    """CPU seconds of every session sshd has reaped so far (each sums its own reaped children)."""
+    """CPU seconds of every session sshd has reaped so far (each sums its own reaped children);
+    on machines, of everything each machine ran since it booted (its cgroup's count)."""
+    if f.machines is not None:
+        return sum(_cgroup_cpu(cgroup) for m in f.machines.machines.values() for cgroup in m.cgroups)
     total = 0
     assert f.sandbox.farm is not None
     for pid in f.sandbox.farm.pids:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         total += int(fields[13]) + int(fields[14])  # cutime, cstime
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def _cgroup_cpu(cgroup: Path) -> float:
+    """CPU seconds of a cgroup v2 and its descendants (0 for one of another hierarchy)."""
+    try:
+        for line in (cgroup / "cpu.stat").read_text().splitlines():
+            key, value = line.split()
+            if key == "usage_usec":
+                return int(value) / 1e6
+    except OSError:
+        pass
+    return 0.0
 
 
 def _descendants(pid: int) -> list[int]:
@@ -444,10 +506,15 @@ class Results:
         return statistics.median(getattr(s, what) for s in runs) if runs else None
 
 
+def column(tool: Tool, f: Farm) -> str:
+    """The table's column for ``tool`` on the farm ``f``: the tool's name, and the kind of droplets if not light."""
+    return f"{tool.name} (machines)" if f.machines is not None else tool.name
+
+
 def run_once(tool: Tool, f: Farm, case: str, delayed: bool, results: Results, work: Path) -> None:
     run_dir = Path(tempfile.mkdtemp(prefix=f"{tool.name}-", dir=work))
     rtt = f.rtt_ms if delayed else 0
-    label = f"{tool.name:8} {case:4} N={len(f.names):<3} rtt={rtt:g} ms"
+    label = f"{column(tool, f):8} {case:4} N={len(f.names):<3} rtt={rtt:g} ms"
     before = droplets_cpu(f)
     try:
         sample = measure(tool.command(f, run_dir, delayed), run_dir / "output.txt", run_dir)
@@ -463,7 +530,7 @@ def run_once(tool: Tool, f: Farm, case: str, delayed: bool, results: Results, wo
         f"  {label}  {sample.wall:7.2f} s  cpu {sample.cpu:6.2f} s  droplets' cpu {sample.droplets_cpu:6.2f} s"
         f"  rss {sample.rss_tree / 2**20:6.0f} MB"
     )
-    results.add(tool.name, case, len(f.names), rtt, sample)
+    results.add(column(tool, f), case, len(f.names), rtt, sample)
 
 
 def compare(tools: Sequence[Tool], n: int, repeat: int, rtt_ms: float, work: Path, results: Results) -> None:
@@ -491,6 +558,16 @@ def scale(tool: Tool, sizes: Sequence[int], repeat: int, rtt_ms: float, work: Pa
                 run_once(tool, f, "warm", False, results, work)
                 if rtt_ms:
                     run_once(tool, f, "warm", True, results, work)
+
+
+def on_machines(tool: Tool, n: int, repeat: int, work: Path, results: Results) -> None:
+    """One tool, cold and warm, on N sandbox machines (no delay: the light farm measures that)."""
+    log(f"farm of {n} machines, {tool.name} alone")
+    with farm(n, work / f"machines-{n}", 0, on_machines=True) as f:
+        for _ in range(repeat):
+            reset(f)
+            run_once(tool, f, "cold", False, results, work)
+            run_once(tool, f, "warm", False, results, work)
 
 
 def startup(poseidon: str, results: Results, runs: int = 21) -> None:
@@ -527,7 +604,7 @@ def _ratio(a: float | None, b: float | None) -> str:
 
 
 def table(results: Results, tools: Sequence[str], args: argparse.Namespace) -> str:
-    peers = [t for t in tools if t != "poseidon"] if "poseidon" in tools else []
+    peers = [t for t in tools if not t.startswith("poseidon")] if "poseidon" in tools else []
     head = ["case", "N", "RTT"] + list(tools) + [f"poseidon/{p}" for p in peers]
     head += [f"peak RSS {t}" for t in tools]
     rows = []
@@ -668,7 +745,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="one repetition, no other sizes")
     parser.add_argument("--startup-runs", type=int, default=21, help="runs of each start-up command (default 21)")
     parser.add_argument("--json", type=Path, help="also write every run's figures here")
+    parser.add_argument(
+        "--sandbox",
+        choices=("light", "machines"),
+        default="light",
+        help="machines: also poseidon cold and warm on N sandbox machines (needs root; default light only)",
+    )
     args = parser.parse_args(argv)
+    if args.sandbox == "machines":
+        if "poseidon" not in args.tools.split(","):
+            parser.error("--sandbox machines measures poseidon: --tools must name it")
+        reason = machines.unavailable()
+        if reason:
+            parser.error(f"--sandbox machines: {reason}")
     if args.quick:
         args.repeat, args.scale = 1, []
     # The tools run in folders of their own: a relative path (make passes one) must not move with them.
@@ -686,6 +775,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         compare(tools, args.n, args.repeat, args.rtt_ms, work, results)
         if "poseidon" in names and args.scale:
             scale(tools[names.index("poseidon")], args.scale, args.repeat, args.rtt_ms, work, results)
+        if args.sandbox == "machines":
+            on_machines(tools[names.index("poseidon")], args.n, args.repeat, work, results)
+            names.append("poseidon (machines)")
     if "poseidon" in names:
         startup(args.poseidon, results, args.startup_runs)
     print(f"\nmachine: {_machine()}")
