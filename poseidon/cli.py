@@ -102,7 +102,9 @@ def _parser() -> argparse.ArgumentParser:
     destroy.add_argument("--check", action="store_true", help="only list what would be deleted")
     destroy.add_argument("--json", action="store_true", help="print what was (or would be) deleted as JSON")
 
-    status = commands.add_parser("status", help="the processes a playbook's nohup steps manage: alive or dead")
+    status = commands.add_parser(
+        "status", help="the processes a playbook's nohup and service steps manage: alive or dead"
+    )
     status.add_argument("playbook")
     status.add_argument("--sandbox", action="store_true", help="look at the playbook's kept sandbox")
     status.add_argument("--json", action="store_true")
@@ -394,6 +396,8 @@ def _apply(args: argparse.Namespace) -> int:
         raise errors.UsageError(
             f"{plan.path}: {', '.join(changed)} differ(s) from the value(s) this plan was made with: plan again"
         )
+    if plan is not None and (changed := plan.file_changes(playbook.attachments.digests())):
+        raise errors.UsageError(f"{plan.path}: {', '.join(changed)} changed since this plan was made: plan again")
     mode: Literal["apply", "check"] = "check" if args.command == "plan" or args.check else "apply"
     start_at = _step_index(playbook, args.start_at) if args.start_at is not None else 0
     if args.report:
@@ -658,15 +662,19 @@ def _check_writable(path: str) -> None:
         raise errors.UsageError(f"--report {path}: Permission denied (its folder {folder})")
 
 
-def _environment_read(path: str) -> dict[str, str | None]:
-    """The environment variables the playbook at ``path`` reads with ``${env:…}``, and their values now."""
-    names = _load(path).env_names()
-    return {name: os.environ.get(name) for name in names}
+def _write_plan(target: str, result: Any, path: str, sandbox: bool) -> None:
+    """The plan file: with the environment variables the playbook reads (``${env:…}``) and their
+    values now, and the digests of the files its ``file:`` steps take."""
+    from poseidon import planfile
+
+    playbook = _load(path)
+    environ = {name: os.environ.get(name) for name in playbook.env_names()}
+    planfile.write(target, result, path, environ, sandbox=sandbox, attached=playbook.attachments.digests())
 
 
 def _write_records(args: argparse.Namespace, result: Any, reporter: Reporter) -> bool:
     """The plan file, the report file and folder; say what could not be written (a full disk). True if any."""
-    from poseidon import files, planfile
+    from poseidon import files
     from poseidon.report import to_json, write_report_dir
 
     failed = False
@@ -679,9 +687,7 @@ def _write_records(args: argparse.Namespace, result: Any, reporter: Reporter) ->
         (
             "--out",
             getattr(args, "out", None),
-            lambda target: planfile.write(
-                target, result, args.playbook, _environment_read(args.playbook), sandbox=bool(args.sandbox)
-            ),
+            lambda target: _write_plan(target, result, args.playbook, bool(args.sandbox)),
         ),
         ("--report", args.report, lambda target: files.write(target, to_json(result) + "\n")),
         ("--report-dir", args.report_dir, lambda target: write_report_dir(result, target)),

@@ -367,14 +367,14 @@ def _before_the_start(step: spec.Step, resuming: bool) -> spec.Step | None:
     """What a step before --start-at or the --resume point still runs as; ``None``: it is skipped.
 
     ``chdir`` runs: it changes nothing, and later paths depend on it. On
-    --resume, a ``nohup`` runs as one that does not restart: the process it
+    --resume, a ``nohup`` or ``service`` runs as one that does not restart: the process it
     started may have died since (the droplet rebooted) and starts again; a
     running one is left alone unless what it runs changed (``restart: always``
     counts as ``on-change`` there).
     """
     if step.kind == "chdir":
         return step
-    if resuming and isinstance(step, spec.NohupStep):
+    if resuming and isinstance(step, (spec.NohupStep, spec.ServiceStep)):
         return step.model_copy(update={"restart": "on-change"}) if step.restart == "always" else step
     return None
 
@@ -400,7 +400,17 @@ def _run_steps(ssh: SSHClient, run: DropletRun, values: dict[str, str], ctx: _Co
         step = spec.expand(kept, values)
         ctx.doing(run.name, f"step {index + 1} ({ctx.label(index)})")
         try:
-            outcome = ssh.run_step(step, mode=ctx.mode, secrets=ctx.secrets, values=values)
+            content = _file_content(step, playbook, values)
+        except (spec.AttachmentError, KeyError) as exc:
+            why = f"no value for ${{{exc.args[0]}}}" if isinstance(exc, KeyError) else str(exc)
+            unusable = StepResult(
+                index, step.kind, ctx.label(index), "failed", stderr=mask(f"poseidon: {why}"), exited=2
+            )
+            run.steps.append(unusable)
+            ctx.report(run.name, unusable)
+            return True
+        try:
+            outcome = ssh.run_step(step, mode=ctx.mode, secrets=ctx.secrets, values=values, content=content)
         except SSHError as exc:
             if ctx.aborted.is_set():  # a second Ctrl-C closed the connection
                 lost = StepResult(index, step.kind, ctx.label(index), "failed", reason=ABORTED, exited=-1)
@@ -448,13 +458,20 @@ def _run_steps(ssh: SSHClient, run: DropletRun, values: dict[str, str], ctx: _Co
     return True
 
 
+def _file_content(step: spec.Step, playbook: spec.Playbook, values: dict[str, str]) -> bytes | None:
+    """What a ``file`` step writes (its template substituted for this droplet); ``None`` for other steps."""
+    return spec.file_content(step, playbook.attachments, values) if isinstance(step, spec.FileStep) else None
+
+
 def _would_change_before(run: DropletRun) -> bool:
     return any(s.status == "would-change" for s in run.steps)
 
 
 def _restarts_after(step: spec.Step, run: DropletRun) -> bool:
-    """Whether ``step`` is a nohup that an earlier step's coming change would restart."""
-    return isinstance(step, spec.NohupStep) and step.restart == "on-change" and _would_change_before(run)
+    """Whether ``step`` is a nohup or a service that an earlier step's coming change would restart."""
+    if not isinstance(step, (spec.NohupStep, spec.ServiceStep)):
+        return False
+    return step.restart == "on-change" and _would_change_before(run)
 
 
 def _predict_rest(run: DropletRun, ctx: _Context) -> None:

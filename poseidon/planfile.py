@@ -1,10 +1,10 @@
 """Plan files: what ``poseidon plan --out`` saw, so that ``apply plan.json`` acts on exactly that.
 
 A plan records the playbook (its path relative to the plan file and a hash
-of its text), how every droplet name resolved (id and public IPv4), a salted
+of its text, and of each file its ``file:`` steps take), how every droplet name resolved (id and public IPv4), a salted
 digest of each environment value the playbook reads (``${env:NAME}``) and
 what each step was predicted to do. Applying a plan refuses when the
-playbook changed since, when a name now resolves differently (a droplet
+playbook or one of those files changed since, when a name now resolves differently (a droplet
 renamed, recreated, added or duplicated between plan and apply), or when an
 environment value differs from the one planned with.
 """
@@ -44,6 +44,12 @@ class Plan:
     environment: dict[str, str | None] = field(default_factory=dict)
     #: Made on the playbook's kept sandbox (``plan --sandbox``): applied there too.
     sandbox: bool = False
+    #: The SHA-256 of each file the playbook's ``file:`` steps take, by its path as written.
+    files: dict[str, str] = field(default_factory=dict)
+
+    def file_changes(self, now: Mapping[str, str]) -> list[str]:
+        """The files (``src:``, ``template:``) whose digest ``now`` differs from the planned one, by path."""
+        return [written for written, digest in sorted(self.files.items()) if now.get(written) != digest]
 
     def environment_changes(self, environ: Mapping[str, str]) -> list[str]:
         """The variables whose value in ``environ`` is not the one planned with, by name."""
@@ -77,11 +83,13 @@ def write(
     environ: Mapping[str, str | None] | None = None,
     *,
     sandbox: bool = False,
+    attached: Mapping[str, str] | None = None,
 ) -> None:
     """Record ``result`` (a plan's) for ``apply``; the playbook path is kept relative to the plan file.
 
     ``environ`` holds the environment variables the playbook reads and their
     values then (``None``: unset): the plan keeps a salted digest of each.
+    ``attached`` holds the digests of the files its ``file:`` steps take.
     """
     target = Path(out)
     salt = secrets.token_hex(16)
@@ -91,6 +99,7 @@ def write(
         "sha256": _digest(Path(playbook)),
         "droplets": {d.name: {"id": d.id, "ip_address": d.ip_address} for d in result.droplets},
         "sandbox": sandbox,
+        "files": dict(attached or {}),
         "environment": {
             "salt": salt,
             "digests": {name: _env_digest(salt, value) for name, value in sorted((environ or {}).items())},
@@ -122,10 +131,11 @@ def read(path: str) -> Plan:
         sandbox = document.get("sandbox", False)
         if not isinstance(sandbox, bool):
             raise ValueError("'sandbox' is true or false")
+        attached = {str(name): str(digest) for name, digest in (document.get("files") or {}).items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UsageError(f"{path}: cannot read this plan: {exc}") from exc
     if not playbook.is_file():
         raise UsageError(f"{path}: its playbook {playbook} is gone")
     if _digest(playbook) != recorded:
         raise UsageError(f"{path}: {playbook.name} changed since this plan was made: plan again")
-    return Plan(source, playbook, recorded, droplets, salt, digests, sandbox)
+    return Plan(source, playbook, recorded, droplets, salt, digests, sandbox, attached)

@@ -192,7 +192,7 @@ class Reporter:
         from rich.text import Text
 
         if not found:
-            self.message("the playbook's nohup steps manage no process")
+            self.message("the playbook's nohup and service steps manage no process")
             return
         table = Table(box=self._box())
         for column in ("droplet", "process", "state", "pid", "uptime"):
@@ -203,7 +203,8 @@ class Reporter:
             shown = f"{p.state}, {len(p.leftover)} left running" if p.leftover else p.state
             state = Text(shown, style="green" if p.state == "alive" else "bold red")
             last = p.log_tail.strip().splitlines()[-1:] or [""]
-            cells = (p.droplet, p.name, state, str(p.pid or "-"), p.uptime or "-", p.directory, last[0])
+            name = f"{p.name} (service)" if p.kind == "service" else p.name
+            cells = (p.droplet, name, state, str(p.pid or "-"), p.uptime or "-", p.directory, last[0])
             table.add_row(*map(_plain, cells))
         self.console.print(table)
 

@@ -167,7 +167,7 @@ def _records(frame: Any) -> list[dict[str, Any]] | None:
 
 @dataclass
 class ProcessStatus:
-    """A process a ``nohup`` step manages, as ``poseidon status`` found it."""
+    """A process a ``nohup`` or ``service`` step manages, as ``poseidon status`` found it."""
 
     droplet: str
     name: str
@@ -178,11 +178,14 @@ class ProcessStatus:
     directory: str = ""
     #: Processes of a dead one that still run (it was killed alone): the next apply stops them.
     leftover: list[int] = field(default_factory=list)
+    #: The step that manages it: ``nohup`` (its log's tail), or ``service`` (its journal's).
+    kind: str = "nohup"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "droplet": self.droplet,
             "name": self.name,
+            "kind": self.kind,
             "state": self.state,
             "pid": self.pid,
             "leftover_pids": self.leftover,

@@ -31,8 +31,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from poseidon import hostkeys, steps
-from poseidon.errors import CommandError, SSHConnectError, SSHError, SSHUnresponsiveError
+from poseidon import hostkeys, spec, steps
+from poseidon.errors import CommandError, SSHConnectError, SSHError, SSHUnresponsiveError, UsageError
 from poseidon.masker import Masker
 from poseidon.session import OUTPUT_KEPT, CommandResult, LockAnswer, Session, Unanswered
 from poseidon.shell import BindError
@@ -459,6 +459,7 @@ class SSHClient:
         mode: steps.Mode = "apply",
         secrets: dict[str, str] | None = None,
         values: Mapping[str, str] | None = None,
+        content: bytes | None = None,
     ) -> StepOutcome:
         """Check and (in ``apply`` mode) apply one playbook step in one round trip.
 
@@ -468,15 +469,22 @@ class SSHClient:
 
         A ``nohup`` step restarts when a step run before it on this client
         (or passed over with :meth:`pass_step`) changed the droplet since the
-        process started.
+        process started. ``content`` is what a ``file`` step writes.
         """
+        if content is None and isinstance(step, spec.FileStep):  # src: and template: from the current folder
+            content = spec.file_content(step, spec.Attachments(os.getcwd()), values or {})
         mark = steps.change_mark(step, self.user) if steps.marks_change(step) else None
         ctx = steps.StepContext(
-            user=self.user, values=values, address=self.host, mark=mark, inputs=tuple(sorted(set(self._marks) - {mark}))
+            user=self.user,
+            values=values,
+            address=self.host,
+            mark=mark,
+            inputs=tuple(sorted(set(self._marks) - {mark})),
+            cwd=self.cwd,
         )
         started = time.monotonic()
         try:
-            script = steps.script_for(step, ctx, secrets=secrets)
+            script = steps.script_for(step, ctx, secrets=secrets, content=content)
         except BindError as exc:
             return StepOutcome("failed", "", f"poseidon: {exc}", 2, 0.0)
         rendered = steps.render(
@@ -538,6 +546,39 @@ class SSHClient:
     def nohup(self, cmd: str, raise_on_error: bool = True, **options: Any) -> StepOutcome:
         """Start ``cmd`` detached, with a log and a pid file; nothing to do while it still runs."""
         return self._step("nohup", raise_on_error, cmd=cmd, **options)
+
+    def file(
+        self,
+        path: str,
+        content: str | None = None,
+        *,
+        src: str | None = None,
+        template: str | None = None,
+        values: Mapping[str, str] | None = None,
+        raise_on_error: bool = True,
+        **options: Any,
+    ) -> StepOutcome:
+        """Put ``content``, a local file ``src`` (byte for byte) or a local ``template`` (its
+        ``${name}`` from ``values``) at ``path`` on the droplet, atomically; ``mode``, ``owner``
+        and ``group`` as options. Nothing to do when it is already so."""
+        given = {"content": content, "src": src, "template": template}
+        step = steps.build("file", path=path, **{k: v for k, v in given.items() if v is not None}, **options)
+        assert isinstance(step, spec.FileStep)
+        try:
+            data = spec.file_content(step, spec.Attachments(os.getcwd()), values or {})
+        except spec.AttachmentError as exc:
+            raise UsageError(str(exc)) from None
+        except KeyError as exc:
+            raise UsageError(f"{template}: ${{{exc.args[0]}}} has no value in values=") from None
+        outcome = self.run_step(step, values=values, content=data)
+        if raise_on_error and not outcome.ok:
+            raise CommandError("file", outcome.exited, outcome.stdout, outcome.stderr)
+        return outcome
+
+    def service(self, name: str, cmd: str, raise_on_error: bool = True, **options: Any) -> StepOutcome:
+        """Run ``cmd`` as the systemd service ``poseidon-<name>``: written, enabled at boot and
+        started; restarted when it changed (``restart``, ``ready``, ``user``, ``env`` as options)."""
+        return self._step("service", raise_on_error, name=name, cmd=cmd, **options)
 
     def apt(self, packages: str | list[str], raise_on_error: bool = True, **options: Any) -> StepOutcome:
         """``apt-get install -y`` the packages that are missing."""

@@ -1,7 +1,7 @@
-"""``poseidon status``: the processes a playbook's ``nohup`` steps manage, on every droplet.
+"""``poseidon status``: the processes a playbook's ``nohup`` and ``service`` steps manage, on every droplet.
 
 Changes nothing: ``chdir`` steps are followed (they only check), every other
-step but ``nohup`` is passed over. Connects as a run does (:func:`poseidon.targets.connect`)
+step but ``nohup`` and ``service`` is passed over. Connects as a run does (:func:`poseidon.targets.connect`)
 and masks what a run masks (:mod:`poseidon.variables`).
 """
 
@@ -26,10 +26,11 @@ def status(
     client: api.Client | None = None,
     forks: int = 20,
 ) -> list[ProcessStatus]:
-    """The processes the playbook's ``nohup`` steps manage, on every droplet: alive or dead, pid, uptime, log.
+    """The processes the playbook's ``nohup`` and ``service`` steps manage, on every droplet: alive
+    or dead, pid, uptime, the end of the log (a service's journal).
 
     Changes nothing: ``chdir`` steps are followed (they only check), every
-    other step but ``nohup`` is passed over.
+    other step but ``nohup`` and ``service`` is passed over.
     """
     settings = (settings if settings is not None else Settings.from_environ()).check_login()
     environ = variables.environment(playbook)
@@ -49,38 +50,48 @@ def status(
 def _droplet_status(
     target: Target, playbook: spec.Playbook, environ: dict[str, str], settings: Settings
 ) -> list[ProcessStatus]:
-    nohups = [s for s in playbook.steps if isinstance(s, spec.NohupStep)]
+    managed = [s for s in playbook.steps if isinstance(s, (spec.NohupStep, spec.ServiceStep))]
     assert target.droplet is not None
     values = spec.substitutions(playbook, droplet=target.droplet, environ=environ)
     found: list[ProcessStatus] = []
     try:
         with connect(target, settings) as ssh:
             for raw in playbook.steps:
+                if not isinstance(raw, (spec.ChdirStep, spec.NohupStep, spec.ServiceStep)):
+                    continue  # passed over: never substituted, so its values cannot fail the status
                 step = spec.expand(raw, values)
                 if isinstance(step, spec.ChdirStep):
                     if ssh.run_step(step, mode="check").status == "failed":
                         break  # later steps' directories do not exist yet
-                elif isinstance(step, spec.NohupStep):
+                elif isinstance(step, (spec.NohupStep, spec.ServiceStep)):
                     found.append(_process_status(ssh, target.name, step))
     except PoseidonError as exc:
         state = "unreachable" if isinstance(exc, SSHError) else "unknown"
-        return [ProcessStatus(target.name, s.process_name(), state, log_tail=str(exc)) for s in nohups]
-    seen = {p.name for p in found}
-    found += [ProcessStatus(target.name, s.process_name(), "dead") for s in nohups if s.process_name() not in seen]
+        return [ProcessStatus(target.name, _name(s), state, log_tail=str(exc), kind=s.kind) for s in managed]
+    seen = {(p.kind, p.name) for p in found}
+    found += [
+        ProcessStatus(target.name, _name(s), "dead", kind=s.kind) for s in managed if (s.kind, _name(s)) not in seen
+    ]
     return found
 
 
-def _process_status(ssh: SSHClient, droplet: str, step: spec.NohupStep) -> ProcessStatus:
-    result = ssh.run(steps.nohup_status(step), title=f"status {step.process_name()}")
+def _name(step: spec.NohupStep | spec.ServiceStep) -> str:
+    return step.name if isinstance(step, spec.ServiceStep) else step.process_name()
+
+
+def _process_status(ssh: SSHClient, droplet: str, step: spec.NohupStep | spec.ServiceStep) -> ProcessStatus:
+    command = steps.service_status(step) if isinstance(step, spec.ServiceStep) else steps.nohup_status(step)
+    result = ssh.run(command, title=f"status {_name(step)}")
     first, _, tail = result.stdout.partition("\n")
     state, pid, uptime, leftover = (first.split("\t") + ["", "", "", ""])[:4]
     return ProcessStatus(
         droplet,
-        step.process_name(),
+        _name(step),
         state or "unknown",
         int(pid) if pid.isdecimal() and state == "alive" else None,
         "" if uptime == "-" else uptime,
         tail.rstrip("\n"),
         ssh.cwd or "~",
         [int(p) for p in leftover.split() if p.isdecimal()],
+        step.kind,
     )

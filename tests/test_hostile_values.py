@@ -52,6 +52,11 @@ FIELDS = [
     ("run", "env_name", {"cmd": "true"}, False),
     ("run", "name", {"cmd": "true"}, True),
     ("git", "token_env", {"repo": "changhiskhan/test", "dest": "hostile-token"}, False),
+    ("file", "path", {"content": "arrived\n"}, True),
+    ("file", "content", {"path": "hostile-content"}, True),
+    ("file", "owner", {"path": "hostile-owner", "content": "x"}, False),
+    ("file", "group", {"path": "hostile-group", "content": "x"}, False),
+    ("file", "mode", {"path": "hostile-mode", "content": "x"}, False),
 ]
 
 _counter = itertools.count()
@@ -116,6 +121,10 @@ def _assert_arrived(kind: str, field: str, value: str, step: Any, ssh: SSHClient
         assert outcome.reason == f"{value} exists"  # skipped for the file made there, run before it was
     elif (kind, field) == ("run", "env"):
         assert outcome.stdout == value.rstrip("\n")  # echo's newline and the value's own end the output
+    elif (kind, field) == ("file", "path"):
+        assert target.read_text() == "arrived\n"
+    elif (kind, field) == ("file", "content"):
+        assert (home / "hostile-content").read_text() == value
     elif (kind, field) == ("run", "name"):
         assert steps.describe(step) == value  # a label, shown as written: it reaches no command
     else:

@@ -25,6 +25,7 @@ from poseidon.sandbox import Sandbox, machines
 from poseidon.sandbox.machines import Machine
 from poseidon.settings import Settings
 from poseidon.ssh import SSHClient
+from support.sandboxes import machines_base
 
 TESTS = Path(__file__).parent
 
@@ -36,12 +37,7 @@ BOOT_PATIENCE = 60.0
 
 @pytest.fixture(scope="module")
 def base() -> Path:
-    reason = machines.unavailable()
-    if reason:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"machines cannot run on this CI machine: {reason}")
-        pytest.skip(reason)
-    return machines.build_base(machines.cache_folder())
+    return machines_base()
 
 
 @pytest.fixture(scope="module")

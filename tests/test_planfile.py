@@ -131,3 +131,24 @@ def test_a_plan_made_on_the_sandbox_is_applied_there_and_one_made_elsewhere_is_n
 def test_a_plan_made_against_the_api_refuses_the_sandbox(planned: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["apply", str(planned), "--sandbox"]) == 2
     assert "was made against the DigitalOcean API, not a sandbox" in capsys.readouterr().err
+
+
+@pytest.mark.sandbox
+def test_applying_a_plan_refuses_when_a_file_a_file_step_takes_changed_since(
+    tmp_path: Path, sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    playbook = tmp_path / "site.yaml"
+    playbook.write_text(
+        "version: 1\ndroplets: [alpha]\nsteps:\n  - file: {path: app.ini, template: app.tmpl}\n"
+        "report: {ps: false, top: false}\n"
+    )
+    (tmp_path / "app.tmpl").write_text("port = 5000\n")
+    assert main(["plan", str(playbook), "--out", str(tmp_path / "plan.json")]) == 0
+    assert set(json.loads((tmp_path / "plan.json").read_text())["files"]) == {"app.tmpl"}
+    (tmp_path / "app.tmpl").write_text("port = 5001\n")
+    assert main(["apply", str(tmp_path / "plan.json")]) == 2
+    assert "plan.json: app.tmpl changed since this plan was made: plan again" in capsys.readouterr().err
+    assert not (sandbox.home("alpha") / "app.ini").exists()
+    (tmp_path / "app.tmpl").write_text("port = 5000\n")
+    assert main(["apply", str(tmp_path / "plan.json")]) == 0
+    assert (sandbox.home("alpha") / "app.ini").read_text() == "port = 5000\n"

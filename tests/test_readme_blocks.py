@@ -89,7 +89,7 @@ _AROUND: dict[str, Any] = {
 
 
 @pytest.mark.parametrize("block", of_kind("yaml"), ids=str)
-def test_yaml_blocks_are_playbooks_or_parts_of_one(block: Block) -> None:
+def test_yaml_blocks_are_playbooks_or_parts_of_one(block: Block, tmp_path: Path) -> None:
     data = yaml.safe_load(block.text)
     if block.text.startswith("# .github/"):
         assert isinstance(data, dict)  # a CI workflow's part: YAML, not a playbook
@@ -97,7 +97,12 @@ def test_yaml_blocks_are_playbooks_or_parts_of_one(block: Block) -> None:
     if isinstance(data, list):  # steps
         data = {"steps": data}
     document = {**_AROUND, **data}
-    spec.loads(yaml.safe_dump(document, sort_keys=False), f"README.md:{block.line}")
+    for step in document["steps"]:  # the files a file: step takes from beside the playbook
+        body = step.get("file") if isinstance(step, dict) else None
+        for local in (body.get("src"), body.get("template")) if isinstance(body, dict) else ():
+            if local:
+                (tmp_path / local).write_text("port = 5000\n")
+    spec.loads(yaml.safe_dump(document, sort_keys=False), f"README.md:{block.line}", folder=tmp_path)
 
 
 def _environment(tmp_path: Path, wheels: Path) -> dict[str, str]:

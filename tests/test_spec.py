@@ -215,7 +215,7 @@ def test_version_must_be_the_integer_1() -> None:
 
 
 def test_an_unknown_step_kind_lists_the_known_kinds() -> None:
-    known = "known kinds: chdir, apt, git, pip, pip_r, nohup, run"
+    known = "known kinds: chdir, apt, git, pip, pip_r, nohup, run, file, service"
     assert problems(HEAD + "steps:\n  - shell: ls\n  - {apt: git, update: true}\n  - 5\n") == [
         f"site.yaml:4:5: steps[0]: unknown step kind 'shell': did you mean 'run'? ({known})",
         f"site.yaml:5:5: steps[1]: a step is a mapping with exactly one key, its kind "
@@ -314,7 +314,7 @@ def test_every_problem_is_reported_at_once() -> None:
         "(lowercase letters, digits, + . -; then optional :arch and =version)",
         "broken.yaml:11:7: steps[1].git.repo: Field required",
         "broken.yaml:12:5: steps[2]: unknown step kind 'shell': did you mean 'run'? "
-        "(known kinds: chdir, apt, git, pip, pip_r, nohup, run)",
+        "(known kinds: chdir, apt, git, pip, pip_r, nohup, run, file, service)",
         "broken.yaml:13:12: steps[3].chdir.path: undefined variable 'missing'",
         "broken.yaml:14:10: steps[4].run.cmd: Input should be a valid string",
     ]
@@ -677,7 +677,7 @@ def test_nohup_steps_name_their_process_and_log() -> None:
 # --- JSON Schema ---------------------------------------------------------------------------
 
 
-def test_json_schema_accepts_the_example_and_rejects_a_bad_one() -> None:
+def test_json_schema_accepts_the_example_and_rejects_a_bad_one(tmp_path: Path) -> None:
     schema = spec.json_schema()
     jsonschema.Draft202012Validator.check_schema(schema)
     validator = jsonschema.Draft202012Validator(schema)
@@ -688,7 +688,14 @@ def test_json_schema_accepts_the_example_and_rejects_a_bad_one() -> None:
     assert list(validator.iter_errors(example)) == []
     assert len(documented) >= len(spec.STEP_KINDS)
     assert list(validator.iter_errors({**example, "steps": documented})) == []
-    assert len(spec.loads(yaml.safe_dump({**example, "steps": documented})).steps) == len(documented)
+    for step in documented:  # the files the file: examples take from beside the playbook
+        body = step.get("file") or {}
+        for local in (body.get("src"), body.get("template")):
+            if local:
+                (tmp_path / local).parent.mkdir(parents=True, exist_ok=True)
+                (tmp_path / local).write_text("server_name ${droplet.name};\n")
+    loaded = spec.loads(yaml.safe_dump({**example, "steps": documented}), folder=tmp_path)
+    assert len(loaded.steps) == len(documented)
     for bad in (
         {**example, "steps": [{"shell": "ls"}]},
         {**example, "steps": [{"apt": "git", "run": "ls"}]},
@@ -719,10 +726,14 @@ def test_the_public_names_are_pinned() -> None:
             "MAX_VALUE_CHARS",
             "STEP_KINDS",
             "STEP_MODELS",
+            "MAX_FILE_BYTES",
             "AptStep",
+            "AttachmentError",
+            "Attachments",
             "ChdirStep",
             "CreateDroplet",
             "DropletRef",
+            "FileStep",
             "GitStep",
             "NamedDroplet",
             "NohupStep",
@@ -733,12 +744,14 @@ def test_the_public_names_are_pinned() -> None:
             "Report",
             "RunStep",
             "SecretVar",
+            "ServiceStep",
             "Source",
             "Step",
             "StepBase",
             "TaggedDroplets",
             "droplet_name_problem",
             "expand",
+            "file_content",
             "json_schema",
             "load",
             "loads",
@@ -839,7 +852,7 @@ def test_a_mistyped_kind_or_field_gets_the_one_meant() -> None:
     ) == [
         "site.yaml:3:76: droplets[0].create.tgas: not a field here: did you mean 'tags'?",
         "site.yaml:5:5: steps[0]: unknown step kind 'chdri': did you mean 'chdir'? "
-        "(known kinds: chdir, apt, git, pip, pip_r, nohup, run)",
+        "(known kinds: chdir, apt, git, pip, pip_r, nohup, run, file, service)",
         "site.yaml:6:21: steps[1].nohup.nmae: not a field here: did you mean 'name'?",
         "site.yaml:7:19: steps[2].run.chnages: not a field here: did you mean 'changes'?",
         "site.yaml:8:26: steps[3].git.tag: not a field of a git step: write 'ref'",

@@ -20,6 +20,7 @@ The modules, each importing only those above it::
     fields       field types and the checks of one value
     locations    where a value is: paths such as steps[3].apt, and Source
     models       the models of the parts: droplets, steps, secrets
+    attachments  the files file: steps take from beside the playbook (src:, template:)
     checks       the checks across fields, over plain data: duplicates, references, cycles
     playbook     the Playbook model, which raises what the checks find
     expansion    substitutions() and expand()
@@ -32,6 +33,8 @@ them from here.
 
 from __future__ import annotations
 
+from poseidon.spec.attachments import MAX_FILE_BYTES, AttachmentError, Attachments
+from poseidon.spec.attachments import content as file_content
 from poseidon.spec.checks import process_conflicts
 from poseidon.spec.expansion import expand, substitutions
 from poseidon.spec.fields import droplet_name_problem
@@ -43,6 +46,7 @@ from poseidon.spec.models import (
     ChdirStep,
     CreateDroplet,
     DropletRef,
+    FileStep,
     GitStep,
     NamedDroplet,
     NohupStep,
@@ -52,6 +56,7 @@ from poseidon.spec.models import (
     Report,
     RunStep,
     SecretVar,
+    ServiceStep,
     Step,
     StepBase,
     TaggedDroplets,
@@ -67,15 +72,19 @@ from poseidon.spec.source import MAX_PLAYBOOK_BYTES, load, loads
 
 __all__ = [
     "DROPLET_ATTRIBUTES",
+    "MAX_FILE_BYTES",
     "MAX_PLAYBOOK_BYTES",
     "MAX_VALUE_CHARS",
     "STEP_KINDS",
     "STEP_MODELS",
     "SecretVar",
     "AptStep",
+    "AttachmentError",
+    "Attachments",
     "ChdirStep",
     "CreateDroplet",
     "DropletRef",
+    "FileStep",
     "GitStep",
     "NamedDroplet",
     "NohupStep",
@@ -85,12 +94,14 @@ __all__ = [
     "ReadyCheck",
     "Report",
     "RunStep",
+    "ServiceStep",
     "Source",
     "Step",
     "StepBase",
     "TaggedDroplets",
     "droplet_name_problem",
     "expand",
+    "file_content",
     "json_schema",
     "load",
     "loads",

@@ -33,18 +33,24 @@ ERROR_TYPE = "poseidon_playbook"
 def problems(playbook: Mapping[Any, Any], cite: Cite = render) -> list[Finding]:
     """Every problem across the fields of ``playbook``: droplets or DNS records selected twice,
     variables that refer to nothing or to each other in a cycle, step values whose references
-    resolve to nothing, two nohup steps managing one process."""
+    resolve to nothing, two nohup steps managing one process, two service steps of one unit."""
     droplets, variables, steps = (playbook.get(key) for key in ("droplets", "vars", "steps"))
     droplets = droplets if isinstance(droplets, list) else []
     variables = variables if isinstance(variables, dict) else {}
     steps = steps if isinstance(steps, list) else []
     names = {name for name in variables if isinstance(name, str)}
     named = [(index, name) for index, step in enumerate(steps) if (name := _process_name(step))]
+    services = [
+        (index, step["name"])
+        for index, step in enumerate(steps)
+        if _is_step(step) and step["kind"] == "service" and isinstance(step.get("name"), str)
+    ]
     return [
         *_duplicate_droplets(droplets, cite),
         *_var_problems(variables),
         *_step_reference_problems(steps, names),
         *_duplicate_processes(named),
+        *_duplicate_services(services),
     ]
 
 
@@ -171,6 +177,20 @@ def process_conflicts(steps: Iterable[tuple[int, NohupStep]]) -> list[str]:
     names made of values (``name: "${app}"``), once they are substituted."""
     named = [(index, step.process_name()) for index, step in steps]
     return [f"{render(where)}: {message}" for where, message in _duplicate_processes(named)]
+
+
+def _duplicate_services(named: Iterable[tuple[int, str]]) -> Iterator[Finding]:
+    """``(("steps", i), message)`` for each service step that names an earlier one's unit."""
+    first: dict[str, int] = {}
+    for index, name in named:
+        if name in first:
+            yield (
+                ("steps", index),
+                f"service {name!r} is already run by steps[{first[name]}]: two service steps would fight"
+                " over its unit; give one another name:",
+            )
+        else:
+            first[name] = index
 
 
 def _duplicate_processes(named: Iterable[tuple[int, str]]) -> Iterator[Finding]:

@@ -180,6 +180,24 @@ def _git_ref(value: str, seen: str) -> None:
 #: A nohup step's name also names its pid and log files, so it must be a plain word.
 process_name = _matching(_LABEL_RE, "a process name (letters, digits, _ . -)")
 
+_MODE_RE = re.compile(r"0?[0-7]{3}|[0-7]{4}")
+
+
+def _file_mode(value: object) -> object:
+    """A file's mode is written as text (``"0644"``): YAML reads an unquoted ``0644`` as the
+    number 420 and ``644`` as six hundred and forty-four, neither of which is the mode meant."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        fail(
+            f"write the mode in quotes, such as '0644': unquoted, YAML reads it as the number {value}, which is no mode"
+        )
+    return value
+
+
+def _mode_digits(value: str, seen: str) -> None:
+    _line(value)
+    if not _MODE_RE.fullmatch(value):
+        fail(f"{value!r} is not a file mode: three or four octal digits, such as '0644' or '0600'")
+
 
 def _identifier(value: str) -> str:
     if not IDENT_RE.fullmatch(value):
@@ -251,6 +269,19 @@ Port = Annotated[
     Field(ge=1, le=65535, description="SSH port; default 22 (or POSEIDON_SSH_PORT)."),
 ]
 
+
+FileMode = Annotated[
+    str,
+    BeforeValidator(_file_mode),
+    _literal(_mode_digits),
+    WithJsonSchema({"type": "string", "pattern": "^(0?[0-7]{3}|[0-7]{4})$"}),
+]
+#: A user or group on the droplet, by name or number (``chown``'s own words).
+Owner = Annotated[str, _checked(_matching(re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\$?"), "a user or group name"))]
+#: A service's name, which names its systemd unit: never substituted, so its unit stays the same.
+ServiceName = Annotated[str, _literal(_matching(_LABEL_RE, "a service name (letters, digits, _ . -)"))]
+#: A local file beside the playbook: its path as written, never substituted (validate reads it).
+LocalPath = Annotated[str, _literal(_path)]
 
 Slug = Annotated[str, _literal(_matching(re.compile(r"[a-z0-9][a-z0-9.-]*"), "a slug (a-z, 0-9, . and -)"))]
 DropletName = Annotated[str, _literal(_matching(_DROPLET_NAME_RE, "a droplet name (letters, digits, . and -)"))]

@@ -42,17 +42,21 @@ from poseidon.spec.fields import (
     DropletName,
     DropletTag,
     EnvName,
+    FileMode,
     GitRef,
     Host,
     HttpUrl,
     Identifier,
     Line,
+    LocalPath,
+    Owner,
     PathText,
     PipRequirements,
     PlainValue,
     Port,
     RecordName,
     Repository,
+    ServiceName,
     Slug,
     Text,
     User,
@@ -184,6 +188,8 @@ class StepBase(Model):
 
     primary: ClassVar[str]
     """The field a short form (``kind: value``) fills."""
+    long_only: ClassVar[str] = ""
+    """For a kind with no short form (one value cannot make it), how its mapping begins."""
     shell_fields: ClassVar[frozenset[str]] = frozenset()
     """The fields (dotted paths) that hold shell the user wrote: their references are bound, not pasted."""
 
@@ -445,6 +451,90 @@ class RunStep(StepBase):
     )
 
 
+class FileStep(StepBase):
+    """Put content at a path on the droplet: written whole, atomically, with its mode and owner;
+    ok when content, mode and owner already match."""
+
+    model_config = _examples(
+        {"kind": "file", "path": "app.ini", "content": "name = ${droplet.name}\n", "mode": "0640"},
+        {"kind": "file", "path": "/etc/nginx/sites-enabled/app", "template": "nginx.conf", "owner": "root"},
+        {"kind": "file", "path": "static/logo.png", "src": "files/logo.png"},
+    )
+    primary: ClassVar[str] = "path"
+    long_only: ClassVar[str] = "file: {path: ..., content: ...}"
+
+    kind: Literal["file"] = Field(default="file", description="The step's kind.")
+    path: PathText = Field(description="The file on the droplet, relative to the working directory; `~` is home.")
+    content: Text | None = Field(default=None, description="The file's text, with ${...} substituted.")
+    src: LocalPath | None = Field(
+        default=None, description="A file beside the playbook, copied byte for byte (binary files too)."
+    )
+    template: LocalPath | None = Field(
+        default=None, description="A text file beside the playbook whose ${...} are substituted as in steps."
+    )
+    mode: FileMode | None = Field(
+        default=None, description="Octal mode, quoted ('0644'); default: 0644 for a new file, kept for an existing one."
+    )
+    owner: Owner | None = Field(default=None, description="Owner (name or number); default: kept, or the login user.")
+    group: Owner | None = Field(default=None, description="Group (name or number); default: kept, or the login user's.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> FileStep:
+        given = [name for name in ("content", "src", "template") if getattr(self, name) is not None]
+        if not given:
+            fail("file needs what to write besides its path: content:, src: or template:")
+        if len(given) > 1:
+            fail(f"file takes exactly one of content:, src: or template: (found {', '.join(given)})")
+        return self
+
+    def needs_root(self) -> bool:
+        """Whether writing it takes root: an owner or group is set (only root gives files away)."""
+        return self.owner is not None or self.group is not None
+
+
+class ServiceStep(StepBase):
+    """Run a command as a systemd service poseidon writes, enables at boot and starts: a
+    ``nohup`` that survives reboots. Restarts and readiness as for ``nohup``."""
+
+    model_config = _examples(
+        {"kind": "service", "name": "web", "cmd": ".venv/bin/python app.py", "ready": {"port": 5000}},
+        {"kind": "service", "name": "worker", "cmd": "./worker --queue jobs", "user": "app", "restart": "always"},
+    )
+    primary: ClassVar[str] = "cmd"
+    long_only: ClassVar[str] = "service: {name: ..., cmd: ...}"
+    shell_fields: ClassVar[frozenset[str]] = frozenset({"cmd", "ready.cmd"})
+
+    kind: Literal["service"] = Field(default="service", description="The step's kind.")
+    name: ServiceName = Field(  # required here, where other steps make it optional
+        max_length=64, description="The service's name: its unit is poseidon-<name>.service."
+    )
+    cmd: Command = Field(description="The shell command the service runs, in the working directory of the step.")
+    user: User = Field(default=None, description="The user the service runs as; default: the user poseidon logs in as.")
+    restart: Annotated[
+        Literal["on-change", "always", "never"],
+        WithJsonSchema({"enum": ["on-change", "always", "never"]}),
+    ] = Field(
+        default="on-change",
+        description=(
+            "on-change: restart when its command, env, user or directory changed, or an earlier step on the"
+            " droplet changed; always: on every apply; never: only start it when it is not running."
+        ),
+    )
+    ready: ReadyCheck | None = Field(
+        default=None, description="Wait until it is ready (a port, a URL, a command), or fail with its journal."
+    )
+    grace: float = Field(
+        default=1.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="Without ready: seconds to wait after starting before checking it still runs.",
+    )
+
+    def unit(self) -> str:
+        """The systemd unit's name: ``poseidon-<name>.service``."""
+        return f"poseidon-{self.name}.service"
+
+
 STEP_MODELS: dict[str, type[StepBase]] = {
     "chdir": ChdirStep,
     "apt": AptStep,
@@ -453,6 +543,8 @@ STEP_MODELS: dict[str, type[StepBase]] = {
     "pip_r": PipRStep,
     "nohup": NohupStep,
     "run": RunStep,
+    "file": FileStep,
+    "service": ServiceStep,
 }
 STEP_KINDS: tuple[str, ...] = tuple(STEP_MODELS)
 
@@ -466,6 +558,9 @@ _KIND_HABITS = {
     "cd": "chdir",
     "apt_get": "apt",
     "package": "apt",
+    "copy": "file",
+    "template": "file",
+    "systemd": "service",
 }
 
 
@@ -493,6 +588,8 @@ def written_step(value: object) -> tuple[dict[str, Any] | None, str | None]:
             hint = ' (write "~" in quotes for the home directory)' if kind == "chdir" else ""
             return None, f"{kind} needs a value{hint}"
         if not isinstance(body, dict):
+            if model.long_only:
+                return None, f"{kind} takes a mapping of options: {model.long_only}"
             return {"kind": kind, model.primary: body}, None
         fields = {"kind": kind, **{key: item for key, item in body.items() if key != "kind"}}
         if "kind" in body:
@@ -521,7 +618,7 @@ def _step_form(value: Any) -> Any:
 
 
 Step = Annotated[
-    ChdirStep | AptStep | GitStep | PipStep | PipRStep | NohupStep | RunStep,
+    ChdirStep | AptStep | GitStep | PipStep | PipRStep | NohupStep | RunStep | FileStep | ServiceStep,
     Field(discriminator="kind"),
     BeforeValidator(_step_form),
 ]

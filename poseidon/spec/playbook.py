@@ -14,12 +14,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from poseidon.spec import checks
+from poseidon.spec.attachments import AttachmentError, Attachments
 from poseidon.spec.fields import Identifier, Line, fail
 from poseidon.spec.locations import step_strings
-from poseidon.spec.models import DropletRef, Model, NamedDroplet, Report, SecretVar, Step, VarValue
+from poseidon.spec.models import DropletRef, FileStep, Model, NamedDroplet, Report, SecretVar, Step, VarValue
 from poseidon.spec.references import to_text, tokens
 
 
@@ -41,6 +42,28 @@ class Playbook(Model):
         description="What to do, in order, on every droplet: one-key mappings {kind: ...}.",
     )
     report: Report = Field(default_factory=Report, description="Snapshots taken after the steps.")
+
+    #: The files beside the playbook its ``file:`` steps take (``load()`` sets their folder: the playbook's).
+    _attachments: Attachments | None = PrivateAttr(default=None)
+
+    @property
+    def attachments(self) -> Attachments:
+        """The files ``src:`` and ``template:`` name, read once each; relative to the playbook's
+        folder, or to the current directory for a playbook that was not read from a file."""
+        if self._attachments is None:
+            self._attachments = Attachments(Path.cwd())
+        return self._attachments
+
+    def templates(self) -> list[str]:
+        """The text of every template the steps use that can be read (a problem with one is ``load()``'s to say)."""
+        found = []
+        for step in self.steps:
+            if isinstance(step, FileStep) and step.template is not None:
+                try:
+                    found.append(self.attachments.text(step.template))
+                except AttachmentError:
+                    continue
+        return found
 
     @field_validator("version", mode="before")
     @classmethod
@@ -116,6 +139,7 @@ class Playbook(Model):
             for _, text in step_strings(step.model_dump(), ("steps", index))
         ]
         texts += [value for value in self.vars.values() if isinstance(value, str)]
+        texts += self.templates()
         names = [
             token.text.removeprefix("env:")
             for text in texts

@@ -36,16 +36,17 @@ def _step_entry(kind: str, model: type[StepBase], definition: dict[str, Any]) ->
     for example in definition.get("examples", []):
         body = {key: value for key, value in example.items() if key != "kind"}
         examples.append({kind: body[model.primary] if list(body) == [model.primary] else body})
+    entry: dict[str, Any] = {
+        "description": f"Short form: the {model.primary}; long form: a mapping with options.",
+        "anyOf": [short, {"$ref": f"#/$defs/{model.__name__}"}],
+    }
+    if model.long_only:  # one value cannot make it
+        entry = {"description": "A mapping with options.", "$ref": f"#/$defs/{model.__name__}"}
     return {
         "type": "object",
         "title": f"{kind} step",
         "description": (model.__doc__ or "").strip(),
-        "properties": {
-            kind: {
-                "description": f"Short form: the {model.primary}; long form: a mapping with options.",
-                "anyOf": [short, {"$ref": f"#/$defs/{model.__name__}"}],
-            },
-        },
+        "properties": {kind: entry},
         "required": [kind],
         "additionalProperties": False,
         "examples": examples,

@@ -22,6 +22,7 @@ import codecs
 import os
 import re
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -29,6 +30,7 @@ from pydantic import BaseModel, ValidationError
 
 from poseidon.errors import Problem, SpecError, did_you_mean
 from poseidon.spec import checks
+from poseidon.spec.attachments import AttachmentError, Attachments, template_problems
 from poseidon.spec.locations import KeyText, Source, Where, render
 from poseidon.spec.models import DROPLET_TAGS, STEP_MODELS, CreateDroplet, Model, written_step
 from poseidon.spec.playbook import Playbook
@@ -308,6 +310,36 @@ class _Tree:
         mark = self.locate(where).start_mark
         return Problem(self.file, mark.line + 1, mark.column + 1, render(where), message)
 
+    def attachment_problems(self, data: dict[Any, Any], attachments: Attachments) -> list[Problem]:
+        """The files ``file:`` steps take that cannot be used, and the problems in templates'
+        references, each in the template's own text. Read from the data the checks read, so
+        that they are told with every other problem."""
+        found = []
+        variables = data.get("vars")
+        names = {name for name in variables if isinstance(name, str)} if isinstance(variables, dict) else set()
+        steps = data.get("steps")
+        for index, step in enumerate(steps if isinstance(steps, list) else []):
+            if not isinstance(step, dict) or step.get("kind") != "file":
+                continue
+            for field in ("src", "template"):
+                written = step.get(field)
+                if not isinstance(written, str) or not written or "${" in written:
+                    continue  # the models say what is wrong with it
+                where = ("steps", index, "file", field)
+                try:
+                    if field == "src":
+                        attachments.read(written)
+                        continue
+                    text = attachments.text(written)
+                except AttachmentError as exc:
+                    found.append(self._at(where, str(exc)))
+                    continue
+                shown = attachments.shown(written)
+                found += [
+                    Problem(shown, p.line, p.column, render(where), p.message) for p in template_problems(text, names)
+                ]
+        return found
+
     def set_sources(self, playbook: Playbook) -> None:
         for index, ref in enumerate(playbook.droplets):
             create = getattr(ref, "create", None)
@@ -354,8 +386,12 @@ def _yaml_error(filename: str, text: str, exc: yaml.YAMLError) -> Problem:
 _TOO_BIG = f"the playbook is over {MAX_PLAYBOOK_BYTES:,} bytes, the most poseidon reads"
 
 
-def loads(text: str, filename: str = "<string>") -> Playbook:
-    """Validate a playbook's text; raise ``SpecError`` listing every problem, located."""
+def loads(text: str, filename: str = "<string>", *, folder: str | os.PathLike[str] | None = None) -> Playbook:
+    """Validate a playbook's text; raise ``SpecError`` listing every problem, located.
+
+    The files its ``file:`` steps take (``src:``, ``template:``) are read from ``folder``:
+    by default the folder of ``filename``, or the current one for ``<string>``.
+    """
     if len(text) > MAX_PLAYBOOK_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_PLAYBOOK_BYTES:
         raise SpecError([Problem(filename, 1, 1, "", _TOO_BIG)])
     try:
@@ -380,7 +416,10 @@ def loads(text: str, filename: str = "<string>") -> Playbook:
         raise SpecError(tree.problems)
 
     for_models, for_checks = tree.written_steps(data)
-    problems = tree.problems + tree.cross_field_problems(for_checks)
+    if folder is None:
+        folder = Path.cwd() if filename.startswith("<") else Path(filename).parent
+    attachments = Attachments(folder)
+    problems = tree.problems + tree.cross_field_problems(for_checks) + tree.attachment_problems(for_checks, attachments)
     playbook: Playbook | None = None
     try:
         playbook = Playbook.model_validate(for_models)
@@ -389,9 +428,10 @@ def loads(text: str, filename: str = "<string>") -> Playbook:
         if not problems:  # the checks over the file's data missed what the model's found: its words, unplaced
             problems = [Problem(filename, 1, 1, "", error["msg"]) for error in exc.errors(include_url=False)]
     if problems or playbook is None:
-        unique = sorted(set(problems), key=lambda p: (p.line, p.column, p.path, p.message))
+        unique = sorted(set(problems), key=lambda p: (p.file != filename, p.file, p.line, p.column, p.path, p.message))
         raise SpecError(unique)
     tree.set_sources(playbook)
+    playbook._attachments = attachments
     return playbook
 
 

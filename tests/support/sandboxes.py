@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from poseidon.sandbox import Sandbox
+from poseidon.sandbox import Sandbox, machines
 
 
 @contextmanager
@@ -26,6 +27,17 @@ def point_at(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Sandbox:
     for key, value in sandbox.environ.items():
         monkeypatch.setenv(key, value)
     return sandbox
+
+
+def machines_base() -> Path:
+    """The machines' base system, built once into the user's cache folder. Where machines cannot
+    run, the test is skipped with the reason; under CI, where all they need is installed, it fails."""
+    reason = machines.unavailable()
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"machines cannot run on this CI machine: {reason}")
+        pytest.skip(reason)
+    return machines.build_base(machines.cache_folder())
 
 
 #: How long a test waits for an event before it fails: a safety net, not a guess at how long it takes.

@@ -1,0 +1,405 @@
+"""The service step on sandbox machines, where systemd, users and reboots are real; and its
+refusal on the light sandbox, which has no systemd.
+
+The machines need root, debootstrap and systemd-container: elsewhere these tests are
+skipped with the reason (under CI they fail), as in test_machines.py.
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import poseidon.api as po
+from poseidon import executor, spec, status
+from poseidon.results import RunResult
+from poseidon.sandbox import Sandbox
+from poseidon.settings import Settings
+from support.sandboxes import PATIENCE, command_lines_seen, machines_base
+
+pytestmark = pytest.mark.sandbox
+
+TESTS = Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def machine() -> Iterator[Sandbox]:
+    machines_base()
+    with Sandbox(["svc"], machines=True) as sandbox:
+        yield sandbox
+
+
+def apply(sandbox: Sandbox, folder: Path, text: str, *, mode: str = "apply") -> RunResult:
+    (folder / "site.yaml").write_text(textwrap.dedent(text))
+    options = executor.RunOptions(mode="check" if mode == "check" else "apply")
+    settings = Settings.from_environ(sandbox.environ)
+    return executor.apply(spec.load(folder / "site.yaml"), settings=settings, options=options)
+
+
+def outcomes(result: RunResult) -> list[tuple[str, str]]:
+    if result.droplets[0].error:
+        return [("error", result.droplets[0].error)]
+    return [(step.status, step.reason or step.stderr) for step in result.droplets[0].steps]
+
+
+def served(url: str, patience: float = PATIENCE) -> str:
+    """The body ``url`` answers with, once it answers."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url, timeout=2) as answer:
+                return str(answer.read().decode())
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+SITE = """\
+    version: 1
+    droplets: [svc]
+    vars: {port: 8080}
+    steps:
+      - run: {cmd: "id app >/dev/null 2>&1 || useradd -m app", unless: id app}
+      - run: {cmd: install -d -o app -g app /srv/site, creates: /srv/site}
+      - chdir: /srv/site
+      - file: {path: index.html, template: index.tmpl, owner: app, group: app, mode: "0640"}
+      - service:
+          name: site
+          cmd: exec python3 -m http.server --bind ${droplet.ip_address} ${port}
+          user: app
+          ready: {port: 8080}
+    report: {ps: false, top: false}
+    """
+
+
+def test_a_service_with_its_file_runs_as_its_user_restarts_on_a_change_and_survives_a_reboot(
+    machine: Sandbox, tmp_path: Path
+) -> None:
+    (tmp_path / "index.tmpl").write_text("version 1 on ${droplet.name}\n")
+    first = apply(machine, tmp_path, SITE)
+    assert [s for s, _ in outcomes(first)] == ["changed", "changed", "ok", "changed", "changed"], outcomes(first)
+    url = f"http://{machine.address('svc')}:8080/index.html"
+    assert served(url) == "version 1 on svc\n"
+    page = machine.home("svc").parent / "srv" / "site" / "index.html"  # the machine's own files
+    info = page.stat()
+    assert (
+        info.st_mode & 0o777,
+        machine_name(machine, "passwd", info.st_uid),
+        machine_name(machine, "group", info.st_gid),
+    ) == (
+        0o640,
+        "app",
+        "app",
+    )
+
+    again = apply(machine, tmp_path, SITE)
+    assert outcomes(again) == [
+        ("ok", "the unless command succeeded"),
+        ("ok", "/srv/site exists"),
+        ("ok", "directory exists"),
+        ("ok", "index.html has its content, mode and owner"),
+        ("ok", "poseidon-site.service is running"),
+    ]
+
+    # The template changes: the file is written, and the service that follows restarts (http.server
+    # reads files as asked, so the restart shows in the journal, not the page: its pid changes).
+    pid = service_pid(machine)
+    (tmp_path / "index.tmpl").write_text("version 2 on ${droplet.name}\n")
+    planned = apply(machine, tmp_path, SITE, mode="check")
+    assert outcomes(planned)[3:] == [
+        ("would-change", "its content differs"),
+        ("would-change", "would restart: an earlier step would change first"),
+    ]
+    changed = apply(machine, tmp_path, SITE)
+    assert outcomes(changed)[3:] == [
+        ("changed", "its content differs"),
+        ("changed", "an earlier step changed since it started"),
+    ]
+    assert served(url) == "version 2 on svc\n"
+    assert service_pid(machine) != pid
+    assert process_user(machine, service_pid(machine)) == "app"
+
+    # A reboot through the API: systemd starts it again, with no apply.
+    client = po.connect(token=machine.token, settings=Settings.from_environ(machine.environ))
+    boots = machine.farm.machines[machine.address("svc")].boots  # type: ignore[union-attr]
+    client.droplets.by_name("svc").reboot()
+    deadline = time.monotonic() + PATIENCE
+    while machine.farm.machines[machine.address("svc")].boots == boots:  # type: ignore[union-attr]
+        assert time.monotonic() < deadline, "the machine did not reboot"
+        time.sleep(0.1)
+    assert served(url) == "version 2 on svc\n"
+
+    # status: the service as systemd has it now, with the end of its journal.
+    (found,) = status.status(spec.load(tmp_path / "site.yaml"), settings=Settings.from_environ(machine.environ))
+    inside = Path(f"/proc/{service_pid(machine)}/status").read_text().split("NSpid:")[1].split("\n")[0].split()[-1]
+    assert (found.kind, found.name, found.state, found.pid) == ("service", "site", "alive", int(inside))
+    assert found.uptime and "GET /index.html" in found.log_tail
+
+
+def service_pid(sandbox: Sandbox) -> int:
+    """The service's main pid, as this machine numbers it."""
+    machine = sandbox.farm.machines[sandbox.address("svc")]  # type: ignore[union-attr]
+    found = [
+        int(p.parent.name)
+        for p in Path("/proc").glob("[0-9]*/cmdline")
+        if _reads(p).startswith(b"python3\0-m\0http.server")
+        and f"poseidon-{machine.address}" in _reads(p.parent / "cgroup").decode()
+    ]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def process_user(sandbox: Sandbox, pid: int) -> str:
+    uid = next(
+        line.split()[1] for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("Uid:")
+    )
+    return machine_name(sandbox, "passwd", int(uid))
+
+
+def machine_name(sandbox: Sandbox, database: str, number: int) -> str:
+    """The name of a user (``passwd``) or group (``group``) in the machine's own files, by number."""
+    table = sandbox.home("svc").parent / "etc" / database  # changed by useradd: in the machine's own files
+    return next(line.split(":")[0] for line in table.read_text().splitlines() if line.split(":")[2] == str(number))
+
+
+def _reads(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
+def test_a_service_that_never_gets_ready_fails_with_the_end_of_its_journal(machine: Sandbox, tmp_path: Path) -> None:
+    text = """\
+        version: 1
+        droplets: [svc]
+        steps:
+          - service:
+              name: slow
+              cmd: echo "warming up the cache"; exec sleep 600
+              ready: {port: 9, timeout: 2}
+        report: {ps: false, top: false}
+        """
+    ((status, stderr),) = outcomes(apply(machine, tmp_path, text))
+    assert status == "failed"
+    assert "poseidon: slow is not ready after 2 s (waited for port 9 on" in stderr
+    assert "warming up the cache" in stderr  # the journal's tail
+
+
+def test_a_service_that_exits_at_once_fails_the_step(machine: Sandbox, tmp_path: Path) -> None:
+    text = """\
+        version: 1
+        droplets: [svc]
+        steps:
+          - service: {name: crash, cmd: 'echo "no config found" >&2; exit 3', grace: 1.5}
+        report: {ps: false, top: false}
+        """
+    ((status, stderr),) = outcomes(apply(machine, tmp_path, text))
+    assert status == "failed"
+    assert "poseidon: crash exited within 1.5 s" in stderr
+    assert "no config found" in stderr
+
+
+def test_a_service_secret_stays_out_of_command_lines_and_of_its_unit(
+    machine: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "s3cr3t-" + os.urandom(8).hex()
+    monkeypatch.setenv("API_KEY", secret)
+    text = """\
+        version: 1
+        droplets: [svc]
+        vars: {key: {secret: true, env: API_KEY}}
+        steps:
+          - service:
+              name: keeper
+              cmd: 'test "$KEY" = ${key} && exec sleep 600'
+              env: {KEY: "${key}"}
+        report: {ps: false, top: false}
+        """
+    with command_lines_seen() as seen:
+        result = apply(machine, tmp_path, text)
+    assert outcomes(result) == [("changed", "its unit is new or changed")]
+    assert seen and not [line for line in seen if secret.encode() in line]
+    etc = machine.home("svc").parent / "etc"
+    assert secret not in (etc / "systemd" / "system" / "poseidon-keeper.service").read_text()
+    script = etc / "poseidon" / "services" / "keeper.sh"
+    assert script.stat().st_mode & 0o777 == 0o600 and secret in script.read_text()  # root's alone
+
+
+def test_the_light_sandbox_refuses_a_service_in_one_line_naming_machines(
+    shared_sandbox: Sandbox, tmp_path: Path
+) -> None:
+    text = """\
+        version: 1
+        droplets: [other]
+        steps:
+          - service: {name: web, cmd: sleep 60}
+        report: {ps: false, top: false}
+        """
+    ((status, stderr),) = outcomes(apply(shared_sandbox, tmp_path, text))
+    assert status == "failed"
+    assert stderr.splitlines()[0] == (
+        "poseidon: service: this droplet does not run systemd; the light sandbox has none,"
+        " --sandbox=machines boots droplets that do"
+    )
+
+
+def test_the_service_example_serves_its_configured_greeting_and_a_second_run_changes_nothing(
+    tmp_path: Path, offline_pip: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """examples/service.yaml on machines, as its comment says to run it (pip offline, from the wheels here)."""
+    import json
+    import shutil
+
+    from poseidon.cli import main
+
+    machines_base()
+    shutil.copytree(TESTS.parent / "examples", tmp_path / "examples", ignore=shutil.ignore_patterns(".poseidon"))
+    path = tmp_path / "examples" / "service.yaml"
+    try:
+        assert main(["apply", str(path), "--sandbox=machines", "--json"]) == 0, capsys.readouterr().err
+        first = json.loads(capsys.readouterr().out)
+        assert main(["apply", str(path), "--sandbox=machines", "--json"]) == 0, capsys.readouterr().err
+        second = json.loads(capsys.readouterr().out)
+        path.write_text(path.read_text().replace("greeting: hello, service", "greeting: hello again"))
+        assert main(["apply", str(path), "--sandbox=machines", "--json"]) == 0, capsys.readouterr().err
+        third = json.loads(capsys.readouterr().out)
+    finally:
+        main(["sandbox", "reset", "--playbook", str(path)])
+    (droplet,) = first["droplets"]
+    assert [s["status"] for s in droplet["steps"]][-3:] == ["changed", "changed", "ok"]
+    assert droplet["steps"][-1]["stdout_tail"].startswith("hello, service from ")
+    assert {s["status"] for d in second["droplets"] for s in d["steps"]} == {"ok"}
+    # The greeting changes: the configuration is written, and the service that reads it at start restarts.
+    (changed,) = third["droplets"]
+    assert [(s["status"], s["reason"]) for s in changed["steps"]][-3:-1] == [
+        ("changed", "its content differs"),
+        ("changed", "an earlier step changed since it started"),
+    ]
+    assert changed["steps"][-1]["stdout_tail"].startswith("hello again from ")
+
+
+RACER = """\
+import os, re, time
+name = re.compile(r"^[.]poseidon-file[.]")
+end = time.time() + 60
+while time.time() < end:
+    for entry in os.listdir("/home/racer"):
+        if name.match(entry):
+            path = "/home/racer/" + entry
+            try:
+                os.unlink(path)
+                os.symlink("/etc/victim", path)
+            except OSError:
+                pass
+"""
+
+
+def test_a_user_who_owns_the_folder_cannot_make_root_write_or_chown_another_file(
+    machine: Sandbox, tmp_path: Path
+) -> None:
+    """While a file step writes in a folder its owner controls, that owner swaps poseidon's new
+    file for a link to a file of root's, again and again: root never writes or chowns through it."""
+    (tmp_path / "racer.py").write_text(RACER)
+    setup = """\
+        version: 1
+        droplets: [svc]
+        steps:
+          - run: id racer >/dev/null 2>&1 || useradd -m racer
+          - file: {path: /etc/victim, content: "root only\\n", owner: root, group: root, mode: "0600"}
+          - file: {path: /tmp/racer.py, src: racer.py}
+          - run: >-
+              setsid setpriv --reuid=racer --regid=racer --init-groups python3 /tmp/racer.py
+              </dev/null >/dev/null 2>&1 &
+        report: {ps: false, top: false}
+        """
+    assert [s for s, _ in outcomes(apply(machine, tmp_path, setup))][1:] == ["changed"] * 3
+    victim = machine.home("svc").parent / "etc" / "victim"
+    try:
+        for round in range(8):
+            text = f"""\
+                version: 1
+                droplets: [svc]
+                steps:
+                  - file: {{path: /home/racer/app.ini, content: "round {round}\\\\n", owner: racer, mode: "0600"}}
+                report: {{ps: false, top: false}}
+                """
+            apply(machine, tmp_path, text)  # it may fail (a name taken away under it): never write elsewhere
+            info = victim.stat()
+            assert (victim.read_text(), info.st_uid, info.st_mode & 0o777) == ("root only\n", 0, 0o600), round
+    finally:
+        stop = "steps: [{run: pkill -f /tmp/racer.py; true}]\nreport: {ps: false, top: false}\n"
+        apply(machine, tmp_path, "version: 1\ndroplets: [svc]\n" + stop)
+
+
+def test_a_login_user_under_sudo_gets_files_in_its_own_home_owned_by_it(machine: Sandbox, tmp_path: Path) -> None:
+    users = """\
+        version: 1
+        droplets: [svc]
+        steps:
+          - run:
+              cmd: >-
+                id deploy >/dev/null 2>&1 || useradd -m -s /bin/bash deploy;
+                install -d -m 700 -o deploy -g deploy /home/deploy/.ssh;
+                install -m 600 -o deploy -g deploy ~root/.ssh/authorized_keys /home/deploy/.ssh/;
+                echo 'deploy ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/deploy;
+                getent group web >/dev/null || groupadd web
+        report: {ps: false, top: false}
+        """
+    assert [s for s, _ in outcomes(apply(machine, tmp_path, users))] == ["changed"]
+    files = """\
+        version: 1
+        droplets: [{name: svc, user: deploy}]
+        steps:
+          - file: {path: "~/given.txt", content: "given\\n", owner: deploy, mode: "0600"}
+          - file: {path: "~/grouped.txt", content: "grouped\\n", group: web}
+        report: {ps: false, top: false}
+        """
+    assert [s for s, _ in outcomes(apply(machine, tmp_path, files))] == ["changed", "changed"]
+    home = machine.home("svc").parent / "home" / "deploy"
+    given, grouped = (home / "given.txt").stat(), (home / "grouped.txt").stat()
+    assert machine_name(machine, "passwd", given.st_uid) == "deploy"
+    assert (machine_name(machine, "passwd", grouped.st_uid), machine_name(machine, "group", grouped.st_gid)) == (
+        "deploy",
+        "web",
+    )
+    assert not (machine.home("svc") / "given.txt").exists()  # not root's home
+    assert [s for s, _ in outcomes(apply(machine, tmp_path, files))] == ["ok", "ok"]
+
+
+def test_a_port_another_service_holds_fails_the_step_saying_so(machine: Sandbox, tmp_path: Path) -> None:
+    text = """\
+        version: 1
+        droplets: [svc]
+        steps:
+          - chdir: /tmp
+          - service: {name: holder, cmd: exec python3 -m http.server 8181, ready: {port: 8181}}
+          - service: {name: taker, cmd: exec python3 -m http.server 8181, ready: {port: 8181}}
+        report: {ps: false, top: false}
+        """
+    (_, _), (holder, _), (taker, why) = outcomes(apply(machine, tmp_path, text))
+    assert (holder, taker) == ("changed", "failed")
+    assert "answers before taker starts: another process holds it" in why
+
+
+def test_restart_never_starts_a_service_that_does_not_run_and_leaves_a_running_one(
+    machine: Sandbox, tmp_path: Path
+) -> None:
+    def playbook(seconds: int) -> str:
+        return f"""\
+            version: 1
+            droplets: [svc]
+            steps:
+              - service: {{name: steady, cmd: exec sleep {seconds}, restart: never}}
+            report: {{ps: false, top: false}}
+            """
+
+    assert outcomes(apply(machine, tmp_path, playbook(1000)))[0][0] == "changed"
+    assert outcomes(apply(machine, tmp_path, playbook(2000))) == [("ok", "poseidon-steady.service is running")]
