@@ -403,3 +403,13 @@ def test_restart_never_starts_a_service_that_does_not_run_and_leaves_a_running_o
 
     assert outcomes(apply(machine, tmp_path, playbook(1000)))[0][0] == "changed"
     assert outcomes(apply(machine, tmp_path, playbook(2000))) == [("ok", "poseidon-steady.service is running")]
+
+
+def test_the_library_runs_a_service_as_the_seed_api_runs_a_nohup(machine: Sandbox) -> None:
+    client = po.connect(token=machine.token, settings=Settings.from_environ(machine.environ))
+    with client.droplets.by_name("svc").connect() as ssh:
+        ssh.chdir("/tmp")
+        first = ssh.service("lib", "exec sleep 300", grace=0.5)
+        again = ssh.service("lib", "exec sleep 300", grace=0.5)
+        assert ssh.wait("systemctl is-enabled poseidon-lib.service") == "enabled\n"
+    assert (first.status, again.status, again.reason) == ("changed", "ok", "poseidon-lib.service is running")
