@@ -181,27 +181,24 @@ def process_conflicts(steps: Iterable[tuple[int, NohupStep]]) -> list[str]:
 
 def _duplicate_services(named: Iterable[tuple[int, str]]) -> Iterator[Finding]:
     """``(("steps", i), message)`` for each service step that names an earlier one's unit."""
-    first: dict[str, int] = {}
-    for index, name in named:
-        if name in first:
-            yield (
-                ("steps", index),
-                f"service {name!r} is already run by steps[{first[name]}]: two service steps would fight"
-                " over its unit; give one another name:",
-            )
-        else:
-            first[name] = index
+    return _duplicates(
+        named, "service {name!r} is already run by steps[{first}]: two service steps would fight over its unit"
+    )
 
 
 def _duplicate_processes(named: Iterable[tuple[int, str]]) -> Iterator[Finding]:
     """``(("steps", i), message)`` for each nohup step that names an earlier one's process."""
+    return _duplicates(
+        named, "process {name!r} is already started by steps[{first}]: two nohup steps would fight over it"
+    )
+
+
+def _duplicates(named: Iterable[tuple[int, str]], clash: str) -> Iterator[Finding]:
+    """``(("steps", i), clash + advice)`` for each step whose name an earlier one has (``clash`` formats
+    ``name`` and ``first``, that step's index)."""
     first: dict[str, int] = {}
     for index, name in named:
         if name in first:
-            yield (
-                ("steps", index),
-                f"process {name!r} is already started by steps[{first[name]}]: two nohup steps would fight"
-                " over it; give one another name:",
-            )
+            yield ("steps", index), clash.format(name=name, first=first[name]) + "; give one another name:"
         else:
             first[name] = index

@@ -357,7 +357,25 @@ def _restart_mode(value: Any) -> Any:
     return value
 
 
-class NohupStep(StepBase):
+class _Supervised(StepBase):
+    """What ``nohup`` and ``service`` steps share: when the started process counts as started."""
+
+    ready: ReadyCheck | None = Field(
+        default=None,
+        description=(
+            "Wait until it is ready (a port, a URL, a command), or fail with the end of its output"
+            " (a nohup's log, a service's journal)."
+        ),
+    )
+    grace: float = Field(
+        default=1.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="Without ready: seconds to wait after starting before checking it still runs.",
+    )
+
+
+class NohupStep(_Supervised):
     """Start a detached process that outlives the session, supervised: its own session and
     process group, an identity file, restarts when its inputs change, a readiness check."""
 
@@ -389,15 +407,6 @@ class NohupStep(StepBase):
             " droplet changed (a new commit, new requirements); always: on every apply; never: only start it"
             " when it is not running. (true and false are the older spellings of always and on-change.)"
         ),
-    )
-    ready: ReadyCheck | None = Field(
-        default=None, description="Wait until the process is ready (a port, a URL, a command), or fail with its log."
-    )
-    grace: float = Field(
-        default=1.0,
-        ge=0,
-        allow_inf_nan=False,
-        description="Without ready: seconds to wait after starting before checking it still runs.",
     )
 
     @field_validator("name", mode="wrap")
@@ -492,7 +501,7 @@ class FileStep(StepBase):
         return self.owner is not None or self.group is not None
 
 
-class ServiceStep(StepBase):
+class ServiceStep(_Supervised):
     """Run a command as a systemd service poseidon writes, enables at boot and starts: a
     ``nohup`` that survives reboots. Restarts and readiness as for ``nohup``."""
 
@@ -519,15 +528,6 @@ class ServiceStep(StepBase):
             "on-change: restart when its command, env, user or directory changed, or an earlier step on the"
             " droplet changed; always: on every apply; never: only start it when it is not running."
         ),
-    )
-    ready: ReadyCheck | None = Field(
-        default=None, description="Wait until it is ready (a port, a URL, a command), or fail with its journal."
-    )
-    grace: float = Field(
-        default=1.0,
-        ge=0,
-        allow_inf_nan=False,
-        description="Without ready: seconds to wait after starting before checking it still runs.",
     )
 
     def unit(self) -> str:
