@@ -353,10 +353,12 @@ def _say(message: object) -> None:
 # -- commands -------------------------------------------------------------------------
 
 
-def _load(path: str) -> spec.Playbook:
+def _load(path: str, *, files: bool = True) -> spec.Playbook:
+    """The playbook at ``path``; ``files=False`` for a command that writes no file (the files
+    its ``file:`` steps take are then not read: status and destroy work without them)."""
     from poseidon import spec
 
-    return spec.load(path)
+    return spec.load(path, files=files)
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -548,7 +550,7 @@ def _destroy(args: argparse.Namespace) -> int:
     from poseidon import api, teardown
     from poseidon.report import Reporter
 
-    playbook = _load(args.playbook)
+    playbook = _load(args.playbook, files=False)
     reporter = Reporter(sys.stderr if args.json else None)
     with ExitStack() as stack:
         settings = _settings(stack, reporter, (args.playbook, playbook) if args.sandbox else None, args.sandbox_kind)
@@ -592,7 +594,7 @@ def _status(args: argparse.Namespace) -> int:
     from poseidon import status
     from poseidon.report import Reporter
 
-    playbook = _load(args.playbook)
+    playbook = _load(args.playbook, files=False)
     reporter = Reporter(sys.stderr if args.json else None)
     with ExitStack() as stack:
         settings = _settings(stack, reporter, (args.playbook, playbook) if args.sandbox else None, args.sandbox_kind)
@@ -724,7 +726,9 @@ def _snapshot(args: argparse.Namespace) -> int:
 
     reporter = Reporter(sys.stderr if args.json else None)
     with ExitStack() as stack:
-        settings = _settings(stack, reporter, (args.sandbox, _load(args.sandbox)) if args.sandbox else None)
+        settings = _settings(
+            stack, reporter, (args.sandbox, _load(args.sandbox, files=False)) if args.sandbox else None
+        )
         client = api.connect(settings=settings)
         droplet = client.droplets.by_name(args.name)
         with droplet.connect() as ssh:  # as the client's settings say
@@ -803,7 +807,7 @@ def _sandbox(args: argparse.Namespace) -> int:
     droplets: list[dict[str, Any]] = [{"name": n} for n in args.droplet or []]
     repos: dict[str, Path] = {}
     if args.playbook:
-        more, repos = _sandbox_contents(args.playbook, _load(args.playbook))
+        more, repos = _sandbox_contents(args.playbook, _load(args.playbook, files=False))
         droplets += more
     settings = Settings.from_environ()
     kept = Sandbox.kept_kind(folder) if args.playbook else None

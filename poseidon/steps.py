@@ -596,6 +596,102 @@ def _owner_test(who: str, kind: Literal["owner", "group"]) -> str:
     return f'[ "$(stat -c {fmt} -- "$_path")" = {quote(who)} ]'
 
 
+# Puts the bytes of its standard input (base64) at POSEIDON_FILE_PATH, as root or not, without
+# ever following a link that someone else could have planted. The folders are walked from / (or
+# the working directory) one descriptor at a time: a link among them is followed only when root
+# or the user running this owns it (checked again after it is read: a link cannot be changed, only
+# replaced); missing folders are made. The new file is made in the last folder with O_EXCL under
+# a random name, given its owner and mode through its descriptor before a byte of content is
+# written, then renamed over the path: a link at the path is replaced, never followed.
+_PUT_FILE = r"""import base64, grp, os, pwd, secrets, stat, sys
+env = os.environ
+def fail(message):
+    sys.stderr.write("poseidon: " + message + "\n"); sys.exit(2)
+def uid(name):
+    try: return int(name) if name.isdigit() else pwd.getpwnam(name).pw_uid
+    except KeyError: fail("no user %r on this droplet" % name)
+def gid(name):
+    try: return int(name) if name.isdigit() else grp.getgrnam(name).gr_gid
+    except KeyError: fail("no group %r on this droplet" % name)
+path, shown = env["POSEIDON_FILE_PATH"], env["POSEIDON_FILE_SHOWN"]
+trusted = {0, os.geteuid()}
+give = None  # a new file (and its new folders) under the login user's home is that user's, under sudo
+if os.geteuid() == 0 and env.get("SUDO_UID", "").isdigit():
+    login = pwd.getpwuid(int(env["SUDO_UID"]))
+    if os.path.abspath(path).startswith(login.pw_dir.rstrip("/") + "/"):
+        give = (login.pw_uid, login.pw_gid)
+folder = os.open("/" if path.startswith("/") else ".", os.O_RDONLY | os.O_DIRECTORY)
+todo = [part for part in os.path.dirname(path).split("/") if part not in ("", ".")][::-1]
+hops = 0
+while todo:
+    part = todo.pop()
+    if part == "..":
+        folder = os.open("..", os.O_RDONLY | os.O_DIRECTORY, dir_fd=folder); continue
+    try:
+        before = os.stat(part, dir_fd=folder, follow_symlinks=False)
+    except FileNotFoundError:
+        os.mkdir(part, 0o755, dir_fd=folder)
+        if give: os.chown(part, *give, dir_fd=folder, follow_symlinks=False)
+        before = os.stat(part, dir_fd=folder, follow_symlinks=False)
+    if stat.S_ISLNK(before.st_mode):
+        hops += 1
+        if hops > 40: fail("too many links among the folders of " + shown)
+        if before.st_uid not in trusted:
+            fail("the folders of %s hold a link owned by uid %d: poseidon follows only links of root's"
+                 " (or of the user it writes as)" % (shown, before.st_uid))
+        target = os.readlink(part, dir_fd=folder)
+        after = os.stat(part, dir_fd=folder, follow_symlinks=False)
+        if (after.st_ino, after.st_dev, after.st_uid) != (before.st_ino, before.st_dev, before.st_uid):
+            fail("a link among the folders of %s changed while poseidon read it" % shown)
+        if target.startswith("/"):
+            folder = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+        todo += [p for p in target.split("/") if p not in ("", ".")][::-1]
+        continue
+    try:
+        folder = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=folder)
+    except NotADirectoryError:
+        fail("a folder of %s is a file" % shown)
+name = os.path.basename(path)
+try:
+    was = os.stat(name, dir_fd=folder, follow_symlinks=False)
+    was = was if stat.S_ISREG(was.st_mode) else None
+except FileNotFoundError:
+    was = None
+owner, group = -1, -1
+if was and os.geteuid() == 0: owner, group = was.st_uid, was.st_gid
+elif not was and give: owner, group = give
+if env.get("POSEIDON_FILE_OWNER"): owner = uid(env["POSEIDON_FILE_OWNER"])
+if env.get("POSEIDON_FILE_GROUP"): group = gid(env["POSEIDON_FILE_GROUP"])
+mode = stat.S_IMODE(was.st_mode) & 0o777 if was else 0o644  # never a setuid bit copied onto new content
+if env.get("POSEIDON_FILE_MODE"): mode = int(env["POSEIDON_FILE_MODE"], 8)
+temporary = ".poseidon-file." + secrets.token_hex(8)
+fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=folder)
+try:
+    if (owner, group) != (-1, -1): os.fchown(fd, owner, group)
+    os.fchmod(fd, mode)
+    data = base64.b64decode(sys.stdin.buffer.read())
+    while data: data = data[os.write(fd, data):]
+    os.fsync(fd)
+    ours = os.fstat(fd)
+    def taken(at):
+        now = os.stat(at, dir_fd=folder, follow_symlinks=False)
+        return (now.st_ino, now.st_dev) != (ours.st_ino, ours.st_dev)
+    if taken(temporary):
+        fail("the new file of %s was taken away while it was written" % shown)
+    os.rename(temporary, name, src_dir_fd=folder, dst_dir_fd=folder)
+    if taken(name):
+        fail("%s was replaced by another file as it was put in place" % shown)
+    os.close(fd); fd = -1
+except BaseException as exc:
+    if fd >= 0: os.close(fd)
+    try: os.unlink(temporary, dir_fd=folder)
+    except OSError: pass
+    if isinstance(exc, SystemExit): raise
+    if isinstance(exc, IsADirectoryError): fail(shown + " is a directory")
+    if isinstance(exc, OSError): fail("cannot write %s: %s" % (shown, exc.strerror))
+    raise
+"""
+
 #: A check's exit status for "failed, and it said why on stderr": no line of render()'s is added.
 EXPLAINED = 3
 
@@ -617,19 +713,14 @@ def _login_path(path: str) -> str:
 
 
 def file(step: FileStep, ctx: StepContext, data: bytes) -> Script:
-    """Put ``data`` at the step's path: compared by digest, mode and owner on the droplet; written
-    to a new file beside it, then renamed over it, so no reader ever sees half a file and a link
-    planted at the path is replaced, never followed.
-
-    The new file is made by the shell with O_EXCL under a random name (``set -C``), and held
-    open on descriptor 3: its content, owner and mode are given through that descriptor
-    (``/proc/self/fd/3``), never through its name, which whoever may write in the folder could
-    swap for a link to another file before root chowns it.
-    """
+    """Put ``data`` at the step's path: compared by digest, mode and owner on the droplet (in
+    shell); written by the droplet's ``python3`` (:data:`_PUT_FILE`), which follows no link
+    someone else planted, gives the new file its owner and mode before its content, and renames
+    it over the path, so no reader ever sees half a file."""
     digest = hashlib.sha256(data).hexdigest()
     mode = f"{int(step.mode, 8):o}" if step.mode else None
     fails = f"return {EXPLAINED}"
-    setup = f'{_LOGIN_HOME}\n_path={_login_path(step.path)}\n_dir=$(dirname -- "$_path")'
+    setup = f"{_LOGIN_HOME}\n_path={_login_path(step.path)}"
     check = [
         f'if [ -d "$_path" ] && [ ! -L "$_path" ]; then {_say(f"poseidon: {step.path} is a directory")}; {fails}; fi',
         '[ -e "$_path" ] || [ -L "$_path" ] || { _why="it does not exist"; return 1; }',
@@ -650,32 +741,19 @@ def file(step: FileStep, ctx: StepContext, data: bytes) -> Script:
         check.append(
             f"{_owner_test(step.group, 'group')} || {{ _why={quote(f'its group is not {step.group}')}; return 1; }}"
         )
-    held = "/proc/self/fd/3"  # the new file, whatever its name leads to now
-    existing = '[ -f "$_path" ] && [ ! -L "$_path" ]'
+    python = "poseidon: file: writing a file takes python3, which this droplet lacks"
+    settings = {
+        "POSEIDON_FILE_SHOWN": step.path,
+        "POSEIDON_FILE_MODE": step.mode or "",
+        "POSEIDON_FILE_OWNER": step.owner or "",
+        "POSEIDON_FILE_GROUP": step.group or "",
+    }
     apply = [
-        '[ -d "$_dir" ] || mkdir -p -- "$_dir" || exit 2',
-        f'_tmp="$_dir"/.poseidon-file.{_random.token_hex(8)}',
-        """trap 'rm -f -- "$_tmp"' EXIT""",
-        'set -C; exec 3>"$_tmp" || exit 2; set +C',
-        f"printf %s {base64.b64encode(data).decode('ascii')} | base64 -d >&3 || exit 2",
-        # Owned as the file it replaces, when only root could have made it so; a new one made
-        # under sudo is the login user's; then the owner and group the step gives.
-        'if [ "$(id -u)" -eq 0 ]; then\n'
-        f'  if {existing}; then chown --reference="$_path" -- {held} || exit 2\n'
-        f'  elif [ -n "${{SUDO_UID-}}" ]; then chown -- "$SUDO_UID:${{SUDO_GID:-$SUDO_UID}}" {held} || exit 2; fi\n'
-        "fi",
+        f"command -v python3 >/dev/null 2>&1 || {{ {_say(python)}; exit 2; }}",
+        f"printf %s {base64.b64encode(data).decode('ascii')} |"
+        f' POSEIDON_FILE_PATH="$_path" {" ".join(f"{k}={quote(v)}" for k, v in settings.items())}'
+        f" python3 -c {quote(_PUT_FILE)}",
     ]
-    if step.owner is not None:
-        apply.append(f"chown -- {quote(step.owner)} {held} || exit 2")
-    if step.group is not None:
-        apply.append(f"chgrp -- {quote(step.group)} {held} || exit 2")
-    if mode:
-        apply.append(f"chmod -- {int(step.mode or '0', 8):04o} {held} || exit 2")
-    else:
-        apply.append(
-            f'if {existing}; then chmod --reference="$_path" -- {held}; else chmod 644 -- {held}; fi || exit 2'
-        )
-    apply += ["exec 3>&-", 'mv -fT -- "$_tmp" "$_path" || exit 2']
     return Script(
         setup=setup,
         check="\n".join(check),
@@ -786,7 +864,13 @@ def service(step: ServiceStep, ctx: StepContext) -> Script:
     if probe and step.restart != "never":
         check.append(f"{probe} || {{ _why={quote(f'it runs but is not ready ({awaited})')}; return 1; }}")
     failed = f"poseidon: {unit_name} did not start; the end of its journal:"
+    running = f"{unit_name} runs and is left running (restart: never); enabled at boot"
     apply = [
+        # never: one that runs is not stopped, whatever it runs; it is only made to start at boot.
+        f"if systemctl is-active --quiet {unit_name}; then"
+        f" systemctl enable --quiet {unit_name} || exit 2; printf '%s\\n' {quote(running)}; return 0; fi"
+        if step.restart == "never"
+        else ":",
         f"( umask 022; mkdir -p {_UNITS} ) && ( umask 077; mkdir -p {SERVICES} ) || exit 2",
         _put(script, script_file, "600"),
         _put(unit, unit_file, "644"),

@@ -51,7 +51,7 @@ def test_validate_names_each_unusable_file_and_each_template_problem_where_it_is
     )
     yaml = str(tmp_path / "site.yaml")
     template = str(tmp_path / "app.tmpl")  # not below the current folder: shown whole
-    assert any(p.startswith(f"{yaml}:5:") and "write the mode in quotes, such as '0644'" in p for p in found)
+    assert any(p.startswith(f"{yaml}:5:") and "the mode is text, such as '0644'" in p for p in found)
     assert any(p.startswith(f"{yaml}:6:") and "missing.bin: No such file or directory" in p for p in found)
     assert any(p.startswith(f"{yaml}:7:") and "is over 1,048,576 bytes" in p for p in found)
     assert any(p.startswith(f"{yaml}:8:") and "is no UTF-8 text (byte 0xe9 on line 1)" in p for p in found)
@@ -275,3 +275,17 @@ def test_status_passes_over_file_steps_whatever_their_values(
     )
     (found,) = status.status(spec.load(tmp_path / "site.yaml"), settings=Settings.from_environ(shared_sandbox.environ))
     assert (found.name, found.state) == ("files-status", "dead")  # never started: no error about the file step
+
+
+@pytest.mark.sandbox
+def test_status_and_destroy_need_no_file_a_file_step_takes(
+    sandbox_env: Sandbox, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from poseidon.cli import main
+
+    path = tmp_path / "site.yaml"
+    path.write_text("version: 1\nname: gone\ndroplets: [other]\nsteps: [{file: {path: a, src: gone.bin}}]\n")
+    assert main(["validate", str(path)]) == 2
+    assert "gone.bin: No such file or directory" in capsys.readouterr().err
+    assert main(["status", str(path)]) == 0, capsys.readouterr().err
+    assert main(["destroy", str(path), "--check"]) == 0, capsys.readouterr().err

@@ -372,6 +372,94 @@ def test_a_login_user_under_sudo_gets_files_in_its_own_home_owned_by_it(machine:
     )
     assert not (machine.home("svc") / "given.txt").exists()  # not root's home
     assert [s for s, _ in outcomes(apply(machine, tmp_path, files))] == ["ok", "ok"]
+    # Elsewhere a new file is root's; folders made for one in the home are the login user's.
+    more = """\
+        version: 1
+        droplets: [{name: svc, user: deploy}]
+        steps:
+          - file: {path: /etc/poseidon-sudo-test.conf, content: "x\\n", group: root}
+          - file: {path: "~/sub/dir/b.txt", content: "b\\n", group: deploy}
+        report: {ps: false, top: false}
+        """
+    assert [s for s, _ in outcomes(apply(machine, tmp_path, more))] == ["changed", "changed"]
+    upper = machine.home("svc").parent
+    assert (upper / "etc" / "poseidon-sudo-test.conf").stat().st_uid == 0
+    for made in (home / "sub", home / "sub" / "dir", home / "sub" / "dir" / "b.txt"):
+        assert machine_name(machine, "passwd", made.stat().st_uid) == "deploy", made
+
+
+def test_links_among_the_folders_are_followed_only_when_root_owns_them_and_no_setuid_bit_is_kept(
+    machine: Sandbox, tmp_path: Path
+) -> None:
+    text = """\
+        version: 1
+        droplets: [svc]
+        steps:
+          - run: >-
+              id planter >/dev/null 2>&1 || useradd -m planter;
+              su planter -s /bin/sh -c 'ln -sfn /root /home/planter/config';
+              ln -sfn /srv/real /srv/linked; mkdir -p /srv/real;
+              printf old > /srv/real/tool; chmod 4755 /srv/real/tool
+          - file: {path: /srv/linked/tool, content: "#!/bin/sh\\n"}
+          - file: {path: /home/planter/config/planted.conf, content: "x\\n", owner: planter}
+        report: {ps: false, top: false}
+        """
+    (_, _), (tool, _), (planted, why) = outcomes(apply(machine, tmp_path, text))
+    assert planted == "failed" and "hold a link owned by uid" in why
+    upper = machine.home("svc").parent
+    assert not (upper / "root" / "planted.conf").exists()
+    assert tool == "changed"
+    written = upper / "srv" / "real" / "tool"
+    assert written.read_text() == "#!/bin/sh\n" and written.stat().st_mode & 0o7777 == 0o755
+
+
+READER = """\
+import os, time
+seen = open("/home/reader/saw", "ab")
+names = open("/home/reader/names", "a")
+end = time.time() + 60
+while time.time() < end:
+    for entry in os.listdir("/srv/secrets"):
+        if entry.startswith(".poseidon-file."):
+            names.write(entry + "\\n"); names.flush()
+            try:
+                with open("/srv/secrets/" + entry, "rb") as stream:
+                    seen.write(stream.read()); seen.flush()
+            except OSError:
+                pass
+"""
+
+
+def test_another_user_never_reads_a_secret_file_while_it_is_written(machine: Sandbox, tmp_path: Path) -> None:
+    (tmp_path / "reader.py").write_text(READER)
+    setup = """\
+        version: 1
+        droplets: [svc]
+        steps:
+          - run: id reader >/dev/null 2>&1 || useradd -m reader; install -d -m 755 /srv/secrets
+          - file: {path: /tmp/reader.py, src: reader.py}
+          - run: >-
+              setsid setpriv --reuid=reader --regid=reader --init-groups python3 /tmp/reader.py
+              </dev/null >/dev/null 2>&1 &
+        report: {ps: false, top: false}
+        """
+    assert [s for s, _ in outcomes(apply(machine, tmp_path, setup))] == ["changed"] * 3
+    try:
+        for round in range(8):
+            text = f"""\
+                version: 1
+                droplets: [svc]
+                steps:
+                  - file: {{path: /srv/secrets/db.env, content: "PASSWORD=hunter{round}\\n", mode: "0600"}}
+                report: {{ps: false, top: false}}
+                """
+            assert outcomes(apply(machine, tmp_path, text))[0][0] == "changed"
+    finally:
+        stop = "steps: [{run: pkill -f /tmp/reader.py; true}]\nreport: {ps: false, top: false}\n"
+        apply(machine, tmp_path, "version: 1\ndroplets: [svc]\n" + stop)
+    reader = machine.home("svc").parent / "home" / "reader"
+    assert (reader / "names").read_text()  # it saw the new files come and go
+    assert b"hunter" not in (reader / "saw").read_bytes()
 
 
 def test_a_port_another_service_holds_fails_the_step_saying_so(machine: Sandbox, tmp_path: Path) -> None:
@@ -401,8 +489,20 @@ def test_restart_never_starts_a_service_that_does_not_run_and_leaves_a_running_o
             report: {{ps: false, top: false}}
             """
 
+    def main_pid() -> str:
+        text = "version: 1\ndroplets: [svc]\nsteps: [{run: systemctl show -p MainPID --value poseidon-steady}]\n"
+        return apply(machine, tmp_path, text + "report: {ps: false, top: false}\n").droplets[0].steps[0].stdout
+
     assert outcomes(apply(machine, tmp_path, playbook(1000)))[0][0] == "changed"
+    started = main_pid()
     assert outcomes(apply(machine, tmp_path, playbook(2000))) == [("ok", "poseidon-steady.service is running")]
+    # Not started at boot any more: it is made to, and left running as it is.
+    disable = "version: 1\ndroplets: [svc]\nsteps: [{run: systemctl disable -q poseidon-steady}]\n"
+    apply(machine, tmp_path, disable + "report: {ps: false, top: false}\n")
+    step = apply(machine, tmp_path, playbook(2000)).droplets[0].steps[0]
+    assert (step.status, step.reason) == ("changed", "it does not start at boot")
+    assert step.stdout == "poseidon-steady.service runs and is left running (restart: never); enabled at boot"
+    assert main_pid() == started
 
 
 def test_the_library_runs_a_service_as_the_seed_api_runs_a_nohup(machine: Sandbox) -> None:

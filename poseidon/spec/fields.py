@@ -188,7 +188,8 @@ def _file_mode(value: object) -> object:
     number 420 and ``644`` as six hundred and forty-four, neither of which is the mode meant."""
     if isinstance(value, int) and not isinstance(value, bool):
         fail(
-            f"write the mode in quotes, such as '0644': unquoted, YAML reads it as the number {value}, which is no mode"
+            f"the mode is text, such as '0644' (quoted in YAML, which reads an unquoted 0644 as the number 420):"
+            f" {value} is no mode"
         )
     return value
 

@@ -386,11 +386,14 @@ def _yaml_error(filename: str, text: str, exc: yaml.YAMLError) -> Problem:
 _TOO_BIG = f"the playbook is over {MAX_PLAYBOOK_BYTES:,} bytes, the most poseidon reads"
 
 
-def loads(text: str, filename: str = "<string>", *, folder: str | os.PathLike[str] | None = None) -> Playbook:
+def loads(
+    text: str, filename: str = "<string>", *, folder: str | os.PathLike[str] | None = None, files: bool = True
+) -> Playbook:
     """Validate a playbook's text; raise ``SpecError`` listing every problem, located.
 
     The files its ``file:`` steps take (``src:``, ``template:``) are read from ``folder``:
-    by default the folder of ``filename``, or the current one for ``<string>``.
+    by default the folder of ``filename``, or the current one for ``<string>``. With
+    ``files=False`` (a command that writes no file: status, destroy) they are not read.
     """
     if len(text) > MAX_PLAYBOOK_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_PLAYBOOK_BYTES:
         raise SpecError([Problem(filename, 1, 1, "", _TOO_BIG)])
@@ -419,7 +422,9 @@ def loads(text: str, filename: str = "<string>", *, folder: str | os.PathLike[st
     if folder is None:
         folder = Path.cwd() if filename.startswith("<") else Path(filename).parent
     attachments = Attachments(folder)
-    problems = tree.problems + tree.cross_field_problems(for_checks) + tree.attachment_problems(for_checks, attachments)
+    problems = tree.problems + tree.cross_field_problems(for_checks)
+    if files:
+        problems += tree.attachment_problems(for_checks, attachments)
     playbook: Playbook | None = None
     try:
         playbook = Playbook.model_validate(for_models)
@@ -435,8 +440,9 @@ def loads(text: str, filename: str = "<string>", *, folder: str | os.PathLike[st
     return playbook
 
 
-def load(path: str | os.PathLike[str]) -> Playbook:
-    """Read and validate a playbook file; every failure, even an unreadable file, is a SpecError."""
+def load(path: str | os.PathLike[str], *, files: bool = True) -> Playbook:
+    """Read and validate a playbook file; every failure, even an unreadable file, is a SpecError.
+    ``files``: read and check the files its ``file:`` steps take (:func:`loads`)."""
     filename = os.fspath(path)
     try:
         with open(filename, "rb") as stream:
@@ -453,4 +459,4 @@ def load(path: str | os.PathLike[str]) -> Playbook:
         line, column = _position(body[: exc.start].decode("utf-8", "replace"))
         message = f"not UTF-8: byte 0x{body[exc.start]:02x} cannot be decoded"
         raise SpecError([Problem(filename, line, column, "", message)]) from exc
-    return loads(text, filename)
+    return loads(text, filename, files=files)
