@@ -92,7 +92,8 @@ class Farm:
         return self.proxy_ssh_port if delayed else self.sandbox.ssh_port
 
     def api_url(self, delayed: bool) -> str:
-        return f"http://127.0.0.1:{self.proxy_api_port}" if delayed else self.sandbox.api_url
+        scheme = self.sandbox.api_url.split("://", 1)[0]  # the proxy forwards bytes: HTTPS stays HTTPS
+        return f"{scheme}://127.0.0.1:{self.proxy_api_port}" if delayed else self.sandbox.api_url
 
     @property
     def known_hosts(self) -> Path:

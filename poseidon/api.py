@@ -350,6 +350,10 @@ class Client:
         self._base_path = base.path.rstrip("/")
         self._own_session = session is None
         self.session = session if session is not None else requests.Session()
+        #: The authorities the API's certificate is checked against (``None``: requests' choice, which
+        #: this process's REQUESTS_CA_BUNDLE may make). Given with each request: requests lets the
+        #: process's environment override a session's own.
+        self.ca_bundle = settings.ca_bundle if settings is not None else None
         self.timeout = timeout
         self.max_attempts = max(1, max_attempts)
         self.backoff = backoff
@@ -469,6 +473,7 @@ class Client:
                     timeout=self.timeout,
                     allow_redirects=False,
                     stream=True,
+                    verify=self.ca_bundle if self.ca_bundle else None,
                 )
                 self._read_whole(response, started)
             except requests.RequestException as exc:
@@ -1126,6 +1131,10 @@ class Keys:
                 return None
 
         return self._client._create(send, find)
+
+    def update(self, id_or_fingerprint: int | str, name: str) -> dict[str, Any]:
+        """Rename the key with this id or fingerprint (its name is all a key lets change)."""
+        return dict(self._client.put(f"/v2/account/keys/{_path(id_or_fingerprint)}", json={"name": name})["ssh_key"])
 
     def delete(self, id_or_fingerprint: int | str) -> None:
         """Remove the key with this id or fingerprint from the account."""

@@ -531,6 +531,7 @@ def _sandbox_settings(settings: Settings, environ: dict[str, str]) -> Settings:
     return dataclasses.replace(
         settings,
         api_url=environ["POSEIDON_API_URL"],
+        ca_bundle=environ.get("REQUESTS_CA_BUNDLE") or settings.ca_bundle,
         token=environ["DIGITALOCEAN_TOKEN"],
         ssh_user=environ["POSEIDON_SSH_USER"],
         ssh_port=int(environ["POSEIDON_SSH_PORT"]),

@@ -16,7 +16,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-__all__ = ["FILE_MODE", "FOLDER_MODE", "create_new", "folder", "name_in", "write"]
+__all__ = ["FILE_MODE", "FOLDER_MODE", "create_new", "folder", "name_in", "remove_tree", "write"]
 
 FILE_MODE = 0o600
 FOLDER_MODE = 0o700
@@ -64,3 +64,16 @@ def name_in(directory: str | os.PathLike[str], name: str) -> Path:
     so that no name, whoever gave it (``../../x``), leads out of the folder."""
     safe = _UNSAFE.sub("_", name).lstrip(".") or "_"
     return Path(directory) / safe
+
+
+def remove_tree(path: str | os.PathLike[str]) -> None:
+    """Remove the folder ``path`` and all it holds, however deep (``shutil.rmtree`` recurses, and
+    a droplet may have made a tree deeper than Python's recursion limit), never crossing into
+    another file system (a mount left under it) nor following a link. What cannot be removed stays."""
+    import shutil
+    import subprocess
+
+    try:
+        shutil.rmtree(path, ignore_errors=True)
+    except RecursionError:
+        subprocess.run(["rm", "-rf", "--one-file-system", "--", os.fspath(path)], check=False, capture_output=True)

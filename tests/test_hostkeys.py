@@ -21,6 +21,7 @@ from poseidon.droplet import Droplet
 from poseidon.errors import HostKeyChangedError, UsageError
 from poseidon.hostkeys import HostKey, address_name, alias
 from poseidon.sandbox import Sandbox
+from poseidon.settings import Settings
 from poseidon.spec import CreateDroplet
 from poseidon.ssh import SSHClient
 from poseidon.targets import Target, create_missing
@@ -220,7 +221,7 @@ def test_a_droplet_that_comes_back_with_a_new_host_key_is_stopped(tmp_path: Path
     root, known_hosts = tmp_path / "sandbox", tmp_path / "known_hosts"
     try:
         with Sandbox(["web"], root=root, keep=True) as first:
-            droplet = po.connect(token=first.token, api_url=first.api_url).droplets.by_name("web")
+            droplet = po.connect(settings=Settings.from_environ(first.environ)).droplets.by_name("web")
             with droplet.connect(
                 known_hosts=str(known_hosts), port=first.ssh_port, user=first.user, key_filename=first.key_filename
             ) as ssh:
@@ -228,7 +229,7 @@ def test_a_droplet_that_comes_back_with_a_new_host_key_is_stopped(tmp_path: Path
         for key in (root / "etc").glob("ssh_host_ed25519_key*"):
             key.unlink()
         with Sandbox(["web"], root=root, keep=True) as second:
-            again = po.connect(token=second.token, api_url=second.api_url).droplets.by_name("web")
+            again = po.connect(settings=Settings.from_environ(second.environ)).droplets.by_name("web")
             assert again.id == droplet.id
             ssh = again.connect(
                 known_hosts=str(known_hosts), port=second.ssh_port, user=second.user, key_filename=second.key_filename

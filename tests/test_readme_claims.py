@@ -35,6 +35,7 @@ from poseidon import executor, spec, steps
 from poseidon.cli import main
 from poseidon.results import RunResult
 from poseidon.sandbox import Sandbox, SandboxError
+from poseidon.settings import Settings
 from poseidon.ssh import SSHClient
 from support.sandboxes import point_at, pointed, process_running, wait_for
 from support.wheels import build_wheel, offline_pip_env
@@ -946,7 +947,7 @@ def test_two_sandboxes_take_two_blocks_even_when_the_random_choice_collides(monk
             assert asked[0] == taken
             assert third.network not in (first.network, second.network)
             with (
-                po.connect(token=third.token, api_url=third.api_url)
+                po.connect(settings=Settings.from_environ(third.environ))
                 .droplets.by_name("three")
                 .connect(
                     user=third.user, port=third.ssh_port, key_filename=third.key_filename, known_hosts=third.known_hosts

@@ -55,7 +55,14 @@ def test_sandbox_up_prints_exports_that_reach_it_and_down_stops_it(tmp_path: Pat
         "POSEIDON_SSH_KEY",
         "POSEIDON_KNOWN_HOSTS",
         "POSEIDON_PIN_HOST_KEYS",
+        # Its HTTPS, trusted: the sandbox's authority alone, and with this machine's.
+        "POSEIDON_SANDBOX_CA",
+        "SSL_CERT_FILE",
+        "REQUESTS_CA_BUNDLE",
+        "POSEIDON_SANDBOX_HTTP_URL",
     }
+    assert variables["POSEIDON_API_URL"].startswith("https://127.0.0.1:")
+    assert variables["POSEIDON_SANDBOX_HTTP_URL"].startswith("http://127.0.0.1:")
     state = json.loads((tmp_path / "poseidon" / "sandbox" / "state.json").read_text())
     assert b"dop_v1_real-4711" not in Path(f"/proc/{state['pid']}/environ").read_bytes()
     try:

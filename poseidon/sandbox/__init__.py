@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import secrets
-import shutil
 import signal
 import tempfile
 import threading
@@ -35,8 +34,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from poseidon import files
 from poseidon.errors import SandboxError, UsageError
 from poseidon.sandbox import machines, power
+from poseidon.sandbox.authority import Authority, authority
 from poseidon.sandbox.emulator import Emulator, public_ipv4
 from poseidon.sandbox.machines import MachineFarm
 from poseidon.sandbox.repos import build_bare_repo, github_redirect
@@ -108,6 +109,7 @@ class Sandbox:
         # Reentrant: a hook that holds it saves the account, which takes it too.
         self._lock = threading.RLock()
         self.api_url = ""
+        self.authority: Authority | None = None
         self._started = False
         #: Seconds a droplet rebooted through the API stays unreachable.
         self.reboot_downtime = 1.0
@@ -152,6 +154,9 @@ class Sandbox:
         for shorthand, source in self._repos.items():
             build_bare_repo(source, repos / f"{shorthand}.git")
         self._gitconfig = github_redirect(repos)
+        #: The sandbox's certificate authority: the emulator serves HTTPS that clients can verify.
+        self.authority = authority(self.root / "tls")
+        self.emulator.tls = self.authority.server_context()
         self.api_url = self.emulator.start()
         account = self.root / "account.json"
         if self.keep and account.exists():
@@ -429,7 +434,7 @@ class Sandbox:
                 power.end_droplet_processes(self.farm.hosts)
                 if self._own_root:
                     machines.unmount_under(self.root)  # never remove a folder with a machine mounted in it
-                    shutil.rmtree(self.root, ignore_errors=True)
+                    files.remove_tree(self.root)
         self.farm = None
         self._started = False
         if self._block_lock is not None:
@@ -448,7 +453,7 @@ class Sandbox:
         power.end_droplet_processes(folder / "hosts")
         power.kill(power.servers_of(folder))  # an sshd left listening by a command that was killed
         machines.unmount_under(folder)  # machines a killed command left running, cut and unmounted
-        shutil.rmtree(folder, ignore_errors=True)
+        files.remove_tree(folder)
         return True
 
     def __enter__(self) -> Sandbox:
@@ -488,9 +493,17 @@ class Sandbox:
 
     @property
     def environ(self) -> dict[str, str]:
-        """The variables that make ``poseidon.api.connect()`` and ``droplet.connect()`` reach the sandbox."""
+        """The variables that make ``poseidon.api.connect()`` and ``droplet.connect()`` reach the sandbox,
+        and other DigitalOcean clients trust its HTTPS: ``SSL_CERT_FILE`` and ``REQUESTS_CA_BUNDLE``
+        name a bundle of this machine's authorities and the sandbox's, ``POSEIDON_SANDBOX_CA`` the
+        sandbox's alone; ``POSEIDON_SANDBOX_HTTP_URL`` is the same API over plain HTTP."""
+        assert self.authority is not None, "the sandbox is not started"
         return {
             "POSEIDON_API_URL": self.api_url,
+            "POSEIDON_SANDBOX_HTTP_URL": self.emulator.http_url,
+            "POSEIDON_SANDBOX_CA": str(self.authority.ca),
+            "SSL_CERT_FILE": str(self.authority.bundle),
+            "REQUESTS_CA_BUNDLE": str(self.authority.bundle),
             "DIGITALOCEAN_TOKEN": self.token,
             "POSEIDON_SSH_USER": self.user,
             "POSEIDON_SSH_PORT": str(self.ssh_port),

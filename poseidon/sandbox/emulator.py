@@ -55,6 +55,7 @@ import json
 import math
 import re
 import secrets
+import ssl
 import sys
 import threading
 import time
@@ -63,8 +64,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
+
+from poseidon.sandbox.firewalls import Firewalls, Refused
+
+_T = TypeVar("_T")
 
 __all__ = ["Emulator", "public_ipv4"]
 
@@ -191,6 +196,7 @@ _ROUTES = (
     ("GET", "/v2/account/keys", "_list_keys"),
     ("POST", "/v2/account/keys", "_create_key"),
     ("GET", "/v2/account/keys/{ssh_key_identifier}", "_get_key"),
+    ("PUT", "/v2/account/keys/{ssh_key_identifier}", "_update_key"),
     ("DELETE", "/v2/account/keys/{ssh_key_identifier}", "_delete_key"),
     ("GET", "/v2/actions/{action_id}", "_get_action"),
     ("GET", "/v2/droplets", "_list_droplets"),
@@ -224,6 +230,18 @@ _ROUTES = (
     ("PATCH", "/v2/domains/{domain_name}/records/{domain_record_id}", "_update_record"),
     ("PUT", "/v2/domains/{domain_name}/records/{domain_record_id}", "_update_record"),
     ("DELETE", "/v2/domains/{domain_name}/records/{domain_record_id}", "_delete_record"),
+    ("GET", "/v2/firewalls", "_list_firewalls"),
+    ("POST", "/v2/firewalls", "_create_firewall"),
+    ("GET", "/v2/firewalls/{firewall_id}", "_get_firewall"),
+    ("PUT", "/v2/firewalls/{firewall_id}", "_update_firewall"),
+    ("DELETE", "/v2/firewalls/{firewall_id}", "_delete_firewall"),
+    ("POST", "/v2/firewalls/{firewall_id}/droplets", "_add_firewall_droplets"),
+    ("DELETE", "/v2/firewalls/{firewall_id}/droplets", "_remove_firewall_droplets"),
+    ("POST", "/v2/firewalls/{firewall_id}/tags", "_add_firewall_tags"),
+    ("DELETE", "/v2/firewalls/{firewall_id}/tags", "_remove_firewall_tags"),
+    ("POST", "/v2/firewalls/{firewall_id}/rules", "_add_firewall_rules"),
+    ("DELETE", "/v2/firewalls/{firewall_id}/rules", "_remove_firewall_rules"),
+    ("GET", "/v2/droplets/{droplet_id}/firewalls", "_list_droplet_firewalls"),
 )
 
 
@@ -363,6 +381,7 @@ class Emulator:
         pending_reads: int = 1,
         per_hour: int = _PER_HOUR,
         per_minute: int = _PER_MINUTE,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if pending_reads < 0:
             raise ValueError("pending_reads cannot be negative")
@@ -396,14 +415,20 @@ class Emulator:
         self._domains: dict[str, dict[str, Any]] = {}
         self._records: dict[str, list[dict[str, Any]]] = {}
         self._next_record_id = _FIRST_RECORD_ID
+        self._firewalls = Firewalls(lambda droplet_id: droplet_id in self._droplets, _timestamp)
         self._faults: list[_Fault] = []
         self._hour: collections.deque[float] = collections.deque()
         self._minute: collections.deque[float] = collections.deque()
         self._requests: list[tuple[str, str]] = []
         self._mail: list[dict[str, Any]] = []  # what DigitalOcean would have emailed the account
         self._user_data: dict[int, str] = {}  # what each droplet's metadata service serves as its user data
-        self._server: http.server.ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        #: With it (set before :meth:`start`), :attr:`url` is HTTPS and :attr:`http_url` plain HTTP,
+        #: for the tools that need it.
+        self.tls = tls
+        self._servers: list[tuple[_Server, threading.Thread]] = []
+        self._server: _Server | None = None  # the first: the one url names
+        #: The base URL of the listener the current request came through: its links name it.
+        self._serving = threading.local()
         self._account_uuid = str(uuid.uuid5(_NAMESPACE, "account"))
         for slug, (image_id, name, distribution, kind) in _IMAGES.items():
             self._images[image_id] = {
@@ -433,27 +458,29 @@ class Emulator:
     # -- life cycle ------------------------------------------------------------
 
     def start(self) -> str:
-        """Serve in a daemon thread; returns the base URL (``http://127.0.0.1:PORT``)."""
+        """Serve in daemon threads; returns the base URL (``https://127.0.0.1:PORT`` with ``tls``,
+        else ``http://…``). With ``tls``, plain HTTP is served on a port of its own too."""
         if self._server is not None:
             return self._base_url()
-        server = _Server(("127.0.0.1", 0), _Handler)
-        server.emulator = self
-        # A short poll interval keeps stop() quick: tests start one emulator each.
-        thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="poseidon-emulator", daemon=True
-        )
-        thread.start()
-        self._server, self._thread = server, thread
+        for tls in [self.tls, None] if self.tls is not None else [None]:
+            server = _Server(("127.0.0.1", 0), _Handler)
+            server.emulator, server.tls = self, tls
+            # A short poll interval keeps stop() quick: tests start one emulator each.
+            thread = threading.Thread(
+                target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="poseidon-emulator", daemon=True
+            )
+            thread.start()
+            self._servers.append((server, thread))
+        self._server = self._servers[0][0]
         return self._base_url()
 
     def stop(self) -> None:
         """Stop serving; a no-op when not started."""
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is not None:
+        servers, self._servers, self._server = self._servers, [], None
+        for server, _ in servers:
             server.shutdown()
             server.server_close()
-        if thread is not None:
+        for _, thread in servers:
             thread.join(timeout=5)
 
     def __enter__(self) -> Emulator:
@@ -475,13 +502,23 @@ class Emulator:
             raise RuntimeError("the emulator is not running: call start() first")
         return self._base_url()
 
+    @property
+    def http_url(self) -> str:
+        """The base URL of plain HTTP (the same as :attr:`url` without ``tls``)."""
+        if self._server is None:
+            raise RuntimeError("the emulator is not running: call start() first")
+        return self._servers[-1][0].url
+
     def _base_url(self) -> str:
+        """The listener's the current request came through, else the main one's."""
+        serving = getattr(self._serving, "base", None)
+        if serving:
+            return str(serving)
         server = self._server
         if server is None:
             # Links in answers built while stopping still need a host.
             return "http://127.0.0.1"
-        host, port = server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return server.url
 
     # -- state -----------------------------------------------------------------
 
@@ -562,6 +599,7 @@ class Emulator:
                     "records": self._records,
                     "next_record_id": self._next_record_id,
                     "next_droplet_id": self._next_droplet_id,
+                    "firewalls": self._firewalls.state(),
                 }
             )
 
@@ -573,6 +611,7 @@ class Emulator:
             self._next_record_id = int(state["next_record_id"])
             # Ids are never given twice, as on DigitalOcean: a droplet made again is another droplet.
             self._next_droplet_id = max(self._next_droplet_id, int(state["next_droplet_id"]))
+            self._firewalls.restore(state.get("firewalls", []))
 
     def add_ssh_key(self, name: str, public_key: str) -> dict[str, Any]:
         """Add an SSH key to the account (``/v2/account/keys``) and return its document."""
@@ -664,8 +703,11 @@ class Emulator:
 
     # -- serving ---------------------------------------------------------------
 
-    def _handle(self, method: str, target: str, authorization: str | None, body: Any = None) -> _Answer:
-        """One request in, an answer out; called by the handler threads."""
+    def _handle(
+        self, method: str, target: str, authorization: str | None, body: Any = None, *, base: str | None = None
+    ) -> _Answer:
+        """One request in, an answer out; called by the handler threads (``base``: their listener's URL)."""
+        self._serving.base = base
         path = urlsplit(target).path.rstrip("/") or "/"
         with self._lock:
             self._requests.append((method, target))
@@ -847,13 +889,23 @@ class Emulator:
 
     def _get_droplet(self, request: _Request) -> tuple[int, Any]:
         with self._lock:
-            vanishing = self._vanishing.get(_int_or_404(request.params["droplet_id"]))
+            vanishing = self._read_vanishing(request)
             if vanishing is not None:
-                vanishing[1] -= 1
-                if vanishing[1] <= 0:
-                    del self._vanishing[vanishing[0]["id"]]
-                return 200, {"droplet": copy.deepcopy(vanishing[0])}
+                return 200, {"droplet": vanishing}
             return 200, {"droplet": self._show_droplet(self._droplet(request))}
+
+    def _read_vanishing(self, request: _Request) -> dict[str, Any] | None:
+        """A droplet deleted a moment ago, as one more read by id sees it (``off``); ``None`` when it
+        is not one. GET and DELETE see it alike, for the same reads: a delete sent again in that
+        moment is accepted again, then both answer 404. The caller holds the lock."""
+        vanishing = self._vanishing.get(_int_or_404(request.params["droplet_id"]))
+        if vanishing is None:
+            return None
+        vanishing[1] -= 1
+        if vanishing[1] <= 0:
+            del self._vanishing[vanishing[0]["id"]]
+        shown: dict[str, Any] = copy.deepcopy(vanishing[0])
+        return shown
 
     def _create_droplets(self, request: _Request) -> tuple[int, Any]:
         body = _object(request.body)
@@ -928,6 +980,8 @@ class Emulator:
 
     def _delete_droplet(self, request: _Request) -> tuple[int, Any]:
         with self._lock:
+            if self._read_vanishing(request) is not None:
+                return 204, None  # being deleted already
             gone = [self._delete(self._droplet(request))]
         self._deleted(gone)
         return 204, None
@@ -959,6 +1013,7 @@ class Emulator:
 
     def _forget_droplet(self, droplet_id: int) -> None:
         del self._droplets[droplet_id]
+        self._firewalls.forget_droplet(droplet_id)
         self._pending.pop(("droplet", droplet_id), None)
         self._user_data.pop(droplet_id, None)
         self._addresses.pop(droplet_id, None)
@@ -1230,6 +1285,19 @@ class Emulator:
                 raise _HTTPError(422, "SSH Key is already in use on your account")
         return 201, {"ssh_key": self.add_ssh_key(name, public_key)}
 
+    def _update_key(self, request: _Request) -> tuple[int, Any]:
+        """Rename a key (its name is all that changes), by id or fingerprint."""
+        body = _object(request.body)
+        name = body.get("name")
+        with self._lock:
+            key = self._find_key(request.params["ssh_key_identifier"])
+            if key is None:
+                raise _HTTPError(404)
+            if not isinstance(name, str) or not name.strip():
+                raise _HTTPError(422, "Name can't be blank")
+            key["name"] = name
+            return 200, {"ssh_key": dict(key)}
+
     def _delete_key(self, request: _Request) -> tuple[int, Any]:
         with self._lock:
             key = self._find_key(request.params["ssh_key_identifier"])
@@ -1464,6 +1532,61 @@ class Emulator:
 
     # -- pagination ----------------------------------------------------------------------
 
+    # -- firewalls (poseidon.sandbox.firewalls keeps them) ---------------------------------
+
+    def _list_firewalls(self, request: _Request) -> tuple[int, Any]:
+        with self._lock:
+            return 200, self._page("firewalls", self._firewalls.every(), request)
+
+    def _list_droplet_firewalls(self, request: _Request) -> tuple[int, Any]:
+        with self._lock:
+            droplet = self._droplet(request)
+            return 200, self._page("firewalls", self._firewalls.every(droplet["id"]), request)
+
+    def _create_firewall(self, request: _Request) -> tuple[int, Any]:
+        return 202, {"firewall": self._on_firewalls(lambda: self._firewalls.create(request.body))}
+
+    def _get_firewall(self, request: _Request) -> tuple[int, Any]:
+        return 200, {"firewall": self._on_firewalls(lambda: self._firewalls.get(request.params["firewall_id"]))}
+
+    def _update_firewall(self, request: _Request) -> tuple[int, Any]:
+        firewall_id = request.params["firewall_id"]
+        return 200, {"firewall": self._on_firewalls(lambda: self._firewalls.update(firewall_id, request.body))}
+
+    def _delete_firewall(self, request: _Request) -> tuple[int, Any]:
+        self._on_firewalls(lambda: self._firewalls.delete(request.params["firewall_id"]))
+        return 204, None
+
+    def _firewall_change(self, request: _Request, change: Callable[[str, Any], None]) -> tuple[int, Any]:
+        self._on_firewalls(lambda: change(request.params["firewall_id"], request.body))
+        return 204, None
+
+    def _add_firewall_droplets(self, request: _Request) -> tuple[int, Any]:
+        return self._firewall_change(request, self._firewalls.add_droplets)
+
+    def _remove_firewall_droplets(self, request: _Request) -> tuple[int, Any]:
+        return self._firewall_change(request, self._firewalls.remove_droplets)
+
+    def _add_firewall_tags(self, request: _Request) -> tuple[int, Any]:
+        return self._firewall_change(request, self._firewalls.add_tags)
+
+    def _remove_firewall_tags(self, request: _Request) -> tuple[int, Any]:
+        return self._firewall_change(request, self._firewalls.remove_tags)
+
+    def _add_firewall_rules(self, request: _Request) -> tuple[int, Any]:
+        return self._firewall_change(request, self._firewalls.add_rules)
+
+    def _remove_firewall_rules(self, request: _Request) -> tuple[int, Any]:
+        return self._firewall_change(request, self._firewalls.remove_rules)
+
+    def _on_firewalls(self, operation: Callable[[], _T]) -> _T:
+        """``operation()`` under the lock; what the firewalls refuse becomes the API's answer."""
+        with self._lock:
+            try:
+                return operation()
+            except Refused as exc:
+                raise _HTTPError(exc.status, exc.message) from None
+
     def _page(
         self,
         key: str,
@@ -1628,10 +1751,28 @@ def _error_body(status: int, message: str | None = None, request_id: str | None 
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     emulator: Emulator
+    #: Serves HTTPS with this context; ``None``: plain HTTP.
+    tls: ssl.SSLContext | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"{'https' if self.tls else 'http'}://{host!s}:{port}"
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        # The TLS handshake happens here, in the request's own thread: a client that never
+        # finishes it holds up no other (the listening thread only accepts).
+        if self.tls is not None:
+            request.settimeout(_Handler.timeout)
+            try:
+                request = self.tls.wrap_socket(request, server_side=True)
+            except (OSError, ssl.SSLError):
+                return
+        super().finish_request(request, client_address)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that hangs up mid-answer is not the emulator's problem.
-        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+        if isinstance(sys.exc_info()[1], OSError):  # a connection reset, a TLS session cut short
             return
         super().handle_error(request, client_address)
 
@@ -1658,7 +1799,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 answer = _Answer(400, {}, _error_body(400, "The request body is not valid JSON."))
         if answer is None:
             try:
-                answer = self.server.emulator._handle(self.command, self.path, self.headers.get("Authorization"), body)
+                answer = self.server.emulator._handle(
+                    self.command, self.path, self.headers.get("Authorization"), body, base=self.server.url
+                )
             except Exception as exc:  # noqa: BLE001 - a bug in the emulator shows up as a 500 the test can read
                 answer = _Answer(500, {}, {"id": "server_error", "message": f"emulator: {exc!r}"})
         assert answer is not None
@@ -1691,7 +1834,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         authorization = self.headers.get("Authorization")
         if not _authorized(authorization, self.server.emulator._token):
             self.close_connection = True  # its body, unread, must not be taken for the next request
-            return self.server.emulator._handle(self.command, self.path, authorization, None)
+            return self.server.emulator._handle(self.command, self.path, authorization, None, base=self.server.url)
         text = self.headers.get("Content-Length") or "0"
         if not text.isascii() or not text.isdigit() or int(text) > self.MAX_BODY:
             self.close_connection = True

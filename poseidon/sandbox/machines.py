@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+from poseidon import files
 from poseidon.errors import SandboxError, UsageError
 from poseidon.sandbox.sshd import free_port, keygen
 
@@ -322,7 +323,7 @@ class Machine:
         self.cut()
         if _mounted(self.root):
             raise SandboxError(f"{self.root} is still mounted: its files are left where they are")
-        shutil.rmtree(self.folder, ignore_errors=True)
+        files.remove_tree(self.folder)
         _remove_cgroups(self.cgroups)
 
     def _settle(self, patience: float = STOP_PATIENCE) -> None:

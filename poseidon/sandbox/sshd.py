@@ -24,6 +24,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from poseidon import files
 from poseidon.errors import SandboxError
 
 __all__ = ["SSHFarm"]
@@ -196,15 +197,15 @@ class SSHFarm:
 
     def forget_host(self, address: str) -> None:
         """The droplet at ``address`` was deleted (and is off): its files go."""
-        shutil.rmtree(self.hosts / address, ignore_errors=True)
-        shutil.rmtree(self.system / address, ignore_errors=True)
+        files.remove_tree(self.hosts / address)
+        files.remove_tree(self.system / address)
 
     def remove_host(self, address: str) -> None:
         """Forget the droplet at ``address`` and its files (the next :meth:`reload` stops listening there)."""
         self.addresses.remove(address)
         self.off.discard(address)
-        shutil.rmtree(self.hosts / address, ignore_errors=True)
-        shutil.rmtree(self.system / address, ignore_errors=True)
+        files.remove_tree(self.hosts / address)
+        files.remove_tree(self.system / address)
 
     # -- life cycle ----------------------------------------------------------
 
