@@ -346,7 +346,7 @@ def pip(step: PipStep, ctx: StepContext) -> Script:
     return Script(
         check=(
             f"command -v {where.python} >/dev/null 2>&1 || [ -x {where.python} ] || return 1\n"
-            f"{where.python} -c {quote(_SATISFIED)} {names} 2>/dev/null || return 1"
+            f"{where.python} -I -c {quote(_SATISFIED)} {names} 2>/dev/null || return 1"
         ),
         apply=f"{where.prepare} && {where.python} -m pip install -q {where.pip_options} -- {names}",
         ok_reason=f"{len(step.packages)} requirement(s) already satisfied",
@@ -466,11 +466,14 @@ def _ready_probe(ready: spec.ReadyCheck, ctx: StepContext) -> tuple[str, str]:
     if ready.port is not None:
         host = ready.host or ctx.address
         return (
-            f"POSEIDON_READY_HOST={quote(host)} POSEIDON_READY_PORT={ready.port} python3 -c {quote(_PORT_OPEN)}",
+            f"POSEIDON_READY_HOST={quote(host)} POSEIDON_READY_PORT={ready.port} python3 -I -c {quote(_PORT_OPEN)}",
             f"port {ready.port} on {host}",
         )
     if ready.http is not None:
-        return f"POSEIDON_READY_URL={quote(ready.http)} python3 -c {quote(_HTTP_OK)}", f"a 2xx answer from {ready.http}"
+        return (
+            f"POSEIDON_READY_URL={quote(ready.http)} python3 -I -c {quote(_HTTP_OK)}",
+            f"a 2xx answer from {ready.http}",
+        )
     assert ready.cmd is not None
     return f"{_user_shell(ready.cmd, ctx)} >/dev/null 2>&1", "its ready command to succeed"
 
@@ -596,101 +599,187 @@ def _owner_test(who: str, kind: Literal["owner", "group"]) -> str:
     return f'[ "$(stat -c {fmt} -- "$_path")" = {quote(who)} ]'
 
 
-# Puts the bytes of its standard input (base64) at POSEIDON_FILE_PATH, as root or not, without
-# ever following a link that someone else could have planted. The folders are walked from / (or
-# the working directory) one descriptor at a time: a link among them is followed only when root
-# or the user running this owns it (checked again after it is read: a link cannot be changed, only
-# replaced); missing folders are made. The new file is made in the last folder with O_EXCL under
-# a random name, given its owner and mode through its descriptor before a byte of content is
-# written, then renamed over the path: a link at the path is replaced, never followed.
-_PUT_FILE = r"""import base64, grp, os, pwd, secrets, stat, sys
+# Checks (``check``: exit 0 when the file is as wanted, 1 and why on stdout when not) or puts
+# (``put``: the bytes of its standard input, base64) the file at POSEIDON_FILE_PATH, an absolute
+# path, following no link someone else could have planted. The folders are walked from / one
+# descriptor at a time, each held open: ``..`` goes back to the folder held, never looked up by
+# name, and a link is followed only when root, the user writing or (under sudo) the login user
+# owns it, checked again once it is read (a link cannot change, only be replaced). Missing
+# folders are made (the login user's under its home, under sudo). The new file is made in the
+# last folder with O_EXCL under a random name, given its owner and mode through its descriptor
+# before a byte of content, then renamed over the path, and the rename checked to have moved
+# it. Whatever cannot be done says so in one line and exits 3. Run with ``python3 -I``: nothing
+# of the working directory (a ``secrets.py`` in an app) is imported.
+_PUT_FILE = r"""import base64, errno, grp, hashlib, os, pwd, stat, sys
 env = os.environ
+path, shown, doing = env["POSEIDON_FILE_PATH"], env["POSEIDON_FILE_SHOWN"], sys.argv[1]
+DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+class Explained(Exception):
+    pass
 def fail(message):
-    sys.stderr.write("poseidon: " + message + "\n"); sys.exit(2)
+    raise Explained(message)
+def change(why):
+    sys.stdout.write(why); sys.exit(1)
+def ident(fd):
+    info = os.fstat(fd); return (info.st_dev, info.st_ino)
 def uid(name):
     try: return int(name) if name.isdigit() else pwd.getpwnam(name).pw_uid
-    except KeyError: fail("no user %r on this droplet" % name)
+    except KeyError: return None
 def gid(name):
     try: return int(name) if name.isdigit() else grp.getgrnam(name).gr_gid
-    except KeyError: fail("no group %r on this droplet" % name)
-path, shown = env["POSEIDON_FILE_PATH"], env["POSEIDON_FILE_SHOWN"]
-trusted = {0, os.geteuid()}
-give = None  # a new file (and its new folders) under the login user's home is that user's, under sudo
-if os.geteuid() == 0 and env.get("SUDO_UID", "").isdigit():
-    login = pwd.getpwuid(int(env["SUDO_UID"]))
-    if os.path.abspath(path).startswith(login.pw_dir.rstrip("/") + "/"):
-        give = (login.pw_uid, login.pw_gid)
-folder = os.open("/" if path.startswith("/") else ".", os.O_RDONLY | os.O_DIRECTORY)
-todo = [part for part in os.path.dirname(path).split("/") if part not in ("", ".")][::-1]
-hops = 0
-while todo:
-    part = todo.pop()
-    if part == "..":
-        folder = os.open("..", os.O_RDONLY | os.O_DIRECTORY, dir_fd=folder); continue
+    except KeyError: return None
+def main():
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if not path.startswith("/") or not parts or parts[-1] == ".." or path.endswith(("/", "/.")):
+        fail(shown + " names a folder, not a file")
+    name = parts[-1]
+    euid = os.geteuid()
+    login = int(env["SUDO_UID"]) if euid == 0 and env.get("SUDO_UID", "").isdigit() else None
+    # Links of root's, of the user writing, and (under sudo) of the login user, who may act as root.
+    trusted = {0, euid} | ({login} if login is not None else set())
+    home = give = None
+    if login is not None:
+        try:
+            account = pwd.getpwuid(login)
+            info = os.stat(account.pw_dir)
+            home, give = (info.st_dev, info.st_ino), (account.pw_uid, account.pw_gid)
+        except (KeyError, OSError):
+            pass
+    # The folders walked, each held open: `..` goes back to the one held, never looked up by name.
+    held = [os.open("/", DIR)]
+    ids = [ident(held[0])]
+    todo, hops = parts[:-1][::-1], 0
+    while todo:
+        part = todo.pop()
+        if part == ".":
+            continue
+        if part == "..":
+            if len(held) > 1:
+                os.close(held.pop()); ids.pop()
+            continue
+        if len(held) > 200:
+            fail("the folders of %s are over 200 deep" % shown)
+        here = held[-1]
+        try:
+            before = os.stat(part, dir_fd=here, follow_symlinks=False)
+        except FileNotFoundError:
+            if doing == "check":
+                change("it does not exist")
+            os.mkdir(part, 0o755, dir_fd=here)
+            made = os.open(part, DIR, dir_fd=here)
+            if give and home in ids:
+                os.fchown(made, *give)
+            held.append(made); ids.append(ident(made))
+            continue
+        if stat.S_ISLNK(before.st_mode):
+            hops += 1
+            if hops > 40:
+                fail("too many links among the folders of " + shown)
+            if before.st_uid not in trusted:
+                fail("a folder of %s is a link of uid %d's: poseidon follows only links of root's"
+                     " or of the user it writes as" % (shown, before.st_uid))
+            target = os.readlink(part, dir_fd=here)
+            after = os.stat(part, dir_fd=here, follow_symlinks=False)
+            if (after.st_ino, after.st_dev, after.st_uid) != (before.st_ino, before.st_dev, before.st_uid):
+                fail("a link among the folders of %s changed while poseidon read it" % shown)
+            if target.startswith("/"):
+                for fd in held[1:]:
+                    os.close(fd)
+                del held[1:], ids[1:]
+            todo += [p for p in target.split("/") if p not in ("", ".")][::-1]
+            continue
+        if not stat.S_ISDIR(before.st_mode):
+            fail("a folder of %s is not a folder" % shown)
+        opened = os.open(part, DIR, dir_fd=here)
+        held.append(opened); ids.append(ident(opened))
+    folder = held[-1]
     try:
-        before = os.stat(part, dir_fd=folder, follow_symlinks=False)
+        was = os.stat(name, dir_fd=folder, follow_symlinks=False)
     except FileNotFoundError:
-        os.mkdir(part, 0o755, dir_fd=folder)
-        if give: os.chown(part, *give, dir_fd=folder, follow_symlinks=False)
-        before = os.stat(part, dir_fd=folder, follow_symlinks=False)
-    if stat.S_ISLNK(before.st_mode):
-        hops += 1
-        if hops > 40: fail("too many links among the folders of " + shown)
-        if before.st_uid not in trusted:
-            fail("the folders of %s hold a link owned by uid %d: poseidon follows only links of root's"
-                 " (or of the user it writes as)" % (shown, before.st_uid))
-        target = os.readlink(part, dir_fd=folder)
-        after = os.stat(part, dir_fd=folder, follow_symlinks=False)
-        if (after.st_ino, after.st_dev, after.st_uid) != (before.st_ino, before.st_dev, before.st_uid):
-            fail("a link among the folders of %s changed while poseidon read it" % shown)
-        if target.startswith("/"):
-            folder = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
-        todo += [p for p in target.split("/") if p not in ("", ".")][::-1]
-        continue
+        was = None
+    if was is not None and stat.S_ISDIR(was.st_mode):
+        fail(shown + " is a directory")
+    if was is not None and not stat.S_ISREG(was.st_mode) and not stat.S_ISLNK(was.st_mode):
+        fail(shown + " is not a regular file")
+    owner, group = env.get("POSEIDON_FILE_OWNER"), env.get("POSEIDON_FILE_GROUP")
+    mode = int(env["POSEIDON_FILE_MODE"], 8) if env.get("POSEIDON_FILE_MODE") else None
+    if doing == "check":
+        if was is None:
+            change("it does not exist")
+        if stat.S_ISLNK(was.st_mode):
+            change("it is a symbolic link, to be replaced by the file")
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder)
+        except PermissionError:
+            fail("cannot read %s (sudo: true reads as root)" % shown)
+        with os.fdopen(fd, "rb") as stream:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                fail(shown + " is not a regular file")
+            digest = hashlib.sha256()
+            for block in iter(lambda: stream.read(1 << 16), b""):
+                digest.update(block)
+        if digest.hexdigest() != env["POSEIDON_FILE_DIGEST"]:
+            change("its content differs")
+        if mode is not None and stat.S_IMODE(info.st_mode) != mode:
+            change("its mode is %o, not %o" % (stat.S_IMODE(info.st_mode), mode))
+        if owner and info.st_uid != uid(owner):
+            change("its owner is not " + owner)
+        if group and info.st_gid != gid(group):
+            change("its group is not " + group)
+        return
+    was = was if was is not None and stat.S_ISREG(was.st_mode) else None
+    new_uid, new_gid = -1, -1
+    if was and euid == 0:
+        new_uid, new_gid = was.st_uid, was.st_gid
+    elif not was and give and home in ids:
+        new_uid, new_gid = give
+    if owner:
+        new_uid = uid(owner)
+        if new_uid is None:
+            fail("no user %r on this droplet" % owner)
+    if group:
+        new_gid = gid(group)
+        if new_gid is None:
+            fail("no group %r on this droplet" % group)
+    if mode is None:
+        mode = stat.S_IMODE(was.st_mode) & 0o777 if was else 0o644  # never a setuid bit onto new content
+    temporary = ".poseidon-file." + os.urandom(8).hex()
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=folder)
     try:
-        folder = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=folder)
-    except NotADirectoryError:
-        fail("a folder of %s is a file" % shown)
-name = os.path.basename(path)
+        if (new_uid, new_gid) != (-1, -1):
+            os.fchown(fd, new_uid, new_gid)
+        os.fchmod(fd, mode & 0o777)  # its final permissions before a byte of content
+        data = base64.b64decode(sys.stdin.buffer.read())
+        while data:
+            data = data[os.write(fd, data):]
+        os.fchmod(fd, mode)  # a write by a user who is not root clears setuid bits
+        os.fsync(fd)
+        ours = os.fstat(fd)
+        def taken(at):
+            now = os.stat(at, dir_fd=folder, follow_symlinks=False)
+            return (now.st_ino, now.st_dev) != (ours.st_ino, ours.st_dev)
+        if taken(temporary):
+            fail("the new file of %s was taken away while it was written" % shown)
+        os.rename(temporary, name, src_dir_fd=folder, dst_dir_fd=folder)
+        if taken(name):
+            fail("%s was replaced by another file as it was put in place" % shown)
+    except BaseException:
+        try: os.unlink(temporary, dir_fd=folder)
+        except OSError: pass
+        raise
+    finally:
+        os.close(fd)
 try:
-    was = os.stat(name, dir_fd=folder, follow_symlinks=False)
-    was = was if stat.S_ISREG(was.st_mode) else None
-except FileNotFoundError:
-    was = None
-owner, group = -1, -1
-if was and os.geteuid() == 0: owner, group = was.st_uid, was.st_gid
-elif not was and give: owner, group = give
-if env.get("POSEIDON_FILE_OWNER"): owner = uid(env["POSEIDON_FILE_OWNER"])
-if env.get("POSEIDON_FILE_GROUP"): group = gid(env["POSEIDON_FILE_GROUP"])
-mode = stat.S_IMODE(was.st_mode) & 0o777 if was else 0o644  # never a setuid bit copied onto new content
-if env.get("POSEIDON_FILE_MODE"): mode = int(env["POSEIDON_FILE_MODE"], 8)
-temporary = ".poseidon-file." + secrets.token_hex(8)
-fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=folder)
-try:
-    if (owner, group) != (-1, -1): os.fchown(fd, owner, group)
-    os.fchmod(fd, mode)
-    data = base64.b64decode(sys.stdin.buffer.read())
-    while data: data = data[os.write(fd, data):]
-    os.fsync(fd)
-    ours = os.fstat(fd)
-    def taken(at):
-        now = os.stat(at, dir_fd=folder, follow_symlinks=False)
-        return (now.st_ino, now.st_dev) != (ours.st_ino, ours.st_dev)
-    if taken(temporary):
-        fail("the new file of %s was taken away while it was written" % shown)
-    os.rename(temporary, name, src_dir_fd=folder, dst_dir_fd=folder)
-    if taken(name):
-        fail("%s was replaced by another file as it was put in place" % shown)
-    os.close(fd); fd = -1
-except BaseException as exc:
-    if fd >= 0: os.close(fd)
-    try: os.unlink(temporary, dir_fd=folder)
-    except OSError: pass
-    if isinstance(exc, SystemExit): raise
-    if isinstance(exc, IsADirectoryError): fail(shown + " is a directory")
-    if isinstance(exc, OSError): fail("cannot write %s: %s" % (shown, exc.strerror))
-    raise
+    main()
+except Explained as exc:
+    sys.stderr.write("poseidon: %s\n" % exc); sys.exit(3)
+except OSError as exc:
+    verb = "read" if doing == "check" else "write"
+    sys.stderr.write("poseidon: cannot %s %s: %s\n" % (verb, shown, exc.strerror or exc))
+    sys.exit(3)
 """
+
 
 #: A check's exit status for "failed, and it said why on stderr": no line of render()'s is added.
 EXPLAINED = 3
@@ -712,52 +801,42 @@ def _login_path(path: str) -> str:
     return quote(path)
 
 
+def _file_path(path: str) -> str:
+    """Shell for ``path`` made absolute: ``~`` is the login user's home (``$_home``), sudo or not;
+    a relative path is the working directory's (``$PWD``, as ``chdir`` wrote it, links and all:
+    the walk judges each link on the way)."""
+    if path == "~" or path.startswith("~/"):
+        return _login_path(path)
+    if path.startswith("/"):
+        return quote(path)
+    return f'"$PWD"/{quote(path)}'
+
+
 def file(step: FileStep, ctx: StepContext, data: bytes) -> Script:
-    """Put ``data`` at the step's path: compared by digest, mode and owner on the droplet (in
-    shell); written by the droplet's ``python3`` (:data:`_PUT_FILE`), which follows no link
-    someone else planted, gives the new file its owner and mode before its content, and renames
-    it over the path, so no reader ever sees half a file."""
-    digest = hashlib.sha256(data).hexdigest()
-    mode = f"{int(step.mode, 8):o}" if step.mode else None
-    fails = f"return {EXPLAINED}"
-    setup = f"{_LOGIN_HOME}\n_path={_login_path(step.path)}"
-    check = [
-        f'if [ -d "$_path" ] && [ ! -L "$_path" ]; then {_say(f"poseidon: {step.path} is a directory")}; {fails}; fi',
-        '[ -e "$_path" ] || [ -L "$_path" ] || { _why="it does not exist"; return 1; }',
-        '[ ! -L "$_path" ] || { _why="it is a symbolic link, to be replaced by the file"; return 1; }',
-        f'[ -f "$_path" ] || {{ {_say(f"poseidon: {step.path} is not a regular file")}; {fails}; }}',
-        f'[ -r "$_path" ] || {{ {_say(f"poseidon: cannot read {step.path} (sudo: true reads as root)")}; {fails}; }}',
-        f'[ "$(sha256sum < "$_path" | cut -c1-64)" = {digest} ] || {{ _why="its content differs"; return 1; }}',
-    ]
-    if mode:
-        check.append(
-            f'_m=$(stat -c %a -- "$_path"); [ "$_m" = {mode} ] || {{ _why="its mode is $_m, not {mode}"; return 1; }}'
-        )
-    if step.owner is not None:
-        check.append(
-            f"{_owner_test(step.owner, 'owner')} || {{ _why={quote(f'its owner is not {step.owner}')}; return 1; }}"
-        )
-    if step.group is not None:
-        check.append(
-            f"{_owner_test(step.group, 'group')} || {{ _why={quote(f'its group is not {step.group}')}; return 1; }}"
-        )
-    python = "poseidon: file: writing a file takes python3, which this droplet lacks"
+    """Put ``data`` at the step's path: the droplet's ``python3`` (:data:`_PUT_FILE`) compares
+    digest, mode and owner, and writes the file following no link someone else planted, giving
+    the new file its owner and mode before its content, and renaming it over the path, so no
+    reader ever sees half a file."""
     settings = {
         "POSEIDON_FILE_SHOWN": step.path,
+        "POSEIDON_FILE_DIGEST": hashlib.sha256(data).hexdigest(),
         "POSEIDON_FILE_MODE": step.mode or "",
         "POSEIDON_FILE_OWNER": step.owner or "",
         "POSEIDON_FILE_GROUP": step.group or "",
     }
-    apply = [
-        f"command -v python3 >/dev/null 2>&1 || {{ {_say(python)}; exit 2; }}",
-        f"printf %s {base64.b64encode(data).decode('ascii')} |"
-        f' POSEIDON_FILE_PATH="$_path" {" ".join(f"{k}={quote(v)}" for k, v in settings.items())}'
-        f" python3 -c {quote(_PUT_FILE)}",
-    ]
+    program = (
+        f'POSEIDON_FILE_PATH="$_path" {" ".join(f"{k}={quote(v)}" for k, v in settings.items())}'
+        f" python3 -I -c {quote(_PUT_FILE)}"
+    )
+    python = "poseidon: file: the droplet has no python3, which puts files in place"
+    setup = (
+        f"{_LOGIN_HOME}\n_path={_file_path(step.path)}\n"
+        f"command -v python3 >/dev/null 2>&1 || {{ {_say(python)}; exit {EXPLAINED}; }}"
+    )
     return Script(
         setup=setup,
-        check="\n".join(check),
-        apply="\n".join(apply),
+        check=f"_why=$({program} check); return $?",
+        apply=f"printf %s {base64.b64encode(data).decode('ascii')} | {program} put",
         ok_reason=f"{step.path} has its content, mode and owner",
         needs_root=step.needs_root(),
         secret=True,  # its content may hold one: never in a command line
@@ -1022,7 +1101,7 @@ def readiness(*, dpkg: bool, wait: int = READY_WAIT) -> str:
                 ' i=$(stat -c %i "$1" 2>/dev/null) || return 1; grep -q ":$i " /proc/locks; }'
             ),
             'if command -v python3 >/dev/null 2>&1 && { _held "$_dpkg/lock-frontend" || _held "$_dpkg/lock"; }; then',
-            f'  python3 -c {quote(_DPKG_LOCK_FREE)} {wait} "$_dpkg" || exit 1',
+            f'  python3 -I -c {quote(_DPKG_LOCK_FREE)} {wait} "$_dpkg" || exit 1',
             "fi",
         ]
     return f"sh -c {quote(chr(10).join(lines))}"

@@ -289,3 +289,42 @@ def test_status_and_destroy_need_no_file_a_file_step_takes(
     assert "gone.bin: No such file or directory" in capsys.readouterr().err
     assert main(["status", str(path)]) == 0, capsys.readouterr().err
     assert main(["destroy", str(path), "--check"]) == 0, capsys.readouterr().err
+
+
+@pytest.mark.sandbox
+def test_nothing_of_the_working_directory_runs_as_the_writer(shared_sandbox: Sandbox, tmp_path: Path) -> None:
+    """An app's own secrets.py (or one planted there) is never imported by what writes the file."""
+    folder = shared_sandbox.home("other") / "files-app"
+    folder.mkdir(exist_ok=True)
+    marker = folder / "imported"
+    (folder / "secrets.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\ntoken_hex = None\n")
+    (folder / "base64.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    text = """\
+        version: 1
+        droplets: [other]
+        steps:
+          - chdir: files-app
+          - file: {path: app.ini, content: "k = v\\n", mode: "0640"}
+        report: {ps: false, top: false}
+        """
+    assert [s for s, _ in outcomes(apply(shared_sandbox, tmp_path, text))] == ["ok", "changed"]
+    assert (folder / "app.ini").read_text() == "k = v\n"
+    assert not marker.exists()
+    assert [s for s, _ in outcomes(apply(shared_sandbox, tmp_path, text))] == ["ok", "ok"]
+
+
+@pytest.mark.sandbox
+def test_a_fifo_a_deep_path_and_a_folder_path_each_fail_in_one_line(shared_sandbox: Sandbox, tmp_path: Path) -> None:
+    home = shared_sandbox.home("other")
+    (home / "files-fifo").unlink(missing_ok=True)
+    os.mkfifo(home / "files-fifo")
+    deep = "/".join(["d"] * 210)
+    with po.connect(token=shared_sandbox.token, settings=Settings.from_environ(shared_sandbox.environ)) as client:
+        with client.droplets.by_name("other").connect() as ssh:
+            fifo = ssh.file("files-fifo", "x", raise_on_error=False)
+            too_deep = ssh.file(f"files-deep/{deep}/x", "x", raise_on_error=False)
+    assert (fifo.status, fifo.stderr.strip()) == ("failed", "poseidon: files-fifo is not a regular file")
+    assert too_deep.status == "failed" and too_deep.stderr.strip().endswith("are over 200 deep")
+    assert len(too_deep.stderr.splitlines()) == 1
+    found = problems("version: 1\ndroplets: [web]\nsteps: [{file: {path: conf/, content: x}}]\n", tmp_path)
+    assert len(found) == 1 and "names a folder, not a file" in found[0]

@@ -405,7 +405,7 @@ def test_links_among_the_folders_are_followed_only_when_root_owns_them_and_no_se
         report: {ps: false, top: false}
         """
     (_, _), (tool, _), (planted, why) = outcomes(apply(machine, tmp_path, text))
-    assert planted == "failed" and "hold a link owned by uid" in why
+    assert planted == "failed" and "is a link of uid" in why
     upper = machine.home("svc").parent
     assert not (upper / "root" / "planted.conf").exists()
     assert tool == "changed"
@@ -513,3 +513,62 @@ def test_the_library_runs_a_service_as_the_seed_api_runs_a_nohup(machine: Sandbo
         again = ssh.service("lib", "exec sleep 300", grace=0.5)
         assert ssh.wait("systemctl is-enabled poseidon-lib.service") == "enabled\n"
     assert (first.status, again.status, again.reason) == ("changed", "ok", "poseidon-lib.service is running")
+
+
+def test_a_login_user_under_sudo_follows_its_own_links_and_writes_root_files_where_root_links_lead(
+    machine: Sandbox, tmp_path: Path
+) -> None:
+    setup = """\
+        version: 1
+        droplets: [svc]
+        steps:
+          - run:
+              cmd: >-
+                id deploy >/dev/null 2>&1 || useradd -m -s /bin/bash deploy;
+                install -d -m 700 -o deploy -g deploy /home/deploy/.ssh;
+                install -m 600 -o deploy -g deploy ~root/.ssh/authorized_keys /home/deploy/.ssh/;
+                echo 'deploy ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/deploy;
+                su deploy -s /bin/sh -c 'mkdir -p ~/releases/1 && ln -sfn releases/1 ~/current';
+                ln -sfn /etc /home/deploy/etc
+        report: {ps: false, top: false}
+        """
+    assert [s for s, _ in outcomes(apply(machine, tmp_path, setup))] == ["changed"]
+    files = """\
+        version: 1
+        droplets: [{name: svc, user: deploy}]
+        steps:
+          - file: {path: "~/current/app.ini", content: "a\\n", sudo: true}
+          - file: {path: "~/etc/cron.d/poseidon-test", content: "# x\\n", sudo: true}
+          - file: {path: "~/bin/tool", content: "#!/bin/sh\\n", mode: "4755"}
+        report: {ps: false, top: false}
+        """
+    assert [s for s, _ in outcomes(apply(machine, tmp_path, files))] == ["changed"] * 3
+    upper = machine.home("svc").parent
+    assert machine_name(machine, "passwd", (upper / "home/deploy/releases/1/app.ini").stat().st_uid) == "deploy"
+    assert (upper / "etc/cron.d/poseidon-test").stat().st_uid == 0  # where root's link leads: root's
+    tool = (upper / "home/deploy/bin/tool").stat()
+    assert tool.st_mode & 0o7777 == 0o4755 and machine_name(machine, "passwd", tool.st_uid) == "deploy"
+    assert [s for s, _ in outcomes(apply(machine, tmp_path, files))] == ["ok"] * 3
+    # Without sudo, a file of root's folder cannot be written: said in one line.
+    denied = (
+        "version: 1\ndroplets: [{name: svc, user: deploy}]\nsteps: [{file: {path: /etc/deploy.conf, content: x}}]\n"
+    )
+    ((status, why),) = outcomes(apply(machine, tmp_path, denied + "report: {ps: false, top: false}\n"))
+    assert (status, why.strip()) == ("failed", "poseidon: cannot write /etc/deploy.conf: Permission denied")
+
+
+def test_a_relative_path_in_a_folder_another_user_linked_elsewhere_is_refused(machine: Sandbox, tmp_path: Path) -> None:
+    text = """\
+        version: 1
+        droplets: [svc]
+        steps:
+          - run: >-
+              id planter >/dev/null 2>&1 || useradd -m planter;
+              su planter -s /bin/sh -c 'ln -sfn /root /home/planter/app'
+          - chdir: /home/planter/app
+          - file: {path: planted.ini, content: "x\\n", owner: planter}
+        report: {ps: false, top: false}
+        """
+    (_, _), (_, _), (status, why) = outcomes(apply(machine, tmp_path, text))
+    assert status == "failed" and "is a link of uid" in why
+    assert not (machine.home("svc") / "planted.ini").exists()

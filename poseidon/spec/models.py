@@ -487,6 +487,13 @@ class FileStep(StepBase):
     owner: Owner | None = Field(default=None, description="Owner (name or number); default: kept, or the login user.")
     group: Owner | None = Field(default=None, description="Group (name or number); default: kept, or the login user's.")
 
+    @field_validator("path")
+    @classmethod
+    def _names_a_file(cls, value: str) -> str:
+        if value in (".", "..", "~", "~/") or value.endswith(("/", "/.", "/..")):
+            fail(f"{value!r} names a folder, not a file: end it with the file's name")
+        return value
+
     @model_validator(mode="after")
     def _one_source(self) -> FileStep:
         given = [name for name in ("content", "src", "template") if getattr(self, name) is not None]
