@@ -623,9 +623,11 @@ def change(why):
 def ident(fd):
     info = os.fstat(fd); return (info.st_dev, info.st_ino)
 def uid(name):
+    if name.isdigit() and int(name) >= 0xFFFFFFFF: fail("%s is no user id" % name)
     try: return int(name) if name.isdigit() else pwd.getpwnam(name).pw_uid
     except KeyError: return None
 def gid(name):
+    if name.isdigit() and int(name) >= 0xFFFFFFFF: fail("%s is no group id" % name)
     try: return int(name) if name.isdigit() else grp.getgrnam(name).gr_gid
     except KeyError: return None
 def main():
@@ -676,8 +678,8 @@ def main():
             if hops > 40:
                 fail("too many links among the folders of " + shown)
             if before.st_uid not in trusted:
-                fail("a folder of %s is a link of uid %d's: poseidon follows only links of root's"
-                     " or of the user it writes as" % (shown, before.st_uid))
+                fail("a folder of %s is a link of uid %d's: poseidon follows only links of root's, of the user"
+                     " it writes as, or of the login user under sudo" % (shown, before.st_uid))
             target = os.readlink(part, dir_fd=here)
             after = os.stat(part, dir_fd=here, follow_symlinks=False)
             if (after.st_ino, after.st_dev, after.st_uid) != (before.st_ino, before.st_dev, before.st_uid):
@@ -729,6 +731,9 @@ def main():
             change("its group is not " + group)
         return
     was = was if was is not None and stat.S_ISREG(was.st_mode) else None
+    shared = os.fstat(folder)
+    if was and shared.st_mode & stat.S_ISVTX and shared.st_mode & 0o002 and was.st_uid not in trusted:
+        was = None  # in /tmp anyone may have made it first: its mode and group are not to be kept
     new_uid, new_gid = -1, -1
     if was and euid == 0:
         new_uid, new_gid = was.st_uid, was.st_gid
@@ -801,15 +806,16 @@ def _login_path(path: str) -> str:
     return quote(path)
 
 
-def _file_path(path: str) -> str:
+def _file_path(path: str, cwd: str | None) -> str:
     """Shell for ``path`` made absolute: ``~`` is the login user's home (``$_home``), sudo or not;
-    a relative path is the working directory's (``$PWD``, as ``chdir`` wrote it, links and all:
-    the walk judges each link on the way)."""
+    a relative path is the working directory's as ``chdir`` printed it, links and all, so that the
+    walk judges each link on the way (``$PWD`` would not do: sudo drops it, and the shell it starts
+    finds the directory without its links); without a ``chdir``, the login user's home."""
     if path == "~" or path.startswith("~/"):
         return _login_path(path)
     if path.startswith("/"):
         return quote(path)
-    return f'"$PWD"/{quote(path)}'
+    return quote(f"{cwd.rstrip('/')}/{path}") if cwd else f'"$_home"/{quote(path)}'
 
 
 def file(step: FileStep, ctx: StepContext, data: bytes) -> Script:
@@ -830,7 +836,7 @@ def file(step: FileStep, ctx: StepContext, data: bytes) -> Script:
     )
     python = "poseidon: file: the droplet has no python3, which puts files in place"
     setup = (
-        f"{_LOGIN_HOME}\n_path={_file_path(step.path)}\n"
+        f"{_LOGIN_HOME}\n_path={_file_path(step.path, ctx.cwd)}\n"
         f"command -v python3 >/dev/null 2>&1 || {{ {_say(python)}; exit {EXPLAINED}; }}"
     )
     return Script(

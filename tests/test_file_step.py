@@ -328,3 +328,7 @@ def test_a_fifo_a_deep_path_and_a_folder_path_each_fail_in_one_line(shared_sandb
     assert len(too_deep.stderr.splitlines()) == 1
     found = problems("version: 1\ndroplets: [web]\nsteps: [{file: {path: conf/, content: x}}]\n", tmp_path)
     assert len(found) == 1 and "names a folder, not a file" in found[0]
+    found = problems(
+        'version: 1\ndroplets: [web]\nsteps: [{file: {path: a, content: x, owner: "4294967295"}}]\n', tmp_path
+    )
+    assert len(found) == 1 and "is no user or group id" in found[0]

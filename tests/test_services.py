@@ -572,3 +572,26 @@ def test_a_relative_path_in_a_folder_another_user_linked_elsewhere_is_refused(ma
     (_, _), (_, _), (status, why) = outcomes(apply(machine, tmp_path, text))
     assert status == "failed" and "is a link of uid" in why
     assert not (machine.home("svc") / "planted.ini").exists()
+    # Under sudo too, which drops $PWD: the directory is the one chdir printed, links and all.
+    with_sudo = text.replace("owner: planter}", "sudo: true}")
+    (_, _), (_, _), (status, why) = outcomes(apply(machine, tmp_path, with_sudo))
+    assert status == "failed" and "is a link of uid" in why
+    assert not (machine.home("svc") / "planted.ini").exists()
+
+
+def test_a_file_another_user_made_first_in_a_shared_folder_keeps_nothing_of_theirs(
+    machine: Sandbox, tmp_path: Path
+) -> None:
+    text = """\
+        version: 1
+        droplets: [svc]
+        steps:
+          - run: >-
+              id planter >/dev/null 2>&1 || useradd -m planter;
+              cd /var/tmp && su planter -s /bin/sh -c 'umask 0; rm -f app.conf; : > app.conf; chmod 666 app.conf'
+          - file: {path: /var/tmp/app.conf, content: "secret\\n", owner: root}
+        report: {ps: false, top: false}
+        """
+    assert [s for s, _ in outcomes(apply(machine, tmp_path, text))] == ["changed", "changed"]
+    info = (machine.home("svc").parent / "var" / "tmp" / "app.conf").stat()
+    assert (info.st_uid, info.st_gid, info.st_mode & 0o777) == (0, 0, 0o644)

@@ -277,8 +277,16 @@ FileMode = Annotated[
     _literal(_mode_digits),
     WithJsonSchema({"type": "string", "pattern": "^(0?[0-7]{3}|[0-7]{4})$"}),
 ]
+
+
+def _owner(value: str, seen: str) -> None:
+    _matching(re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\$?"), "a user or group name")(value, seen)
+    if seen.isdigit() and int(seen) >= 0xFFFFFFFF:  # (uid_t)-1 means "leave it" to chown
+        fail(f"{value!r} is no user or group id: ids go up to 4294967294")
+
+
 #: A user or group on the droplet, by name or number (``chown``'s own words).
-Owner = Annotated[str, _checked(_matching(re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\$?"), "a user or group name"))]
+Owner = Annotated[str, _checked(_owner)]
 #: A service's name, which names its systemd unit: never substituted, so its unit stays the same.
 ServiceName = Annotated[str, _literal(_matching(_LABEL_RE, "a service name (letters, digits, _ . -)"))]
 #: A local file beside the playbook: its path as written, never substituted (validate reads it).

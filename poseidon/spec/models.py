@@ -485,7 +485,10 @@ class FileStep(StepBase):
         default=None, description="Octal mode, quoted ('0644'); default: 0644 for a new file, kept for an existing one."
     )
     owner: Owner | None = Field(default=None, description="Owner (name or number); default: kept, or the login user.")
-    group: Owner | None = Field(default=None, description="Group (name or number); default: kept, or the login user's.")
+    group: Owner | None = Field(
+        default=None,
+        description="Group (name or number); default: kept, or the writing user's (the login user's at home).",
+    )
 
     @field_validator("path")
     @classmethod
