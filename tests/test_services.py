@@ -7,6 +7,7 @@ skipped with the reason (under CI they fail), as in test_machines.py.
 
 from __future__ import annotations
 
+import json
 import os
 import textwrap
 import time
@@ -339,20 +340,20 @@ def test_a_user_who_owns_the_folder_cannot_make_root_write_or_chown_another_file
         apply(machine, tmp_path, "version: 1\ndroplets: [svc]\n" + stop)
 
 
+def with_deploy(then: str) -> str:
+    """A playbook that makes the user deploy (root's key, passwordless sudo), then runs ``then``."""
+    make = (
+        "id deploy >/dev/null 2>&1 || useradd -m -s /bin/bash deploy;"
+        " install -d -m 700 -o deploy -g deploy /home/deploy/.ssh;"
+        " install -m 600 -o deploy -g deploy ~root/.ssh/authorized_keys /home/deploy/.ssh/;"
+        " echo 'deploy ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/deploy; "
+    )
+    steps = json.dumps([{"run": make + then}])
+    return f"version: 1\ndroplets: [svc]\nsteps: {steps}\nreport: {{ps: false, top: false}}\n"
+
+
 def test_a_login_user_under_sudo_gets_files_in_its_own_home_owned_by_it(machine: Sandbox, tmp_path: Path) -> None:
-    users = """\
-        version: 1
-        droplets: [svc]
-        steps:
-          - run:
-              cmd: >-
-                id deploy >/dev/null 2>&1 || useradd -m -s /bin/bash deploy;
-                install -d -m 700 -o deploy -g deploy /home/deploy/.ssh;
-                install -m 600 -o deploy -g deploy ~root/.ssh/authorized_keys /home/deploy/.ssh/;
-                echo 'deploy ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/deploy;
-                getent group web >/dev/null || groupadd web
-        report: {ps: false, top: false}
-        """
+    users = with_deploy("getent group web >/dev/null || groupadd web")
     assert [s for s, _ in outcomes(apply(machine, tmp_path, users))] == ["changed"]
     files = """\
         version: 1
@@ -518,20 +519,9 @@ def test_the_library_runs_a_service_as_the_seed_api_runs_a_nohup(machine: Sandbo
 def test_a_login_user_under_sudo_follows_its_own_links_and_writes_root_files_where_root_links_lead(
     machine: Sandbox, tmp_path: Path
 ) -> None:
-    setup = """\
-        version: 1
-        droplets: [svc]
-        steps:
-          - run:
-              cmd: >-
-                id deploy >/dev/null 2>&1 || useradd -m -s /bin/bash deploy;
-                install -d -m 700 -o deploy -g deploy /home/deploy/.ssh;
-                install -m 600 -o deploy -g deploy ~root/.ssh/authorized_keys /home/deploy/.ssh/;
-                echo 'deploy ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/deploy;
-                su deploy -s /bin/sh -c 'mkdir -p ~/releases/1 && ln -sfn releases/1 ~/current';
-                ln -sfn /etc /home/deploy/etc
-        report: {ps: false, top: false}
-        """
+    setup = with_deploy(
+        "su deploy -s /bin/sh -c 'mkdir -p ~/releases/1 && ln -sfn releases/1 ~/current'; ln -sfn /etc /home/deploy/etc"
+    )
     assert [s for s, _ in outcomes(apply(machine, tmp_path, setup))] == ["changed"]
     files = """\
         version: 1
