@@ -256,7 +256,6 @@ def test_the_service_example_serves_its_configured_greeting_and_a_second_run_cha
     tmp_path: Path, offline_pip: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     """examples/service.yaml on machines, as its comment says to run it (pip offline, from the wheels here)."""
-    import json
     import shutil
 
     from poseidon.cli import main
