@@ -50,6 +50,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from importlib import metadata
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeAlias, TypeVar, overload
 from urllib.parse import quote, urlsplit
@@ -351,9 +352,14 @@ class Client:
         self._own_session = session is None
         self.session = session if session is not None else requests.Session()
         #: The authorities the API's certificate is checked against (``None``: requests' choice, which
-        #: this process's REQUESTS_CA_BUNDLE may make). Given with each request: requests lets the
-        #: process's environment override a session's own.
-        self.ca_bundle = settings.ca_bundle if settings is not None else None
+        #: this process's REQUESTS_CA_BUNDLE may make; and a session given keeps its own). Given with
+        #: each request: requests lets the process's environment override a session's.
+        self.ca_bundle = settings.ca_bundle if settings is not None and session is None else None
+        if self.ca_bundle and not Path(self.ca_bundle).is_file():
+            raise UsageError(
+                f"the certificate authorities file {self.ca_bundle} (REQUESTS_CA_BUNDLE or SSL_CERT_FILE) does not"
+                " exist: a sandbox's, now down? unset both, or start the sandbox again"
+            )
         self.timeout = timeout
         self.max_attempts = max(1, max_attempts)
         self.backoff = backoff

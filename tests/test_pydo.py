@@ -224,3 +224,30 @@ def test_a_deleted_droplet_leaves_its_firewalls_and_a_kept_account_keeps_them(sa
         )
     assert answer.status_code == 200 and answer.json()["firewall"]["name"] == "kept"
     client.firewalls.delete(firewall_id=firewall_id)
+
+
+def test_a_firewall_read_back_is_accepted_as_it_is_after_its_droplet_and_tag_are_gone(
+    sandbox: Sandbox, client: Any
+) -> None:
+    client.tags.create(body={"name": "cache"})
+    created = client.droplets.create(
+        body={"name": "cache-1", "region": "nyc3", "size": "s-1vcpu-1gb", "image": "ubuntu-24-04-x64"}
+    )["droplet"]
+    rule = {"protocol": "tcp", "ports": "6379", "sources": {"droplet_ids": [created["id"]], "tags": ["cache"]}}
+    ssh = {"protocol": "tcp", "ports": "22", "sources": {"addresses": ["0.0.0.0/0"], "droplet_ids": [created["id"]]}}
+    body = {"name": "cache-fw", "inbound_rules": [rule, rule, ssh], "droplet_ids": [created["id"]], "tags": ["cache"]}
+    firewall = client.firewalls.create(body=body)["firewall"]
+    assert firewall["inbound_rules"] == [rule, ssh]  # each once
+    client.droplets.destroy(created["id"])
+    client.tags.delete(tag_id="cache")
+    read = client.firewalls.get(firewall_id=firewall["id"])["firewall"]
+    # The droplet and the tag left the firewall and its rules; a rule left with nothing to allow went.
+    assert (read["droplet_ids"], read["tags"]) == ([], [])
+    assert read["inbound_rules"] == [{**ssh, "sources": {"addresses": ["0.0.0.0/0"], "droplet_ids": []}}]
+    # What a tool read, it may write back (Terraform, doctl do).
+    written = {k: read[k] for k in ("name", "inbound_rules", "outbound_rules", "droplet_ids", "tags")}
+    assert client.firewalls.update(firewall_id=firewall["id"], body=written)["firewall"]["name"] == "cache-fw"
+    client.firewalls.delete(firewall_id=firewall["id"])
+    key = client.ssh_keys.list()["ssh_keys"][0]
+    status, body = answer(client.ssh_keys.update, ssh_key_identifier=key["id"], body={"name": "a\nb\u0000c"})
+    assert (status, body["id"]) == (422, "unprocessable_entity")

@@ -1,12 +1,14 @@
 """The sandbox's certificate authority: made per sandbox, so that its API emulator serves HTTPS
 that clients can verify, as the real API is HTTPS only (pydo refuses a token over plain HTTP).
 
-A folder holds the authority (``ca.pem``, its key ``ca.key``), the emulator's certificate for
-127.0.0.1 and localhost (``server.pem``, ``server.key``) and ``bundle.pem``: this machine's
-certificate authorities and the sandbox's, for ``SSL_CERT_FILE`` and ``REQUESTS_CA_BUNDLE``
-(so the other HTTPS a shell makes is verified as before). All are this user's alone (0600). A kept
-sandbox keeps its authority, so that what ``sandbox env`` exported stays valid; one close to
-its end is made anew.
+A folder holds the authority (``ca.pem``), the emulator's certificate for 127.0.0.1 and
+localhost (``server.pem``, ``server.key``) and ``bundle.pem``: the certificate authorities this
+environment trusted before and the sandbox's, for ``SSL_CERT_FILE`` and ``REQUESTS_CA_BUNDLE``
+(so the other HTTPS a shell makes is verified as before). The authority may sign for
+127.0.0.0/8 and localhost only (critical name constraints), and its key is thrown away once the
+emulator's certificate is signed: trusting it trusts nothing else. All are this user's alone
+(0600). A kept sandbox keeps them, so that what ``sandbox env`` exported stays valid; a set that
+is near its end, damaged or mismatched is made anew.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import re
 import ssl
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,15 +74,21 @@ def authority(folder: Path) -> Authority:
 
 
 def _valid(made: Authority) -> bool:
+    """Whether the files are whole, fit together and have time left."""
     from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import serialization
 
     try:
-        for path in (made.ca, made.certificate):
-            certificate = x509.load_pem_x509_certificate(path.read_bytes())
-            if certificate.not_valid_after_utc - _now() < _RENEW_BEFORE:
-                return False
-        return made.key.is_file() and (made.folder / "ca.key").is_file()
-    except (OSError, ValueError):
+        ca = x509.load_pem_x509_certificate(made.ca.read_bytes())
+        server = x509.load_pem_x509_certificate(made.certificate.read_bytes())
+        key = serialization.load_pem_private_key(made.key.read_bytes(), password=None)
+        server.verify_directly_issued_by(ca)
+        spki = serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        if key.public_key().public_bytes(*spki) != server.public_key().public_bytes(*spki):
+            return False
+        return all(c.not_valid_after_utc - _now() >= _RENEW_BEFORE for c in (ca, server))
+    except (OSError, ValueError, TypeError, InvalidSignature):
         return False
 
 
@@ -120,6 +130,16 @@ def _make(made: Authority) -> None:
             critical=True,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .add_extension(
+            x509.NameConstraints(
+                permitted_subtrees=[
+                    x509.IPAddress(ipaddress.ip_network("127.0.0.0/8")),
+                    x509.DNSName("localhost"),
+                ],
+                excluded_subtrees=None,
+            ),
+            critical=True,
+        )
         .sign(ca_key, hashes.SHA256())
     )
     server_key = ec.generate_private_key(ec.SECP256R1())
@@ -146,27 +166,53 @@ def _make(made: Authority) -> None:
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         ).decode()
 
-    files.write(made.folder / "ca.key", private(ca_key))
+    (made.folder / "ca.key").unlink(missing_ok=True)  # an older sandbox's: the key is not kept
     files.write(made.key, private(server_key))
     files.write(made.ca, ca.public_bytes(serialization.Encoding.PEM).decode())
     files.write(made.certificate, server.public_bytes(serialization.Encoding.PEM).decode())
 
 
-def _system_authorities() -> str:
-    """This machine's trusted authorities, as OpenSSL (or, without them, requests' certifi) has them."""
-    paths = ssl.get_default_verify_paths()
-    for candidate in (paths.cafile, paths.openssl_cafile):
-        if candidate and Path(candidate).is_file():
-            return Path(candidate).read_text(errors="replace")
-    try:
-        import certifi
+def _trusted_before() -> list[str]:
+    """The files of authorities this environment trusts without the sandbox: OpenSSL's own
+    (``openssl_cafile``, which no variable moves), else requests' certifi; and what
+    ``REQUESTS_CA_BUNDLE`` and ``SSL_CERT_FILE`` name now (a company's bundle)."""
+    found: list[str] = []
+    default = ssl.get_default_verify_paths().openssl_cafile
+    if default and Path(default).is_file():
+        found.append(default)
+    else:
+        try:
+            import certifi
 
-        return Path(certifi.where()).read_text(errors="replace")
-    except (ImportError, OSError):
-        return ""
+            found.append(certifi.where())
+        except ImportError:
+            pass
+    for name in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
+        named = os.environ.get(name)
+        if named and Path(named).is_file():
+            found.append(named)
+    return found
 
 
 def _write_bundle(made: Authority) -> None:
-    system = _system_authorities().rstrip("\n")
-    text = (system + "\n" if system else "") + made.ca.read_text()
-    files.write(made.bundle, text)
+    """The authorities trusted before, each once, then the sandbox's; no sandbox's authority of an
+    earlier bundle (exported by an earlier ``sandbox up``) is carried on."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    blocks: dict[bytes, str] = {}
+    for path in _trusted_before():
+        text = Path(path).read_text(errors="replace")
+        for block in re.findall(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", text, re.DOTALL):
+            try:
+                with warnings.catch_warnings():  # some systems' old authorities have serials RFC 5280 refuses
+                    warnings.simplefilter("ignore")
+                    certificate = x509.load_pem_x509_certificate(block.encode())
+            except ValueError:
+                continue
+            names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+            if names and str(names[0].value).startswith("poseidon sandbox CA"):
+                continue
+            blocks.setdefault(certificate.fingerprint(hashes.SHA256()), block)
+    files.write(made.bundle, "".join(block + "\n" for block in blocks.values()) + made.ca.read_text())

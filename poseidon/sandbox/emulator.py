@@ -1295,6 +1295,8 @@ class Emulator:
                 raise _HTTPError(404)
             if not isinstance(name, str) or not name.strip():
                 raise _HTTPError(422, "Name can't be blank")
+            if len(name) > 255 or any(not c.isprintable() for c in name):
+                raise _HTTPError(422, "Name must be at most 255 printable characters")
             key["name"] = name
             return 200, {"ssh_key": dict(key)}
 
@@ -1370,6 +1372,7 @@ class Emulator:
             for resource in [*self._droplets.values(), *self._images.values()]:
                 if name in resource["tags"]:
                     resource["tags"].remove(name)
+            self._firewalls.forget_tag(name)
         return 204, None
 
     def _tagged_resources(self, request: _Request) -> list[dict[str, Any]]:

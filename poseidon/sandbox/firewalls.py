@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+import json
 import re
 import uuid
 from collections.abc import Callable, Iterable
@@ -85,7 +86,7 @@ class Firewalls:
     def remove_droplets(self, firewall_id: str, body: Any) -> None:
         firewall = self._firewall(firewall_id)
         ids = self._droplet_ids(_field(body, "droplet_ids"), "droplet_ids", required=True, existing=False)
-        firewall["droplet_ids"] = [i for i in firewall["droplet_ids"] if i not in ids]
+        firewall["droplet_ids"] = _without(firewall["droplet_ids"], ids)
 
     def add_tags(self, firewall_id: str, body: Any) -> None:
         firewall = self._firewall(firewall_id)
@@ -94,7 +95,7 @@ class Firewalls:
     def remove_tags(self, firewall_id: str, body: Any) -> None:
         firewall = self._firewall(firewall_id)
         gone = _tags(_field(body, "tags"), "tags", required=True)
-        firewall["tags"] = [t for t in firewall["tags"] if t not in gone]
+        firewall["tags"] = _without(firewall["tags"], gone)
 
     def add_rules(self, firewall_id: str, body: Any) -> None:
         firewall = self._firewall(firewall_id)
@@ -104,12 +105,26 @@ class Firewalls:
     def remove_rules(self, firewall_id: str, body: Any) -> None:
         firewall = self._firewall(firewall_id)
         for kind, rules in self._rules(body).items():
-            firewall[kind] = [rule for rule in firewall[kind] if rule not in rules]
+            firewall[kind] = _without(firewall[kind], rules)
 
     def forget_droplet(self, droplet_id: int) -> None:
-        """A droplet was deleted: it leaves every firewall."""
+        """A droplet was deleted: it leaves every firewall, and every rule that named it."""
+        self._forget("droplet_ids", droplet_id)
+
+    def forget_tag(self, tag: str) -> None:
+        """A tag was deleted: it leaves every firewall, and every rule that named it."""
+        self._forget("tags", tag)
+
+    def _forget(self, key: str, value: object) -> None:
+        """``value`` (under ``key``) leaves every firewall and rule; a rule left with nothing to
+        allow goes too, so that what a client reads back it can write back as it is."""
         for firewall in self._by_id.values():
-            firewall["droplet_ids"] = [i for i in firewall["droplet_ids"] if i != droplet_id]
+            firewall[key] = [v for v in firewall[key] if v != value]
+            for kind, target in (("inbound_rules", "sources"), ("outbound_rules", "destinations")):
+                for rule in firewall[kind]:
+                    if key in rule[target]:
+                        rule[target][key] = [v for v in rule[target][key] if v != value]
+                firewall[kind] = [rule for rule in firewall[kind] if any(rule[target].get(k) for k in _TARGETS)]
 
     # -- a kept sandbox -----------------------------------------------------------------
 
@@ -132,12 +147,14 @@ class Firewalls:
         if not isinstance(body, dict):
             raise Refused(400, "The request body must be a JSON object.")
         name = body.get("name")
-        if not isinstance(name, str) or not _NAME.fullmatch(name):
+        if not isinstance(name, str) or not _NAME.fullmatch(name) or len(name) > 255:
             raise Refused(
                 400,
                 "name must begin with a letter or digit, then letters, digits, '.' or '-' (at least two characters)",
             )
         rules = self._rules(body)
+        if not any(rules.values()):
+            raise Refused(400, "At least one inbound or outbound rule is required.")
         return {
             "name": name,
             "droplet_ids": self._droplet_ids(body.get("droplet_ids"), "droplet_ids"),
@@ -157,7 +174,7 @@ class Firewalls:
                 continue
             if not isinstance(rules, list):
                 raise Refused(400, f"{kind} must be a list of rules.")
-            found[kind] = [self._rule(rule, kind, target) for rule in rules]
+            found[kind] = _union([], [self._rule(rule, kind, target) for rule in rules])
         if not found:
             raise Refused(400, "At least one inbound or outbound rule is required.")
         return found
@@ -203,7 +220,7 @@ class Firewalls:
         if not isinstance(value, list) or not all(type(i) is int for i in value):
             raise Refused(400, f"{where} must be a list of droplet ids.")
         if existing:
-            unknown = [i for i in value if not self._droplet_exists(i)]
+            unknown = [i for i in dict.fromkeys(value) if not self._droplet_exists(i)]
             if unknown:
                 raise Refused(400, f"{where}: no droplet has the id {unknown[0]}.")
         return list(dict.fromkeys(value))
@@ -223,8 +240,25 @@ def _tags(value: Any, where: str, *, required: bool = False) -> list[str]:
     return list(dict.fromkeys(value))
 
 
+def _key(item: Any) -> str:
+    return json.dumps(item, sort_keys=True)
+
+
 def _union(kept: list[Any], more: list[Any]) -> list[Any]:
-    return kept + [item for item in more if item not in kept]
+    """``kept``, then what ``more`` adds, each once (in linear time: a request may name 100,000)."""
+    seen = {_key(item) for item in kept}
+    added = []
+    for item in more:
+        if _key(item) not in seen:
+            seen.add(_key(item))
+            added.append(item)
+    return kept + added
+
+
+def _without(kept: list[Any], gone: list[Any]) -> list[Any]:
+    """``kept`` without what ``gone`` names (in linear time)."""
+    drop = {_key(item) for item in gone}
+    return [item for item in kept if _key(item) not in drop]
 
 
 def _ports_in_range(ports: str) -> bool:
@@ -235,7 +269,7 @@ def _ports_in_range(ports: str) -> bool:
 
 
 def _is_network(text: Any) -> bool:
-    if not isinstance(text, str):
+    if not isinstance(text, str) or "%" in text:  # an IPv6 zone names an interface of this machine
         return False
     try:
         ipaddress.ip_network(text, strict=False)
