@@ -311,6 +311,10 @@ class _Python:
     #: What the installed set depends on besides the requirements (a pyvenv.cfg is remade with its venv).
     identity: str
     stamps: str
+    #: How the check runs a program: away from the working directory, whose modules (an app's
+    #: own ``packaging/``) would come first: isolated in a virtualenv; from / for the system
+    #: Python, whose PYTHONPATH (a PIP_TARGET folder) counts.
+    run: str
 
 
 def _python(step: PipStep | PipRStep) -> _Python:
@@ -321,9 +325,10 @@ def _python(step: PipStep | PipRStep) -> _Python:
             "if python3 -m pip install --help 2>/dev/null | grep -q -- --break-system-packages;"
             " then set -- --break-system-packages; else set --; fi"
         )
-        return _Python("python3", flag, '"$@"', "python3 --version 2>&1", ".poseidon")
+        return _Python("python3", flag, '"$@"', "python3 --version 2>&1", ".poseidon", "cd / && python3")
     venv = quote_path(step.venv)
-    return _Python(f"{venv}/bin/python", _venv(step.venv), "", f"cat {venv}/pyvenv.cfg", venv)
+    python = f"{venv}/bin/python"
+    return _Python(python, _venv(step.venv), "", f"cat {venv}/pyvenv.cfg", venv, f"{python} -I")
 
 
 # Exits 0 when every requirement given as an argument is installed at a matching version.
@@ -346,7 +351,7 @@ def pip(step: PipStep, ctx: StepContext) -> Script:
     return Script(
         check=(
             f"command -v {where.python} >/dev/null 2>&1 || [ -x {where.python} ] || return 1\n"
-            f"{where.python} -I -c {quote(_SATISFIED)} {names} 2>/dev/null || return 1"
+            f"( {where.run} -c {quote(_SATISFIED)} {names} ) 2>/dev/null || return 1"
         ),
         apply=f"{where.prepare} && {where.python} -m pip install -q {where.pip_options} -- {names}",
         ok_reason=f"{len(step.packages)} requirement(s) already satisfied",
