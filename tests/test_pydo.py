@@ -8,6 +8,7 @@ pydo refuses to send a token over plain HTTP, so these calls prove the HTTPS too
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -251,3 +252,41 @@ def test_a_firewall_read_back_is_accepted_as_it_is_after_its_droplet_and_tag_are
     key = client.ssh_keys.list()["ssh_keys"][0]
     status, body = answer(client.ssh_keys.update, ssh_key_identifier=key["id"], body={"name": "a\nb\u0000c"})
     assert (status, body["id"]) == (422, "unprocessable_entity")
+
+
+PYDO_SCRIPT = """\
+import json, os, pydo
+client = pydo.Client(token=os.environ["DIGITALOCEAN_TOKEN"], endpoint=os.environ["POSEIDON_API_URL"])
+names = sorted(d["name"] for d in client.droplets.list()["droplets"])
+rule = {"protocol": "tcp", "ports": "22", "sources": {"addresses": ["0.0.0.0/0"]}}
+firewall = client.firewalls.create(body={"name": "up-fw", "inbound_rules": [rule]})["firewall"]
+client.firewalls.delete(firewall_id=firewall["id"])
+print(json.dumps({"names": names, "firewall": firewall["name"]}))
+"""
+
+
+def test_pydo_reaches_the_sandbox_that_sandbox_up_serves_with_the_variables_it_exports(tmp_path: Path) -> None:
+    """The README's way: `eval "$(poseidon sandbox up)"`, then pydo as DigitalOcean documents it."""
+    import json
+    import shlex
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("POSEIDON_", "DIGITALOCEAN_"))}
+    env["XDG_STATE_HOME"] = str(tmp_path)
+
+    def poseidon(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "poseidon.cli", *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+    up = poseidon("sandbox", "up", "--droplet", "up-1", "--droplet", "up-2")
+    assert up.returncode == 0, up.stderr
+    try:
+        exported = dict(shlex.split(line)[1].split("=", 1) for line in up.stdout.splitlines())
+        ran = subprocess.run(
+            [sys.executable, "-c", PYDO_SCRIPT], env={**env, **exported}, capture_output=True, text=True, timeout=120
+        )
+        assert ran.returncode == 0, ran.stderr
+        assert json.loads(ran.stdout) == {"names": ["up-1", "up-2"], "firewall": "up-fw"}
+    finally:
+        assert poseidon("sandbox", "down").returncode == 0
