@@ -472,7 +472,12 @@ class SSHClient:
         process started. ``content`` is what a ``file`` step writes.
         """
         if content is None and isinstance(step, spec.FileStep):  # src: and template: from the current folder
-            content = spec.file_content(step, spec.Attachments(os.getcwd()), values or {})
+            try:
+                content = spec.file_content(step, spec.Attachments(os.getcwd()), values or {})
+            except spec.AttachmentError as exc:
+                raise UsageError(str(exc)) from None
+            except KeyError as exc:
+                raise UsageError(f"{step.template}: ${{{exc.args[0]}}} has no value in values=") from None
         mark = steps.change_mark(step, self.user) if steps.marks_change(step) else None
         ctx = steps.StepContext(
             user=self.user,
@@ -530,9 +535,15 @@ class SSHClient:
             self._marks.append(steps.change_mark(step, self.user))
 
     def _step(
-        self, kind: str, raise_on_error: bool, *, secrets: dict[str, str] | None = None, **fields: Any
+        self,
+        kind: str,
+        raise_on_error: bool,
+        *,
+        secrets: dict[str, str] | None = None,
+        values: Mapping[str, str] | None = None,
+        **fields: Any,
     ) -> StepOutcome:
-        outcome = self.run_step(steps.build(kind, **fields), secrets=secrets)
+        outcome = self.run_step(steps.build(kind, **fields), secrets=secrets, values=values)
         if raise_on_error and not outcome.ok:
             raise CommandError(kind, outcome.exited, outcome.stdout, outcome.stderr)
         return outcome
@@ -561,19 +572,9 @@ class SSHClient:
         """Put ``content``, a local file ``src`` (byte for byte) or a local ``template`` (its
         ``${name}`` from ``values``) at ``path`` on the droplet, atomically; ``mode``, ``owner``
         and ``group`` as options. Nothing to do when it is already so."""
-        given = {"content": content, "src": src, "template": template}
-        step = steps.build("file", path=path, **{k: v for k, v in given.items() if v is not None}, **options)
-        assert isinstance(step, spec.FileStep)
-        try:
-            data = spec.file_content(step, spec.Attachments(os.getcwd()), values or {})
-        except spec.AttachmentError as exc:
-            raise UsageError(str(exc)) from None
-        except KeyError as exc:
-            raise UsageError(f"{template}: ${{{exc.args[0]}}} has no value in values=") from None
-        outcome = self.run_step(step, values=values, content=data)
-        if raise_on_error and not outcome.ok:
-            raise CommandError("file", outcome.exited, outcome.stdout, outcome.stderr)
-        return outcome
+        return self._step(
+            "file", raise_on_error, values=values, path=path, content=content, src=src, template=template, **options
+        )
 
     def service(self, name: str, cmd: str, raise_on_error: bool = True, **options: Any) -> StepOutcome:
         """Run ``cmd`` as the systemd service ``poseidon-<name>``: written, enabled at boot and

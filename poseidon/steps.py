@@ -25,6 +25,7 @@ import base64
 import hashlib
 import json
 import math
+import re
 import secrets as _random
 import shlex
 from collections.abc import Callable, Iterable, Mapping
@@ -171,13 +172,16 @@ def change_mark(step: spec.Step, user: str) -> str:
     return _digest(user, fields)[:24]
 
 
-# The login user's ~/.poseidon/changes, also under sudo (whose HOME is root's).
-_MARKS_DIR = (
-    "_pm=$HOME\n"
+# The login user's home, also under sudo (whose HOME is root's): what `~` in a file's path means,
+# and where the change marks are.
+_LOGIN_HOME = (
+    "_home=$HOME\n"
     'if [ -n "${SUDO_USER-}" ] && [ "$(id -u)" -eq 0 ]; then'
-    ' _pm=$(getent passwd "$SUDO_USER" | cut -d: -f6) && [ -n "$_pm" ] || _pm=$HOME; fi\n'
-    "_pm=$_pm/.poseidon/changes"
+    ' _home=$(getent passwd "$SUDO_USER" | cut -d: -f6) && [ -n "$_home" ] || _home=$HOME; fi'
 )
+
+# The login user's ~/.poseidon/changes, also under sudo.
+_MARKS_DIR = f"{_LOGIN_HOME}\n_pm=$_home/.poseidon/changes"
 
 
 def _write_mark(mark: str) -> str:
@@ -598,12 +602,6 @@ def run(step: RunStep, ctx: StepContext) -> Script:
 # -- file: content put in place -----------------------------------------------------
 
 
-def _owner_test(who: str, kind: Literal["owner", "group"]) -> str:
-    """Shell that exits 0 when ``$_path``'s owner (or group) is ``who``, a name or a number."""
-    fmt = ("%u" if kind == "owner" else "%g") if who.isdecimal() else ("%U" if kind == "owner" else "%G")
-    return f'[ "$(stat -c {fmt} -- "$_path")" = {quote(who)} ]'
-
-
 # Checks (``check``: exit 0 when the file is as wanted, 1 and why on stdout when not) or puts
 # (``put``: the bytes of its standard input, base64) the file at POSEIDON_FILE_PATH, an absolute
 # path, following no link someone else could have planted. The folders are walked from / one
@@ -794,13 +792,6 @@ except OSError as exc:
 #: A check's exit status for "failed, and it said why on stderr": no line of render()'s is added.
 EXPLAINED = 3
 
-# The login user's home, also under sudo (whose HOME is root's): what `~` in a path means.
-_LOGIN_HOME = (
-    "_home=$HOME\n"
-    'if [ -n "${SUDO_USER-}" ] && [ "$(id -u)" -eq 0 ]; then'
-    ' _home=$(getent passwd "$SUDO_USER" | cut -d: -f6) && [ -n "$_home" ] || _home=$HOME; fi'
-)
-
 
 def _login_path(path: str) -> str:
     """Shell for ``path`` with a leading ``~`` as the login user's home (``$_home``), sudo or not."""
@@ -911,8 +902,13 @@ def _put(text: str, path: str, mode: str) -> str:
     return f"printf %s {data} | base64 -d | _put {quote(path)} {mode} || exit 2"
 
 
+_USER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\$?")
+
+
 def service(step: ServiceStep, ctx: StepContext) -> Script:
-    user = step.user or ctx.user
+    user = step.user or ctx.user  # the login user may come from POSEIDON_SSH_USER, unchecked so far
+    if not _USER_NAME.fullmatch(user):
+        raise shell.BindError(f"service {step.name}: {user!r} is no user name a unit can run as")
     unit, script = service_unit(step, user), service_script(step, ctx)
     name, unit_name = step.name, step.unit()
     unit_file, script_file, inputs_file = f"{_UNITS}/{unit_name}", f"{SERVICES}/{name}.sh", f"{SERVICES}/{name}.inputs"

@@ -332,3 +332,14 @@ def test_a_fifo_a_deep_path_and_a_folder_path_each_fail_in_one_line(shared_sandb
         'version: 1\ndroplets: [web]\nsteps: [{file: {path: a, content: x, owner: "4294967295"}}]\n', tmp_path
     )
     assert len(found) == 1 and "is no user or group id" in found[0]
+
+
+def test_a_login_user_that_is_no_user_name_never_reaches_a_service_unit() -> None:
+    """POSEIDON_SSH_USER is the default user of a service: it is written in the unit, so only a name passes."""
+    from poseidon.shell import BindError
+
+    step = steps.build("service", name="web", cmd="sleep 1")
+    with pytest.raises(BindError, match="is no user name a unit can run as"):
+        steps.script_for(step, steps.StepContext(user="app\nExecStartPre=/bin/touch /pwned"))
+    assert "User=deploy\n" in steps.service_unit(step, "deploy")  # type: ignore[arg-type]
+    steps.script_for(step, steps.StepContext(user="deploy"))

@@ -426,7 +426,6 @@ class Emulator:
         #: for the tools that need it.
         self.tls = tls
         self._servers: list[tuple[_Server, threading.Thread]] = []
-        self._server: _Server | None = None  # the first: the one url names
         #: The base URL of the listener the current request came through: its links name it.
         self._serving = threading.local()
         self._account_uuid = str(uuid.uuid5(_NAMESPACE, "account"))
@@ -471,12 +470,11 @@ class Emulator:
             )
             thread.start()
             self._servers.append((server, thread))
-        self._server = self._servers[0][0]
         return self._base_url()
 
     def stop(self) -> None:
         """Stop serving; a no-op when not started."""
-        servers, self._servers, self._server = self._servers, [], None
+        servers, self._servers = self._servers, []
         for server, _ in servers:
             server.shutdown()
             server.server_close()
@@ -501,6 +499,11 @@ class Emulator:
         if self._server is None:
             raise RuntimeError("the emulator is not running: call start() first")
         return self._base_url()
+
+    @property
+    def _server(self) -> _Server | None:
+        """The first listener: the one :attr:`url` names (``None`` when stopped)."""
+        return self._servers[0][0] if self._servers else None
 
     @property
     def http_url(self) -> str:
