@@ -387,12 +387,18 @@ def pip_r(step: PipRStep, ctx: StepContext) -> Script:
 # .poseidon/NAME.pid holds the process's pid, .poseidon/NAME.state its identity
 # (start time in clock ticks since boot, boot id, a random token exported to the
 # process and its children as POSEIDON_PROCESS) and what it was started from
-# (a digest of its definition, and one of the change marks of the steps before it).
-# "Running" means that identity is alive: a reused pid is never taken for it.
+# (a digest of its definition; the file's time is when it started, which the change
+# marks of the steps before it are compared with). "Running" means that identity is
+# alive: a reused pid is never taken for it. ~/.poseidon/processes/NAME (the login
+# user's) holds the directory it was started in: started in another one, the process
+# there is stopped first, never left running beside the new one.
 
-# A digest of the change marks named (those of the steps before): what a restart on change compares.
-_INPUTS = r"""_inputs() {
-  for _k in "$@"; do printf '%s=' "$_k"; cat "$_pm/$_k" 2>/dev/null || echo; done | sha256sum | cut -c1-64; }"""
+# Whether one of the change marks named (those of the steps before) was rewritten after FILE
+# (written when the process started): what a restart on change asks. A step added since, which
+# changed nothing, has no newer mark: it restarts nothing.
+_CHANGED_SINCE = r"""_changed_since() {
+  _f=$1; shift; [ -e "$_f" ] || return 0
+  for _k in "$@"; do [ "$_pm/$_k" -nt "$_f" ] && return 0; done; return 1; }"""
 
 _PROCESS = (
     r"""_boot=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)
@@ -440,8 +446,16 @@ _others() {  # the other processes recorded in this .poseidon that still run: na
   done; }
 _write() {  # _write FILE: standard input into FILE, through a new file of our own (never through a link)
   _tmp=$(mktemp "$1.XXXXXX") && cat > "$_tmp" && mv -f "$_tmp" "$1"; }
+_moved() {  # the directory it was started in (printed), when that is another one
+  [ ! -L "$_where" ] && _d=$(cat "$_where" 2>/dev/null) && [ -n "$_d" ] && [ "$_d" != "$_here" ] && printf '%s' "$_d"; }
+_runs_elsewhere() { _d=$(_moved) && ( cd "$_d" 2>/dev/null && _running ); }
+_remember_where() {  # this directory, for a start elsewhere to find; the login user's, also under sudo
+  mkdir -p "${_where%/*}" && printf '%s\n' "$_here" | _write "$_where" || return 1
+  [ -z "${SUDO_UID-}" ] ||
+    chown -h "$SUDO_UID:${SUDO_GID:-$SUDO_UID}" "$_home/.poseidon" "${_where%/*}" "$_where" 2>/dev/null
+  return 0; }
 """
-    + _INPUTS
+    + _CHANGED_SINCE
 )
 
 # The process runs under `sh -c 'eval "$(cat)"' poseidon:NAME`, reading this on its input:
@@ -500,12 +514,15 @@ def nohup(step: NohupStep, ctx: StepContext) -> Script:
     bound = _bound(step.cmd, ctx)
     wrapper = _WRAPPER.replace("{command}", _subshell(bound))
     # What it runs: a change to any of these restarts it (on-change). The directory is added there.
-    definition = _digest(bound.text, bound.bindings, step.env, ctx.user)
+    # (sudo and log only when given, so that a process started before they counted is not restarted.)
+    how = {key: value for key, value in (("sudo", step.sudo), ("log", step.log)) if value}
+    definition = _digest(bound.text, bound.bindings, step.env, ctx.user, *([how] if how else []))
     setup = (
-        f"{_PROCESS}\n"
+        f"{_PROCESS}\n{_LOGIN_HOME}\n"
         f"_pidfile=.poseidon/{quote(name + '.pid')} _state=.poseidon/{quote(name + '.state')}\n"
+        f'_where="$_home/.poseidon/processes"/{quote(name)} _here=$(pwd -P)\n'
         f"_def=$(printf '%s\\n' {definition} \"$PWD\" | sha256sum | cut -c1-64)\n"
-        f"_in=$(_inputs {quote_all(ctx.inputs)})\n_why="
+        "_why="
     )
     probe, awaited = _ready_probe(step.ready, ctx) if step.ready else ("", "")
     # A port or a URL is knocked on by python3; it also answers for another process, if one holds it.
@@ -516,18 +533,26 @@ def nohup(step: NohupStep, ctx: StepContext) -> Script:
             f" {{ {_say(f'poseidon: ready: {awaited} is checked with python3, which the droplet lacks')}; exit 2; }}"
         )
     check = [f'[ {quote(step.restart)} != always ] || {{ _why="restart: always"; return 1; }}']
-    check.append('_running || { _why="not running"; return 1; }')
+    if step.restart == "never":  # one that runs where it was started is left alone
+        check.append('_running || _runs_elsewhere || { _why="not running"; return 1; }')
+    else:
+        moved = "it was started in another directory"
+        check.append(f"! _runs_elsewhere || {{ _why={quote(moved)}; return 1; }}")
+        check.append('_running || { _why="not running"; return 1; }')
     if step.restart == "on-change":
         check.append(
             '[ "$(_field definition)" = "$_def" ] || { _why="its command, env, user or directory changed"; return 1; }'
         )
         check.append(
-            '[ "$(_field inputs)" = "$_in" ] || { _why="an earlier step changed since it started"; return 1; }'
+            f'! _changed_since "$_state" {quote_all(ctx.inputs)} ||'
+            ' { _why="an earlier step changed since it started"; return 1; }'
         )
     if probe and step.restart != "never":
         check.append(f"{probe} || {{ _why={quote(f'it runs but is not ready ({awaited})')}; return 1; }}")
     token = _random.token_hex(8)
     start = (
+        # Started in another directory: that one is stopped too (its files there are left).
+        'if _d=$(_moved); then ( cd "$_d" 2>/dev/null && _stop ); fi\n'
         "_stop\n"
         "if [ -L .poseidon ]; then\n"
         "  echo 'poseidon: .poseidon is a symbolic link: poseidon does not write through links' >&2; exit 2\n"
@@ -549,8 +574,9 @@ def nohup(step: NohupStep, ctx: StepContext) -> Script:
         "_pid=$!\n"
         '_procstat "$_pid" || _pstart=gone\n'
         'printf \'%s\\n\' "$_pid" | _write "$_pidfile" || exit 2\n'
-        f'printf \'start=%s\\nboot=%s\\ntoken=%s\\ndefinition=%s\\ninputs=%s\\n\' "$_pstart" "$_boot" {token}'
-        ' "$_def" "$_in" | _write "$_state" || exit 2\n'
+        f'printf \'start=%s\\nboot=%s\\ntoken=%s\\ndefinition=%s\\n\' "$_pstart" "$_boot" {token}'
+        ' "$_def" | _write "$_state" || exit 2\n'
+        "_remember_where || exit 2\n"
     )
     if step.ready:
         not_ready = (
@@ -914,8 +940,7 @@ def service(step: ServiceStep, ctx: StepContext) -> Script:
     unit_file, script_file, inputs_file = f"{_UNITS}/{unit_name}", f"{SERVICES}/{name}.sh", f"{SERVICES}/{name}.inputs"
     setup = (
         f"command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ] || {{ {_say(_NO_SYSTEMD)}; exit 2; }}\n"
-        f"{_INPUTS}\n"
-        f"_in=$(_inputs {quote_all(ctx.inputs)})\n_why=\n"
+        f"{_CHANGED_SINCE}\n_why=\n"
         '_digest() { { sha256sum < "$1"; } 2>/dev/null | cut -c1-64; }\n'
         '_put() { _t=$(mktemp "$1.XXXXXX") && cat > "$_t" && chmod "$2" "$_t" && mv -fT -- "$_t" "$1" ||'
         ' { rm -f -- "$_t"; return 1; }; }\n'
@@ -944,7 +969,7 @@ def service(step: ServiceStep, ctx: StepContext) -> Script:
         ]
     if step.restart == "on-change":
         check.append(
-            f'[ "$(cat {quote(inputs_file)} 2>/dev/null)" = "$_in" ] ||'
+            f"! _changed_since {quote(inputs_file)} {quote_all(ctx.inputs)} ||"
             ' { _why="an earlier step changed since it started"; return 1; }'
         )
     if probe and step.restart != "never":
@@ -973,7 +998,8 @@ def service(step: ServiceStep, ctx: StepContext) -> Script:
         apply.append(f"if {probe}; then {_say(taken)}; exit 1; fi")
     apply += [
         f"systemctl start {unit_name} || {{ {_say(failed)}; _journal; exit 1; }}",
-        f"printf '%s\\n' \"$_in\" | _put {quote(inputs_file)} 600 || exit 2",
+        # Its time is when it started: the steps before it that changed since restart it.
+        f"printf '%s\\n' {quote_all(ctx.inputs) or ':'} | _put {quote(inputs_file)} 600 || exit 2",
         "_pid=$(_main)",
     ]
     if step.ready:

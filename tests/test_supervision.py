@@ -454,3 +454,127 @@ def test_a_command_that_daemonizes_and_exits_fails_and_leaves_nothing_running(sa
         assert outcome.status == "failed"
         assert "daemonizes exited before it was ready" in outcome.stderr
         wait_for("the daemon it left to end", lambda: ssh.wait("pgrep -fx 'sleep 306' || true") == "")
+
+
+def test_an_app_moved_to_another_directory_is_stopped_there_before_it_starts_here(
+    site: tuple[Sandbox, Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its pid file is in the old directory: without the record of where it ran, both would run."""
+    sandbox, _, playbook = site
+    assert _cli("apply", str(playbook), capsys=capsys)[0] == 0
+    old = sandbox.home("web") / "app" / ".poseidon" / "web.pid"
+    first = int(old.read_text())
+    text = playbook.read_text()
+    playbook.write_text(text.replace("dest: app}", "dest: app2}").replace("chdir: app\n", "chdir: app2\n"))
+    code, report = _cli("apply", str(playbook), capsys=capsys)
+    # The old one still held the port: it was stopped first, or the new one would have been refused.
+    assert code == 0, report
+    assert (_nohup(report)["status"], _nohup(report)["reason"]) == (
+        "changed",
+        "it was started in another directory",
+    )
+    assert not process_running(first), "the app in the old directory still runs"
+    assert _answer(sandbox) == "v1 hello"
+    code, found = _cli("status", str(playbook), capsys=capsys)
+    assert found[0]["state"] == "alive" and found[0]["pid"] != first
+    code, report = _cli("apply", str(playbook), capsys=capsys)
+    assert (code, _nohup(report)["status"]) == (0, "ok")
+
+
+def test_a_new_log_or_sudo_restarts_the_app_and_a_step_added_that_changes_nothing_does_not(
+    site: tuple[Sandbox, Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    sandbox, _, playbook = site
+    assert _cli("apply", str(playbook), capsys=capsys)[0] == 0
+    pidfile = sandbox.home("web") / "app" / ".poseidon" / "web.pid"
+    # Steps that change nothing, added before it: no earlier step changed, nothing restarts.
+    text = playbook.read_text().replace(
+        "  - chdir: app\n",
+        '  - chdir: app\n  - run: {cmd: "true", creates: /}\n  - run: {cmd: "true", changes: false}\n',
+    )
+    playbook.write_text(text)
+    pid = pidfile.read_text()
+    code, report = _cli("apply", str(playbook), capsys=capsys)
+    assert (code, _nohup(report)["status"]) == (0, "ok"), _nohup(report)
+    assert pidfile.read_text() == pid
+    for change in ("      log: web2.log\n", "      sudo: true\n"):
+        text = text.replace("      name: web\n", "      name: web\n" + change)
+        playbook.write_text(text)
+        code, report = _cli("plan", str(playbook), capsys=capsys)
+        assert (_nohup(report)["status"], _nohup(report)["reason"]) == (
+            "would-change",
+            "its command, env, user or directory changed",
+        ), change
+        code, report = _cli("apply", str(playbook), capsys=capsys)
+        assert (code, _nohup(report)["status"]) == (0, "changed"), change
+        assert pidfile.read_text() != pid, change
+        pid = pidfile.read_text()
+    assert (sandbox.home("web") / "app" / "web2.log").exists()
+    assert _answer(sandbox) == "v1 hello"
+
+
+def test_ready_http_passes_on_a_2xx_answer_and_fails_on_any_other(
+    shared_sandbox: Sandbox, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from support.sandboxes import point_at
+
+    point_at(shared_sandbox, monkeypatch)
+    address = shared_sandbox.address("test")
+    (shared_sandbox.home("test") / "served").mkdir(exist_ok=True)
+    (shared_sandbox.home("test") / "served" / "here.txt").write_text("here\n")
+    playbook = tmp_path / "site.yaml"
+    for path, code, status in (("here.txt", 0, "changed"), ("missing.txt", 1, "failed")):
+        playbook.write_text(
+            "version: 1\ndroplets: [test]\nsteps:\n  - chdir: served\n"
+            "  - nohup: {cmd: 'exec python3 -m http.server --bind ${droplet.ip_address} 5313 2>/dev/null',"
+            " name: files,"
+            f" restart: always, ready: {{http: 'http://{address}:5313/{path}', timeout: 3}}}}\n"
+            "report: {ps: false, top: false}\n"
+        )
+        assert main(["apply", str(playbook), "--json"]) == code
+        result = json.loads(capsys.readouterr().out)["droplets"][0]["steps"][1]
+        assert result["status"] == status, result
+        if status == "failed":
+            assert (
+                f"files is not ready after 3 s (waited for a 2xx answer from http://{address}:5313/missing.txt)"
+                in (result["stderr_tail"])
+            )
+    pid = int((shared_sandbox.home("test") / "served" / ".poseidon" / "files.pid").read_text())
+    os.kill(pid, signal.SIGTERM)
+
+
+def test_a_droplet_frozen_before_a_large_step_is_sent_ends_the_send_at_its_keepalives_or_its_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Megabytes of step text fill the droplet's window long before they are all sent: the send is
+    watched as the answer is, by the keepalives and by the step's timeout."""
+    import poseidon.api as po
+    from poseidon import steps
+    from poseidon.errors import SSHUnresponsiveError
+    from poseidon.ssh import SSHClient
+
+    big = "x" * (6 << 20)
+    step = steps.build("run", cmd="printf %s ${big} | wc -c", timeout=3)
+    with pointed(["cold"], monkeypatch) as sandbox:
+        for keepalive, why in (("1", "keepalives unanswered"), ("0", "past its timeout")):
+            monkeypatch.setenv("POSEIDON_SSH_KEEPALIVE", keepalive)
+            with po.connect().droplets.by_name("cold").connect() as ssh:
+                assert ssh.run_step(step, values={"big": "small"}).stdout == "5"
+                frozen = sandbox.freeze("cold")
+                raised: list[BaseException] = []
+
+                def send(ssh: SSHClient = ssh, raised: list[BaseException] = raised) -> None:
+                    try:
+                        ssh.run_step(step, values={"big": big})
+                    except BaseException as exc:  # noqa: BLE001 - what it raised is the point
+                        raised.append(exc)
+
+                sender = threading.Thread(target=send, daemon=True)
+                sender.start()
+                try:
+                    sender.join(60)  # it ends: that is the point
+                    assert not sender.is_alive(), "the send to a frozen droplet never ended"
+                finally:
+                    sandbox.thaw(frozen)
+                assert len(raised) == 1 and isinstance(raised[0], SSHUnresponsiveError), raised
+                assert why in str(raised[0])
