@@ -175,6 +175,10 @@ def read_lock(stdout: str) -> LockAnswer:
     return LockAnswer("none", first.removeprefix("poseidon-lock: "), shell_pid)
 
 
+#: Bytes sent at a time: a droplet's window is watched between two.
+_SEND_CHUNK = 32768
+
+
 class Unanswered(Exception):
     """The droplet stopped answering: a keepalive went unanswered, or a step outlived its timeout."""
 
@@ -204,6 +208,36 @@ class _Keepalive:
         return not self._thread.is_alive()
 
 
+class _Watch:
+    """The droplet, watched while a command is sent and its answer awaited: ``limit`` seconds at
+    most, and, after ``keepalive`` seconds of silence, a keepalive that must be answered as fast."""
+
+    def __init__(self, transport: Any, keepalive: float | None, limit: float | None) -> None:
+        self.transport, self.keepalive, self.limit = transport, keepalive, limit
+        self.heard = time.monotonic()
+        self.end = self.heard + limit if limit else None
+        self.probe: _Keepalive | None = None
+        #: How long to wait for the channel at a time, between two looks at the clock.
+        self.pause = min(1.0, keepalive or 1.0)
+
+    def answered(self) -> None:
+        """The droplet just took or sent bytes: it is alive."""
+        self.heard, self.probe = time.monotonic(), None
+
+    def check(self) -> None:
+        """Raises :class:`Unanswered` when the limit passed or a keepalive went unanswered."""
+        now = time.monotonic()
+        if self.end is not None and now > self.end:
+            raise Unanswered(f"the step was still running {self.limit:g} s after it started, past its timeout")
+        if self.keepalive and now - self.heard > self.keepalive:
+            if self.probe is None:
+                self.probe = _Keepalive(self.transport)
+            elif self.probe.answered:
+                self.heard, self.probe = now, None
+            elif now - self.probe.started > self.keepalive:
+                raise Unanswered(f"it has not answered for {now - self.heard:.0f} s (keepalives unanswered)")
+
+
 class Session:
     """One shell on one channel that runs commands one after another: one round trip each.
 
@@ -228,8 +262,9 @@ class Session:
     ) -> CommandResult:
         """Run ``command``. Raises ``EOFError`` when the shell ended, :class:`Unanswered` when the
         droplet stops answering or ``limit`` seconds pass."""
-        self.send(command_text(command, self.token, stdin=stdin))
-        return self.receive(command, limit, keep)
+        watch = self._watch(limit)
+        self.send(command_text(command, self.token, stdin=stdin), watch)
+        return self.receive(command, keep=keep, watch=watch)
 
     def run_all(self, commands: list[str]) -> list[CommandResult]:
         """Run ``commands`` one after another, sent at once: one round trip for all of them."""
@@ -241,12 +276,37 @@ class Session:
         self.send(lock_text(holder, self.token))
         return read_lock(self.receive("lock").stdout)
 
-    def send(self, text: str) -> None:
-        """Send shell text that ends with :func:`command_text`'s end lines; several may wait."""
-        # A value read from this machine's environment may hold bytes that are not UTF-8: they go as they are.
-        self.channel.sendall(text.encode("utf-8", "surrogateescape"))
+    def _watch(self, limit: float | None = None) -> _Watch:
+        return _Watch(self.transport, self.keepalive, limit)
 
-    def receive(self, command: str, limit: float | None = None, keep: int = OUTPUT_KEPT) -> CommandResult:
+    def send(self, text: str, watch: _Watch | None = None) -> None:
+        """Send shell text that ends with :func:`command_text`'s end lines; several may wait.
+
+        A droplet that stops taking bytes (its window stays shut) raises :class:`Unanswered`
+        as one that stops answering does: a frozen droplet holds up no send.
+        """
+        watch = watch or self._watch()
+        # A value read from this machine's environment may hold bytes that are not UTF-8: they go as they are.
+        data = memoryview(text.encode("utf-8", "surrogateescape"))
+        channel = self.channel
+        channel.settimeout(watch.pause)
+        try:
+            while data:
+                try:
+                    sent = channel.send(data[:_SEND_CHUNK])
+                except TimeoutError:  # no room in the droplet's window for that long
+                    watch.check()
+                    continue
+                if sent == 0:
+                    raise EOFError("the session's shell ended")
+                data = data[sent:]
+                watch.answered()
+        finally:
+            channel.settimeout(None)
+
+    def receive(
+        self, command: str, limit: float | None = None, keep: int = OUTPUT_KEPT, watch: _Watch | None = None
+    ) -> CommandResult:
         """The result of the next command sent (``command``, as the result names it).
 
         Of an output longer than thrice ``keep`` bytes, the first and last ``keep`` are kept
@@ -256,36 +316,25 @@ class Session:
         out = _Framed(self._out, token + b"<\n", b"\n" + token + b" ")
         err = _Framed(self._err, token + b"<\n", b"\n" + token + b"\n")
         channel = self.channel
-        heard = time.monotonic()
-        end = heard + limit if limit else None
-        probe: _Keepalive | None = None
+        watch = watch or self._watch(limit)
         while not (out.done() and err.done()):
-            if end is not None and time.monotonic() > end:
-                raise Unanswered(f"the step was still running {limit:g} s after it started, past its timeout")
+            watch.check()
             if channel.recv_ready():
                 self._out += channel.recv(65536)
                 out.done()
                 out.trim(keep)
-                heard, probe = time.monotonic(), None
+                watch.answered()
                 continue
             if channel.recv_stderr_ready():
                 self._err += channel.recv_stderr(65536)
                 err.done()
                 err.trim(keep)
-                heard, probe = time.monotonic(), None
+                watch.answered()
                 continue
             if channel.closed or channel.eof_received:
                 raise EOFError("the session's shell ended")
-            now = time.monotonic()
-            if self.keepalive and now - heard > self.keepalive:
-                if probe is None:
-                    probe = _Keepalive(self.transport)
-                elif probe.answered:
-                    heard, probe = now, None
-                elif now - probe.started > self.keepalive:
-                    raise Unanswered(f"it has not answered for {now - heard:.0f} s (keepalives unanswered)")
             # The channel's fileno is readable while either stream has data.
-            select.select([channel], [], [], min(1.0, self.keepalive or 1.0))
+            select.select([channel], [], [], watch.pause)
         status_end = self._out.index(b"\n", out.end + len(out.end_marker))
         status = bytes(self._out[out.end + len(out.end_marker) : status_end])
         stdout, stderr = out.output(), err.output()
