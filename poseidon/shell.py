@@ -14,7 +14,9 @@ Two ways a value reaches the droplet's shell, and neither lets it become syntax:
   ======================================  ==================================
   unquoted (also in ``$( )``, backquotes)  ``"${_poseidon_1}"``: one word
   in double quotes, an unquoted here-doc   ``${_poseidon_1}``
-  in ``$(( ))``                            ``${_poseidon_1}``, a whole number
+  where the shell evaluates arithmetic     ``${_poseidon_1}``, a whole number
+  (``$(( ))``; bash's ``(( ))``, ``let``,
+  ``[[ ]]``, ``$[ ]``, an index or offset)
   in single quotes                         refused (see below)
   in a quoted here-document (``<<'EOF'``)  refused: nothing expands there
   after a backslash (``\${app}``)          refused: the backslash would
@@ -24,6 +26,10 @@ Two ways a value reaches the droplet's shell, and neither lets it become syntax:
   The shell expands a variable's value after it has parsed the command, so
   the value is never parsed: ``$(…)``, backquotes, quotes, ``;`` and newlines
   in it stay text, and inside double quotes the value arrives byte for byte.
+  Arithmetic is the exception: bash evaluates a variable's value there as an
+  expression, and an array index in it (``a[$(…)]``) runs a command; so a
+  value there must be a whole number (Ubuntu's ``/bin/sh`` is dash, Fedora's
+  and Rocky's is bash).
   Single quotes are refused because the shell takes their text literally:
   the value could only be pasted there, into text that is often code for
   another interpreter (``sh -c '…'``, ``awk '…'``, ``python3 -c '…'``).
@@ -114,7 +120,10 @@ def bind(parts: Parts, values: Mapping[str, str], *, prefix: str = "_poseidon_")
             bindings[names[piece.name]] = value
         variable = names[piece.name]
         if context == _ARITHMETIC and not _NUMBER_RE.fullmatch(value.strip()):
-            raise BindError(f"${{{piece.name}}} is inside $(( )), so its value must be a whole number, not {value!r}")
+            raise BindError(
+                f"${{{piece.name}}} stands where the shell evaluates arithmetic ($(( )), (( )), let, [[ ]],"
+                f" an index or an offset), so its value must be a whole number, not {value!r}"
+            )
         bare = context in (_DOUBLE, _BRACE_DOUBLE, _HEREDOC, _ARITHMETIC, _COMMENT)
         pieces.append(f"${{{variable}}}" if bare else f'"${{{variable}}}"')
     return Bound("".join(pieces), bindings)
@@ -143,6 +152,8 @@ _COMMENT = "comment"
 _HEREDOC = "heredoc"
 _QUOTED_HEREDOC = "quoted-heredoc"
 _ESCAPED = "escaped"  # right after a backslash
+_TEST = "test"  # in bash's [[ ]]: arithmetic when it compares numbers (-eq, -lt…), else as it is quoted
+_NUMERIC_TEST_RE = re.compile(r"(?:^|\s)-(?:eq|ne|lt|le|gt|ge)(?:\s|$)")
 
 _REFUSED = {
     _SINGLE: (
@@ -180,6 +191,14 @@ class _Level:
     parens: int = 0  # ( open inside a $( ) or $(( ))
     cases: int = 0  # case statements open inside it, whose patterns end with a bare )
     heredoc: _Heredoc | None = None
+    closer: str = "))"  # what ends an arithmetic level: )) or, for $[ ], ]
+    #: The command being read, when bash evaluates its words as arithmetic: ``let`` (to the
+    #: command's end) or ``[[`` (to its ``]]``: the operands of -eq, -lt…); else empty.
+    arithmetic_command: str = ""
+    test_at: int = 0  # where its [[ stands in the whole text
+    #: Inside ``${ }``: ``name`` (its name so far), ``index`` (in ``[ ]``), ``offset`` (after a
+    #: ``:`` that starts no ``:-``, ``:=``, ``:?``, ``:+``) or ``rest``. bash evaluates index and offset.
+    brace: str = "name"
 
 
 class _Lexer:
@@ -191,6 +210,7 @@ class _Lexer:
         self.line = ""  # the here-document line read so far
         self.word_start = True
         self.escaped = False  # the last piece ended with a backslash
+        self.base = 0  # where the piece being fed starts in the whole text
 
     @property
     def top(self) -> _Level:
@@ -198,7 +218,22 @@ class _Lexer:
 
     @property
     def context(self) -> str:
-        return _ESCAPED if self.escaped else self.top.kind
+        if self.escaped:
+            return _ESCAPED
+        level = self.top
+        if level.kind in (_BRACE_PLAIN, _BRACE_DOUBLE) and level.brace in ("index", "offset"):
+            return _ARITHMETIC
+        command = self.command
+        if command.arithmetic_command == "let":
+            return _ARITHMETIC
+        if command.arithmetic_command == "[[":
+            return _TEST
+        return level.kind
+
+    @property
+    def command(self) -> _Level:
+        """The level whose command a reference here is a word of (through one pair of double quotes)."""
+        return self.stack[-2] if self.top.kind == _DOUBLE and len(self.stack) > 1 else self.top
 
     def feed(self, text: str) -> None:
         i = 0
@@ -238,6 +273,10 @@ class _Lexer:
         if char == "$" and text.startswith("$((", i):
             self._push(_ARITHMETIC)
             return i + 3
+        if char == "$" and text.startswith("$[", i):
+            self._push(_ARITHMETIC)
+            self.top.closer = "]"
+            return i + 2
         if char == "$" and text.startswith("$(", i):
             self._push(_PAREN)
             self.word_start = True
@@ -264,6 +303,8 @@ class _Lexer:
         if char == "}" and kind in (_BRACE_PLAIN, _BRACE_DOUBLE):
             self.stack.pop()
             return i + 1
+        if kind in (_BRACE_PLAIN, _BRACE_DOUBLE):
+            self._brace_char(text, i)
         if char == '"':
             self.stack.append(_Level(_DOUBLE))
             self.word_start = False
@@ -282,12 +323,21 @@ class _Lexer:
             self.stack.append(_Level(_COMMENT))
             return i + 1
         if self.word_start and level.kind in _UNQUOTED:
+            if text.startswith("((", i):  # bash's arithmetic command
+                self._push(_ARITHMETIC)
+                return i + 2
+            if text.startswith(("[[", "]]"), i) and (i + 2 == len(text) or text[i + 2] in " \t\n;&|()<>"):
+                level.arithmetic_command, level.test_at = ("[[" if text[i] == "[" else ""), self.base + i
+                self.word_start = False
+                return i + 2
             keyword = _WORD_RE.match(text, i)
             if keyword and (keyword.end() == len(text) or text[keyword.end()] in " \t\n;&|()<>"):
                 if keyword.group() == "case":
                     level.cases += 1
                 elif keyword.group() == "esac" and level.cases:
                     level.cases -= 1
+                elif keyword.group() == "let":
+                    level.arithmetic_command = "let"
                 self.word_start = False
                 return keyword.end()
         if level.kind == _PAREN and char == "(":
@@ -308,13 +358,38 @@ class _Lexer:
                 self.pending.append(_Heredoc(delimiter, quoted, bool(match.group(1))))
                 self.word_start = False
                 return match.end()
+        if char in ";&|\n)" and level.arithmetic_command == "let":
+            level.arithmetic_command = ""
         if char == "\n":
             return self._newline(i)
         self.word_start = char in " \t;&|()<>"
         return i + 1
 
+    def _brace_char(self, text: str, i: int) -> None:
+        """Follows ``${ }``'s parts: its name, an index, an offset and length, or the rest."""
+        level, char = self.top, text[i]
+        if level.brace == "index":
+            if char == "]":
+                level.brace = "name"
+        elif level.brace == "name":
+            if char == "[":
+                level.brace = "index"
+            elif char == ":":
+                level.brace = "rest" if text[i + 1 : i + 2] in ("-", "=", "?", "+") else "offset"
+            elif not (char.isalnum() or char in "_#!@*?$"):
+                level.brace = "rest"
+
     def _arithmetic_char(self, text: str, i: int) -> int:
         level, char = self.top, text[i]
+        if level.closer == "]":
+            if char == "[":
+                level.parens += 1
+            elif char == "]":
+                if level.parens == 0:
+                    self.stack.pop()
+                    return i + 1
+                level.parens -= 1
+            return i + 1
         if char == "(":
             level.parens += 1
         elif char == ")":
@@ -356,9 +431,19 @@ class _Lexer:
 def _contexts(parts: Parts) -> Iterator[tuple[str | Reference, str]]:
     """Each piece of ``parts`` with the quoting context it starts in."""
     lexer = _Lexer()
+    whole = "".join(piece if isinstance(piece, str) else "\0" for piece in parts)
     for piece in parts:
-        yield piece, lexer.context
+        context = lexer.context
+        if context == _TEST:
+            # bash evaluates both sides of -eq, -lt… as arithmetic: a test that has one is taken as all arithmetic.
+            start = lexer.command.test_at
+            end = whole.find("]]", lexer.base)
+            numeric = _NUMERIC_TEST_RE.search(whole[start : end if end >= 0 else len(whole)])
+            context = _ARITHMETIC if numeric else lexer.top.kind
+        yield piece, context
         if isinstance(piece, str):
             lexer.feed(piece)
+            lexer.base += len(piece)
         else:
             lexer.mark_reference()
+            lexer.base += 1

@@ -1,11 +1,13 @@
 """Values are data: a ``${…}`` in shell the user wrote never becomes syntax, and arrives byte for byte.
 
 Every source of values (a playbook variable, ``${env:…}``, the droplet's
-name, tags and private address as the API gave them) goes into every field
-that takes shell (``run``'s command and ``unless``, ``nohup``'s command and
-``ready.cmd``), unquoted, in double quotes and in single quotes, on a real
-sandbox droplet. A payload that ran would leave its marker file; the value
-that arrived is compared with the one sent.
+name, tags and private address) goes into every field that takes shell
+(``run``'s command and ``unless``, ``nohup``'s command and ``ready.cmd``),
+unquoted, in double quotes, in here-documents and in ``$( )``, on a real
+sandbox droplet (single quotes, where the shell could only paste a value,
+are refused by ``validate``). A payload that ran would leave its marker file;
+the value that arrived is compared with the one sent. A hostile API (a proxy
+in front of the sandbox's) feeds its values through a whole ``apply``.
 """
 
 from __future__ import annotations
@@ -105,6 +107,39 @@ def test_a_value_in_arithmetic_must_be_a_number_and_one_in_a_quoted_here_documen
     assert problems == [
         "site.yaml:6:10: steps[0].run.cmd: " + shell.check(["cat <<'EOF'\n", shell.Reference("app"), "\nEOF\n"])[0]
     ]
+
+
+#: Where bash (``/bin/sh`` on Fedora, Rocky, AlmaLinux) evaluates a variable's value as arithmetic, in which
+#: an index (``a[$(…)]``) runs a command; and what each prints for n=3.
+BASH_ARITHMETIC = {
+    "(( ${n} > 2 )) && echo yes": "yes",
+    '[[ "${n}" -eq 3 ]] && echo yes': "yes",
+    "[[ x == x && ${n} -gt 2 ]] && echo yes": "yes",
+    "let m=${n}+1; echo $m": "4",
+    'a=(p q r s); echo "$${a[${n}]}"': "s",
+    's=abcdef; echo "$${s:${n}}"': "def",
+    's=abcdef; echo "$${s:1:${n}}"': "bcd",
+    "echo $[ ${n} + 1 ]": "4",
+    "x=$( (( ${n} )) && echo in ); echo $x": "in",
+}
+
+
+@pytest.mark.parametrize("command", list(BASH_ARITHMETIC))
+def test_a_value_where_bash_evaluates_arithmetic_must_be_a_number_and_others_stay_strings(
+    command: str, tmp_path: Path
+) -> None:
+    def run(values: dict[str, str], text: str = command) -> str:
+        bound = shell.bind(spec.parts(text), values)
+        script = f"cd {shell.quote(str(tmp_path))}\n{bound.assignments()}{bound.text}"
+        return subprocess.run(["bash", "--posix", "-c", script], capture_output=True, text=True, check=True).stdout
+
+    hostile = "a[$(touch ran)]"
+    assert run({"n": "3"}) == BASH_ARITHMETIC[command] + "\n"
+    with pytest.raises(shell.BindError, match="evaluates arithmetic.*must be a whole number"):
+        run({"n": hostile})
+    # After the arithmetic, and in a [[ ]] that compares strings, the same value is text.
+    assert run({"n": "3", "w": hostile}, f"{command}; [[ ${{w}} == a* ]] && printf '%s' ${{w}}").endswith(hostile)
+    assert not (tmp_path / "ran").exists()
 
 
 @pytest.mark.parametrize(
@@ -280,3 +315,88 @@ def test_two_nohup_steps_whose_names_become_one_on_a_droplet_stop_it_before_any_
         " give one another name:"
     )
     assert not (shared_sandbox.home("test") / "must-not-run").exists()
+
+
+@pytest.mark.sandbox
+def test_hostile_values_a_hostile_api_gives_run_nothing_in_an_apply_and_arrive_verbatim(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API itself turned hostile: a proxy in front of the sandbox's gives the droplet found by its tag
+    a hostile tag and a private address holding a newline; then adds a tagged droplet with a hostile name."""
+    import http.server
+
+    import requests
+
+    from support.sandboxes import pointed
+    from support.stubhttp import send_json, serving
+
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    hostile = {key: PAYLOAD.format(m=markers / key) for key in ("tag", "ip", "name")}
+    extra: list[dict[str, object]] = []
+
+    def tampered(droplet: dict[str, object]) -> dict[str, object]:
+        if droplet.get("name") == "tagged":
+            droplet["tags"] = ["web", hostile["tag"]]
+            networks = droplet["networks"]
+            assert isinstance(networks, dict)
+            networks["v4"].append({"ip_address": hostile["ip"], "netmask": "255.255.240.0", "type": "private"})
+        return droplet
+
+    with pointed([{"name": "tagged", "tags": ["web"]}], monkeypatch) as sandbox:
+        upstream = sandbox.environ["POSEIDON_SANDBOX_HTTP_URL"]
+
+        class HostileAPI(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                answer = requests.get(upstream + self.path, headers={"Authorization": self.headers["Authorization"]})
+                body = answer.json()
+                if "droplets" in body:
+                    body["droplets"] = [tampered(d) for d in body["droplets"]] + [
+                        d for d in extra if "tag_name=web" in self.path
+                    ]
+                elif "droplet" in body:
+                    body["droplet"] = tampered(body["droplet"])
+                send_json(self, answer.status_code, body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        with serving(HostileAPI) as url:
+            monkeypatch.setenv("POSEIDON_API_URL", url)
+            playbook = tmp_path / "site.yaml"
+            playbook.write_text(
+                "version: 1\ndroplets: [{tag: web}]\nsteps:\n"
+                "  - run: \"printf '%s' ${droplet.tags} > tags-run; printf '%s' \\\"${droplet.private_ip_address}\\\""
+                ' > ip-run"\n'
+                "  - run: {cmd: 'true', unless: \"printf '%s' ${droplet.tags} > tags-unless; false\"}\n"
+                "  - nohup: {cmd: \"printf '%s' ${droplet.private_ip_address} > ip-nohup; exec sleep 30\","
+                ' name: hostile, ready: {cmd: "printf \'%s\' \\"${droplet.tags}\\" > tags-ready"}}\n'
+                "report: {ps: false, top: false}\n"
+            )
+
+            def apply() -> subprocess.CompletedProcess[str]:
+                return subprocess.run(
+                    [sys.executable, "-m", "poseidon.cli", "apply", str(playbook), "--json"],
+                    capture_output=True,
+                    text=True,
+                    cwd=tmp_path,
+                )
+
+            done = apply()
+            assert done.returncode == 0, done.stdout + done.stderr
+            home = sandbox.home("tagged")
+            tags = "web," + hostile["tag"]
+            assert (home / "tags-run").read_text() == tags
+            assert (home / "tags-unless").read_text() == tags
+            assert (home / "tags-ready").read_text() == tags
+            assert (home / "ip-run").read_text() == hostile["ip"]
+            assert (home / "ip-nohup").read_text() == hostile["ip"]
+            (home / "tags-run").unlink()
+
+            document = dict(sandbox.emulator.droplets()[0], id=99999, name=hostile["name"])
+            extra.append(document)
+            done = apply()
+            assert done.returncode != 0
+            assert "is not a droplet name (letters, digits, . and -) (droplet 99999, tag 'web')" in done.stderr
+            assert not (home / "tags-run").exists(), "a step ran although a droplet of the tag was refused"
+    assert list(markers.iterdir()) == [], "a value from the API ran as a command"
