@@ -459,6 +459,16 @@ class RunStep(StepBase):
         ),
     )
 
+    @model_validator(mode="after")
+    def _a_check_is_never_skipped(self) -> RunStep:
+        guards = [name for name in ("creates", "unless") if getattr(self, name) is not None]
+        if not self.changes and guards:
+            fail(
+                f"changes: false makes the step a check, which runs every time: {' and '.join(guards)}"
+                " would skip it (put the condition in the check's command instead)"
+            )
+        return self
+
 
 class FileStep(StepBase):
     """Put content at a path on the droplet: written whole, atomically, with its mode and owner;
