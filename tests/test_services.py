@@ -584,3 +584,25 @@ def test_a_file_another_user_made_first_in_a_shared_folder_keeps_nothing_of_thei
     assert [s for s, _ in outcomes(apply(machine, tmp_path, text))] == ["changed", "changed"]
     info = (machine.home("svc").parent / "var" / "tmp" / "app.conf").stat()
     assert (info.st_uid, info.st_gid, info.st_mode & 0o777) == (0, 0, 0o644)
+
+
+def test_values_in_a_service_s_command_and_ready_check_run_nothing_and_arrive_verbatim(
+    machine: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    payload = "main$(touch ran-1)`touch ran-2`'; touch ran-3; '\"; touch ran-4; \"\n;touch ran-5 # $HOME \\ *"
+    monkeypatch.setenv("PAY", payload)
+    text = """\
+        version: 1
+        droplets: [svc]
+        steps:
+          - service:
+              name: payload
+              cmd: printf '%s' "${env:PAY}" > from-cmd; printf '%s' ${env:PAY} > from-cmd-bare; exec sleep 600
+              ready: {cmd: "printf '%s' ${env:PAY} > from-ready", timeout: 20}
+        report: {ps: false, top: false}
+        """
+    assert outcomes(apply(machine, tmp_path, text)) == [("changed", "its unit is new or changed")]
+    home = machine.home("svc")
+    for name in ("from-cmd", "from-cmd-bare", "from-ready"):
+        assert (home / name).read_text() == payload, name
+    assert sorted(p.name for p in home.glob("ran-*")) == [], "a value ran as a command"
