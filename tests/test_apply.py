@@ -14,6 +14,7 @@ import pytest
 
 from poseidon.cli import main
 from poseidon.sandbox import Sandbox
+from support.sandboxes import command_lines
 from support.wheels import build_wheel
 
 ROOT = Path(__file__).parent.parent
@@ -236,17 +237,6 @@ def test_validate_and_schema_need_no_network(tmp_path: Path, capsys: pytest.Capt
     assert main(["schema"]) == 0
     schema = json.loads(capsys.readouterr().out)
     assert schema == json.loads((ROOT / "schemas" / "playbook.schema.json").read_text())
-
-
-def command_lines(pids: set[int]) -> list[str]:
-    """The command lines of those of ``pids`` that still run (a zombie's is empty)."""
-    found = []
-    for pid in pids:
-        try:
-            found.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
-        except OSError:
-            continue  # it ended
-    return found
 
 
 def _apply_on(sandbox: Sandbox, args: list[str], command: str = "apply") -> int:

@@ -21,7 +21,7 @@ from poseidon import executor
 from poseidon.cli import main
 from poseidon.sandbox import Sandbox
 from support.fakeclock import FakeClock
-from support.sandboxes import PATIENCE, point_at, pointed, process_running, wait_for
+from support.sandboxes import PATIENCE, point_at, pointed, process_running, runs_on, wait_for
 
 pytestmark = pytest.mark.sandbox
 
@@ -309,11 +309,6 @@ def _interrupted(process: subprocess.Popen[str], times: int) -> float:
         process.wait()
 
 
-def _runs(text: str) -> bool:
-    """Whether a process with ``text`` in its command line runs (a sandbox droplet's are this machine's)."""
-    return subprocess.run(["pgrep", "-f", text], capture_output=True).returncode == 0
-
-
 def test_a_second_ctrl_c_stops_the_running_steps_and_exits_130(tmp_path: Path, env: Sandbox) -> None:
     path = playbook(
         tmp_path,
@@ -332,7 +327,7 @@ def test_a_second_ctrl_c_stops_the_running_steps_and_exits_130(tmp_path: Path, e
     for name in ("d4", "d5"):
         assert not (env.home(name) / "aborted-second").exists()
     # The running steps were stopped there (their sleep too), and the apply lock went with poseidon's shell.
-    wait_for("the steps' processes end", lambda: not _runs(f"sleep {PATIENCE + 0.123:g}"))
+    wait_for("the steps' processes end", lambda: not runs_on(env, ["d4", "d5"], f"sleep {PATIENCE + 0.123:g}"))
     again = playbook(tmp_path, "- run: echo free > free-again\n", droplets=["d4", "d5"])
     assert main(["apply", str(again), "--quiet"]) == 0, "the droplets are free again at once"
     assert all((env.home(name) / "free-again").exists() for name in ("d4", "d5"))
@@ -362,7 +357,8 @@ def test_two_quick_ctrl_cs_stop_even_a_step_that_forks_or_a_readiness_wait_and_f
             wait_for("both steps fork", lambda: all((tmp_path / f"running-{n}").exists() for n in ("d4", "d5")))
         else:
             # The readiness gate's waiter names the droplet's dpkg folder on its command line.
-            wait_for("both wait for the dpkg lock", lambda: all(_runs(str(env.dpkg_dir(n))) for n in ("d4", "d5")))
+            waiting = lambda: all(runs_on(env, [n], str(env.dpkg_dir(n))) for n in ("d4", "d5"))  # noqa: E731
+            wait_for("both wait for the dpkg lock", waiting)
         took = _interrupted(process, times=2)
     finally:
         if process.poll() is None:  # a wait above failed
@@ -375,7 +371,7 @@ def test_two_quick_ctrl_cs_stop_even_a_step_that_forks_or_a_readiness_wait_and_f
     assert took < PATIENCE / 3, f"it took {took:.1f} s"
     assert "Traceback" not in text and "droplet(s)" in text, "the report is printed"
     if step == "forks":
-        wait_for("no step forks any more", lambda: not _runs("sleep 7.77"), timeout=PATIENCE)
+        wait_for("no step forks any more", lambda: not runs_on(env, ["d4", "d5"], "sleep 7.77"), timeout=PATIENCE)
     free = playbook(tmp_path, "- run: echo free > free-again\n", droplets=["d4", "d5"])
     assert main(["apply", str(free), "--quiet"]) == 0, "the apply lock went with the run"
 

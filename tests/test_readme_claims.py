@@ -37,7 +37,7 @@ from poseidon.results import RunResult
 from poseidon.sandbox import Sandbox, SandboxError
 from poseidon.settings import Settings
 from poseidon.ssh import SSHClient
-from support.sandboxes import point_at, pointed, process_running, wait_for
+from support.sandboxes import point_at, pointed, process_running, runs_on, wait_for
 from support.wheels import build_wheel, offline_pip_env
 
 pytestmark = pytest.mark.sandbox
@@ -176,7 +176,8 @@ def test_ps_and_top_print_a_droplet_s_processes(env: Sandbox, capsys: pytest.Cap
     assert main(["ps", "w3", "--all"]) == 0
     lines = capsys.readouterr().out.splitlines()[1:]  # after the title
     assert lines[0].split() == ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"]
-    assert any(line.rstrip().endswith("sleep 4711") for line in lines[1:])
+    shown = {int(line.split()[1]) for line in lines[1:] if line.rstrip().endswith("sleep 4711")}
+    assert shown & env.pids("w3"), "ps shows the droplet's own sleep"
     # A sandbox droplet is this machine: its snapshot shows the whole process table, this test's own process too.
     assert any(line.split()[1] == str(os.getpid()) for line in lines[1:])
 
@@ -184,6 +185,7 @@ def test_ps_and_top_print_a_droplet_s_processes(env: Sandbox, capsys: pytest.Cap
     lines = capsys.readouterr().out.splitlines()[1:]
     assert lines[0].split() == ["%CPU", "%MEM", "USER", "COMMAND"]
     assert any(line.split()[2:] == [env.user, "sleep"] for line in lines[1:])
+    assert runs_on(env, ["w3"], "sleep 4711"), "the sleep top shows is the droplet's own"
 
     for command in ("ps", "top"):
         assert main([command, "no-such-droplet"]) == 2

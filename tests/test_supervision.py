@@ -25,7 +25,7 @@ import pytest
 
 from poseidon.cli import main
 from poseidon.sandbox import Sandbox
-from support.sandboxes import pointed, process_running, wait_for
+from support.sandboxes import pointed, process_running, runs_on, wait_for
 
 pytestmark = pytest.mark.sandbox
 
@@ -455,7 +455,7 @@ def test_a_command_that_daemonizes_and_exits_fails_and_leaves_nothing_running(sa
         outcome = ssh.nohup("setsid sleep 306 & exit 0", False, name="daemonizes", ready={"cmd": "false", "timeout": 3})
         assert outcome.status == "failed"
         assert "daemonizes exited before it was ready" in outcome.stderr
-        wait_for("the daemon it left to end", lambda: ssh.wait("pgrep -fx 'sleep 306' || true") == "")
+        wait_for("the daemon it left to end", lambda: not runs_on(sandbox_env, ["test"], "sleep 306"))
 
 
 def test_an_app_moved_to_another_directory_is_stopped_there_before_it_starts_here(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,22 @@ def wait_for(what: str, event: Callable[[], bool], timeout: float = PATIENCE) ->
         if time.monotonic() > deadline:
             pytest.fail(f"{what}: not within {timeout:g} s")
         time.sleep(0.02)
+
+
+def command_lines(pids: set[int]) -> list[str]:
+    """The command lines of those of ``pids`` that still run (a zombie's is empty)."""
+    found = []
+    for pid in pids:
+        try:
+            found.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:
+            continue  # it ended
+    return found
+
+
+def runs_on(sandbox: Sandbox, names: Iterable[str], text: str) -> bool:
+    """Whether a process of these droplets (and of no other sandbox) has ``text`` in its command line."""
+    return any(text in line for name in names for line in command_lines(sandbox.pids(name)))
 
 
 def process_running(pid: int) -> bool:
