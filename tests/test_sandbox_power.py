@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ import pytest
 import poseidon.api as po
 from poseidon.errors import SSHError
 from poseidon.sandbox import Sandbox
-from support.sandboxes import point_at, pointed, process_running
+from support.sandboxes import point_at, pointed, process_running, wait_for
 
 pytestmark = pytest.mark.sandbox
 
@@ -51,17 +50,15 @@ def test_power_off_drops_the_connection_ends_the_processes_keeps_the_files_and_p
 
 def test_a_reboot_through_the_api_comes_back_by_itself(monkeypatch: pytest.MonkeyPatch) -> None:
     with pointed(["alone"], monkeypatch) as sandbox:  # its sshd has no other droplet to listen for meanwhile
-        sandbox.reboot_downtime = 3.0  # long enough to see it refuse on a busy machine
+        sandbox.reboot_downtime = 0.5
         droplet = po.connect().droplets.by_name("alone")
         with droplet.connect() as ssh:
             detached = int(ssh.wait(DETACHED_SLEEP))
-        droplet.reboot(wait=False)
-        assert _refuses(sandbox, "alone")
-        assert not process_running(detached)
-        deadline = time.monotonic() + 15
-        while _refuses(sandbox, "alone"):
-            assert time.monotonic() < deadline, "the droplet did not come back"
-            time.sleep(0.1)
+        with sandbox.reboots_held():  # down it stays, however late this look comes
+            droplet.reboot(wait=False)
+            assert _refuses(sandbox, "alone")
+            assert not process_running(detached)
+        wait_for("the droplet to come back", lambda: not _refuses(sandbox, "alone"))
         with droplet.connect() as ssh:
             assert ssh.wait("echo back") == "back\n"
 
@@ -98,7 +95,7 @@ def test_a_power_action_right_after_a_reboot_wins_over_the_reboots_timer(
             web.delete()
         else:
             web.power_off(wait=False)
-        time.sleep(sandbox.reboot_downtime + 1.5)  # past the reboot's timer: nothing to wait for, it must not act
+        sandbox.wait_for_reboots()  # the reboot's timer fired or was cancelled: it must not have acted
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection((address, sandbox.ssh_port), timeout=2).close()
         if then == "power_off":

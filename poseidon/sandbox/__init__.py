@@ -29,7 +29,8 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -115,6 +116,10 @@ class Sandbox:
         self.reboot_downtime = 1.0
         #: Per address of a droplet being rebooted, the timer that powers it on again.
         self._boots: dict[str, threading.Timer] = {}
+        #: Every reboot timer started, for :meth:`wait_for_reboots`.
+        self._timers: list[threading.Timer] = []
+        #: While :meth:`reboots_held`: the addresses whose reboot's downtime ended meanwhile.
+        self._held: list[str] | None = None
         #: Each droplet's name by its address, in the order they were made: names may repeat, addresses do not.
         self._named: dict[str, str] = {}
 
@@ -381,13 +386,40 @@ class Sandbox:
             boot = threading.Timer(downtime, self._boot, [address])
             boot.daemon = True
             self._boots[address] = boot
+            self._timers = [timer for timer in self._timers if timer.is_alive()] + [boot]
             boot.start()
 
     def _boot(self, address: str) -> None:
         """A reboot's timer: power on, unless a later power action or a delete took its place."""
         with self._lock:
-            if self._boots.get(address) is threading.current_thread():
+            if self._boots.get(address) is not threading.current_thread():
+                return
+            if self._held is not None:
+                self._held.append(address)  # powered on when the hold ends, unless overridden meanwhile
+            else:
                 self._power_on(address)
+
+    @contextmanager
+    def reboots_held(self) -> Iterator[None]:
+        """Within the block, a droplet rebooting stays off past its downtime; it comes back as the
+        block ends (unless a power action or a delete took its place): a test sees it down, surely."""
+        with self._lock:
+            self._held = []
+        try:
+            yield
+        finally:
+            with self._lock:
+                held, self._held = self._held or [], None
+                for address in held:
+                    if address in self._boots:
+                        self._power_on(address)
+
+    def wait_for_reboots(self, timeout: float = 60.0) -> None:
+        """Return once every reboot timer started so far has fired or been cancelled."""
+        with self._lock:
+            timers = list(self._timers)
+        for timer in timers:
+            timer.join(timeout)
 
     def _cancel_boot(self, address: str) -> None:
         """A power action overrides a reboot under way: its timer does nothing now. The caller holds the lock."""
