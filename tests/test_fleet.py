@@ -432,7 +432,7 @@ def test_status_lists_each_managed_process_alive_or_dead_with_its_log(
         """\
         - run: {cmd: mkdir -p status-app, creates: status-app}
         - chdir: status-app
-        - nohup: {cmd: "echo serving; sleep 900", name: server, grace: 0.2}
+        - nohup: {cmd: "echo serving; sleep 900", name: server, ready: {cmd: "grep -qx serving server.log"}}
         - nohup: {cmd: "echo one-off", name: short, grace: 0}
         """,
         droplets=["d3"],
@@ -477,7 +477,8 @@ def test_status_masks_secrets_in_log_tails(
     path = tmp_path / "site.yaml"
     path.write_text(
         "version: 1\ndroplets: [d4]\nvars:\n  token: {secret: true, env: STATUS_SECRET}\n"
-        "steps:\n  - nohup: {cmd: 'echo using ${token}; sleep 600', name: masked, grace: 0.2}\n"
+        "steps:\n  - nohup: {cmd: 'echo using ${token}; sleep 600', name: masked,"
+        " ready: {cmd: 'grep -q using masked.log'}}\n"
     )
     assert main(["apply", str(path), "--quiet"]) == 0
     capsys.readouterr()

@@ -39,7 +39,8 @@ def site(tmp_path: Path, shared_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatc
     playbook = tmp_path / "site.yaml"
     playbook.write_text(
         "version: 1\ndroplets: [test]\nsteps:\n"
-        '  - nohup: {cmd: \'printf "%s\\\\n" "$HOSTILE"; exec sleep 60\', name: hostile-log, grace: 0.3,'
+        '  - nohup: {cmd: \'printf "%s\\\\n" "$HOSTILE"; exec sleep 60\', name: hostile-log,'
+        " ready: {cmd: 'test -s hostile-log.log'},"
         " env: {HOSTILE: '${env:HOSTILE}'}}\n"
         '  - run: {cmd: \'printf "%s\\\\n" "$HOSTILE"; printf "%s\\\\n" "$HOSTILE" >&2; exit 1\','
         " env: {HOSTILE: '${env:HOSTILE}'}}\n"

@@ -83,7 +83,9 @@ def test_no_value_from_any_source_runs_and_each_arrives_verbatim(field: str, for
             elif field == "run.unless":
                 step = steps.build("run", cmd="true", unless=f"{command}; false")
             elif field == "nohup.cmd":
-                step = steps.build("nohup", cmd=f"{command}; exec sleep 30", name=out, grace=0.3)
+                step = steps.build(
+                    "nohup", cmd=f"{command}; exec sleep 30", name=out, ready={"cmd": f"test -s {out}", "timeout": 10}
+                )
             else:
                 step = steps.build("nohup", cmd="exec sleep 30", name=out, ready={"cmd": command, "timeout": 5})
             outcome = ssh.run_step(spec.expand(step, values), values=values)
