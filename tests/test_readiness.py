@@ -181,8 +181,10 @@ def test_steps_wait_until_cloud_init_has_finished(tmp_path: Path) -> None:
         """)
         )
         fake.chmod(0o755)
+        # The step fails unless cloud-init had finished before it ran.
         result, notices = apply(
-            sandbox, "version: 1\ndroplets: [booting]\nsteps: [{run: echo hi}]\nreport: {ps: false, top: false}\n"
+            sandbox,
+            f"version: 1\ndroplets: [booting]\nsteps: [{{run: 'test -e {done}'}}]\nreport: {{ps: false, top: false}}\n",
         )
     run = result.droplets[0]
     assert [s.status for s in run.steps] == ["changed"], run.error

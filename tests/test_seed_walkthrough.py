@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -11,7 +12,7 @@ import pytest
 import poseidon.api as po
 from poseidon.errors import CommandError
 from poseidon.sandbox import Sandbox
-from support.sandboxes import command_lines_seen, process_running, wait_for
+from support.sandboxes import PATIENCE, command_lines_seen, end_once_seen, process_running, wait_for
 from support.wheels import build_wheel, offline_pip_env
 
 
@@ -94,7 +95,7 @@ def test_wait_does_not_raise_for_stderr_alone_or_when_told_not_to(sandbox_env: S
 
 def test_chdir_to_a_missing_directory_fails_instead_of_running_elsewhere(sandbox_env: Sandbox) -> None:
     with po.connect().droplets.by_name("test").connect() as ssh:
-        with pytest.raises(CommandError):
+        with pytest.raises(CommandError, match="can't cd to no/such/dir"):
             ssh.chdir("no/such/dir")
         assert ssh.cwd is None
 
@@ -175,14 +176,18 @@ def test_an_interactive_session_sends_an_env_value_as_input_never_on_a_command_l
     secret = "hunter2-" + "v4lue" * 4
     home = sandbox_env.home("test")
     (home / "env-value").unlink(missing_ok=True)
-    # It runs a moment, so that the watcher sees its processes; the assertions below check that it did.
-    step = steps.build("run", cmd='printf %s "$PASSWORD" > env-value; sleep 0.7', env={"PASSWORD": secret})
+    # It runs until the watcher has seen it running: then its sleep is ended.
+    step = steps.build("run", cmd='printf %s "$PASSWORD" > env-value; sleep 60.4712; true', env={"PASSWORD": secret})
+    outcomes = []
     with po.connect().droplets.by_name("test").connect(interactive=True) as ssh, command_lines_seen() as seen:
-        outcome = ssh.run_step(step)
+        runner = threading.Thread(target=lambda: outcomes.append(ssh.run_step(step)))
+        runner.start()
+        end_once_seen(sandbox_env, "test", seen, b"sleep\x0060.4712\x00")
+        runner.join(PATIENCE)
     capsys.readouterr()
+    outcome = outcomes[0]
     assert outcome.status == "changed", outcome.stderr
     assert (home / "env-value").read_text() == secret  # the value arrived
-    assert b"sleep\x000.7\x00" in seen  # the watcher saw the step running
     assert not [argv for argv in seen if secret.encode() in argv]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -10,7 +11,7 @@ import poseidon.api as po
 from poseidon.errors import SSHError
 from poseidon.sandbox import Sandbox
 from poseidon.ssh import SSHClient
-from support.sandboxes import command_lines_seen
+from support.sandboxes import PATIENCE, command_lines_seen, end_once_seen
 
 
 @pytest.fixture
@@ -49,10 +50,15 @@ def test_a_command_cannot_read_the_sessions_input(ssh: SSHClient) -> None:
 
 def test_stdin_reaches_the_command_and_no_process_list_or_file(ssh: SSHClient, sandbox_env: Sandbox) -> None:
     secret = "s3cret-" + "x" * 20
+    results = []
     with command_lines_seen() as seen:
-        result = ssh.run("read -r value; sleep 0.7; printf '%s' \"$value\" | wc -c", stdin=secret + "\n")
-    assert result.stdout.strip() == str(len(secret))
-    assert b"sleep\x000.7\x00" in seen  # the watcher saw the command running
+        # It runs until the watcher has seen it running: then its sleep is ended.
+        command = "read -r value; sleep 60.4711; printf '%s' \"$value\" | wc -c"
+        runner = threading.Thread(target=lambda: results.append(ssh.run(command, stdin=secret + "\n")))
+        runner.start()
+        end_once_seen(sandbox_env, "test", seen, b"sleep\x0060.4711\x00")
+        runner.join(PATIENCE)
+    assert results[0].stdout.strip() == str(len(secret))
     assert not any(secret.encode() in argv for argv in seen)
     found = ssh.run(f"grep -rl {secret} . 2>/dev/null").stdout
     assert found == ""
@@ -68,7 +74,7 @@ def test_binary_and_large_output_arrive_whole(ssh: SSHClient) -> None:
 def test_a_shell_killed_on_the_droplet_is_replaced_and_a_lost_connection_is_an_ssh_error(ssh: SSHClient) -> None:
     assert ssh.wait("echo one") == "one\n"
     # In a subshell $$ is still the session's shell.
-    with pytest.raises(SSHError):
+    with pytest.raises(SSHError, match="the session's shell ended"):
         ssh.run("kill -9 $$; sleep 5")
     assert ssh.wait("echo two") == "two\n"  # a new session on the same connection
     ssh.connection.client.get_transport().close()
@@ -141,7 +147,7 @@ def test_a_lock_file_that_cannot_be_opened_is_told_and_the_session_lives_on(
 
 def test_when_the_shell_holding_the_lock_dies_no_command_runs_unlocked(ssh: SSHClient) -> None:
     assert ssh.lock("me").held
-    with pytest.raises(SSHError):
+    with pytest.raises(SSHError, match="the session's shell ended"):
         ssh.run("kill -9 $$")
     with pytest.raises(SSHError, match="apply lock"):
         ssh.run("echo unlocked")

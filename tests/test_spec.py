@@ -815,8 +815,11 @@ def test_a_playbook_over_the_size_bound_is_refused_before_it_is_parsed(tmp_path:
     assert [str(p) for p in caught.value.problems] == [
         f"{big}:1:1: the playbook is over 1,048,576 bytes, the most poseidon reads"
     ]
-    with pytest.raises(SpecError):
+    with pytest.raises(SpecError) as caught:
         spec.loads(big.read_text(), "big.yaml")
+    assert [str(p) for p in caught.value.problems] == [
+        "big.yaml:1:1: the playbook is over 1,048,576 bytes, the most poseidon reads"
+    ]
 
 
 def test_substitution_never_builds_a_value_past_its_bound() -> None:

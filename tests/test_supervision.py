@@ -25,7 +25,7 @@ import pytest
 
 from poseidon.cli import main
 from poseidon.sandbox import Sandbox
-from support.sandboxes import pointed, process_running, runs_on, wait_for
+from support.sandboxes import PATIENCE, pointed, process_running, runs_on, wait_for
 
 pytestmark = pytest.mark.sandbox
 
@@ -233,12 +233,13 @@ def test_a_process_that_dies_before_it_is_ready_or_never_gets_ready_fails_with_i
     from support.sandboxes import point_at
 
     point_at(shared_sandbox, monkeypatch)
+    url = f"http://{shared_sandbox.address('test')}:5398/"  # the droplet's own address: nothing listens there
     cases = {
         'cmd: "echo starting; sleep 1.5; echo boom >&2; exit 3", name: late-crash, ready: {port: 5399}': (
             "late-crash exited before it was ready; the end of its log:\nstarting\nboom"
         ),
-        'cmd: "echo up; exec sleep 60", name: never-ready, ready: {http: "http://127.0.0.1:5398/", timeout: 1.5}': (
-            "never-ready is not ready after 1.5 s (waited for a 2xx answer from http://127.0.0.1:5398/);"
+        f'cmd: "echo up; exec sleep 60", name: never-ready, ready: {{http: "{url}", timeout: 1.5}}': (
+            f"never-ready is not ready after 1.5 s (waited for a 2xx answer from {url});"
             " it is left running, and the next apply restarts it; the end of its log:\nup"
         ),
     }
@@ -259,7 +260,8 @@ def test_a_frozen_droplet_ends_the_run_at_its_timeout_or_its_keepalives_and_the_
     playbook = tmp_path / "site.yaml"
     playbook.write_text(
         "version: 1\ndroplets: [hung, fine]\nsteps:\n"
-        "  - run: {cmd: 'touch started; sleep 4', timeout: 8}\n"
+        # The frozen one's step runs until its timeout ends it: sure to be frozen mid-step.
+        "  - run: {cmd: 'touch started; [ \"${droplet.name}\" = fine ] || sleep 60', timeout: 8}\n"
         "report: {ps: false, top: false}\n"
     )
     with pointed(["hung", "fine"], monkeypatch) as sandbox:
@@ -289,6 +291,8 @@ def test_a_frozen_droplet_ends_the_run_at_its_timeout_or_its_keepalives_and_the_
             assert report["fine"]["steps"][0]["status"] == "changed"
             assert report["hung"]["unreachable"] and "hung stopped answering" in report["hung"]["error"]
             assert why in report["hung"]["error"]
+            # Thawed, its step goes on until its timeout ends it, and its shell with the apply lock.
+            wait_for("the frozen run's processes to end", lambda: not sandbox.pids("hung"))
 
 
 def test_an_env_secret_is_in_no_command_line_another_user_can_read(
@@ -315,21 +319,27 @@ def test_an_env_secret_is_in_no_command_line_another_user_can_read(
             """
         )
     )
+    # It watches from its first line until its input ends: from before the apply starts to after it ended.
     watch = (
-        "import glob, sys, time\n"
+        "import glob, select, sys\n"
         "seen = set()\n"
-        "end = time.time() + float(sys.argv[1])\n"
-        "while time.time() < end:\n"
+        "first = True\n"
+        "while not select.select([sys.stdin], [], [], 0)[0]:\n"
         "    for path in glob.glob('/proc/[0-9]*/cmdline'):\n"
         "        try:\n            seen.add(open(path, 'rb').read())\n"
         "        except OSError:\n            pass\n"
+        "    if first:\n        print('watching', flush=True)\n        first = False\n"
         "for line in seen:\n    print(line.replace(b'\\0', b' ').decode(errors='replace'))\n"
     )
-    watcher = subprocess.Popen([python, "-c", watch, "5"], user="nobody", cwd="/", stdout=subprocess.PIPE, text=True)
-    thread = threading.Thread(target=lambda: main(["apply", str(playbook)]))
-    thread.start()
-    seen, _ = watcher.communicate(timeout=60)
-    thread.join()
+    watcher = subprocess.Popen(
+        [python, "-c", watch], user="nobody", cwd="/", stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert watcher.stdin is not None and watcher.stdout is not None
+    assert watcher.stdout.readline() == "watching\n"
+    main(["apply", str(playbook)])
+    watcher.stdin.close()
+    seen = watcher.stdout.read()
+    watcher.wait(PATIENCE)
     capsys.readouterr()
     assert watcher.returncode == 0
     assert "sleep 1.4711" in seen and "sleep 2.4711" in seen, "the watcher missed the steps"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -68,6 +69,19 @@ def command_lines(pids: set[int]) -> list[str]:
 def runs_on(sandbox: Sandbox, names: Iterable[str], text: str) -> bool:
     """Whether a process of these droplets (and of no other sandbox) has ``text`` in its command line."""
     return any(text in line for name in names for line in command_lines(sandbox.pids(name)))
+
+
+def end_once_seen(sandbox: Sandbox, name: str, seen: set[bytes], argv: bytes) -> None:
+    """Once the watcher of :func:`command_lines_seen` has seen ``argv`` (NUL-separated, as in
+    ``/proc/PID/cmdline``), TERM the droplet's processes running it: a command that waits for this
+    is sure to have been seen running."""
+    wait_for(f"the watcher to see {argv!r}", lambda: argv in set(seen))
+    for pid in sandbox.pids(name):
+        try:
+            if Path(f"/proc/{pid}/cmdline").read_bytes() == argv:
+                os.kill(pid, signal.SIGTERM)
+        except OSError:
+            continue
 
 
 def process_running(pid: int) -> bool:
