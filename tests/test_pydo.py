@@ -149,6 +149,16 @@ def test_tags_domains_and_records(sandbox: Sandbox, client: Any) -> None:
     assert (status, body["id"]) == (404, "not_found")
 
 
+def test_images_regions_and_sizes(client: Any) -> None:
+    images = client.images.list(type="distribution")["images"]
+    ubuntu = next(i for i in images if i["slug"] == "ubuntu-24-04-x64")
+    assert client.images.get(image_id=ubuntu["id"])["image"]["slug"] == "ubuntu-24-04-x64"
+    regions = {r["slug"]: r for r in client.regions.list()["regions"]}
+    assert "nyc3" in regions and regions["nyc3"]["available"]
+    sizes = {s["slug"]: s for s in client.sizes.list()["sizes"]}
+    assert sizes["s-1vcpu-1gb"]["memory"] == 1024 and "nyc3" in sizes["s-1vcpu-1gb"]["regions"]
+
+
 def test_firewalls_from_creation_to_deletion(sandbox: Sandbox, client: Any) -> None:
     web = {d["name"]: d["id"] for d in client.droplets.list()["droplets"]}
     ssh = {"protocol": "tcp", "ports": "22", "sources": {"addresses": ["0.0.0.0/0", "::/0"]}}
