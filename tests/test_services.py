@@ -22,7 +22,7 @@ from poseidon import executor, spec, status
 from poseidon.results import RunResult
 from poseidon.sandbox import Sandbox
 from poseidon.settings import Settings
-from support.sandboxes import PATIENCE, command_lines_seen, machines_base
+from support.sandboxes import PATIENCE, command_lines_seen, machines_base, wait_for
 
 pytestmark = pytest.mark.sandbox
 
@@ -606,3 +606,43 @@ def test_values_in_a_service_s_command_and_ready_check_run_nothing_and_arrive_ve
     for name in ("from-cmd", "from-cmd-bare", "from-ready"):
         assert (home / name).read_text() == payload, name
     assert sorted(p.name for p in home.glob("ran-*")) == [], "a value ran as a command"
+
+
+def test_a_service_restarts_when_its_command_env_or_directory_changes_and_systemd_restarts_it_when_it_dies(
+    machine: Sandbox, tmp_path: Path
+) -> None:
+    def playbook(folder: str, seconds: int, greeting: str) -> str:
+        return f"""\
+            version: 1
+            droplets: [svc]
+            steps:
+              - chdir: {folder}
+              - service: {{name: definer, cmd: exec sleep {seconds}, env: {{GREETING: {greeting}}}}}
+            report: {{ps: false, top: false}}
+            """
+
+    client = po.connect(token=machine.token, settings=Settings.from_environ(machine.environ))
+    with client.droplets.by_name("svc").connect() as ssh:
+
+        def main_pid() -> str:
+            return ssh.wait("systemctl show -p MainPID --value poseidon-definer.service").strip()
+
+        assert outcomes(apply(machine, tmp_path, playbook("/tmp", 1001, "hello")))[1][0] == "changed"
+        pid = main_pid()
+        assert outcomes(apply(machine, tmp_path, playbook("/tmp", 1001, "hello")))[1] == (
+            "ok",
+            "poseidon-definer.service is running",
+        )
+        for changed in (("/tmp", 1002, "hello"), ("/tmp", 1002, "bonjour"), ("/", 1002, "bonjour")):
+            assert outcomes(apply(machine, tmp_path, playbook(*changed)))[1] == (
+                "changed",
+                "its command, env, user or directory changed",
+            ), changed
+            assert main_pid() not in (pid, "0"), changed
+            pid = main_pid()
+        assert ssh.wait(f"tr '\\0' '\\n' < /proc/{pid}/environ | grep GREETING") == "GREETING=bonjour\n"
+        assert ssh.wait(f"readlink /proc/{pid}/cwd") == "/\n"
+        # Killed (not stopped by systemctl): systemd starts it again by itself.
+        ssh.wait(f"kill -KILL {pid}")
+        wait_for("systemd to start it again", lambda: main_pid() not in (pid, "0"))
+        assert ssh.wait("systemctl is-active poseidon-definer.service") == "active\n"
