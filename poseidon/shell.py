@@ -152,8 +152,20 @@ _COMMENT = "comment"
 _HEREDOC = "heredoc"
 _QUOTED_HEREDOC = "quoted-heredoc"
 _ESCAPED = "escaped"  # right after a backslash
-_TEST = "test"  # in bash's [[ ]]: arithmetic when it compares numbers (-eq, -lt…), else as it is quoted
-_NUMERIC_TEST_RE = re.compile(r"(?:^|\s)-(?:eq|ne|lt|le|gt|ge)(?:\s|$)")
+_TEST = "test"  # in bash's [[ ]]: arithmetic as an operand of -eq, -lt…, else as it is quoted
+_DECLARE = "declare"  # in declare (typeset, local…): arithmetic when it gives -i, else as it is quoted
+_NUMERIC_OPERATORS = frozenset({"-eq", "-ne", "-lt", "-le", "-gt", "-ge"})
+_INTEGER_OPTION_RE = re.compile(r"\s[-+][A-Za-z]*i")
+_ASSOCIATIVE_RE = re.compile(
+    r"\b(?:declare|typeset|local)\s+(?:[-+][A-Za-z]+\s+)*-[A-Za-z]*A[A-Za-z]*\s+(?:[-+][A-Za-z]+\s+)*([A-Za-z_]\w*)"
+)
+_SEPARATORS = " \t\n;&|()<>"
+#: Words after which a command starts again.
+_RESERVED = frozenset({"if", "then", "else", "elif", "fi", "do", "done", "while", "until", "time", "in"})
+_RESERVED_CHAR_RE = re.compile(r"[!{}]")
+_DECLARING = frozenset({"declare", "typeset", "local", "readonly", "export"})
+_NAME_INDEX_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\[")
+_ASSIGNMENT_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\+?=")
 
 _REFUSED = {
     _SINGLE: (
@@ -191,14 +203,20 @@ class _Level:
     parens: int = 0  # ( open inside a $( ) or $(( ))
     cases: int = 0  # case statements open inside it, whose patterns end with a bare )
     heredoc: _Heredoc | None = None
-    closer: str = "))"  # what ends an arithmetic level: )) or, for $[ ], ]
-    #: The command being read, when bash evaluates its words as arithmetic: ``let`` (to the
-    #: command's end) or ``[[`` (to its ``]]``: the operands of -eq, -lt…); else empty.
+    closer: str = "))"  # what ends an arithmetic level: )) or, for $[ ] and an index, ]
+    #: An arithmetic level opened by ``((`` or ``$((`` that may turn out to be two parentheses
+    #: (``((cd /tmp) 2>&1)``): bash reads it so when it does not parse as arithmetic.
+    parens_maybe: bool = False
+    #: The command being read, when bash may evaluate its words as arithmetic: ``let`` (to the
+    #: command's end), ``[[`` (to its ``]]``: the operands of -eq, -lt…) or ``declare`` (and
+    #: typeset, local, readonly, export: with -i); else empty.
     arithmetic_command: str = ""
-    test_at: int = 0  # where its [[ stands in the whole text
+    command_at: int = 0  # where that command stands in the whole text
     #: Inside ``${ }``: ``name`` (its name so far), ``index`` (in ``[ ]``), ``offset`` (after a
     #: ``:`` that starts no ``:-``, ``:=``, ``:?``, ``:+``) or ``rest``. bash evaluates index and offset.
     brace: str = "name"
+    param: str = ""  # inside ${ }: the parameter's name so far; of an array's words: the array's
+    array: bool = False  # the words of an array assignment, a=( … )
 
 
 class _Lexer:
@@ -211,6 +229,10 @@ class _Lexer:
         self.word_start = True
         self.escaped = False  # the last piece ended with a backslash
         self.base = 0  # where the piece being fed starts in the whole text
+        #: A command's first word may start here (also after NAME=value words).
+        self.command_start = True
+        #: Arrays declared associative (declare -A): their keys are strings, not arithmetic.
+        self.associative: set[str] = set()
 
     @property
     def top(self) -> _Level:
@@ -228,6 +250,8 @@ class _Lexer:
             return _ARITHMETIC
         if command.arithmetic_command == "[[":
             return _TEST
+        if command.arithmetic_command == "declare":
+            return _DECLARE
         return level.kind
 
     @property
@@ -252,6 +276,16 @@ class _Lexer:
         self.stack.append(_Level(kind))
         self.line += "\0"
 
+    def _push_index(self, text: str, i: int) -> int | None:
+        """At ``NAME[`` of an indexed array (an assignment, a name given to -v, unset, read…):
+        its index is arithmetic up to its ``]``. Where that index starts; ``None`` elsewhere."""
+        match = _NAME_INDEX_RE.match(text, i)
+        if match is None or match.group(1) in self.associative:
+            return None
+        self._push(_ARITHMETIC)
+        self.top.closer = "]"
+        return match.end()
+
     def _step(self, text: str, i: int) -> int:
         self.escaped = False
         kind, char = self.top.kind, text[i]
@@ -269,9 +303,12 @@ class _Lexer:
         if char == "\\":
             if kind == _HEREDOC:
                 self.line += text[i : i + 2]
+            if self.word_start and kind in _UNQUOTED and text[i + 1 : i + 2].isalpha():
+                return i + 1  # \let is let: the backslash quotes a letter, which is itself
             return i + 2
         if char == "$" and text.startswith("$((", i):
             self._push(_ARITHMETIC)
+            self.top.parens_maybe = True
             return i + 3
         if char == "$" and text.startswith("$[", i):
             self._push(_ARITHMETIC)
@@ -279,7 +316,7 @@ class _Lexer:
             return i + 2
         if char == "$" and text.startswith("$(", i):
             self._push(_PAREN)
-            self.word_start = True
+            self.word_start = self.command_start = True
             return i + 2
         if char == "$" and text.startswith("${", i):
             self._push(_BRACE_DOUBLE if kind in (_DOUBLE, _HEREDOC, _BRACE_DOUBLE) else _BRACE_PLAIN)
@@ -290,7 +327,7 @@ class _Lexer:
                 self.stack.pop()
             else:
                 self._push(_BACKQUOTE)
-                self.word_start = True
+                self.word_start = self.command_start = True
             return i + 1
         if kind == _HEREDOC:
             return self._heredoc_char(text, i)
@@ -306,8 +343,14 @@ class _Lexer:
         if kind in (_BRACE_PLAIN, _BRACE_DOUBLE):
             self._brace_char(text, i)
         if char == '"':
+            begins = self.word_start and kind in _UNQUOTED
             self.stack.append(_Level(_DOUBLE))
             self.word_start = False
+            if begins:
+                self.command_start = False
+                index = self._push_index(text, i + 1)  # "a[${i}]" given to -v, printf -v…
+                if index is not None:
+                    return index
             return i + 1
         if kind == _BRACE_DOUBLE:
             return i + 1
@@ -323,23 +366,16 @@ class _Lexer:
             self.stack.append(_Level(_COMMENT))
             return i + 1
         if self.word_start and level.kind in _UNQUOTED:
-            if text.startswith("((", i):  # bash's arithmetic command
-                self._push(_ARITHMETIC)
-                return i + 2
-            if text.startswith(("[[", "]]"), i) and (i + 2 == len(text) or text[i + 2] in " \t\n;&|()<>"):
-                level.arithmetic_command, level.test_at = ("[[" if text[i] == "[" else ""), self.base + i
+            if self.command_start and text.startswith("((", i):  # bash's arithmetic command
+                return self._arithmetic_command(i + 2)
+            if text.startswith("]]", i) and _delimited(text, i + 2) and level.arithmetic_command == "[[":
+                level.arithmetic_command = ""
                 self.word_start = False
                 return i + 2
-            keyword = _WORD_RE.match(text, i)
-            if keyword and (keyword.end() == len(text) or text[keyword.end()] in " \t\n;&|()<>"):
-                if keyword.group() == "case":
-                    level.cases += 1
-                elif keyword.group() == "esac" and level.cases:
-                    level.cases -= 1
-                elif keyword.group() == "let":
-                    level.arithmetic_command = "let"
-                self.word_start = False
-                return keyword.end()
+            if char not in _SEPARATORS:
+                went = self._word(text, i)
+                if went is not None:
+                    return went
         if level.kind == _PAREN and char == "(":
             level.parens += 1
         elif level.kind == _PAREN and char == ")":
@@ -347,7 +383,7 @@ class _Lexer:
                 level.parens -= 1
             elif not level.cases:  # a case pattern's ) does not end the $( )
                 self.stack.pop()
-                self.word_start = False
+                self.word_start, self.command_start = False, level.array  # a=(…) cmd: the command comes after
                 return i + 1
         if char == "<":
             match = _HEREDOC_RE.match(text, i)
@@ -358,26 +394,89 @@ class _Lexer:
                 self.pending.append(_Heredoc(delimiter, quoted, bool(match.group(1))))
                 self.word_start = False
                 return match.end()
-        if char in ";&|\n)" and level.arithmetic_command == "let":
+        if char in ";&|\n)" and level.arithmetic_command in ("let", "declare"):
             level.arithmetic_command = ""
+        if char in ";&|\n(" or (char == ")" and (level.cases or text[i - 1 : i] == "(")):
+            self.command_start = True  # a command may start next (after a case pattern, and f() too)
+        elif char == ")":
+            self.command_start = False
         if char == "\n":
             return self._newline(i)
-        self.word_start = char in " \t;&|()<>"
+        self.word_start = char in _SEPARATORS
         return i + 1
+
+    def _arithmetic_command(self, i: int) -> int:
+        self._push(_ARITHMETIC)
+        self.top.parens_maybe = True
+        self.command_start = False
+        return i
+
+    def _word(self, text: str, i: int) -> int | None:
+        """A word starts at ``i``, unquoted: what it is to the command. Where to go on, or ``None``
+        to read it a character at a time."""
+        level = self.top
+        if level.array and text.startswith("[", i):  # [index]=value in an array's words
+            if level.param in self.associative:
+                return None
+            self._push(_ARITHMETIC)
+            self.top.closer = "]"
+            return i + 1
+        if not self.command_start:
+            return self._push_index(text, i)  # a[${i}] given to -v, unset, read…
+        if text.startswith("[[", i) and _delimited(text, i + 2):
+            level.arithmetic_command, level.command_at = "[[", self.base + i
+            self.word_start = self.command_start = False
+            return i + 2
+        if char_word := _RESERVED_CHAR_RE.match(text, i):  # ! { }: the next word is a command
+            if _delimited(text, char_word.end()):
+                self.word_start = False
+                return char_word.end()
+        keyword = _WORD_RE.match(text, i)
+        if keyword and _delimited(text, keyword.end()):
+            name, end = keyword.group(), keyword.end()
+            if name == "case":
+                level.cases += 1
+            elif name == "esac" and level.cases:
+                level.cases -= 1
+            if name == "let":
+                level.arithmetic_command = "let"
+            elif name in _DECLARING:
+                level.arithmetic_command, level.command_at = "declare", self.base + i
+            elif name == "for":  # for ((i = 0; i < n; i++))
+                after = len(text[end:]) - len(text[end:].lstrip(" \t"))
+                if text.startswith("((", end + after):
+                    return self._arithmetic_command(end + after + 2)
+            # After if, while, do…, a command starts, even with no space: if((n > 1)).
+            self.command_start = self.word_start = name in _RESERVED
+            return end
+        index = self._push_index(text, i)  # a[${i}]=value: the command comes after it
+        if index is not None:
+            self.word_start = False
+            return index
+        assignment = _ASSIGNMENT_RE.match(text, i)
+        if assignment and text.startswith("(", assignment.end()):  # a=([${i}]=x y): an array's words
+            self._push(_PAREN)
+            self.top.array, self.top.param = True, assignment.group(1)
+            self.word_start, self.command_start = True, False
+            return assignment.end() + 1
+        self.command_start = assignment is not None  # NAME=value: the command comes after it
+        return None
 
     def _brace_char(self, text: str, i: int) -> None:
         """Follows ``${ }``'s parts: its name, an index, an offset and length, or the rest."""
         level, char = self.top, text[i]
-        if level.brace == "index":
+        if level.brace in ("index", "key"):
             if char == "]":
                 level.brace = "name"
         elif level.brace == "name":
             if char == "[":
-                level.brace = "index"
+                level.brace = "key" if level.param in self.associative else "index"
             elif char == ":":
                 level.brace = "rest" if text[i + 1 : i + 2] in ("-", "=", "?", "+") else "offset"
             elif not (char.isalnum() or char in "_#!@*?$"):
                 level.brace = "rest"
+            else:
+                level.param += char
 
     def _arithmetic_char(self, text: str, i: int) -> int:
         level, char = self.top, text[i]
@@ -396,6 +495,12 @@ class _Lexer:
             if level.parens == 0 and text.startswith("))", i):
                 self.stack.pop()
                 return i + 2
+            if level.parens == 0 and level.parens_maybe:
+                # ((cd /tmp) 2>&1): two parentheses, the inner one closed here; read on in the outer.
+                self.stack.pop()
+                self.stack.append(_Level(_PAREN))
+                self.command_start = False
+                return i + 1
             level.parens = max(0, level.parens - 1)
         return i + 1
 
@@ -428,18 +533,35 @@ class _Lexer:
         return i + 1
 
 
+def _delimited(text: str, end: int) -> bool:
+    """Whether a word ending at ``end`` ends there (the text ends, or a separator follows)."""
+    return end == len(text) or text[end] in _SEPARATORS
+
+
+def _numeric_operand(whole: str, at: int) -> bool:
+    """Whether the word at ``at`` is next to -eq, -lt… (an operand bash evaluates as arithmetic)."""
+    start, end = at, at
+    while start > 0 and not whole[start - 1].isspace():
+        start -= 1
+    while end < len(whole) and not whole[end].isspace():
+        end += 1
+    neighbours = whole[:start].split()[-1:] + whole[end:].split()[:1]
+    return any(word.strip("\"'") in _NUMERIC_OPERATORS for word in neighbours)
+
+
 def _contexts(parts: Parts) -> Iterator[tuple[str | Reference, str]]:
     """Each piece of ``parts`` with the quoting context it starts in."""
     lexer = _Lexer()
     whole = "".join(piece if isinstance(piece, str) else "\0" for piece in parts)
+    lexer.associative = set(_ASSOCIATIVE_RE.findall(whole))
     for piece in parts:
         context = lexer.context
         if context == _TEST:
-            # bash evaluates both sides of -eq, -lt… as arithmetic: a test that has one is taken as all arithmetic.
-            start = lexer.command.test_at
-            end = whole.find("]]", lexer.base)
-            numeric = _NUMERIC_TEST_RE.search(whole[start : end if end >= 0 else len(whole)])
-            context = _ARITHMETIC if numeric else lexer.top.kind
+            context = _ARITHMETIC if _numeric_operand(whole, lexer.base) else lexer.top.kind
+        elif context == _DECLARE:
+            start = lexer.command.command_at
+            end = min([whole.find(c, start) % (len(whole) + 1) for c in ";&|\n"])
+            context = _ARITHMETIC if _INTEGER_OPTION_RE.search(whole[start:end]) else lexer.top.kind
         yield piece, context
         if isinstance(piece, str):
             lexer.feed(piece)

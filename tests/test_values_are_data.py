@@ -144,6 +144,60 @@ def test_a_value_where_bash_evaluates_arithmetic_must_be_a_number_and_others_sta
     assert not (tmp_path / "ran").exists()
 
 
+#: More places bash evaluates as arithmetic: after if, while, for, !, {, a case pattern; an array's index
+#: in an assignment, in its words, given to -v, unset, read, printf -v; declare -i; \let.
+BASH_ARITHMETIC_TOO = [
+    "for((i=0;i<${n};i++)); do :; done",
+    "if((${n}>1)); then :; fi",
+    "while((${n}>5)); do break; done",
+    "! (( ${n} ))",
+    "true && (( ${n} ))",
+    "{ (( ${n} )); }",
+    "time (( ${n} ))",
+    "case a in a) (( ${n} ));; esac",
+    "a[${n}]=1",
+    "a=([${n}]=1)",
+    "declare -i c=${n}",
+    "f() { local -i c=${n}; }; f",
+    "[[ -v a[${n}] ]]",
+    '[ -v "a[${n}]" ]',
+    'printf -v "a[${n}]" %s x',
+    "unset a[${n}]",
+    "read a[${n}] < /dev/null",
+    "\\let c=${n}",
+    "X=1 let y=${n}",
+]
+
+#: Texts that look like those but where bash reads the value as a string: kept.
+BASH_STRINGS = [
+    "echo let ${x}",
+    'printf "%s\\n" let ${x}',
+    "[[ ${x} == prod* && ${n} -gt 0 ]]",
+    "[[ -n ${x} && 1 -gt 0 ]]",
+    'declare -A m=([a]=1); m[${x}]=2; echo "$${m[${x}]}"',
+    "((cd / && true) 2>&1; echo ${x}) | cat",
+    "declare y=${x}; echo $y",
+]
+
+
+@pytest.mark.parametrize("command", BASH_ARITHMETIC_TOO)
+def test_a_hostile_value_is_refused_wherever_bash_evaluates_arithmetic(command: str, tmp_path: Path) -> None:
+    with pytest.raises(shell.BindError, match="evaluates arithmetic"):
+        shell.bind(spec.parts(command), {"n": "a[$(touch ran)]"})
+    bound = shell.bind(spec.parts(command), {"n": "3"})  # a number is fine
+    script = f"cd {shell.quote(str(tmp_path))}\n{bound.assignments()}{bound.text}"
+    assert subprocess.run(["bash", "--posix", "-c", script], capture_output=True).returncode in (0, 1)
+
+
+@pytest.mark.parametrize("command", BASH_STRINGS)
+def test_a_value_bash_reads_as_a_string_is_kept_next_to_arithmetic_look_alikes(command: str, tmp_path: Path) -> None:
+    hostile = "a[$(touch ran)] prod"
+    bound = shell.bind(spec.parts(command), {"x": hostile, "n": "3"})
+    script = f"cd {shell.quote(str(tmp_path))}\n{bound.assignments()}{bound.text}"
+    subprocess.run(["bash", "--posix", "-c", script], capture_output=True, check=False)
+    assert not (tmp_path / "ran").exists()
+
+
 @pytest.mark.parametrize(
     ("command", "why"),
     [
