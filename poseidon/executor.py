@@ -220,6 +220,8 @@ class _Context:
     progress: Progress | None
     notice: Notice | None
     log: RunLog | None
+    #: The playbook's owner tag: a nohup process is known by it and its name (steps.StepContext.owner).
+    owner: str = ""
     #: Set on the first failure with --fail-fast, or on Ctrl-C: no new step starts anywhere.
     stop: threading.Event = field(default_factory=threading.Event)
     interrupted: threading.Event = field(default_factory=threading.Event)
@@ -410,7 +412,9 @@ def _run_steps(ssh: SSHClient, run: DropletRun, values: dict[str, str], ctx: _Co
             ctx.report(run.name, unusable)
             return True
         try:
-            outcome = ssh.run_step(step, mode=ctx.mode, secrets=ctx.secrets, values=values, content=content)
+            outcome = ssh.run_step(
+                step, mode=ctx.mode, secrets=ctx.secrets, values=values, content=content, owner=ctx.owner
+            )
         except SSHError as exc:
             if ctx.aborted.is_set():  # a second Ctrl-C closed the connection
                 lost = StepResult(index, step.kind, ctx.label(index), "failed", reason=ABORTED, exited=-1)
@@ -548,7 +552,8 @@ def apply(
         wanted = [(t.name, t.dns, t.droplet.ip_address if t.droplet else None) for t in targets if t.dns]
         records = dns.sync(wanted, client, apply=options.mode == "apply")
         labels = step_labels(playbook, environ, masker)
-        context = _Context(playbook, environ, secrets, settings, options, masker, labels, progress, notice, log)
+        owner = playbook.owner_tag(path)
+        context = _Context(playbook, environ, secrets, settings, options, masker, labels, progress, notice, log, owner)
         result.droplets = _run_all(targets, context, result)
         costs = prices(targets, sizes)
         for run in result.droplets:

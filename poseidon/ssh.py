@@ -460,6 +460,7 @@ class SSHClient:
         secrets: dict[str, str] | None = None,
         values: Mapping[str, str] | None = None,
         content: bytes | None = None,
+        owner: str = "",
     ) -> StepOutcome:
         """Check and (in ``apply`` mode) apply one playbook step in one round trip.
 
@@ -469,7 +470,9 @@ class SSHClient:
 
         A ``nohup`` step restarts when a step run before it on this client
         (or passed over with :meth:`pass_step`) changed the droplet since the
-        process started. ``content`` is what a ``file`` step writes.
+        process started. ``content`` is what a ``file`` step writes. ``owner`` is the
+        playbook's owner tag: a ``nohup`` process moved to another directory is stopped
+        there when the same owner started it under the same name.
         """
         if content is None and isinstance(step, spec.FileStep):  # src: and template: from the current folder
             try:
@@ -486,6 +489,7 @@ class SSHClient:
             mark=mark,
             inputs=tuple(sorted(set(self._marks) - {mark})),
             cwd=self.cwd,
+            owner=owner,
         )
         started = time.monotonic()
         try:

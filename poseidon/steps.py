@@ -92,6 +92,9 @@ class StepContext:
     inputs: tuple[str, ...] = ()
     #: The working directory (a ``chdir``'s absolute path); ``None``: the login's home.
     cwd: str | None = None
+    #: The playbook's owner tag (``poseidon:site``); empty for the library. A ``nohup`` process is
+    #: known by it and its name across directories.
+    owner: str = ""
 
     @property
     def is_root(self) -> bool:
@@ -393,12 +396,22 @@ def pip_r(step: PipRStep, ctx: StepContext) -> Script:
 # user's) holds the directory it was started in: started in another one, the process
 # there is stopped first, never left running beside the new one.
 
-# Whether one of the change marks named (those of the steps before) was rewritten after FILE
-# (written when the process started): what a restart on change asks. A step added since, which
-# changed nothing, has no newer mark: it restarts nothing.
-_CHANGED_SINCE = r"""_changed_since() {
-  _f=$1; shift; [ -e "$_f" ] || return 0
-  for _k in "$@"; do [ "$_pm/$_k" -nt "$_f" ] && return 0; done; return 1; }"""
+# What a restart on change asks: whether a change mark of the steps before (the marks named)
+# differs from its value when the process started, which FILE recorded (mark.NAME=VALUE lines,
+# written by _inputs_now). A step added since that changed nothing has no mark: it restarts
+# nothing. No clock is read. A start an earlier poseidon recorded (one digest of all the marks,
+# inputs=) is compared as it was.
+_INPUTS = r"""_recorded() { [ ! -L "$1" ] && sed -n "s/^$2=//p" "$1" 2>/dev/null | head -n 1; }
+_inputs_now() { for _k in "$@"; do printf 'mark.%s=%s\n' "$_k" "$(cat "$_pm/$_k" 2>/dev/null)"; done; }
+_inputs_changed() {
+  _f=$1; shift; [ -f "$_f" ] || return 0
+  _old=$(_recorded "$_f" inputs)  # a nohup's state; a service's file held the digest alone
+  [ -n "$_old" ] || { _old=$(head -n 1 "$_f"); case "$_old" in *=*) _old= ;; esac; }
+  if [ -n "$_old" ]; then
+    _now=$(for _k in "$@"; do printf '%s=' "$_k"; cat "$_pm/$_k" 2>/dev/null || echo; done | sha256sum | cut -c1-64)
+    [ "$_old" != "$_now" ]; return; fi
+  for _k in "$@"; do [ "$(cat "$_pm/$_k" 2>/dev/null)" = "$(_recorded "$_f" "mark.$_k")" ] || return 0; done
+  return 1; }"""
 
 _PROCESS = (
     r"""_boot=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)
@@ -450,12 +463,13 @@ _moved() {  # the directory it was started in (printed), when that is another on
   [ ! -L "$_where" ] && _d=$(cat "$_where" 2>/dev/null) && [ -n "$_d" ] && [ "$_d" != "$_here" ] && printf '%s' "$_d"; }
 _runs_elsewhere() { _d=$(_moved) && ( cd "$_d" 2>/dev/null && _running ); }
 _remember_where() {  # this directory, for a start elsewhere to find; the login user's, also under sudo
+  [ ! -L "$_home/.poseidon" ] && [ ! -L "${_where%/*}" ] || return 0  # never through a link someone planted
   mkdir -p "${_where%/*}" && printf '%s\n' "$_here" | _write "$_where" || return 1
   [ -z "${SUDO_UID-}" ] ||
     chown -h "$SUDO_UID:${SUDO_GID:-$SUDO_UID}" "$_home/.poseidon" "${_where%/*}" "$_where" 2>/dev/null
   return 0; }
 """
-    + _CHANGED_SINCE
+    + _INPUTS
 )
 
 # The process runs under `sh -c 'eval "$(cat)"' poseidon:NAME`, reading this on its input:
@@ -513,14 +527,17 @@ def nohup(step: NohupStep, ctx: StepContext) -> Script:
     log = quote_path(step.log_path())
     bound = _bound(step.cmd, ctx)
     wrapper = _WRAPPER.replace("{command}", _subshell(bound))
-    # What it runs: a change to any of these restarts it (on-change). The directory is added there.
-    # (sudo and log only when given, so that a process started before they counted is not restarted.)
-    how = {key: value for key, value in (("sudo", step.sudo), ("log", step.log)) if value}
-    definition = _digest(bound.text, bound.bindings, step.env, ctx.user, *([how] if how else []))
+    # What it runs: a change to any of these restarts it (on-change). The directory is added there;
+    # the log and the user it runs as are recorded beside (a process started before they were is
+    # not restarted for them).
+    definition = _digest(bound.text, bound.bindings, step.env, ctx.user)
+    # Where it was started is kept per playbook (its owner tag) and name: two playbooks' processes
+    # of one name in two directories are two processes.
+    where = f"{hashlib.sha256(ctx.owner.encode()).hexdigest()[:12]}-{name}" if ctx.owner else name
     setup = (
         f"{_PROCESS}\n{_LOGIN_HOME}\n"
         f"_pidfile=.poseidon/{quote(name + '.pid')} _state=.poseidon/{quote(name + '.state')}\n"
-        f'_where="$_home/.poseidon/processes"/{quote(name)} _here=$(pwd -P)\n'
+        f'_where="$_home/.poseidon/processes"/{quote(where)} _here=$(pwd -P)\n'
         f"_def=$(printf '%s\\n' {definition} \"$PWD\" | sha256sum | cut -c1-64)\n"
         "_why="
     )
@@ -544,7 +561,15 @@ def nohup(step: NohupStep, ctx: StepContext) -> Script:
             '[ "$(_field definition)" = "$_def" ] || { _why="its command, env, user or directory changed"; return 1; }'
         )
         check.append(
-            f'! _changed_since "$_state" {quote_all(ctx.inputs)} ||'
+            f'[ -z "$(_field log)" ] || [ "$(_field log)" = {quote(step.log_path())} ] ||'
+            ' { _why="its log changed"; return 1; }'
+        )
+        check.append(
+            '[ -z "$(_field uid)" ] || [ "$(_field uid)" = "$(id -u)" ] ||'
+            ' { _why="it would run as another user (sudo:)"; return 1; }'
+        )
+        check.append(
+            f'! _inputs_changed "$_state" {quote_all(ctx.inputs)} ||'
             ' { _why="an earlier step changed since it started"; return 1; }'
         )
     if probe and step.restart != "never":
@@ -574,8 +599,9 @@ def nohup(step: NohupStep, ctx: StepContext) -> Script:
         "_pid=$!\n"
         '_procstat "$_pid" || _pstart=gone\n'
         'printf \'%s\\n\' "$_pid" | _write "$_pidfile" || exit 2\n'
-        f'printf \'start=%s\\nboot=%s\\ntoken=%s\\ndefinition=%s\\n\' "$_pstart" "$_boot" {token}'
-        ' "$_def" | _write "$_state" || exit 2\n'
+        f'{{ printf \'start=%s\\nboot=%s\\ntoken=%s\\ndefinition=%s\\nlog=%s\\nuid=%s\\n\' "$_pstart" "$_boot" {token}'
+        f' "$_def" {quote(step.log_path())} "$(id -u)"; _inputs_now {quote_all(ctx.inputs)}; }}'
+        ' | _write "$_state" || exit 2\n'
         "_remember_where || exit 2\n"
     )
     if step.ready:
@@ -940,7 +966,7 @@ def service(step: ServiceStep, ctx: StepContext) -> Script:
     unit_file, script_file, inputs_file = f"{_UNITS}/{unit_name}", f"{SERVICES}/{name}.sh", f"{SERVICES}/{name}.inputs"
     setup = (
         f"command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ] || {{ {_say(_NO_SYSTEMD)}; exit 2; }}\n"
-        f"{_CHANGED_SINCE}\n_why=\n"
+        f"{_INPUTS}\n_why=\n"
         '_digest() { { sha256sum < "$1"; } 2>/dev/null | cut -c1-64; }\n'
         '_put() { _t=$(mktemp "$1.XXXXXX") && cat > "$_t" && chmod "$2" "$_t" && mv -fT -- "$_t" "$1" ||'
         ' { rm -f -- "$_t"; return 1; }; }\n'
@@ -969,7 +995,7 @@ def service(step: ServiceStep, ctx: StepContext) -> Script:
         ]
     if step.restart == "on-change":
         check.append(
-            f"! _changed_since {quote(inputs_file)} {quote_all(ctx.inputs)} ||"
+            f"! _inputs_changed {quote(inputs_file)} {quote_all(ctx.inputs)} ||"
             ' { _why="an earlier step changed since it started"; return 1; }'
         )
     if probe and step.restart != "never":
@@ -998,8 +1024,8 @@ def service(step: ServiceStep, ctx: StepContext) -> Script:
         apply.append(f"if {probe}; then {_say(taken)}; exit 1; fi")
     apply += [
         f"systemctl start {unit_name} || {{ {_say(failed)}; _journal; exit 1; }}",
-        # Its time is when it started: the steps before it that changed since restart it.
-        f"printf '%s\\n' {quote_all(ctx.inputs) or ':'} | _put {quote(inputs_file)} 600 || exit 2",
+        # The marks of the steps before it as it starts: one that changed since restarts it.
+        f"_inputs_now {quote_all(ctx.inputs)} | _put {quote(inputs_file)} 600 || exit 2",
         "_pid=$(_main)",
     ]
     if step.ready:

@@ -646,3 +646,21 @@ def test_a_service_restarts_when_its_command_env_or_directory_changes_and_system
         ssh.wait(f"kill -KILL {pid}")
         wait_for("systemd to start it again", lambda: main_pid() not in (pid, "0"))
         assert ssh.wait("systemctl is-active poseidon-definer.service") == "active\n"
+
+
+def test_a_nohup_restarts_when_sudo_makes_it_run_as_another_user(machine: Sandbox, tmp_path: Path) -> None:
+    assert [s for s, _ in outcomes(apply(machine, tmp_path, with_deploy("true")))] == ["changed"]
+
+    def playbook(sudo: str) -> str:
+        return f"""\
+            version: 1
+            droplets: [{{name: svc, user: deploy}}]
+            steps:
+              - nohup: {{cmd: exec sleep 1003, name: whoever, grace: 0, sudo: {sudo}}}
+            report: {{ps: false, top: false}}
+            """
+
+    assert outcomes(apply(machine, tmp_path, playbook("false"))) == [("changed", "not running")]
+    assert outcomes(apply(machine, tmp_path, playbook("false"))) == [("ok", "whoever is running")]
+    assert outcomes(apply(machine, tmp_path, playbook("true"))) == [("changed", "it would run as another user (sudo:)")]
+    assert outcomes(apply(machine, tmp_path, playbook("true"))) == [("ok", "whoever is running")]

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -493,7 +494,7 @@ def test_an_app_moved_to_another_directory_is_stopped_there_before_it_starts_her
     assert (code, _nohup(report)["status"]) == (0, "ok")
 
 
-def test_a_new_log_or_sudo_restarts_the_app_and_a_step_added_that_changes_nothing_does_not(
+def test_a_new_log_restarts_the_app_and_a_step_added_that_changes_nothing_does_not(
     site: tuple[Sandbox, Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     sandbox, _, playbook = site
@@ -509,20 +510,38 @@ def test_a_new_log_or_sudo_restarts_the_app_and_a_step_added_that_changes_nothin
     code, report = _cli("apply", str(playbook), capsys=capsys)
     assert (code, _nohup(report)["status"]) == (0, "ok"), _nohup(report)
     assert pidfile.read_text() == pid
-    for change in ("      log: web2.log\n", "      sudo: true\n"):
-        text = text.replace("      name: web\n", "      name: web\n" + change)
-        playbook.write_text(text)
-        code, report = _cli("plan", str(playbook), capsys=capsys)
-        assert (_nohup(report)["status"], _nohup(report)["reason"]) == (
-            "would-change",
-            "its command, env, user or directory changed",
-        ), change
-        code, report = _cli("apply", str(playbook), capsys=capsys)
-        assert (code, _nohup(report)["status"]) == (0, "changed"), change
-        assert pidfile.read_text() != pid, change
-        pid = pidfile.read_text()
+    playbook.write_text(text.replace("      name: web\n", "      name: web\n      log: web2.log\n"))
+    code, report = _cli("plan", str(playbook), capsys=capsys)
+    assert (_nohup(report)["status"], _nohup(report)["reason"]) == ("would-change", "its log changed")
+    code, report = _cli("apply", str(playbook), capsys=capsys)
+    assert (code, _nohup(report)["status"]) == (0, "changed")
+    assert pidfile.read_text() != pid
     assert (sandbox.home("web") / "app" / "web2.log").exists()
     assert _answer(sandbox) == "v1 hello"
+
+
+def test_two_playbooks_own_two_processes_of_one_name_in_two_directories(
+    shared_sandbox: Sandbox, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record of where a process was started is the playbook's: another playbook's process of the
+    same name elsewhere is another process, and each apply leaves the other's running."""
+    from support.sandboxes import point_at
+
+    point_at(shared_sandbox, monkeypatch)
+    pids = {}
+    for app, seconds in (("one", 1001.5), ("two", 1002.5)):
+        (tmp_path / f"{app}.yaml").write_text(
+            f"version: 1\nname: {app}\ndroplets: [test]\nsteps:\n"
+            f"  - run: {{cmd: mkdir -p {app}, creates: {app}}}\n  - chdir: {app}\n"
+            f"  - nohup: {{cmd: exec sleep {seconds}, name: worker, grace: 0}}\nreport: {{ps: false, top: false}}\n"
+        )
+    for app in ("one", "two", "one"):
+        assert main(["apply", str(tmp_path / f"{app}.yaml"), "--quiet"]) == 0
+        capsys.readouterr()
+        pids[app] = int((shared_sandbox.home("test") / app / ".poseidon" / "worker.pid").read_text())
+    assert process_running(pids["one"]) and process_running(pids["two"])
+    for app in ("one", "two"):
+        os.kill(pids[app], signal.SIGTERM)
 
 
 def test_ready_http_passes_on_a_2xx_answer_and_fails_on_any_other(
@@ -590,3 +609,35 @@ def test_a_droplet_frozen_before_a_large_step_is_sent_ends_the_send_at_its_keepa
                     sandbox.thaw(frozen)
                 assert len(raised) == 1 and isinstance(raised[0], SSHUnresponsiveError), raised
                 assert why in str(raised[0])
+
+
+def test_a_restart_on_change_reads_no_clock(
+    shared_sandbox: Sandbox, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files dated an hour ahead (a clock stepped back since they were written) change nothing:
+    an unchanged run restarts nothing, and a changed file still restarts the process."""
+    from support.sandboxes import point_at
+
+    point_at(shared_sandbox, monkeypatch)
+    home = shared_sandbox.home("test")
+    playbook = tmp_path / "site.yaml"
+    playbook.write_text(
+        "version: 1\ndroplets: [test]\nsteps:\n  - run: {cmd: mkdir -p clockless, creates: clockless}\n"
+        '  - chdir: clockless\n  - file: {path: conf.txt, content: "${env:CONF}\\n"}\n'
+        "  - nohup: {cmd: exec sleep 1004.5, name: clockless, grace: 0}\nreport: {ps: false, top: false}\n"
+    )
+
+    def nohup_outcome() -> tuple[str, str]:
+        assert main(["apply", str(playbook), "--json"]) == 0
+        step = json.loads(capsys.readouterr().out)["droplets"][0]["steps"][-1]
+        return step["status"], step["reason"]
+
+    monkeypatch.setenv("CONF", "first")
+    assert nohup_outcome()[0] == "changed"
+    ahead = time.time() + 3600
+    for dated in [home / "clockless" / ".poseidon" / "clockless.state", *(home / ".poseidon" / "changes").iterdir()]:
+        os.utime(dated, (ahead, ahead))
+    assert nohup_outcome() == ("ok", "clockless is running")
+    monkeypatch.setenv("CONF", "second")
+    assert nohup_outcome() == ("changed", "an earlier step changed since it started")
+    os.kill(int((home / "clockless" / ".poseidon" / "clockless.pid").read_text()), signal.SIGTERM)
