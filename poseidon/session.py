@@ -224,6 +224,11 @@ class _Watch:
         """The droplet just took or sent bytes: it is alive."""
         self.heard, self.probe = time.monotonic(), None
 
+    def sent(self) -> None:
+        """The command is all sent: its ``limit`` counts from now (a slow upload takes none of it)."""
+        self.answered()
+        self.end = self.heard + self.limit if self.limit else None
+
     def check(self) -> None:
         """Raises :class:`Unanswered` when the limit passed or a keepalive went unanswered."""
         now = time.monotonic()
@@ -264,6 +269,7 @@ class Session:
         droplet stops answering or ``limit`` seconds pass."""
         watch = self._watch(limit)
         self.send(command_text(command, self.token, stdin=stdin), watch)
+        watch.sent()
         return self.receive(command, keep=keep, watch=watch)
 
     def run_all(self, commands: list[str]) -> list[CommandResult]:
