@@ -119,6 +119,11 @@ def bind(parts: Parts, values: Mapping[str, str], *, prefix: str = "_poseidon_")
             names[piece.name] = f"{prefix}{len(names) + 1}"
             bindings[names[piece.name]] = value
         variable = names[piece.name]
+        if context == _NAME and not _NAME_RE.fullmatch(value):
+            raise BindError(
+                f"${{{piece.name}}} stands where bash reads a variable's name (after -v, in unset, read or"
+                f" declare), so its value must be a plain name, not {value!r}"
+            )
         if context == _ARITHMETIC and not _NUMBER_RE.fullmatch(value.strip()):
             raise BindError(
                 f"${{{piece.name}}} stands where the shell evaluates arithmetic ($(( )), (( )), let, [[ ]],"
@@ -154,16 +159,26 @@ _QUOTED_HEREDOC = "quoted-heredoc"
 _ESCAPED = "escaped"  # right after a backslash
 _TEST = "test"  # in bash's [[ ]]: arithmetic as an operand of -eq, -lt…, else as it is quoted
 _DECLARE = "declare"  # in declare (typeset, local…): arithmetic when it gives -i, else as it is quoted
+_NAME = "name"  # where bash reads a variable's name: the value must be one
+_AS_QUOTED = (_PLAIN, _PAREN, _BACKQUOTE, _DOUBLE)
+_READ_OPTIONS_WITH_VALUE = frozenset({"-p", "-d", "-t", "-u", "-n", "-N", "-i", "-C", "-c", "-O", "-s"})
+_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_NAMEREF_VALUE_RE = re.compile(r'[A-Za-z_][A-Za-z0-9_]*="?')
 _NUMERIC_OPERATORS = frozenset({"-eq", "-ne", "-lt", "-le", "-gt", "-ge"})
-_INTEGER_OPTION_RE = re.compile(r"\s[-+][A-Za-z]*i")
-_ASSOCIATIVE_RE = re.compile(
-    r"\b(?:declare|typeset|local)\s+(?:[-+][A-Za-z]+\s+)*-[A-Za-z]*A[A-Za-z]*\s+(?:[-+][A-Za-z]+\s+)*([A-Za-z_]\w*)"
-)
+#: declare, typeset or local, its options (across continued lines), and the rest of its command.
+_DECLARATION_RE = re.compile(r"\b(?:declare|typeset|local)(?![\w-])((?:(?:\s|\\\n)+[-+][A-Za-z]+)*)([^;&|\n]*)")
+_DECLARED_NAME_RE = re.compile(r"(?:^|\s)([A-Za-z_]\w*)(?==|\s|$)")
 _SEPARATORS = " \t\n;&|()<>"
 #: Words after which a command starts again.
 _RESERVED = frozenset({"if", "then", "else", "elif", "fi", "do", "done", "while", "until", "time", "in"})
 _RESERVED_CHAR_RE = re.compile(r"[!{}]")
 _DECLARING = frozenset({"declare", "typeset", "local", "readonly", "export"})
+#: Commands whose arguments bash reads as variables' names (an index in one is evaluated).
+_NAME_READERS = frozenset({"unset", "read", "mapfile", "readarray", *_DECLARING})
+#: Words after which the next word is still the command: builtin let, command let, time -p.
+_PREFIXES = frozenset({"builtin", "command", "time"})
+_OPTION_RE = re.compile(r"-[A-Za-z]+")
+_AFTER_DASH_V_RE = re.compile(r"(?:^|\s)-v\s+$")
 _NAME_INDEX_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\[")
 _ASSIGNMENT_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\+?=")
 
@@ -212,6 +227,7 @@ class _Level:
     #: typeset, local, readonly, export: with -i); else empty.
     arithmetic_command: str = ""
     command_at: int = 0  # where that command stands in the whole text
+    command_name: str = ""  # the command being read (its first word that is no assignment)
     #: Inside ``${ }``: ``name`` (its name so far), ``index`` (in ``[ ]``), ``offset`` (after a
     #: ``:`` that starts no ``:-``, ``:=``, ``:?``, ``:+``) or ``rest``. bash evaluates index and offset.
     brace: str = "name"
@@ -233,6 +249,14 @@ class _Lexer:
         self.command_start = True
         #: Arrays declared associative (declare -A): their keys are strings, not arithmetic.
         self.associative: set[str] = set()
+        #: Variables declared integer (declare -i): what is assigned to them is arithmetic.
+        self.integers: set[str] = set()
+        #: In the value of an assignment word to one of those (n=${v} after declare -i n).
+        self.integer_word = False
+        #: After builtin, command or time (and their options): the next word is still a command.
+        self.prefixed = False
+        #: The whole text, references as NUL: what a ``((`` turns out to be is read ahead in it.
+        self.whole = ""
 
     @property
     def top(self) -> _Level:
@@ -246,7 +270,7 @@ class _Lexer:
         if level.kind in (_BRACE_PLAIN, _BRACE_DOUBLE) and level.brace in ("index", "offset"):
             return _ARITHMETIC
         command = self.command
-        if command.arithmetic_command == "let":
+        if command.arithmetic_command == "let" or self.integer_word:
             return _ARITHMETIC
         if command.arithmetic_command == "[[":
             return _TEST
@@ -276,15 +300,21 @@ class _Lexer:
         self.stack.append(_Level(kind))
         self.line += "\0"
 
-    def _push_index(self, text: str, i: int) -> int | None:
+    def _push_index(self, text: str, i: int, exempt: bool = True) -> int | None:
         """At ``NAME[`` of an indexed array (an assignment, a name given to -v, unset, read…):
-        its index is arithmetic up to its ``]``. Where that index starts; ``None`` elsewhere."""
+        its index is arithmetic up to its ``]``. Where that index starts; ``None`` elsewhere.
+        ``exempt``: an associative array's key is a string (where bash expands it once)."""
         match = _NAME_INDEX_RE.match(text, i)
-        if match is None or match.group(1) in self.associative:
+        if match is None or (exempt and match.group(1) in self.associative):
             return None
         self._push(_ARITHMETIC)
         self.top.closer = "]"
         return match.end()
+
+    def _reads_a_name(self, text: str, i: int) -> bool:
+        """Whether the word starting at ``i`` is one bash reads as a variable's name: given to -v
+        (test, [[, printf), or an argument of unset, read, declare and the like."""
+        return bool(_AFTER_DASH_V_RE.search(text, 0, i)) or self.command.command_name in _NAME_READERS
 
     def _step(self, text: str, i: int) -> int:
         self.escaped = False
@@ -307,6 +337,10 @@ class _Lexer:
                 return i + 1  # \let is let: the backslash quotes a letter, which is itself
             return i + 2
         if char == "$" and text.startswith("$((", i):
+            if not _closes_as_arithmetic(self.whole, self.base + i + 3):  # $((cd x) 2>&1): $( then (
+                self._push(_PAREN)
+                self.word_start = self.command_start = True
+                return i + 2
             self._push(_ARITHMETIC)
             self.top.parens_maybe = True
             return i + 3
@@ -348,9 +382,10 @@ class _Lexer:
             self.word_start = False
             if begins:
                 self.command_start = False
-                index = self._push_index(text, i + 1)  # "a[${i}]" given to -v, printf -v…
-                if index is not None:
-                    return index
+                if self._reads_a_name(text, i):
+                    index = self._push_index(text, i + 1, exempt=False)  # "a[${i}]" given to -v, printf -v…
+                    if index is not None:
+                        return index
             return i + 1
         if kind == _BRACE_DOUBLE:
             return i + 1
@@ -385,6 +420,9 @@ class _Lexer:
                 self.stack.pop()
                 self.word_start, self.command_start = False, level.array  # a=(…) cmd: the command comes after
                 return i + 1
+        if text.startswith("<<<", i):  # a here-string: the word after it is an ordinary word
+            self.word_start = False
+            return i + 3
         if char == "<":
             match = _HEREDOC_RE.match(text, i)
             if match:
@@ -394,10 +432,13 @@ class _Lexer:
                 self.pending.append(_Heredoc(delimiter, quoted, bool(match.group(1))))
                 self.word_start = False
                 return match.end()
+        if char in _SEPARATORS:
+            self.integer_word = False
         if char in ";&|\n)" and level.arithmetic_command in ("let", "declare"):
             level.arithmetic_command = ""
         if char in ";&|\n(" or (char == ")" and (level.cases or text[i - 1 : i] == "(")):
             self.command_start = True  # a command may start next (after a case pattern, and f() too)
+            level.command_name = ""
         elif char == ")":
             self.command_start = False
         if char == "\n":
@@ -406,6 +447,10 @@ class _Lexer:
         return i + 1
 
     def _arithmetic_command(self, i: int) -> int:
+        """After a ``((`` that starts a command (``i`` past it)."""
+        if not _closes_as_arithmetic(self.whole, self.base + i):  # ((cd x) 2>&1): two subshells
+            self.word_start = self.command_start = True
+            return i - 1
         self._push(_ARITHMETIC)
         self.top.parens_maybe = True
         self.command_start = False
@@ -422,7 +467,17 @@ class _Lexer:
             self.top.closer = "]"
             return i + 1
         if not self.command_start:
-            return self._push_index(text, i)  # a[${i}] given to -v, unset, read…
+            assignment = _ASSIGNMENT_RE.match(text, i)
+            if assignment and level.command_name in _DECLARING and text.startswith("(", assignment.end()):
+                return self._array_words(assignment, level)  # declare -a a=([${i}]=x)
+            if self._reads_a_name(text, i):
+                return self._push_index(text, i, exempt=False)  # a[${i}] given to -v, unset, read…
+            return None
+        if self.prefixed and text.startswith("-", i):  # builtin -p, time -p: options, then the command
+            option = _OPTION_RE.match(text, i)
+            if option and _delimited(text, option.end()):
+                self.word_start = False
+                return option.end()
         if text.startswith("[[", i) and _delimited(text, i + 2):
             level.arithmetic_command, level.command_at = "[[", self.base + i
             self.word_start = self.command_start = False
@@ -438,6 +493,9 @@ class _Lexer:
                 level.cases += 1
             elif name == "esac" and level.cases:
                 level.cases -= 1
+            self.prefixed = name in _PREFIXES
+            if not self.prefixed and name not in _RESERVED:
+                level.command_name = name
             if name == "let":
                 level.arithmetic_command = "let"
             elif name in _DECLARING:
@@ -447,7 +505,7 @@ class _Lexer:
                 if text.startswith("((", end + after):
                     return self._arithmetic_command(end + after + 2)
             # After if, while, do…, a command starts, even with no space: if((n > 1)).
-            self.command_start = self.word_start = name in _RESERVED
+            self.command_start = self.word_start = name in _RESERVED or self.prefixed
             return end
         index = self._push_index(text, i)  # a[${i}]=value: the command comes after it
         if index is not None:
@@ -455,12 +513,23 @@ class _Lexer:
             return index
         assignment = _ASSIGNMENT_RE.match(text, i)
         if assignment and text.startswith("(", assignment.end()):  # a=([${i}]=x y): an array's words
-            self._push(_PAREN)
-            self.top.array, self.top.param = True, assignment.group(1)
-            self.word_start, self.command_start = True, False
-            return assignment.end() + 1
+            return self._array_words(assignment, level)
         self.command_start = assignment is not None  # NAME=value: the command comes after it
+        self.integer_word = assignment is not None and assignment.group(1) in self.integers
+        if self.integer_word:
+            assert assignment is not None
+            self.word_start = False
+            return assignment.end()
+        if not self.command_start:
+            level.command_name = keyword.group() if keyword else ""
         return None
+
+    def _array_words(self, assignment: re.Match[str], level: _Level) -> int:
+        """After ``NAME=(``: the array's words, up to its ``)``."""
+        self._push(_PAREN)
+        self.top.array, self.top.param = True, assignment.group(1)
+        self.word_start, self.command_start = True, False
+        return assignment.end() + 1
 
     def _brace_char(self, text: str, i: int) -> None:
         """Follows ``${ }``'s parts: its name, an index, an offset and length, or the rest."""
@@ -505,7 +574,8 @@ class _Lexer:
         return i + 1
 
     def _newline(self, i: int) -> int:
-        self.word_start = True
+        self.word_start = self.command_start = True
+        self.integer_word = False
         if self.pending:
             self._next_heredoc()
         return i + 1
@@ -529,7 +599,7 @@ class _Lexer:
             if self.pending:
                 self._next_heredoc()
             else:
-                self.word_start = True
+                self.word_start = self.command_start = True
         return i + 1
 
 
@@ -549,19 +619,69 @@ def _numeric_operand(whole: str, at: int) -> bool:
     return any(word.strip("\"'") in _NUMERIC_OPERATORS for word in neighbours)
 
 
+def _declared(whole: str, option: str) -> set[str]:
+    """The names declared with ``option`` (``A``: associative arrays, ``i``: integers)."""
+    names: set[str] = set()
+    for declaration in _DECLARATION_RE.finditer(whole):
+        if any(option in word for word in declaration.group(1).split() if word.startswith("-")):
+            names.update(_DECLARED_NAME_RE.findall(declaration.group(2)))
+    return names
+
+
+def _closes_as_arithmetic(whole: str, at: int) -> bool:
+    """Whether the ``((`` just before ``at`` closes with ``))`` (arithmetic), rather than with
+    ``)`` and later ``)`` (two parentheses: ``((cd x) 2>&1)``). Quotes are not read: a text
+    that fools this is taken for arithmetic, the stricter reading."""
+    depth = 2
+    for index in range(at, len(whole)):
+        char = whole[index]
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth == 1:
+                return whole.startswith(")", index + 1)
+    return True
+
+
+def _a_name_here(whole: str, lexer: _Lexer) -> bool:
+    """Whether the reference at the lexer's place is all or the start of a word bash reads as a
+    variable's name: after -v, an argument of unset or read, a name declare is given."""
+    at = lexer.base
+    start = at
+    while start > 0 and not whole[start - 1].isspace():
+        start -= 1
+    before = whole[start:at].lstrip('"')
+    previous = whole[:start].split()[-1:]
+    command = lexer.command.command_name
+    if command in _DECLARING and _NAMEREF_VALUE_RE.fullmatch(before):  # declare -n r=${n}: r names the value
+        declaration = _DECLARATION_RE.match(whole, lexer.command.command_at)
+        return declaration is not None and "n" in declaration.group(1)
+    if before or (previous and previous[0][-1:] in "<>"):  # a redirection's word is a file's, a string's
+        return False
+    if previous == ["-v"] or command == "unset":
+        return True
+    if command in ("read", "mapfile", "readarray"):
+        return not previous or previous[0] not in _READ_OPTIONS_WITH_VALUE
+    return command in _DECLARING
+
+
 def _contexts(parts: Parts) -> Iterator[tuple[str | Reference, str]]:
     """Each piece of ``parts`` with the quoting context it starts in."""
     lexer = _Lexer()
     whole = "".join(piece if isinstance(piece, str) else "\0" for piece in parts)
-    lexer.associative = set(_ASSOCIATIVE_RE.findall(whole))
+    lexer.whole = whole
+    lexer.associative, lexer.integers = _declared(whole, "A"), _declared(whole, "i")
     for piece in parts:
         context = lexer.context
         if context == _TEST:
             context = _ARITHMETIC if _numeric_operand(whole, lexer.base) else lexer.top.kind
         elif context == _DECLARE:
-            start = lexer.command.command_at
-            end = min([whole.find(c, start) % (len(whole) + 1) for c in ";&|\n"])
-            context = _ARITHMETIC if _INTEGER_OPTION_RE.search(whole[start:end]) else lexer.top.kind
+            declaration = _DECLARATION_RE.match(whole, lexer.command.command_at)
+            integer = declaration is not None and "i" in declaration.group(1)
+            context = _ARITHMETIC if integer else lexer.top.kind
+        if context in _AS_QUOTED and isinstance(piece, Reference) and _a_name_here(whole, lexer):
+            context = _NAME
         yield piece, context
         if isinstance(piece, str):
             lexer.feed(piece)

@@ -166,6 +166,29 @@ BASH_ARITHMETIC_TOO = [
     "read a[${n}] < /dev/null",
     "\\let c=${n}",
     "X=1 let y=${n}",
+    'builtin let "x=${n}"',
+    "command let x=${n}",
+    "declare -i c; c=${n}",
+    "f() { local -i c; c+=${n}; }; f",
+    "declare -a arr=([${n}]=x)",
+    'declare -A seen; printf -v "seen[${n}]" %s 1',
+    "declare -g \\\n  -i count=${n}",
+    # After a comment, a here-document, a closing parenthesis: a command starts on the next line.
+    "cd /tmp   # the app\nif (( ${n} > 1 )); then :; fi",
+    "cat <<EOF # c\nx\nEOF\n(( ${n} ))",
+    "true # c1\n# c2\nlet x=${n}",
+    "(cd /tmp)\na[${n}]=1",
+]
+
+#: Where bash reads the value as a variable's name, in which an index is evaluated: it must be a name.
+BASH_NAMES = [
+    "[[ -v ${n} ]]",
+    'test -v "${n}"',
+    'printf -v "${n}" %s x',
+    "read -r ${n} <<< 1",
+    'declare "${n}=1"',
+    'declare -n r="${n}"; echo "$r"',
+    "unset ${n}",
 ]
 
 #: Texts that look like those but where bash reads the value as a string: kept.
@@ -177,6 +200,15 @@ BASH_STRINGS = [
     'declare -A m=([a]=1); m[${x}]=2; echo "$${m[${x}]}"',
     "((cd / && true) 2>&1; echo ${x}) | cat",
     "declare y=${x}; echo $y",
+    'export GIT_SSH_COMMAND="ssh -i ~/.ssh/deploy_key" APP_DIR=${x}',
+    'readonly CONF=${x} DOCKER_FLAGS="--rm -i"',
+    'logger -t deploy "app[${x}] deployed"; echo "release[${x}] done"',
+    "for f in conf[${x}]*; do :; done",
+    "declare -A seen other; other[${x}]=1",
+    "((cd / && true) > /dev/null 2>&1); out=$((cd / && pwd) 2>&1); echo ${x}",
+    'read -r a b <<< "${x}"; echo "${x}"',
+    'read -p "${x}" v < /dev/null || true',
+    "case ${x} in a) echo a ;; *) echo other   # fallback\nesac\nprintf '<%s>\\n' ${x}",
 ]
 
 
@@ -187,6 +219,13 @@ def test_a_hostile_value_is_refused_wherever_bash_evaluates_arithmetic(command: 
     bound = shell.bind(spec.parts(command), {"n": "3"})  # a number is fine
     script = f"cd {shell.quote(str(tmp_path))}\n{bound.assignments()}{bound.text}"
     assert subprocess.run(["bash", "--posix", "-c", script], capture_output=True).returncode in (0, 1)
+
+
+@pytest.mark.parametrize("command", BASH_NAMES)
+def test_a_value_where_bash_reads_a_variable_s_name_must_be_a_name(command: str) -> None:
+    with pytest.raises(shell.BindError, match="reads a variable's name"):
+        shell.bind(spec.parts(command), {"n": "a[$(touch ran)]"})
+    assert "_poseidon_1" in shell.bind(spec.parts(command), {"n": "plain_name"}).text
 
 
 @pytest.mark.parametrize("command", BASH_STRINGS)
