@@ -220,7 +220,7 @@ class _Context:
     progress: Progress | None
     notice: Notice | None
     log: RunLog | None
-    #: The playbook's owner tag: a nohup process is known by it and its name (steps.StepContext.owner).
+    #: Whose nohup processes these are (steps.StepContext.owner): known by it and their names.
     owner: str = ""
     #: Set on the first failure with --fail-fast, or on Ctrl-C: no new step starts anywhere.
     stop: threading.Event = field(default_factory=threading.Event)
@@ -552,7 +552,8 @@ def apply(
         wanted = [(t.name, t.dns, t.droplet.ip_address if t.droplet else None) for t in targets if t.dns]
         records = dns.sync(wanted, client, apply=options.mode == "apply")
         labels = step_labels(playbook, environ, masker)
-        owner = playbook.owner_tag(path)
+        # A playbook without name: is known by its file's path: two projects' site.yaml are two owners.
+        owner = playbook.owner_tag(path) if playbook.name else f"file:{Path(path).resolve()}"
         context = _Context(playbook, environ, secrets, settings, options, masker, labels, progress, notice, log, owner)
         result.droplets = _run_all(targets, context, result)
         costs = prices(targets, sizes)

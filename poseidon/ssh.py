@@ -470,9 +470,9 @@ class SSHClient:
 
         A ``nohup`` step restarts when a step run before it on this client
         (or passed over with :meth:`pass_step`) changed the droplet since the
-        process started. ``content`` is what a ``file`` step writes. ``owner`` is the
-        playbook's owner tag: a ``nohup`` process moved to another directory is stopped
-        there when the same owner started it under the same name.
+        process started. ``content`` is what a ``file`` step writes. ``owner`` says
+        whose processes these are (a playbook's): a ``nohup`` process moved to another
+        directory is stopped there when the same owner started it under the same name.
         """
         if content is None and isinstance(step, spec.FileStep):  # src: and template: from the current folder
             try:

@@ -92,8 +92,9 @@ class StepContext:
     inputs: tuple[str, ...] = ()
     #: The working directory (a ``chdir``'s absolute path); ``None``: the login's home.
     cwd: str | None = None
-    #: The playbook's owner tag (``poseidon:site``); empty for the library. A ``nohup`` process is
-    #: known by it and its name across directories.
+    #: Whose ``nohup`` processes these are: the playbook's owner tag (``poseidon:site``), or for
+    #: one without ``name:`` its file's path; empty for the library. A process is known by it
+    #: and its name across directories.
     owner: str = ""
 
     @property
@@ -531,8 +532,8 @@ def nohup(step: NohupStep, ctx: StepContext) -> Script:
     # the log and the user it runs as are recorded beside (a process started before they were is
     # not restarted for them).
     definition = _digest(bound.text, bound.bindings, step.env, ctx.user)
-    # Where it was started is kept per playbook (its owner tag) and name: two playbooks' processes
-    # of one name in two directories are two processes.
+    # Where it was started is kept per owner (the playbook) and name: two playbooks' processes of
+    # one name in two directories are two processes.
     where = f"{hashlib.sha256(ctx.owner.encode()).hexdigest()[:12]}-{name}" if ctx.owner else name
     setup = (
         f"{_PROCESS}\n{_LOGIN_HOME}\n"

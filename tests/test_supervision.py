@@ -520,25 +520,34 @@ def test_a_new_log_restarts_the_app_and_a_step_added_that_changes_nothing_does_n
     assert _answer(sandbox) == "v1 hello"
 
 
+@pytest.mark.parametrize("named", [True, False], ids=["named", "two site.yaml"])
 def test_two_playbooks_own_two_processes_of_one_name_in_two_directories(
-    shared_sandbox: Sandbox, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    named: bool,
+    shared_sandbox: Sandbox,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The record of where a process was started is the playbook's: another playbook's process of the
-    same name elsewhere is another process, and each apply leaves the other's running."""
+    """The record of where a process was started is the playbook's (its name:, or its file's path):
+    another playbook's process of the same name elsewhere is another process, and each apply
+    leaves the other's running."""
     from support.sandboxes import point_at
 
     point_at(shared_sandbox, monkeypatch)
-    pids = {}
+    pids, playbooks = {}, {}
     for app, seconds in (("one", 1001.5), ("two", 1002.5)):
-        (tmp_path / f"{app}.yaml").write_text(
-            f"version: 1\nname: {app}\ndroplets: [test]\nsteps:\n"
-            f"  - run: {{cmd: mkdir -p {app}, creates: {app}}}\n  - chdir: {app}\n"
+        folder = tmp_path / app
+        folder.mkdir()
+        playbooks[app] = folder / "site.yaml"
+        playbooks[app].write_text(
+            f"version: 1\n{f'name: {app}' if named else ''}\ndroplets: [test]\nsteps:\n"
+            f"  - run: {{cmd: mkdir -p {app}{named}, creates: {app}{named}}}\n  - chdir: {app}{named}\n"
             f"  - nohup: {{cmd: exec sleep {seconds}, name: worker, grace: 0}}\nreport: {{ps: false, top: false}}\n"
         )
     for app in ("one", "two", "one"):
-        assert main(["apply", str(tmp_path / f"{app}.yaml"), "--quiet"]) == 0
+        assert main(["apply", str(playbooks[app]), "--quiet"]) == 0
         capsys.readouterr()
-        pids[app] = int((shared_sandbox.home("test") / app / ".poseidon" / "worker.pid").read_text())
+        pids[app] = int((shared_sandbox.home("test") / f"{app}{named}" / ".poseidon" / "worker.pid").read_text())
     assert process_running(pids["one"]) and process_running(pids["two"])
     for app in ("one", "two"):
         os.kill(pids[app], signal.SIGTERM)
