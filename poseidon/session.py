@@ -224,10 +224,15 @@ class _Watch:
         """The droplet just took or sent bytes: it is alive."""
         self.heard, self.probe = time.monotonic(), None
 
-    def sent(self) -> None:
-        """The command is all sent: its ``limit`` counts from now (a slow upload takes none of it)."""
+    def sent_some(self) -> None:
+        """The droplet took some of the command: while it is sent, only a stall as long as
+        ``limit`` ends it (a slow upload that goes on is no timeout)."""
         self.answered()
         self.end = self.heard + self.limit if self.limit else None
+
+    def sent(self) -> None:
+        """The command is all sent: its ``limit`` counts from now."""
+        self.sent_some()
 
     def check(self) -> None:
         """Raises :class:`Unanswered` when the limit passed or a keepalive went unanswered."""
@@ -306,7 +311,7 @@ class Session:
                 if sent == 0:
                     raise EOFError("the session's shell ended")
                 data = data[sent:]
-                watch.answered()
+                watch.sent_some()
         finally:
             channel.settimeout(None)
 

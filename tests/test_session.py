@@ -191,3 +191,39 @@ def test_a_step_printing_megabytes_keeps_its_head_and_tail_and_says_what_it_drop
         assert abs(int(outcome.stdout.split("[poseidon: ")[1].split(" ")[0].replace(",", "")) - dropped) < 200
         assert outcome.stderr.strip() == "last-line"
         assert ssh.wait("echo after") == "after\n", "the session goes on after a trimmed output"
+
+
+class _Channel:
+    """A channel that takes ``per_send`` bytes of each send, each taking ``seconds`` of a fake clock;
+    ``per_send`` 0: none, as a window that stays shut (the timeout set passes)."""
+
+    def __init__(self, clock: list[float], per_send: int, seconds: float) -> None:
+        self.clock, self.per_send, self.seconds = clock, per_send, seconds
+        self.taken = 0
+
+    def settimeout(self, timeout: float | None) -> None:
+        pass
+
+    def send(self, data: memoryview) -> int:
+        # Half the time in a wait for the window that times out, half in the send that follows.
+        self.clock[0] += self.seconds / 2
+        self.waited = not getattr(self, "waited", False)
+        if self.waited or not self.per_send:
+            raise TimeoutError
+        self.taken += min(len(data), self.per_send)
+        return min(len(data), self.per_send)
+
+
+def test_a_slow_upload_that_goes_on_is_no_timeout_and_one_that_stalls_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    from poseidon import session
+
+    clock = [0.0]
+    monkeypatch.setattr(session.time, "monotonic", lambda: clock[0])
+    shell = session.Session.__new__(session.Session)
+    # 200 kB, 32 kB each 1.5 s: 10.5 s in all, against a 3 s timeout, but never 3 s without progress.
+    shell.channel = slow = _Channel(clock, 32768, 1.5)
+    shell.send("x" * 200_000, session._Watch(None, None, 3.0))
+    assert slow.taken == 200_000
+    shell.channel = _Channel(clock, 0, 1.0)
+    with pytest.raises(session.Unanswered, match="past its timeout"):
+        shell.send("x", session._Watch(None, None, 3.0))
