@@ -128,6 +128,7 @@ def bind(parts: Parts, values: Mapping[str, str], *, prefix: str = "_poseidon_")
             raise BindError(
                 f"${{{piece.name}}} stands where the shell evaluates arithmetic ($(( )), (( )), let, [[ ]],"
                 f" an index or an offset), so its value must be a whole number, not {value!r}"
+                f" (for an associative array's key, set a variable first: k=${{{piece.name}}}; m[$k]=1)"
             )
         bare = context in (_DOUBLE, _BRACE_DOUBLE, _HEREDOC, _ARITHMETIC, _COMMENT)
         pieces.append(f"${{{variable}}}" if bare else f'"${{{variable}}}"')
@@ -161,16 +162,18 @@ _TEST = "test"  # in bash's [[ ]]: arithmetic as an operand of -eq, -lt…, else
 _DECLARE = "declare"  # in declare (typeset, local…): arithmetic when it gives -i, else as it is quoted
 _NAME = "name"  # where bash reads a variable's name: the value must be one
 _AS_QUOTED = (_PLAIN, _PAREN, _BACKQUOTE, _DOUBLE)
-_READ_OPTIONS_WITH_VALUE = frozenset({"-p", "-d", "-t", "-u", "-n", "-N", "-i", "-C", "-c", "-O", "-s"})
+_READ_OPTIONS_WITH_VALUE = frozenset("pdtunNiCcO")
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _NAMEREF_VALUE_RE = re.compile(r'[A-Za-z_][A-Za-z0-9_]*="?')
 _NUMERIC_OPERATORS = frozenset({"-eq", "-ne", "-lt", "-le", "-gt", "-ge"})
 #: declare, typeset or local, its options (across continued lines), and the rest of its command.
-_DECLARATION_RE = re.compile(r"\b(?:declare|typeset|local)(?![\w-])((?:(?:\s|\\\n)+[-+][A-Za-z]+)*)([^;&|\n]*)")
+_DECLARATION_RE = re.compile(
+    r"""\b(?:declare|typeset|local)(?![\w-])((?:(?:\s|\\\n)+["']?[-+][A-Za-z]+["']?)*)([^;&|\n]*)"""
+)
 _DECLARED_NAME_RE = re.compile(r"(?:^|\s)([A-Za-z_]\w*)(?==|\s|$)")
 _SEPARATORS = " \t\n;&|()<>"
 #: Words after which a command starts again.
-_RESERVED = frozenset({"if", "then", "else", "elif", "fi", "do", "done", "while", "until", "time", "in"})
+_RESERVED = frozenset({"if", "then", "else", "elif", "fi", "do", "done", "while", "until", "time", "in", "coproc"})
 _RESERVED_CHAR_RE = re.compile(r"[!{}]")
 _DECLARING = frozenset({"declare", "typeset", "local", "readonly", "export"})
 #: Commands whose arguments bash reads as variables' names (an index in one is evaluated).
@@ -179,6 +182,10 @@ _NAME_READERS = frozenset({"unset", "read", "mapfile", "readarray", *_DECLARING}
 _PREFIXES = frozenset({"builtin", "command", "time"})
 _OPTION_RE = re.compile(r"-[A-Za-z]+")
 _AFTER_DASH_V_RE = re.compile(r"(?:^|\s)-v\s+$")
+#: Commands whose -v takes a variable's name (grep -v, docker -v, command -v do not).
+_DASH_V_NAMES = frozenset({"test", "[", "[[", "printf"})
+#: A command word spelt with quotes or backslashes: 'let', "declare", l\\et.
+_SPELT_WORD_RE = re.compile(r"""(?:'[A-Za-z_]*'|"[A-Za-z_]*"|\\[A-Za-z_]|[A-Za-z_])+""")
 _NAME_INDEX_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\[")
 _ASSIGNMENT_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\+?=")
 
@@ -247,8 +254,6 @@ class _Lexer:
         self.base = 0  # where the piece being fed starts in the whole text
         #: A command's first word may start here (also after NAME=value words).
         self.command_start = True
-        #: Arrays declared associative (declare -A): their keys are strings, not arithmetic.
-        self.associative: set[str] = set()
         #: Variables declared integer (declare -i): what is assigned to them is arithmetic.
         self.integers: set[str] = set()
         #: In the value of an assignment word to one of those (n=${v} after declare -i n).
@@ -271,6 +276,8 @@ class _Lexer:
             return _ARITHMETIC
         command = self.command
         if command.arithmetic_command == "let" or self.integer_word:
+            return _ARITHMETIC
+        if command.array and command.param in self.integers:  # c=(${n}) after declare -i c
             return _ARITHMETIC
         if command.arithmetic_command == "[[":
             return _TEST
@@ -300,12 +307,13 @@ class _Lexer:
         self.stack.append(_Level(kind))
         self.line += "\0"
 
-    def _push_index(self, text: str, i: int, exempt: bool = True) -> int | None:
-        """At ``NAME[`` of an indexed array (an assignment, a name given to -v, unset, read…):
-        its index is arithmetic up to its ``]``. Where that index starts; ``None`` elsewhere.
-        ``exempt``: an associative array's key is a string (where bash expands it once)."""
+    def _push_index(self, text: str, i: int) -> int | None:
+        """At ``NAME[`` of an array (an assignment, a name given to -v, unset, read…): its index
+        is arithmetic up to its ``]`` (an associative array's key too: which kind the array is
+        depends on what ran before, which text cannot tell). Where that index starts; ``None``
+        elsewhere."""
         match = _NAME_INDEX_RE.match(text, i)
-        if match is None or (exempt and match.group(1) in self.associative):
+        if match is None:
             return None
         self._push(_ARITHMETIC)
         self.top.closer = "]"
@@ -314,7 +322,8 @@ class _Lexer:
     def _reads_a_name(self, text: str, i: int) -> bool:
         """Whether the word starting at ``i`` is one bash reads as a variable's name: given to -v
         (test, [[, printf), or an argument of unset, read, declare and the like."""
-        return bool(_AFTER_DASH_V_RE.search(text, 0, i)) or self.command.command_name in _NAME_READERS
+        command = self.command.command_name
+        return command in _NAME_READERS or (command in _DASH_V_NAMES and bool(_AFTER_DASH_V_RE.search(text, 0, i)))
 
     def _step(self, text: str, i: int) -> int:
         self.escaped = False
@@ -377,13 +386,16 @@ class _Lexer:
         if kind in (_BRACE_PLAIN, _BRACE_DOUBLE):
             self._brace_char(text, i)
         if char == '"':
+            spelt = self._quoted_command_word(text, i)
+            if spelt is not None:
+                return spelt
             begins = self.word_start and kind in _UNQUOTED
             self.stack.append(_Level(_DOUBLE))
             self.word_start = False
             if begins:
                 self.command_start = False
                 if self._reads_a_name(text, i):
-                    index = self._push_index(text, i + 1, exempt=False)  # "a[${i}]" given to -v, printf -v…
+                    index = self._push_index(text, i + 1)  # "a[${i}]" given to -v, printf -v…
                     if index is not None:
                         return index
             return i + 1
@@ -393,6 +405,10 @@ class _Lexer:
 
     def _unquoted_char(self, text: str, i: int) -> int:
         level, char = self.top, text[i]
+        if char in "'\\" or (char.isalpha() and "\\" in text[i : i + 12]):
+            spelt = self._quoted_command_word(text, i)
+            if spelt is not None:
+                return spelt
         if char == "'":
             self.stack.append(_Level(_SINGLE))
             self.word_start = False
@@ -461,8 +477,6 @@ class _Lexer:
         to read it a character at a time."""
         level = self.top
         if level.array and text.startswith("[", i):  # [index]=value in an array's words
-            if level.param in self.associative:
-                return None
             self._push(_ARITHMETIC)
             self.top.closer = "]"
             return i + 1
@@ -471,15 +485,19 @@ class _Lexer:
             if assignment and level.command_name in _DECLARING and text.startswith("(", assignment.end()):
                 return self._array_words(assignment, level)  # declare -a a=([${i}]=x)
             if self._reads_a_name(text, i):
-                return self._push_index(text, i, exempt=False)  # a[${i}] given to -v, unset, read…
+                return self._push_index(text, i)  # a[${i}] given to -v, unset, read…
             return None
         if self.prefixed and text.startswith("-", i):  # builtin -p, time -p: options, then the command
             option = _OPTION_RE.match(text, i)
             if option and _delimited(text, option.end()):
                 self.word_start = False
                 return option.end()
+        if text.startswith("[", i) and _delimited(text, i + 1):  # [ -v NAME ]
+            level.command_name = "["
+            self.word_start = self.command_start = False
+            return i + 1
         if text.startswith("[[", i) and _delimited(text, i + 2):
-            level.arithmetic_command, level.command_at = "[[", self.base + i
+            level.arithmetic_command, level.command_at, level.command_name = "[[", self.base + i, "[["
             self.word_start = self.command_start = False
             return i + 2
         if char_word := _RESERVED_CHAR_RE.match(text, i):  # ! { }: the next word is a command
@@ -488,28 +506,11 @@ class _Lexer:
                 return char_word.end()
         keyword = _WORD_RE.match(text, i)
         if keyword and _delimited(text, keyword.end()):
-            name, end = keyword.group(), keyword.end()
-            if name == "case":
-                level.cases += 1
-            elif name == "esac" and level.cases:
-                level.cases -= 1
-            self.prefixed = name in _PREFIXES
-            if not self.prefixed and name not in _RESERVED:
-                level.command_name = name
-            if name == "let":
-                level.arithmetic_command = "let"
-            elif name in _DECLARING:
-                level.arithmetic_command, level.command_at = "declare", self.base + i
-            elif name == "for":  # for ((i = 0; i < n; i++))
-                after = len(text[end:]) - len(text[end:].lstrip(" \t"))
-                if text.startswith("((", end + after):
-                    return self._arithmetic_command(end + after + 2)
-            # After if, while, do…, a command starts, even with no space: if((n > 1)).
-            self.command_start = self.word_start = name in _RESERVED or self.prefixed
-            return end
+            return self._command_word(keyword.group(), text, i, keyword.end())
         index = self._push_index(text, i)  # a[${i}]=value: the command comes after it
         if index is not None:
             self.word_start = False
+            self.integer_word = text[i:index].rstrip("[") in self.integers  # c[1]=${n} after declare -i c
             return index
         assignment = _ASSIGNMENT_RE.match(text, i)
         if assignment and text.startswith("(", assignment.end()):  # a=([${i}]=x y): an array's words
@@ -521,8 +522,46 @@ class _Lexer:
             self.word_start = False
             return assignment.end()
         if not self.command_start:
-            level.command_name = keyword.group() if keyword else ""
+            level.command_name = ""
         return None
+
+    def _quoted_command_word(self, text: str, i: int) -> int | None:
+        """A command word spelt with quotes or backslashes ('let', "declare", l\\et): read as the
+        word it is. Where to go on, or ``None`` (no such word here)."""
+        if not (self.word_start and self.command_start and self.top.kind in _UNQUOTED):
+            return None
+        spelt = _SPELT_WORD_RE.match(text, i)
+        if spelt is None or not _delimited(text, spelt.end()):
+            return None
+        name = re.sub(r"['\"\\]", "", spelt.group())
+        if name == spelt.group() or not _WORD_RE.fullmatch(name):
+            return None
+        return self._command_word(name, text, i, spelt.end())
+
+    def _command_word(self, name: str, text: str, i: int, end: int) -> int:
+        """The word ``name`` (from ``i`` to ``end``) stands where a command starts."""
+        level = self.top
+        if name == "case":
+            level.cases += 1
+        elif name == "esac" and level.cases:
+            level.cases -= 1
+        self.prefixed = name in _PREFIXES
+        if not self.prefixed and name not in _RESERVED:
+            level.command_name = name
+        if name == "let":
+            level.arithmetic_command = "let"
+        elif name in _DECLARING:
+            level.arithmetic_command, level.command_at = "declare", self.base + i
+        elif name == "for":  # for ((i = 0; i < n; i++)), or for c in …, c an integer
+            after = len(text[end:]) - len(text[end:].lstrip(" \t"))
+            if text.startswith("((", end + after):
+                return self._arithmetic_command(end + after + 2)
+            variable = _WORD_RE.match(text, end + after)
+            if variable and variable.group() in self.integers:
+                level.arithmetic_command = "let"  # each word is assigned to it: arithmetic
+        # After if, while, do…, a command starts, even with no space: if((n > 1)).
+        self.command_start = self.word_start = name in _RESERVED or self.prefixed
+        return end
 
     def _array_words(self, assignment: re.Match[str], level: _Level) -> int:
         """After ``NAME=(``: the array's words, up to its ``)``."""
@@ -539,7 +578,7 @@ class _Lexer:
                 level.brace = "name"
         elif level.brace == "name":
             if char == "[":
-                level.brace = "key" if level.param in self.associative else "index"
+                level.brace = "index"
             elif char == ":":
                 level.brace = "rest" if text[i + 1 : i + 2] in ("-", "=", "?", "+") else "offset"
             elif not (char.isalnum() or char in "_#!@*?$"):
@@ -620,10 +659,11 @@ def _numeric_operand(whole: str, at: int) -> bool:
 
 
 def _declared(whole: str, option: str) -> set[str]:
-    """The names declared with ``option`` (``A``: associative arrays, ``i``: integers)."""
+    """The names declared with ``option`` (``i``: integers)."""
     names: set[str] = set()
     for declaration in _DECLARATION_RE.finditer(whole):
-        if any(option in word for word in declaration.group(1).split() if word.startswith("-")):
+        options = [word.strip("\"'") for word in declaration.group(1).split()]
+        if any(option in word for word in options if word.startswith("-")):
             names.update(_DECLARED_NAME_RE.findall(declaration.group(2)))
     return names
 
@@ -635,6 +675,8 @@ def _closes_as_arithmetic(whole: str, at: int) -> bool:
     depth = 2
     for index in range(at, len(whole)):
         char = whole[index]
+        if char in "'\"\\`":  # quoting this scan does not follow: arithmetic, the stricter reading
+            return True
         if char == "(":
             depth += 1
         elif char == ")":
@@ -644,25 +686,31 @@ def _closes_as_arithmetic(whole: str, at: int) -> bool:
     return True
 
 
-def _a_name_here(whole: str, lexer: _Lexer) -> bool:
-    """Whether the reference at the lexer's place is all or the start of a word bash reads as a
-    variable's name: after -v, an argument of unset or read, a name declare is given."""
-    at = lexer.base
+def _word_before(whole: str, at: int) -> tuple[str, list[str]]:
+    """The text of the word holding ``at`` before it, and the word before that word (none, or one)."""
     start = at
     while start > 0 and not whole[start - 1].isspace():
         start -= 1
-    before = whole[start:at].lstrip('"')
-    previous = whole[:start].split()[-1:]
+    return whole[start:at], whole[:start].split()[-1:]
+
+
+def _a_name_here(whole: str, lexer: _Lexer) -> bool:
+    """Whether the reference at the lexer's place is all or the start of a word bash reads as a
+    variable's name: after -v, an argument of unset or read, a name declare is given."""
+    before, previous = _word_before(whole, lexer.base)
+    before = before.lstrip('"')
     command = lexer.command.command_name
     if command in _DECLARING and _NAMEREF_VALUE_RE.fullmatch(before):  # declare -n r=${n}: r names the value
         declaration = _DECLARATION_RE.match(whole, lexer.command.command_at)
         return declaration is not None and "n" in declaration.group(1)
     if before or (previous and previous[0][-1:] in "<>"):  # a redirection's word is a file's, a string's
         return False
-    if previous == ["-v"] or command == "unset":
+    if previous == ["-v"] and command in _DASH_V_NAMES:
         return True
-    if command in ("read", "mapfile", "readarray"):
-        return not previous or previous[0] not in _READ_OPTIONS_WITH_VALUE
+    if command == "unset":
+        return previous != ["-f"]  # unset -f takes a function's name
+    if command in ("read", "mapfile", "readarray"):  # not the value of -p, -d, -t… (also as in -rp)
+        return not (previous and previous[0].startswith("-") and previous[0][-1] in _READ_OPTIONS_WITH_VALUE)
     return command in _DECLARING
 
 
@@ -671,14 +719,17 @@ def _contexts(parts: Parts) -> Iterator[tuple[str | Reference, str]]:
     lexer = _Lexer()
     whole = "".join(piece if isinstance(piece, str) else "\0" for piece in parts)
     lexer.whole = whole
-    lexer.associative, lexer.integers = _declared(whole, "A"), _declared(whole, "i")
+    lexer.integers = _declared(whole, "i")
     for piece in parts:
         context = lexer.context
         if context == _TEST:
             context = _ARITHMETIC if _numeric_operand(whole, lexer.base) else lexer.top.kind
         elif context == _DECLARE:
             declaration = _DECLARATION_RE.match(whole, lexer.command.command_at)
-            integer = declaration is not None and "i" in declaration.group(1)
+            assigned = _ASSIGNMENT_RE.match(_word_before(whole, lexer.base)[0].lstrip('"'))
+            integer = (declaration is not None and "i" in declaration.group(1)) or (
+                assigned is not None and assigned.group(1) in lexer.integers  # export c=${n} after declare -i c
+            )
             context = _ARITHMETIC if integer else lexer.top.kind
         if context in _AS_QUOTED and isinstance(piece, Reference) and _a_name_here(whole, lexer):
             context = _NAME

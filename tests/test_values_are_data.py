@@ -178,6 +178,22 @@ BASH_ARITHMETIC_TOO = [
     "cat <<EOF # c\nx\nEOF\n(( ${n} ))",
     "true # c1\n# c2\nlet x=${n}",
     "(cd /tmp)\na[${n}]=1",
+    # A quoted parenthesis inside the arithmetic does not make it two parentheses.
+    "echo $(( ${n} + $(printf ')' | wc -c) ))",
+    "(( ${n} > $(grep -c ')' /etc/hostname) ))",
+    "coproc ((${n})); wait",
+    # Variables declared integer, however they are assigned; and an array's keys, associative or not.
+    "declare -i c; export c=${n}",
+    "declare -i c; c[1]=${n}",
+    "declare -i c; c=(${n})",
+    "declare -i c; for c in ${n}; do :; done",
+    'declare "-i" c=${n}',
+    "declare -A m; unset m; m[${n}]=1",
+    "( declare -A m ); m[${n}]=1",
+    # Command words spelt with quotes or a backslash.
+    "'let' x=${n}",
+    '"let" "x=${n}"',
+    "l\\et x=${n}",
 ]
 
 #: Where bash reads the value as a variable's name, in which an index is evaluated: it must be a name.
@@ -197,14 +213,17 @@ BASH_STRINGS = [
     'printf "%s\\n" let ${x}',
     "[[ ${x} == prod* && ${n} -gt 0 ]]",
     "[[ -n ${x} && 1 -gt 0 ]]",
-    'declare -A m=([a]=1); m[${x}]=2; echo "$${m[${x}]}"',
+    'declare -A m=([a]=1); k=${x}; m[$k]=2; echo "$${m[$k]}"',  # a key through a variable, as the error says
     "((cd / && true) 2>&1; echo ${x}) | cat",
     "declare y=${x}; echo $y",
     'export GIT_SSH_COMMAND="ssh -i ~/.ssh/deploy_key" APP_DIR=${x}',
     'readonly CONF=${x} DOCKER_FLAGS="--rm -i"',
     'logger -t deploy "app[${x}] deployed"; echo "release[${x}] done"',
     "for f in conf[${x}]*; do :; done",
-    "declare -A seen other; other[${x}]=1",
+    'grep -v "${x}" /etc/hostname || true',  # -v of grep, docker, command, curl is no variable's name
+    "command -v ${x} >/dev/null || true",
+    "read -rp ${x} answer < /dev/null || true",
+    "unset -f ${x}",
     "((cd / && true) > /dev/null 2>&1); out=$((cd / && pwd) 2>&1); echo ${x}",
     'read -r a b <<< "${x}"; echo "${x}"',
     'read -p "${x}" v < /dev/null || true',
