@@ -17,6 +17,8 @@ Two ways a value reaches the droplet's shell, and neither lets it become syntax:
   where the shell evaluates arithmetic     ``${_poseidon_1}``, a whole number
   (``$(( ))``; bash's ``(( ))``, ``let``,
   ``[[ ]]``, ``$[ ]``, an index or offset)
+  where bash reads a variable's name        ``"${_poseidon_1}"``, a plain name
+  (after ``-v``; ``unset``, ``read``, ``declare``)
   in single quotes                         refused (see below)
   in a quoted here-document (``<<'EOF'``)  refused: nothing expands there
   after a backslash (``\${app}``)          refused: the backslash would
@@ -238,7 +240,7 @@ class _Level:
     #: Inside ``${ }``: ``name`` (its name so far), ``index`` (in ``[ ]``), ``offset`` (after a
     #: ``:`` that starts no ``:-``, ``:=``, ``:?``, ``:+``) or ``rest``. bash evaluates index and offset.
     brace: str = "name"
-    param: str = ""  # inside ${ }: the parameter's name so far; of an array's words: the array's
+    param: str = ""  # of an array's words (array): the array's name
     array: bool = False  # the words of an array assignment, a=( … )
 
 
@@ -573,7 +575,7 @@ class _Lexer:
     def _brace_char(self, text: str, i: int) -> None:
         """Follows ``${ }``'s parts: its name, an index, an offset and length, or the rest."""
         level, char = self.top, text[i]
-        if level.brace in ("index", "key"):
+        if level.brace == "index":
             if char == "]":
                 level.brace = "name"
         elif level.brace == "name":
@@ -583,8 +585,6 @@ class _Lexer:
                 level.brace = "rest" if text[i + 1 : i + 2] in ("-", "=", "?", "+") else "offset"
             elif not (char.isalnum() or char in "_#!@*?$"):
                 level.brace = "rest"
-            else:
-                level.param += char
 
     def _arithmetic_char(self, text: str, i: int) -> int:
         level, char = self.top, text[i]
@@ -649,13 +649,11 @@ def _delimited(text: str, end: int) -> bool:
 
 def _numeric_operand(whole: str, at: int) -> bool:
     """Whether the word at ``at`` is next to -eq, -lt… (an operand bash evaluates as arithmetic)."""
-    start, end = at, at
-    while start > 0 and not whole[start - 1].isspace():
-        start -= 1
+    _, previous = _word_before(whole, at)
+    end = at
     while end < len(whole) and not whole[end].isspace():
         end += 1
-    neighbours = whole[:start].split()[-1:] + whole[end:].split()[:1]
-    return any(word.strip("\"'") in _NUMERIC_OPERATORS for word in neighbours)
+    return any(word.strip("\"'") in _NUMERIC_OPERATORS for word in previous + whole[end:].split()[:1])
 
 
 def _declared(whole: str, option: str) -> set[str]:
