@@ -523,6 +523,38 @@ def _fail_with_log(log: str, message: str) -> str:
     return f"{{ {_say(message)}; tail -n 20 {log} >&2; _running || _stop; exit 1; }}"
 
 
+def _await_started(
+    step: NohupStep | ServiceStep,
+    name: str,
+    ready: tuple[str, str],
+    *,
+    alive: str,
+    fail: Callable[[str], str],
+    output: str,
+    not_ready: str = "",
+) -> str:
+    """Shell that waits, once the process started, until it is ready (``ready:``: ``(probe,
+    what it waits for)``) or has lived ``grace`` seconds. ``alive`` exits 0 while it runs;
+    ``fail(message)`` says the message, shows the end of its ``output`` and fails the step."""
+    probe, awaited = ready
+    if step.ready:
+        late = f"poseidon: {name} is not ready after {step.ready.timeout:g} s (waited for {awaited}); {not_ready}"
+        return (
+            f"_end=$(( $(date +%s) + {math.ceil(step.ready.timeout)} ))\n"
+            "while :; do\n"
+            f"  {alive} || {fail(f'poseidon: {name} exited before it was ready; the end of its {output}:')}\n"
+            f"  {probe} && break\n"
+            f'  [ "$(date +%s)" -lt "$_end" ] || {fail(f"{late}the end of its {output}:")}\n'
+            "  sleep 0.2\n"
+            "done\n"
+            f"{alive} || {fail(f'poseidon: {name} exited as it became ready; the end of its {output}:')}"
+        )
+    if step.grace > 0:  # grace: 0 starts it and does not wait to see it live
+        ended = f"poseidon: {name} exited within {step.grace:g} s; the end of its {output}:"
+        return f"sleep {step.grace:g}\n{alive} || {fail(ended)}"
+    return ":"
+
+
 def nohup(step: NohupStep, ctx: StepContext) -> Script:
     name = step.process_name()
     log = quote_path(step.log_path())
@@ -605,32 +637,20 @@ def nohup(step: NohupStep, ctx: StepContext) -> Script:
         ' | _write "$_state" || exit 2\n'
         "_remember_where || exit 2\n"
     )
-    if step.ready:
-        not_ready = (
-            f"poseidon: {name} is not ready after {step.ready.timeout:g} s (waited for {awaited});"
-            " it is left running, and the next apply restarts it; the end of its log:"
-        )
-        early = f"poseidon: {name} exited before it was ready; the end of its log:"
-        wait = (
-            f"_end=$(( $(date +%s) + {math.ceil(step.ready.timeout)} ))\n"
-            "while :; do\n"
-            f"  _running || {_fail_with_log(log, early)}\n"
-            f"  {probe} && break\n"
-            f'  [ "$(date +%s)" -lt "$_end" ] || {_fail_with_log(log, not_ready)}\n'
-            "  sleep 0.2\n"
-            "done\n"
-            f"_running || {_fail_with_log(log, f'poseidon: {name} exited as it became ready; the end of its log:')}\n"
-        )
-    elif step.grace > 0:  # grace: 0 starts it and does not wait to see it live
-        ended = f"poseidon: {name} exited within {step.grace:g} s; the end of its log:"
-        wait = f"sleep {step.grace:g}\n_running || {_fail_with_log(log, ended)}\n"
-    else:
-        wait = ""
+    wait = _await_started(
+        step,
+        name,
+        (probe, awaited),
+        alive="_running",
+        fail=lambda message: _fail_with_log(log, message),
+        output="log",
+        not_ready="it is left running, and the next apply restarts it; ",
+    )
     started = f'printf \'%s started%s, pid %s\\n\' {quote(name)} "${{_why:+ ($_why)}}" "$_pid"'
     return Script(
         setup=setup,
         check="\n".join(check),
-        apply=start + wait + started,
+        apply=f"{start}{wait}\n{started}",
         ok_reason=f"{name} is running",
     )
 
@@ -1029,24 +1049,16 @@ def service(step: ServiceStep, ctx: StepContext) -> Script:
         f"_inputs_now {quote_all(ctx.inputs)} | _put {quote(inputs_file)} 600 || exit 2",
         "_pid=$(_main)",
     ]
-    if step.ready:
-        not_ready = (
-            f"poseidon: {name} is not ready after {step.ready.timeout:g} s (waited for {awaited});"
-            " the end of its journal:"
+    apply.append(
+        _await_started(
+            step,
+            name,
+            (probe, awaited),
+            alive="_alive",
+            fail=lambda message: f"{{ {_say(message)}; _journal; exit 1; }}",
+            output="journal",
         )
-        early = f"poseidon: {name} exited before it was ready; the end of its journal:"
-        apply.append(
-            f"_end=$(( $(date +%s) + {math.ceil(step.ready.timeout)} ))\n"
-            "while :; do\n"
-            f"  _alive || {{ {_say(early)}; _journal; exit 1; }}\n"
-            f"  {probe} && break\n"
-            f'  [ "$(date +%s)" -lt "$_end" ] || {{ {_say(not_ready)}; _journal; exit 1; }}\n'
-            "  sleep 0.2\n"
-            "done"
-        )
-    elif step.grace > 0:
-        ended = f"poseidon: {name} exited within {step.grace:g} s; the end of its journal:"
-        apply.append(f"sleep {step.grace:g}\n_alive || {{ {_say(ended)}; _journal; exit 1; }}")
+    )
     apply.append(f'printf \'%s started%s, pid %s\\n\' {quote(unit_name)} "${{_why:+ ($_why)}}" "$_pid"')
     return Script(
         setup=setup,
