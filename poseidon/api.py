@@ -355,10 +355,10 @@ class Client:
         #: this process's REQUESTS_CA_BUNDLE may make; and a session given keeps its own). Given with
         #: each request: requests lets the process's environment override a session's.
         self.ca_bundle = settings.ca_bundle if settings is not None and session is None else None
-        if self.ca_bundle and not Path(self.ca_bundle).is_file():
+        if self.ca_bundle and not Path(self.ca_bundle).exists():  # a file, or a folder as requests takes
             raise UsageError(
-                f"the certificate authorities file {self.ca_bundle} (REQUESTS_CA_BUNDLE or SSL_CERT_FILE) does not"
-                " exist: a sandbox's, now down? unset both, or start the sandbox again"
+                f"the certificate authorities {self.ca_bundle} (REQUESTS_CA_BUNDLE) do not exist: a sandbox's,"
+                " now down? unset REQUESTS_CA_BUNDLE and SSL_CERT_FILE, or start the sandbox again"
             )
         self.timeout = timeout
         self.max_attempts = max(1, max_attempts)

@@ -50,8 +50,8 @@ class Settings:
     api_url: str = DEFAULT_API_URL
     #: ``POSEIDON_API_TIMEOUT``: seconds to wait for a connection, then for each part of an answer.
     api_timeout: float = DEFAULT_API_TIMEOUT
-    #: ``REQUESTS_CA_BUNDLE``, else ``SSL_CERT_FILE``: the authorities the API's certificate is checked
-    #: against (``None``: requests' own); a sandbox's bundle holds its authority too.
+    #: ``REQUESTS_CA_BUNDLE``, as requests reads it (a file or a folder): the authorities the API's
+    #: certificate is checked against (``None``: requests' own); a sandbox's bundle holds its authority too.
     ca_bundle: str | None = None
     #: The API token: the first token variable set, else ``None`` (doctl's saved one is looked up then).
     token: str | None = field(default=None, repr=False)
@@ -97,7 +97,7 @@ class Settings:
             # Set but blank is refused by the client, never taken for the public API.
             api_url=env.get("POSEIDON_API_URL") or DEFAULT_API_URL,
             api_timeout=_api_timeout(text("POSEIDON_API_TIMEOUT")),
-            ca_bundle=text("REQUESTS_CA_BUNDLE") or text("SSL_CERT_FILE") or None,
+            ca_bundle=text("REQUESTS_CA_BUNDLE") or None,
             token=tokens[0] if tokens else None,
             tokens=tokens,
             doctl_config=_doctl_config(env),

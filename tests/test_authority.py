@@ -71,5 +71,7 @@ def test_the_client_keeps_a_session_of_the_callers_own_and_says_when_the_bundle_
         client = po.connect(settings=settings, session=session)
         assert client.account()["status"] == "active"
     gone = Settings(api_url="https://127.0.0.1:9", token="token", ca_bundle=str(tmp_path / "down" / "bundle.pem"))
-    with pytest.raises(UsageError, match="does not exist: a sandbox's, now down"):
+    with pytest.raises(UsageError, match="do not exist: a sandbox's, now down"):
         po.connect(settings=gone)
+    folder = Settings(api_url="https://127.0.0.1:9", token="token", ca_bundle=str(tmp_path / "tls"))
+    assert po.connect(settings=folder).ca_bundle == str(tmp_path / "tls")  # a folder, as requests takes one
