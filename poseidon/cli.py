@@ -447,7 +447,7 @@ def _apply(args: argparse.Namespace) -> int:
         print(to_json(result))
     else:
         reporter.summary(result, snapshots=not args.quiet)
-    unwritten = _write_records(args, result, reporter)
+    unwritten = _write_records(args, result, reporter, playbook)
     args.changes_pending = any(run.created or run.count("would-change") for run in result.droplets)
     if result.interrupted:
         return EXIT_INTERRUPTED
@@ -665,17 +665,16 @@ def _check_writable(path: str) -> None:
         raise errors.UsageError(f"--report {path}: Permission denied (its folder {folder})")
 
 
-def _write_plan(target: str, result: Any, path: str, sandbox: bool) -> None:
+def _write_plan(target: str, result: Any, playbook: spec.Playbook, path: str, sandbox: bool) -> None:
     """The plan file: with the environment variables the playbook reads (``${env:…}``) and their
-    values now, and the digests of the files its ``file:`` steps take."""
+    values now, and the digests of the files its ``file:`` steps took, as the run read them."""
     from poseidon import planfile
 
-    playbook = _load(path)
     environ = {name: os.environ.get(name) for name in playbook.env_names()}
     planfile.write(target, result, path, environ, sandbox=sandbox, attached=playbook.attachments.digests())
 
 
-def _write_records(args: argparse.Namespace, result: Any, reporter: Reporter) -> bool:
+def _write_records(args: argparse.Namespace, result: Any, reporter: Reporter, playbook: spec.Playbook) -> bool:
     """The plan file, the report file and folder; say what could not be written (a full disk). True if any."""
     from poseidon import files
     from poseidon.report import to_json, write_report_dir
@@ -690,7 +689,7 @@ def _write_records(args: argparse.Namespace, result: Any, reporter: Reporter) ->
         (
             "--out",
             getattr(args, "out", None),
-            lambda target: _write_plan(target, result, args.playbook, bool(args.sandbox)),
+            lambda target: _write_plan(target, result, playbook, args.playbook, bool(args.sandbox)),
         ),
         ("--report", args.report, lambda target: files.write(target, to_json(result) + "\n")),
         ("--report-dir", args.report_dir, lambda target: write_report_dir(result, target)),
