@@ -67,13 +67,9 @@ def name_in(directory: str | os.PathLike[str], name: str) -> Path:
 
 
 def remove_tree(path: str | os.PathLike[str]) -> None:
-    """Remove the folder ``path`` and all it holds, however deep (``shutil.rmtree`` recurses, and
-    a droplet may have made a tree deeper than Python's recursion limit), never crossing into
-    another file system (a mount left under it) nor following a link. What cannot be removed stays."""
-    import shutil
+    """Remove the folder ``path`` and all it holds, however deep (a droplet may have made a tree
+    deeper than Python's recursion limit), never crossing into another file system (a mount left
+    under it) nor following a link: ``rm -rf --one-file-system``. What cannot be removed stays."""
     import subprocess
 
-    try:
-        shutil.rmtree(path, ignore_errors=True)
-    except RecursionError:
-        subprocess.run(["rm", "-rf", "--one-file-system", "--", os.fspath(path)], check=False, capture_output=True)
+    subprocess.run(["rm", "-rf", "--one-file-system", "--", os.fspath(path)], check=False, capture_output=True)

@@ -230,10 +230,6 @@ class _Watch:
         self.answered()
         self.end = self.heard + self.limit if self.limit else None
 
-    def sent(self) -> None:
-        """The command is all sent: its ``limit`` counts from now."""
-        self.sent_some()
-
     def check(self) -> None:
         """Raises :class:`Unanswered` when the limit passed or a keepalive went unanswered."""
         now = time.monotonic()
@@ -274,7 +270,7 @@ class Session:
         droplet stops answering or ``limit`` seconds pass."""
         watch = self._watch(limit)
         self.send(command_text(command, self.token, stdin=stdin), watch)
-        watch.sent()
+        watch.sent_some()  # all of it: its limit counts from now
         return self.receive(command, keep=keep, watch=watch)
 
     def run_all(self, commands: list[str]) -> list[CommandResult]:
@@ -315,9 +311,7 @@ class Session:
         finally:
             channel.settimeout(None)
 
-    def receive(
-        self, command: str, limit: float | None = None, keep: int = OUTPUT_KEPT, watch: _Watch | None = None
-    ) -> CommandResult:
+    def receive(self, command: str, keep: int = OUTPUT_KEPT, watch: _Watch | None = None) -> CommandResult:
         """The result of the next command sent (``command``, as the result names it).
 
         Of an output longer than thrice ``keep`` bytes, the first and last ``keep`` are kept
@@ -327,7 +321,7 @@ class Session:
         out = _Framed(self._out, token + b"<\n", b"\n" + token + b" ")
         err = _Framed(self._err, token + b"<\n", b"\n" + token + b"\n")
         channel = self.channel
-        watch = watch or self._watch(limit)
+        watch = watch or self._watch()
         while not (out.done() and err.done()):
             watch.check()
             if channel.recv_ready():

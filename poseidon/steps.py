@@ -25,7 +25,6 @@ import base64
 import hashlib
 import json
 import math
-import re
 import secrets as _random
 import shlex
 from collections.abc import Callable, Iterable, Mapping
@@ -35,6 +34,7 @@ from typing import Any, Literal
 from poseidon import shell, spec
 from poseidon.shell import quote, quote_all, quote_path
 from poseidon.spec import (
+    USER_NAME_RE,
     AptStep,
     ChdirStep,
     FileStep,
@@ -566,7 +566,9 @@ def nohup(step: NohupStep, ctx: StepContext) -> Script:
     definition = _digest(bound.text, bound.bindings, step.env, ctx.user)
     # Where it was started is kept per owner (the playbook) and name: two playbooks' processes of
     # one name in two directories are two processes.
-    where = f"{hashlib.sha256(ctx.owner.encode()).hexdigest()[:12]}-{name}" if ctx.owner else name
+    where = (
+        f"{hashlib.sha256(ctx.owner.encode('utf-8', 'surrogateescape')).hexdigest()[:12]}-{name}" if ctx.owner else name
+    )
     setup = (
         f"{_PROCESS}\n{_LOGIN_HOME}\n"
         f"_pidfile=.poseidon/{quote(name + '.pid')} _state=.poseidon/{quote(name + '.state')}\n"
@@ -975,12 +977,9 @@ def _put(text: str, path: str, mode: str) -> str:
     return f"printf %s {data} | base64 -d | _put {quote(path)} {mode} || exit 2"
 
 
-_USER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\$?")
-
-
 def service(step: ServiceStep, ctx: StepContext) -> Script:
     user = step.user or ctx.user  # the login user may come from POSEIDON_SSH_USER, unchecked so far
-    if not _USER_NAME.fullmatch(user):
+    if not USER_NAME_RE.fullmatch(user):
         raise shell.BindError(f"service {step.name}: {user!r} is no user name a unit can run as")
     unit, script = service_unit(step, user), service_script(step, ctx)
     name, unit_name = step.name, step.unit()

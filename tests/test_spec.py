@@ -750,6 +750,7 @@ def test_the_public_names_are_pinned() -> None:
             "StepBase",
             "TaggedDroplets",
             "droplet_name_problem",
+            "USER_NAME_RE",
             "expand",
             "file_content",
             "json_schema",

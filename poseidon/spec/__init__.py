@@ -37,7 +37,7 @@ from poseidon.spec.attachments import MAX_FILE_BYTES, AttachmentError, Attachmen
 from poseidon.spec.attachments import content as file_content
 from poseidon.spec.checks import process_conflicts
 from poseidon.spec.expansion import expand, substitutions
-from poseidon.spec.fields import droplet_name_problem
+from poseidon.spec.fields import USER_NAME_RE, droplet_name_problem
 from poseidon.spec.locations import Source
 from poseidon.spec.models import (
     STEP_KINDS,
@@ -71,6 +71,7 @@ from poseidon.spec.schema import json_schema
 from poseidon.spec.source import MAX_PLAYBOOK_BYTES, load, loads
 
 __all__ = [
+    "USER_NAME_RE",
     "DROPLET_ATTRIBUTES",
     "MAX_FILE_BYTES",
     "MAX_PLAYBOOK_BYTES",

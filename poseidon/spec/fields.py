@@ -279,8 +279,12 @@ FileMode = Annotated[
 ]
 
 
+#: A user or group name, as useradd takes them (and a trailing $ for machine accounts).
+USER_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\$?")
+
+
 def _owner(value: str, seen: str) -> None:
-    _matching(re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\$?"), "a user or group name")(value, seen)
+    _matching(USER_NAME_RE, "a user or group name")(value, seen)
     if seen.isdigit() and int(seen) >= 0xFFFFFFFF:  # (uid_t)-1 means "leave it" to chown
         fail(f"{value!r} is no user or group id: ids go up to 4294967294")
 
