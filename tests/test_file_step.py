@@ -207,7 +207,8 @@ def test_secret_content_never_shows_in_a_command_line_nor_in_the_report(
         result = apply(shared_sandbox, tmp_path, text)
     assert [s.status for s in result.droplets[0].steps] == ["changed"] * 3
     assert (shared_sandbox.home("other") / "files-secret" / "inline.ini").read_text() == f"password = {secret}\n"
-    assert seen and not [line for line in seen if secret.encode() in line]
+    assert b"sh\x00-s\x00" in seen, "the watcher never saw the session's shell: it watched no step"
+    assert not [line for line in seen if secret.encode() in line]
     assert result.droplets[0].steps[2].stdout == "password = ***"
 
 

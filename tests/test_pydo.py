@@ -109,8 +109,8 @@ def test_droplets_keys_actions_and_deletion(sandbox: Sandbox, client: Any) -> No
     assert client.droplets.get(created["id"])["droplet"]["status"] == "off"
     assert not sandbox.is_on("app-1")
 
-    client.droplets.destroy(created["id"])
-    client.droplets.destroy(created["id"])  # sent again at once: accepted again, as it is being deleted
+    assert answer(client.droplets.destroy, created["id"])[0] == 204
+    assert answer(client.droplets.destroy, created["id"])[0] == 204  # sent again at once: accepted again
     until("app-1 gone", lambda: answer(client.droplets.get, created["id"])[0] == 404)
     status, body = answer(client.droplets.destroy, created["id"])
     assert (status, body["id"]) == (404, "not_found")

@@ -98,6 +98,18 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Sand
         yield sandbox, repo, playbook
 
 
+@pytest.fixture
+def started() -> Iterator[list[Path]]:
+    """Pid files of the processes a test starts on the shared sandbox: stopped after it, pass or fail."""
+    pidfiles: list[Path] = []
+    yield pidfiles
+    for pidfile in pidfiles:
+        try:
+            os.kill(int(pidfile.read_text()), signal.SIGTERM)
+        except (OSError, ValueError):
+            pass  # never started, or ended already
+
+
 def _cli(*args: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict]:
     code = main([*args, "--json"])
     out = capsys.readouterr().out
@@ -527,6 +539,7 @@ def test_two_playbooks_own_two_processes_of_one_name_in_two_directories(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
+    started: list[Path],
 ) -> None:
     """The record of where a process was started is the playbook's (its name:, or its file's path):
     another playbook's process of the same name elsewhere is another process, and each apply
@@ -539,6 +552,7 @@ def test_two_playbooks_own_two_processes_of_one_name_in_two_directories(
         folder = tmp_path / app
         folder.mkdir()
         playbooks[app] = folder / "site.yaml"
+        started.append(shared_sandbox.home("test") / f"{app}{named}" / ".poseidon" / "worker.pid")
         playbooks[app].write_text(
             f"version: 1\n{f'name: {app}' if named else ''}\ndroplets: [test]\nsteps:\n"
             f"  - run: {{cmd: mkdir -p {app}{named}, creates: {app}{named}}}\n  - chdir: {app}{named}\n"
@@ -549,16 +563,19 @@ def test_two_playbooks_own_two_processes_of_one_name_in_two_directories(
         capsys.readouterr()
         pids[app] = int((shared_sandbox.home("test") / f"{app}{named}" / ".poseidon" / "worker.pid").read_text())
     assert process_running(pids["one"]) and process_running(pids["two"])
-    for app in ("one", "two"):
-        os.kill(pids[app], signal.SIGTERM)
 
 
 def test_ready_http_passes_on_a_2xx_answer_and_fails_on_any_other(
-    shared_sandbox: Sandbox, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    shared_sandbox: Sandbox,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    started: list[Path],
 ) -> None:
     from support.sandboxes import point_at
 
     point_at(shared_sandbox, monkeypatch)
+    started.append(shared_sandbox.home("test") / "served" / ".poseidon" / "files.pid")
     address = shared_sandbox.address("test")
     (shared_sandbox.home("test") / "served").mkdir(exist_ok=True)
     (shared_sandbox.home("test") / "served" / "here.txt").write_text("here\n")
@@ -579,8 +596,6 @@ def test_ready_http_passes_on_a_2xx_answer_and_fails_on_any_other(
                 f"files is not ready after 3 s (waited for a 2xx answer from http://{address}:5313/missing.txt)"
                 in (result["stderr_tail"])
             )
-    pid = int((shared_sandbox.home("test") / "served" / ".poseidon" / "files.pid").read_text())
-    os.kill(pid, signal.SIGTERM)
 
 
 def test_a_droplet_frozen_before_a_large_step_is_sent_ends_the_send_at_its_keepalives_or_its_timeout(
@@ -621,7 +636,11 @@ def test_a_droplet_frozen_before_a_large_step_is_sent_ends_the_send_at_its_keepa
 
 
 def test_a_restart_on_change_reads_no_clock(
-    shared_sandbox: Sandbox, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    shared_sandbox: Sandbox,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    started: list[Path],
 ) -> None:
     """Files dated an hour ahead (a clock stepped back since they were written) change nothing:
     an unchanged run restarts nothing, and a changed file still restarts the process."""
@@ -629,6 +648,7 @@ def test_a_restart_on_change_reads_no_clock(
 
     point_at(shared_sandbox, monkeypatch)
     home = shared_sandbox.home("test")
+    started.append(home / "clockless" / ".poseidon" / "clockless.pid")
     playbook = tmp_path / "site.yaml"
     playbook.write_text(
         "version: 1\ndroplets: [test]\nsteps:\n  - run: {cmd: mkdir -p clockless, creates: clockless}\n"
@@ -649,4 +669,3 @@ def test_a_restart_on_change_reads_no_clock(
     assert nohup_outcome() == ("ok", "clockless is running")
     monkeypatch.setenv("CONF", "second")
     assert nohup_outcome() == ("changed", "an earlier step changed since it started")
-    os.kill(int((home / "clockless" / ".poseidon" / "clockless.pid").read_text()), signal.SIGTERM)
